@@ -1,0 +1,244 @@
+"""An OpenAI-compatible chat-completions endpoint as a Backend (vLLM, llama.cpp's server, Ollama, TGI).
+
+The reply streams as server-sent events. The request runs on a private event loop in the calling
+(worker) thread with aiohttp, which gives separate connect and read (stall) timeouts and lets a
+cancel abort a read that is waiting on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from omost_engine.errors import OmostError
+from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.params import LLMParams
+from omost_engine.progress import CancelToken
+
+RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or a server still loading its model
+CANCEL_POLL_SECONDS = 0.05
+
+
+def chat_completions_url(base_url: str) -> str:
+    """``http://host:8000``, ``…/v1`` and ``…/v1/chat/completions`` all name the same endpoint."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise OmostError(f"the LLM endpoint must be an http(s) URL, not {base_url!r}", parameter="llm_endpoint",
+                         value=base_url, allowed="http://host:port or http://host:port/v1")
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions" if re.search(r"/v\d+$", path) else "/v1/chat/completions"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def _server_message(body: bytes) -> str:
+    """The human part of an error body: OpenAI's ``error.message``, other servers' ``detail``, or text."""
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:300] or "(empty body)"
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            for key in ("message", "detail", "error"):
+                if isinstance(error.get(key), str):
+                    return error[key][:300]
+        if isinstance(error, str):
+            return error[:300]
+    return text[:300]
+
+
+@dataclass
+class _Reply:
+    parts: list[str] = field(default_factory=list)
+    chunks: int = 0
+    usage_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+class OpenAIBackend(Backend):
+    """Streams ``/v1/chat/completions``; retries connection failures before the reply starts.
+
+    ``model`` None asks the server's ``/models`` for its first model (servers that host one model,
+    like llama.cpp's, accept any name anyway).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        api_key: str | None = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        retries: int = 2,
+        retry_delay: float = 0.5,
+        context_tokens: int = 8192,
+        chars_per_token: float = 3.5,
+    ) -> None:
+        self.url = chat_completions_url(base_url)
+        self.models_url = self.url.removesuffix("/chat/completions") + "/models"
+        self.model = model
+        self.api_key = api_key
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.context_tokens = context_tokens
+        self.chars_per_token = chars_per_token
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"{self.model or 'default model'} at {self.url.removesuffix('/chat/completions')}"
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        """An estimate: remote servers do not share their tokenizer."""
+        return sum(math.ceil(len(m["content"]) / self.chars_per_token) + 5 for m in messages)
+
+    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
+                 cancel: CancelToken | None = None) -> Generation:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._generate(list(messages), params.validated(), on_text, cancel or CancelToken()))
+        raise RuntimeError("OpenAIBackend.generate blocks: call it from a worker thread (or use astream)")
+
+    async def _generate(self, messages: list[Message], params: LLMParams, on_text: OnText | None,
+                        cancel: CancelToken) -> Generation:
+        reply = _Reply()
+        work = asyncio.ensure_future(self._request(messages, params, on_text, reply))
+        while not work.done():
+            await asyncio.wait({work}, timeout=CANCEL_POLL_SECONDS)
+            if cancel.cancelled and not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                return Generation(text="".join(reply.parts), tokens=reply.chunks, stop_reason="cancelled",
+                                  forward_passes=reply.chunks)
+        work.result()  # raises the request's OmostError, if any
+        tokens = reply.usage_tokens if reply.usage_tokens is not None else reply.chunks
+        stop = "length" if reply.finish_reason == "length" else "end"
+        if cancel.cancelled:
+            stop = "cancelled"
+        return Generation(text="".join(reply.parts), tokens=tokens, stop_reason=stop, forward_passes=reply.chunks)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        return headers
+
+    def _stalled(self) -> OmostError:
+        return OmostError(f"the LLM endpoint {self._where()} stopped sending for {self.read_timeout:g} s",
+                          parameter="llm_endpoint", value=self.url, allowed="a server that keeps streaming")
+
+    def _where(self) -> str:
+        return self.url.removesuffix("/chat/completions")
+
+    async def _request(self, messages: list[Message], params: LLMParams, on_text: OnText | None,
+                       reply: _Reply) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
+        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers()) as session:
+            if self.model is None:
+                self.model = await self._first_model(session)
+            body: dict[str, Any] = {
+                "model": self.model, "messages": messages, "stream": True, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+            }
+            response = await self._post(session, body)
+            async with response:
+                try:
+                    await self._read(response, on_text, reply)
+                except TimeoutError as exc:
+                    raise self._stalled() from exc
+                except aiohttp.ClientError as exc:
+                    raise OmostError(f"the connection to the LLM endpoint {self._where()} broke: {exc}",
+                                     parameter="llm_endpoint", value=self.url) from exc
+
+    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = await session.post(self.url, json=body)
+            except aiohttp.SocketTimeoutError as exc:  # connected, but no answer: a stall, not retried
+                raise self._stalled() from exc
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                if last:
+                    raise OmostError(
+                        f"cannot reach the LLM endpoint {self._where()} after {attempt + 1} tries: {exc}",
+                        parameter="llm_endpoint", value=self.url, allowed="a running OpenAI-compatible server",
+                    ) from exc
+            else:
+                if response.status == 200:
+                    return response
+                message = _server_message(await response.read())
+                response.release()
+                if last or response.status not in RETRY_STATUSES:
+                    raise OmostError(
+                        f"the LLM endpoint {self._where()} answered HTTP {response.status}: {message}",
+                        parameter="llm_endpoint", value=response.status, allowed="HTTP 200",
+                    )
+            await asyncio.sleep(self.retry_delay * 2**attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
+
+    async def _first_model(self, session: aiohttp.ClientSession) -> str:
+        try:
+            async with session.get(self.models_url) as response:
+                data = await response.json(content_type=None) if response.status == 200 else {}
+            models = data.get("data") if isinstance(data, dict) else None
+            if models and isinstance(models[0], dict) and isinstance(models[0].get("id"), str):
+                return models[0]["id"]
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            pass  # the chat request itself reports an unreachable server
+        return "omost"
+
+    async def _read(self, response: aiohttp.ClientResponse, on_text: OnText | None, reply: _Reply) -> None:
+        if response.content_type == "application/json":  # a server that ignored "stream": one body
+            self._take(json.loads(await response.read()), on_text, reply, streamed=False)
+            return
+        async for raw in response.content:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue  # blank lines, ": keep-alive" comments, "event:" fields
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            try:
+                event = json.loads(data)
+            except ValueError as exc:
+                raise OmostError(f"the LLM endpoint {self._where()} sent an event that is not JSON: {data[:100]}",
+                                 parameter="llm_endpoint", value=self.url) from exc
+            self._take(event, on_text, reply, streamed=True)
+
+    def _take(self, event: Any, on_text: OnText | None, reply: _Reply, *, streamed: bool) -> None:
+        if not isinstance(event, dict):
+            return
+        if "error" in event:
+            raise OmostError(f"the LLM endpoint {self._where()} reported an error: "
+                             f"{_server_message(json.dumps(event).encode())}",
+                             parameter="llm_endpoint", value=self.url)
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            reply.usage_tokens = usage["completion_tokens"]
+        for choice in event.get("choices") or []:
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get("delta" if streamed else "message") or {}
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str) and content:
+                reply.parts.append(content)
+                reply.chunks += 1
+                if on_text is not None:
+                    on_text(content, reply.usage_tokens or reply.chunks)
+            if choice.get("finish_reason"):
+                reply.finish_reason = choice["finish_reason"]

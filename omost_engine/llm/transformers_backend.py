@@ -1,0 +1,246 @@
+"""A local transformers model as a Backend: chat template, streamed text, cancel, prompt-state reuse.
+
+The decode step is one method, ``_generate(input_ids, params, on_token, cancel)``, so a faster
+decode loop (prompt lookup, grammar-constrained decoding) can replace it without touching the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.llm.models import MANAGER_NAME
+from omost_engine.params import LLMParams
+from omost_engine.progress import CancelToken
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from omost_engine.llm.models import LoadedLLM
+    from omost_engine.memory import ModelManager
+
+# Tokens that end an assistant turn in the chat formats these models use (Llama-3, Phi-3, ChatML
+# for dolphin); added to the model's own eos list so a turn never runs on into the next header.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end|>", "<|im_end|>", "<|endoftext|>", "<|end_of_text|>")
+# Below this many shared leading tokens, reusing the previous turn's state is not worth a crop.
+MIN_REUSED_PREFIX = 16
+
+OnToken = Callable[[int], None]
+# transformers renamed generate's ``past_key_values`` (and the output field) to ``cache`` in 5.x.
+CACHE_ARGUMENT = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
+
+
+@dataclass(frozen=True)
+class DecodeResult:
+    """What a decode loop hands back: the new token ids and how it got them."""
+
+    new_tokens: list[int]
+    forward_passes: int
+    cancelled: bool
+    cache: Any = None  # the key/value state after the last forward pass, for reuse next turn
+    cached_tokens: list[int] | None = None  # the ids whose state ``cache`` holds
+    reused_tokens: int = 0  # prompt tokens whose state came from the previous turn
+
+
+class IncrementalDecoder:
+    """Token ids in, text pieces out, without re-decoding the whole reply at every token.
+
+    It decodes only the current line (plus one anchor token before it, so tokenizers that drop a
+    leading space at the start of a decode keep it) and holds back a piece ending in an incomplete
+    UTF-8 character.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self._ids: list[int] = []
+        self._skip = 0  # characters of the window already emitted (or belonging to the anchor)
+
+    def push(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        piece = text[self._skip:]
+        self._skip = len(text)
+        if piece.endswith("\n") and len(self._ids) > 1:
+            self._ids = self._ids[-1:]
+            self._skip = len(self.tokenizer.decode(self._ids, skip_special_tokens=True))
+        return piece
+
+
+class _CancelCriteria(StoppingCriteria):
+    def __init__(self, cancel: CancelToken) -> None:
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.cancel.cancelled, dtype=torch.bool, device=input_ids.device)
+
+
+class _TokenStreamer(BaseStreamer):
+    """Hands each new token id to a callback, in the generating thread (the prompt is skipped)."""
+
+    def __init__(self, on_token: OnToken) -> None:
+        self.on_token = on_token
+        self.prompt_seen = False
+        self.forward_passes = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.forward_passes += 1
+        for token in value.reshape(-1).tolist():
+            self.on_token(int(token))
+
+    def end(self) -> None:
+        return None
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class TransformersBackend(Backend):
+    """Generates with ``model.generate`` in the calling thread, streaming through a callback.
+
+    Only one generation runs at a time per backend (the model and torch's RNG are shared). The
+    key/value state of the previous turn is kept and its shared prefix reused, so a second turn
+    only pays for the new tokens; it is dropped whenever the model leaves the accelerator.
+    """
+
+    def __init__(self, llm: LoadedLLM, *, manager: ModelManager | None = None, context_tokens: int = 8192,
+                 reuse_prompt_state: bool = True) -> None:
+        self.llm = llm
+        self.name = llm.name
+        self.manager = manager
+        self.context_tokens = context_tokens
+        self.reuse_prompt_state = reuse_prompt_state
+        self._lock = threading.Lock()
+        self._state: tuple[list[int], Any] | None = None
+        self.eos_token_ids = self._eos_ids()
+        if manager is not None:
+            manager.register(MANAGER_NAME, self._move, on_device=self._on(manager.device))
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.llm.tokenizer
+
+    def _on(self, device: torch.device) -> bool:
+        return self.llm.device.type == device.type
+
+    def _move(self, device: torch.device) -> None:
+        self._state = None  # the cached state lives on the old device and would pin its memory
+        self.llm.move(device)
+
+    def _eos_ids(self) -> list[int]:
+        configured = self.llm.model.generation_config.eos_token_id
+        ids = [configured] if isinstance(configured, int) else list(configured or [])
+        vocab = self.tokenizer.get_vocab()
+        ids += [vocab[token] for token in END_OF_TURN_TOKENS if token in vocab]
+        return list(dict.fromkeys(ids))
+
+    def prepare(self) -> None:
+        if self.manager is not None:
+            self.manager.load(MANAGER_NAME)
+
+    def encode(self, messages: Sequence[Message]) -> list[int]:
+        encoded = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return [int(t) for t in ids]
+
+    def count_tokens(self, messages: Sequence[Message]) -> int:
+        return len(self.encode(messages))
+
+    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
+                 cancel: CancelToken | None = None) -> Generation:
+        params = params.validated()
+        cancel = cancel or CancelToken()
+        input_ids = self.encode(messages)
+        decoder = IncrementalDecoder(self.tokenizer)
+        pieces: list[str] = []
+        count = 0
+
+        def on_token(token_id: int) -> None:
+            nonlocal count
+            count += 1
+            if token_id in self.eos_token_ids:
+                return
+            piece = decoder.push(token_id)
+            if piece:
+                pieces.append(piece)
+                if on_text is not None:
+                    on_text(piece, count)
+
+        with self._lock:
+            self.prepare()
+            result = self._generate(input_ids, params, on_token, cancel)
+            if self.reuse_prompt_state and result.cache is not None and result.cached_tokens is not None:
+                self._state = (result.cached_tokens, result.cache)
+        ended = bool(result.new_tokens) and result.new_tokens[-1] in self.eos_token_ids
+        stop = "cancelled" if result.cancelled else "end" if ended else "length"
+        return Generation(text="".join(pieces), tokens=len(result.new_tokens), stop_reason=stop,
+                          forward_passes=result.forward_passes, prompt_tokens=len(input_ids),
+                          cached_prompt_tokens=result.reused_tokens)
+
+    def _reusable_state(self, input_ids: list[int]) -> tuple[Any, int]:
+        """The previous turn's key/value state cropped to the prefix it shares with ``input_ids``."""
+        if not self.reuse_prompt_state or self._state is None:
+            return None, 0
+        cached_ids, cache = self._state
+        self._state = None  # the cache is modified in place by the next generation
+        shared = min(_common_prefix(cached_ids, input_ids), len(input_ids) - 1)
+        if shared < MIN_REUSED_PREFIX:
+            return None, 0
+        surplus = cache.get_seq_length() - shared
+        if surplus > 0:
+            cache.crop(-surplus)
+        return cache, shared
+
+    def _generate(self, input_ids: list[int], params: LLMParams, on_token: OnToken,
+                  cancel: CancelToken) -> DecodeResult:
+        """The decode loop: ``model.generate`` with sampling settings as the original app's.
+
+        Replaceable as a whole; it must call ``on_token`` once per new id, in order, from this thread,
+        and stop within a token or two once ``cancel`` is set.
+        """
+        model = self.llm.model
+        device = self.llm.device
+        ids = torch.tensor([input_ids], dtype=torch.long, device=device)
+        cache, reused = self._reusable_state(input_ids)
+        sampling: dict[str, Any] = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": None}
+            if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+        )
+        streamer = _TokenStreamer(on_token)
+        torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            output = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
+                eos_token_id=self.eos_token_ids, pad_token_id=self._pad_id(), streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]), use_cache=True,
+                return_dict_in_generate=True, **{CACHE_ARGUMENT: cache}, **sampling,
+            )
+        sequence = output.sequences[0].tolist()
+        new_tokens = sequence[len(input_ids):]
+        state = getattr(output, CACHE_ARGUMENT, None)
+        cached = sequence[: state.get_seq_length()] if state is not None else None
+        return DecodeResult(new_tokens=new_tokens, forward_passes=streamer.forward_passes,
+                            cancelled=cancel.cancelled, cache=state, cached_tokens=cached,
+                            reused_tokens=reused)
+
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad) if pad is not None else int(self.eos_token_ids[0])
+
