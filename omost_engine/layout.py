@@ -10,6 +10,7 @@ an image (seed, size, models, sampler parameters).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,7 @@ MAX_TEXT_CHARS = 2000  # one sub-prompt; the original's are under 75 CLIP tokens
 MAX_WARNINGS = 200
 
 FULL_RECT = (0, GRID, 0, GRID)
+_NUMBER_LIST = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
 DEFAULT_COLOR = (255, 255, 255)  # for a loaded condition without "color" (it only tints the sketch)
 
 
@@ -53,7 +55,11 @@ class Layout:
         return [c.to_json() for c in self.conditions]
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+        """Indented JSON for hand editing, with number lists (rect, color) kept on one line."""
+        text = json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+        # Raw newlines only occur between JSON tokens (in strings they are escaped), so this
+        # touches structure only.
+        return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).replace(",", " ").split()) + "]", text)
 
     def with_meta(self, **meta: Any) -> Layout:
         return replace(self, warnings=list(self.warnings), meta={**self.meta, **meta})
