@@ -1,0 +1,171 @@
+"""Loading an SDXL model's components from a hub id, a diffusers folder or a single .safetensors file.
+
+* A hub id (``SG161222/RealVisXL_V4.0``, the default) or a local diffusers folder: each component
+  from its subfolder (no scheduler: the renderer samples itself).
+* A single checkpoint in the original SDXL layout (what model sites distribute):
+  ``StableDiffusionXLPipeline.from_single_file``, which needs the SDXL configs and tokenizers: from
+  ``config`` (a diffusers SDXL folder or hub id; default ``stabilityai/stable-diffusion-xl-base-1.0``,
+  which must be in the Hugging Face cache when offline).
+* A single ``.safetensors`` in diffusers key layout (``unet.*``, ``vae.*``, ``text_encoder.*``,
+  ``text_encoder_2.*``; what ``omost_engine.testing.tiny_sdxl`` writes): the weights from the file,
+  configs and tokenizers from ``config``.
+
+Every failure becomes one ``OmostError`` naming the model and what is needed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omost_engine.errors import OmostError
+
+DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"
+DEFAULT_SINGLE_FILE_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".sft")
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+@dataclass
+class SDXLComponents:
+    model: str  # what the user asked for (hub id or path), recorded in layout meta
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    tokenizer: Any
+    tokenizer_2: Any
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+            "text_encoder_2": CLIPTextModelWithProjection}
+
+
+def _tokenizers(source: str) -> tuple[Any, Any]:
+    from transformers import CLIPTokenizer
+
+    return (CLIPTokenizer.from_pretrained(source, subfolder="tokenizer"),
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
+
+
+def _from_folder_or_hub(source: str, *, dtype: torch.dtype, vae_dtype: torch.dtype) -> SDXLComponents:
+    classes = _classes()
+    parts: dict[str, Any] = {}
+    for name in COMPONENTS:
+        cls = classes[name]
+        want = vae_dtype if name == "vae" else dtype
+        kwargs = {"torch_dtype": want} if name in ("unet", "vae") else {"dtype": want}
+        parts[name] = cls.from_pretrained(source, subfolder=name, **kwargs).eval()
+    tokenizer, tokenizer_2 = _tokenizers(source)
+    return SDXLComponents(model=source, tokenizer=tokenizer, tokenizer_2=tokenizer_2, **parts)
+
+
+def _is_diffusers_layout(path: Path) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    return bool(keys) and all(k.split(".", 1)[0] in COMPONENTS for k in keys)
+
+
+def _from_diffusers_single_file(path: Path, config: str, *, dtype: torch.dtype,
+                                vae_dtype: torch.dtype) -> SDXLComponents:
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    classes = _classes()
+    parts: dict[str, Any] = {}
+    for name in COMPONENTS:
+        cls = classes[name]
+        if name in ("unet", "vae"):
+            module = cls.from_config(cls.load_config(config, subfolder=name))
+        else:
+            module = cls(cls.config_class.from_pretrained(config, subfolder=name))
+        prefix = name + "."
+        state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise OmostError(
+                f"{path.name}: the {name} weights do not fit the config in {config} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected tensors); pass the config folder "
+                "of the model this file was saved from", parameter="model", value=str(path),
+            )
+        want = vae_dtype if name == "vae" else dtype
+        parts[name] = (module if want == torch.float32 else module.to(want)).eval()
+    tokenizer, tokenizer_2 = _tokenizers(config)
+    return SDXLComponents(model=str(path), tokenizer=tokenizer, tokenizer_2=tokenizer_2, **parts)
+
+
+def _from_original_single_file(path: Path, config: str, *, dtype: torch.dtype,
+                               vae_dtype: torch.dtype) -> SDXLComponents:
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_single_file(
+        str(path), config=config, torch_dtype=dtype, local_files_only=_offline() or Path(config).is_dir(),
+    )
+    return SDXLComponents(
+        model=str(path), unet=pipe.unet.eval(), vae=pipe.vae.to(vae_dtype).eval(),
+        text_encoder=pipe.text_encoder.eval(), text_encoder_2=pipe.text_encoder_2.eval(),
+        tokenizer=pipe.tokenizer, tokenizer_2=pipe.tokenizer_2,
+    )
+
+
+def load_components(
+    model: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    vae_dtype: torch.dtype | None = None,
+    config: str | None = None,
+) -> SDXLComponents:
+    """Load the SDXL parts named by ``model`` (hub id, diffusers folder or single file) onto the CPU."""
+    vae_dtype = vae_dtype or dtype
+    path = Path(model).expanduser()
+    is_file = model.lower().endswith(SINGLE_FILE_SUFFIXES)
+    if is_file and not path.is_file():
+        raise OmostError(f"model file {model} does not exist", parameter="model", value=model,
+                         allowed="a hub id, a diffusers folder or a .safetensors file")
+    if not is_file and not path.is_dir() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
+        raise OmostError(
+            f"model {model!r} is neither a folder, a .safetensors file nor a hub id like {DEFAULT_MODEL}",
+            parameter="model", value=model, allowed="a hub id, a diffusers folder or a .safetensors file",
+        )
+    if path.is_dir() and not all((path / name).is_dir() for name in (*COMPONENTS, "tokenizer", "tokenizer_2")):
+        raise OmostError(
+            f"folder {model} is not a diffusers SDXL model: it needs unet/, vae/, text_encoder/, "
+            "text_encoder_2/, tokenizer/ and tokenizer_2/", parameter="model", value=model,
+        )
+    config_source = config or DEFAULT_SINGLE_FILE_CONFIG
+    try:
+        if not is_file:
+            return _from_folder_or_hub(str(path) if path.is_dir() else model, dtype=dtype, vae_dtype=vae_dtype)
+        if path.suffix == ".safetensors" and _is_diffusers_layout(path):
+            return _from_diffusers_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
+        return _from_original_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
+    except OmostError:
+        raise
+    except Exception as exc:  # library errors of every kind: one clear message instead of a traceback
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if is_file:
+            need = (f"a single file needs the SDXL configs and tokenizers from a diffusers folder or hub id "
+                    f"(config: {config_source}"
+                    + (", which must already be downloaded while HF_HUB_OFFLINE is set" if _offline() else "")
+                    + ")")
+        elif path.is_dir():
+            need = "a diffusers SDXL folder needs unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
+        else:
+            need = ("the hub id must name a diffusers SDXL repository"
+                    + (" already in the Hugging Face cache (HF_HUB_OFFLINE is set)" if _offline() else ""))
+        raise OmostError(f"could not load model {model}: {reason}; {need}",
+                         parameter="model", value=model) from exc

@@ -1,0 +1,270 @@
+"""The regional SDXL pipeline: encode conditions, sample with DPM++ 2M Karras, decode, optional HR fix.
+
+Built from loaded components (``loading.py``); the stages take turns on the accelerator through
+``ModelManager`` (text encoders, then VAE if the sketch is used, then UNet, then VAE). Noise comes
+from a seeded CPU generator, so a seed gives the same image on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from omost_engine.conditions import GRID, Condition
+from omost_engine.errors import OmostError
+from omost_engine.memory import ModelManager
+from omost_engine.params import RenderParams
+from omost_engine.progress import CancelToken, ProgressCallback, RenderProgress
+from omost_engine.render.area import area_weights, blend
+from omost_engine.render.attention import RegionalAttention
+from omost_engine.render.loading import SDXLComponents
+from omost_engine.render.prompt_encoding import CHUNK_TOKENS, EncodedPrompt, PooledKind, PromptEncoder
+from omost_engine.render.sampler import (
+    Denoiser,
+    karras_sigmas,
+    sample_dpmpp_2m,
+    timestep_for,
+    training_sigmas,
+)
+
+HR_MIN_SCALE = 1.05  # the original's threshold: smaller scales skip the HR fix
+SKETCH_BLUR = 81  # box blur of the 90x90 colour sketch (reflect-padded by 40) before VAE encoding
+# A cheap linear map from SDXL latents to RGB in [-1, 1] for step previews (rows: latent channels).
+LATENT_RGB = torch.tensor([
+    [0.3651, 0.4232, 0.4341],
+    [-0.2533, -0.0042, 0.1068],
+    [0.1076, 0.1111, -0.0362],
+    [-0.3165, -0.2492, -0.2188],
+])
+LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+
+
+def latent_preview(latent: torch.Tensor) -> Image.Image:
+    """A small RGB picture of a (1, 4, h, w) latent, one pixel per latent cell."""
+    rgb = torch.einsum("chw,cr->hwr", latent[0].float().cpu(), LATENT_RGB) + LATENT_RGB_BIAS
+    return Image.fromarray(((rgb + 1) * 127.5).clamp(0, 255).to(torch.uint8).numpy())
+
+
+def blurred_sketch(sketch: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """The original's initial-latent image: sketch in [-1, 1], reflect pad, 81x81 box blur, nearest resize."""
+    if sketch.shape != (GRID, GRID, 3):
+        raise OmostError(f"the colour sketch must be {GRID}x{GRID}x3, not {sketch.shape}", parameter="sketch")
+    pixels = torch.from_numpy(np.ascontiguousarray(sketch)).float().permute(2, 0, 1)[None] / 127.5 - 1
+    pad = SKETCH_BLUR // 2
+    blurred = F.avg_pool2d(F.pad(pixels, (pad, pad, pad, pad), mode="reflect"), SKETCH_BLUR, stride=1)
+    return F.interpolate(blurred, size=(height, width), mode="nearest")
+
+
+@dataclass(frozen=True)
+class _Prompts:
+    positives: list[EncodedPrompt]
+    negative: EncodedPrompt
+    masks: torch.Tensor  # (R, 90, 90), global first
+
+
+class RegionalPipeline:
+    """Renders conditions with one SDXL model. Not thread-safe: the renderer runs one render at a time."""
+
+    def __init__(
+        self,
+        components: SDXLComponents,
+        *,
+        memory: ModelManager,
+        pooled: PooledKind = "projected",
+        keep_suffixes: bool = True,
+        max_batch: int = 8,
+        preview: bool = True,
+    ) -> None:
+        self.components = components
+        self.memory = memory
+        self.device = memory.device
+        self.max_batch = max_batch
+        self.preview = preview
+        key = components.model
+        self.stage_names = {"text": f"sdxl:{key}:text", "unet": f"sdxl:{key}:unet", "vae": f"sdxl:{key}:vae"}
+        text_encoders = (components.text_encoder, components.text_encoder_2)
+
+        def move_text(device: torch.device) -> None:
+            for module in text_encoders:
+                module.to(device)
+
+        memory.register(self.stage_names["text"], move_text,
+                        on_device=components.text_encoder.device.type == self.device.type)
+        memory.register_module(self.stage_names["unet"], components.unet)
+        memory.register_module(self.stage_names["vae"], components.vae)
+        self.encoder = PromptEncoder(
+            tokenizer=components.tokenizer, tokenizer_2=components.tokenizer_2,
+            text_encoder=components.text_encoder, text_encoder_2=components.text_encoder_2,
+            pooled=pooled, keep_suffixes=keep_suffixes,
+        )
+        self.attention = RegionalAttention()
+        self.attention.install(components.unet)
+        self.train_sigmas = training_sigmas()
+        vae_config = components.vae.config
+        self.vae_scale = float(vae_config.scaling_factor)
+        self.vae_shift = float(getattr(vae_config, "shift_factor", None) or 0.0)
+
+    # -- stages ------------------------------------------------------------------------------------
+
+    def encode(self, conditions: Sequence[Condition], params: RenderParams) -> _Prompts:
+        self.memory.load(self.stage_names["text"])
+        extra = (params.positive.strip(),) if params.positive.strip() else ()
+        groups = [self.encoder.chunks(c.prefixes, (*c.suffixes, *extra)) for c in conditions]
+        encoded = self.encoder.encode([*groups, [self.encoder.negative_chunk(params.negative)]])
+        masks = torch.stack([torch.from_numpy(c.mask()) for c in conditions])
+        return _Prompts(positives=encoded[:-1], negative=encoded[-1], masks=masks)
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) pixels in [-1, 1] -> scaled latent (float32)."""
+        self.memory.load(self.stage_names["vae"])
+        vae = self.components.vae
+        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+        return (latent.float() - self.vae_shift) * self.vae_scale
+
+    def decode(self, latent: torch.Tensor) -> Image.Image:
+        self.memory.load(self.stage_names["vae"])
+        vae = self.components.vae
+        pixels = vae.decode((latent / self.vae_scale + self.vae_shift).to(self.device, vae.dtype)).sample
+        array = (pixels[0].permute(1, 2, 0).float() * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
+        return Image.fromarray(array.cpu().numpy())
+
+    def _unet(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+              time_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        unet = self.components.unet
+        x_in = (x / (sigma**2 + 1) ** 0.5).to(unet.dtype).expand(len(context), -1, -1, -1)
+        timestep = timestep_for(sigma, self.train_sigmas).to(self.device)
+        out = unet(x_in, timestep, encoder_hidden_states=context, encoder_attention_mask=attention_mask,
+                   added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+        return out.float()
+
+    def _omost_denoiser(self, prompts: _Prompts, params: RenderParams, time_ids: torch.Tensor) -> Denoiser:
+        dtype = self.components.unet.dtype
+        positive = torch.cat([p.cond for p in prompts.positives], dim=1)
+        negative = F.pad(prompts.negative.cond, (0, 0, 0, positive.shape[1] - CHUNK_TOKENS))
+        context = torch.cat([positive, negative]).to(self.device, dtype)
+        pooled = torch.cat([prompts.positives[0].pooled, prompts.negative.pooled]).to(self.device, dtype)
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            eps_pos, eps_neg = self._unet(x, sigma, context, pooled, time_ids[:2]).chunk(2)
+            return x - (eps_neg + params.cfg * (eps_pos - eps_neg)) * sigma
+
+        return denoise
+
+    def _area_denoiser(self, prompts: _Prompts, params: RenderParams, time_ids: torch.Tensor,
+                       latent_hw: tuple[int, int]) -> Denoiser:
+        dtype = self.components.unet.dtype
+        rows = [*prompts.positives, prompts.negative]
+        longest = max(p.cond.shape[1] for p in rows)
+        context = torch.cat([F.pad(p.cond, (0, 0, 0, longest - p.cond.shape[1])) for p in rows])
+        context = context.to(self.device, dtype)
+        pooled = torch.cat([p.pooled for p in rows]).to(self.device, dtype)
+        lengths = torch.tensor([p.cond.shape[1] for p in rows])
+        valid = (torch.arange(longest)[None] < lengths[:, None]).to(self.device, dtype)
+        same_length = bool((lengths == longest).all())
+        weights = area_weights(prompts.masks, overlap=params.overlap, global_strength=params.global_strength,
+                               region_strength=params.region_strength, latent_hw=latent_hw).to(self.device)
+
+        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            eps = torch.cat([
+                self._unet(x, sigma, context[i:i + self.max_batch], pooled[i:i + self.max_batch],
+                           time_ids[: len(context[i:i + self.max_batch])],
+                           None if same_length else valid[i:i + self.max_batch])
+                for i in range(0, len(rows), self.max_batch)
+            ])
+            eps_pos = blend(eps[:-1], weights)[None]
+            eps_neg = eps[-1:]
+            return x - (eps_neg + params.cfg * (eps_pos - eps_neg)) * sigma
+
+        return denoise
+
+    def sample(
+        self,
+        prompts: _Prompts,
+        params: RenderParams,
+        *,
+        size: tuple[int, int],
+        steps: int,
+        strength: float,
+        start: torch.Tensor | None,
+        generator: torch.Generator,
+        stage: str,
+        on_progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> torch.Tensor:
+        width, height = size
+        latent_hw = (height // 8, width // 8)
+        self.memory.load(self.stage_names["unet"])
+        sigmas = karras_sigmas(steps, strength=strength, train=self.train_sigmas).to(self.device)
+        noise = torch.randn((1, 4, *latent_hw), generator=generator, dtype=torch.float32).to(self.device)
+        x = noise * sigmas[0] + (start if start is not None else 0)
+        rows = len(prompts.positives) + 1 if params.method == "area" else 2
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * rows, dtype=self.components.unet.dtype,
+                                device=self.device)
+
+        def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
+            if on_progress is not None:
+                preview = latent_preview(denoised) if self.preview else None
+                on_progress(RenderProgress(step=step, total=total, stage=stage, preview=preview))
+
+        if params.method == "area":
+            denoise = self._area_denoiser(prompts, params, time_ids, latent_hw)
+            return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)
+        masks = torch.cat([prompts.masks, torch.ones(1, GRID, GRID)])  # the last one: the negative prompt's
+        token_region = self._token_regions(prompts)
+        with self.attention.regions(masks.to(self.device), token_region.to(self.device), latent_hw):
+            denoise = self._omost_denoiser(prompts, params, time_ids)
+            return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)
+
+    @staticmethod
+    def _token_regions(prompts: _Prompts) -> torch.Tensor:
+        """(2, T): region index of every positive token; the negative row's 77 tokens, then hidden padding."""
+        positive = [i for i, p in enumerate(prompts.positives) for _ in range(p.cond.shape[1])]
+        negative = [len(prompts.masks)] * CHUNK_TOKENS + [-1] * (len(positive) - CHUNK_TOKENS)
+        return torch.tensor([positive, negative], dtype=torch.long)
+
+    # -- the whole render ----------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        conditions: Sequence[Condition],
+        params: RenderParams,
+        *,
+        sketch: np.ndarray | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Image.Image:
+        params = params.validated()
+        conditions = list(conditions)
+        if not conditions:
+            raise OmostError("the layout has no conditions: it needs at least the global description",
+                             parameter="layout")
+        size = (params.width, params.height)
+        generator = torch.Generator("cpu").manual_seed(params.seed)
+        prompts = self.encode(conditions, params)
+        start, strength = None, 1.0
+        if params.initial_latent_denoise is not None and sketch is not None:
+            start = self.encode_image(blurred_sketch(sketch, *size))
+            strength = params.initial_latent_denoise
+        latent = self.sample(prompts, params, size=size, steps=params.steps, strength=strength, start=start,
+                             generator=generator, stage="render", on_progress=on_progress, cancel=cancel)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        image = self.decode(latent)
+        if params.hr_scale > HR_MIN_SCALE:
+            size = (round(params.width * params.hr_scale / 64) * 64, round(params.height * params.hr_scale / 64) * 64)
+            image = image.resize(size, Image.Resampling.LANCZOS)
+            pixels = torch.from_numpy(np.array(image)).float().permute(2, 0, 1)[None] / 127.5 - 1
+            start = self.encode_image(pixels)
+            latent = self.sample(prompts, params, size=size, steps=params.hr_steps, strength=params.hr_denoise,
+                                 start=start, generator=generator, stage="hires", on_progress=on_progress,
+                                 cancel=cancel)
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            image = self.decode(latent)
+        return image

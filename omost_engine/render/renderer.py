@@ -1,0 +1,130 @@
+"""``Renderer``: the ``Engine.render`` half of the engine, with models loaded once and reused."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from omost_engine.conditions import GRID, Condition
+from omost_engine.engine import RenderResult
+from omost_engine.errors import OmostError
+from omost_engine.memory import MemoryMode, ModelManager
+from omost_engine.params import RenderParams
+from omost_engine.progress import CancelToken, ProgressCallback
+from omost_engine.render.loading import DEFAULT_MODEL, load_components
+from omost_engine.render.pipeline import RegionalPipeline
+from omost_engine.render.prompt_encoding import PooledKind
+
+
+class HasConditions(Protocol):
+    conditions: list[Condition]
+
+
+def dtypes_for(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
+    """(UNet/text encoders, VAE) dtypes: fp16 on accelerators, the VAE in bf16 where it exists (SDXL's
+    VAE overflows in fp16), everything fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.float16, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    if device.type == "mps":
+        return torch.float16, torch.float32
+    return torch.float32, torch.float32
+
+
+def layout_sketch(layout: HasConditions) -> np.ndarray:
+    """``layout.sketch()`` when the layout has one, else the same colour sketch from its conditions."""
+    sketch = getattr(layout, "sketch", None)
+    if callable(sketch):
+        return np.asarray(sketch())
+    img = np.zeros((GRID, GRID, 3), dtype=np.float32) + np.array(layout.conditions[0].color, dtype=np.uint8)
+    for cond in layout.conditions[1:]:
+        top, bottom, left, right = cond.rect
+        img[top:bottom, left:right] = 0.7 * np.array(cond.color, dtype=np.uint8) + 0.3 * img[top:bottom, left:right]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def masks_picture(layout: HasConditions, size: tuple[int, int]) -> Image.Image:
+    """The canvas engineer's ``omost_engine.preview.masks_image`` if present, else numbered boxes."""
+    try:
+        preview = importlib.import_module("omost_engine.preview")
+    except ModuleNotFoundError:
+        preview = None
+    if preview is not None and hasattr(preview, "masks_image"):
+        return preview.masks_image(layout, size)
+    width, height = size
+    picture = Image.new("RGB", size, (24, 24, 24))
+    draw = ImageDraw.Draw(picture)
+    for index, cond in enumerate(layout.conditions[1:], start=1):
+        top, bottom, left, right = cond.rect
+        box = (left * width / GRID, top * height / GRID, right * width / GRID - 1, bottom * height / GRID - 1)
+        draw.rectangle(box, outline=tuple(cond.color), width=max(1, width // 128))
+        draw.text((box[0] + 4, box[1] + 2), str(index), fill=tuple(cond.color))
+    return picture
+
+
+class Renderer:
+    """Implements ``Engine.render``. Pipelines are cached by model id; one render runs at a time."""
+
+    def __init__(
+        self,
+        *,
+        memory: ModelManager | None = None,
+        device: torch.device | str | None = None,
+        memory_mode: MemoryMode = "offload",
+        default_model: str = DEFAULT_MODEL,
+        single_file_config: str | None = None,
+        pooled: PooledKind = "projected",
+        keep_suffixes: bool = True,
+        max_batch: int = 8,
+        preview: bool = True,
+    ) -> None:
+        self.memory = memory or ModelManager(device=device, mode=memory_mode)
+        self.default_model = default_model
+        self.single_file_config = single_file_config
+        self._pipeline_options: dict[str, Any] = dict(
+            pooled=pooled, keep_suffixes=keep_suffixes, max_batch=max_batch, preview=preview)
+        self._pipelines: dict[str, RegionalPipeline] = {}
+        self._lock = threading.Lock()
+
+    def pipeline(self, model: str | None = None) -> RegionalPipeline:
+        """The pipeline of ``model`` (default model when None), loading it on first use."""
+        name = model or self.default_model
+        cached = self._pipelines.get(name)
+        if cached is not None:
+            return cached
+        dtype, vae_dtype = dtypes_for(self.memory.device)
+        components = load_components(name, dtype=dtype, vae_dtype=vae_dtype, config=self.single_file_config)
+        pipeline = RegionalPipeline(components, memory=self.memory, **self._pipeline_options)
+        self._pipelines[name] = pipeline
+        return pipeline
+
+    def render(
+        self,
+        layout: HasConditions,
+        params: RenderParams,
+        *,
+        model: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RenderResult:
+        params = params.validated()
+        conditions = list(getattr(layout, "conditions", None) or [])
+        if not conditions:
+            raise OmostError("the layout has no conditions: it needs at least the global description",
+                             parameter="layout")
+        started = time.perf_counter()
+        with self._lock:
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            pipeline = self.pipeline(model)
+            sketch = layout_sketch(layout) if params.initial_latent_denoise is not None else None
+            image = pipeline(conditions, params, sketch=sketch, on_progress=on_progress, cancel=cancel)
+        return RenderResult(
+            image=image, masks=masks_picture(layout, image.size), model=model or self.default_model,
+            seconds=time.perf_counter() - started, params=params,
+        )
