@@ -1,8 +1,8 @@
 """Regions appearing while the reply streams: interpret every completed canvas call so far.
 
-The canvas engineer's safe interpreter (``omost_engine.reply``) does the work; this class decides
-when a new call may have completed (a closing parenthesis followed by a line end) so the program is
-not re-read at every token, and keeps the regions found so far (they only ever grow).
+The safe interpreter does the work (``reply.extract_code`` + ``interpreter.interpret_partial``); this
+class decides when a new call may have completed (a closing parenthesis, then a line end) so the
+program is not re-read at every token, and keeps the regions found so far (they only ever grow).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ class IncrementalCanvas:
     """Feed it the reply piece by piece; ``conditions`` holds the regions of the calls completed so far."""
 
     def __init__(self) -> None:
-        from omost_engine.reply import extract_code, interpret_partial
+        from omost_engine.interpreter import interpret_partial
+        from omost_engine.reply import extract_code
 
         self._extract_code = extract_code
         self._interpret_partial = interpret_partial

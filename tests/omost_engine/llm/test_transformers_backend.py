@@ -1,0 +1,169 @@
+import asyncio
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from omost_engine.llm.conversation import build_messages
+from omost_engine.llm.models import LLMLoader
+from omost_engine.llm.system_prompt import SYSTEM_PROMPT
+from omost_engine.llm.transformers_backend import IncrementalDecoder, TransformersBackend
+from omost_engine.params import LLMParams
+from omost_engine.progress import CancelToken
+
+GREEDY = LLMParams(max_new_tokens=128, temperature=0.0)
+
+
+def test_llama3_chat_template_wraps_system_history_and_prompt(tiny_backend: TransformersBackend) -> None:
+    messages = build_messages([("a cat", "```python\ncanvas = Canvas()\n```")], "make it a dog")
+    text = tiny_backend.tokenizer.decode(tiny_backend.encode(messages))
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + SYSTEM_PROMPT + "<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\na cat<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n```python\ncanvas = Canvas()\n```<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nmake it a dog<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_phi3_chat_template_and_end_tokens(tiny_phi3_dir: Path) -> None:
+    backend = TransformersBackend(LLMLoader().get(str(tiny_phi3_dir)))
+    text = backend.tokenizer.decode(backend.encode(build_messages([], "a cat")))
+    assert text == f"<|system|>\n{SYSTEM_PROMPT}<|end|>\n<|user|>\na cat<|end|>\n<|assistant|>\n"
+    vocab = backend.tokenizer.get_vocab()
+    assert vocab["<|end|>"] in backend.eos_token_ids and vocab["<|endoftext|>"] in backend.eos_token_ids
+    generation = backend.generate(build_messages([], "a cat"), GREEDY)
+    assert generation.tokens > 0
+
+
+def test_streamed_pieces_make_the_reply(tiny_backend: TransformersBackend) -> None:
+    pieces: list[tuple[str, int]] = []
+    generation = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=200, seed=3),
+                                       on_text=lambda piece, tokens: pieces.append((piece, tokens)))
+    assert "".join(p for p, _ in pieces) == generation.text
+    counts = [n for _, n in pieces]
+    assert counts == sorted(counts) and counts[-1] <= generation.tokens <= 200
+    assert generation.stop_reason in ("end", "length")
+    assert generation.prompt_tokens == tiny_backend.count_tokens(build_messages([], "a dragon"))
+
+
+def test_same_seed_same_reply_other_seed_other_reply(tiny_backend: TransformersBackend) -> None:
+    messages = build_messages([], "a dragon fighting warriors")
+    runs = [tiny_backend.generate(messages, LLMParams(max_new_tokens=128, seed=s)).text for s in (7, 7, 8)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_temperature_zero_is_greedy_whatever_the_seed(tiny_backend: TransformersBackend) -> None:
+    import torch
+
+    messages = build_messages([], "a dragon")
+    first = tiny_backend.generate(messages, GREEDY.replace(seed=1))
+    second = tiny_backend.generate(messages, GREEDY.replace(seed=2))
+    assert first.text == second.text
+    # The first greedy token is the argmax of the model's logits for the prompt.
+    ids = torch.tensor([tiny_backend.encode(messages)])
+    with torch.inference_mode():
+        expected = int(tiny_backend.llm.model(ids).logits[0, -1].argmax())
+    pieces: list[int] = []
+    tiny_backend._state = None
+    tiny_backend._generate(tiny_backend.encode(messages), GREEDY, pieces.append, CancelToken())
+    assert pieces[0] == expected
+
+
+def test_max_new_tokens_stops_a_reply(tiny_backend: TransformersBackend) -> None:
+    # A low temperature keeps the random model away from its end-of-turn token for a while.
+    generation = tiny_backend.generate(build_messages([], "a"), LLMParams(max_new_tokens=128, seed=5, top_p=0.5))
+    assert generation.tokens <= 128
+    if generation.stop_reason == "length":
+        assert generation.tokens == 128
+
+
+def test_cancel_stops_within_two_tokens(tiny_backend: TransformersBackend) -> None:
+    cancel = CancelToken()
+    seen: list[int] = []
+
+    def on_text(piece: str, tokens: int) -> None:
+        seen.append(tokens)
+        if tokens >= 5:
+            cancel.cancel()
+
+    generation = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, seed=11),
+                                       on_text=on_text, cancel=cancel)
+    assert generation.stop_reason == "cancelled"
+    assert 5 <= generation.tokens <= 7
+
+
+def test_cancel_from_another_thread(tiny_backend: TransformersBackend) -> None:
+    cancel = CancelToken()
+    started = threading.Event()
+    result = {}
+
+    def run() -> None:
+        result["g"] = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, seed=2,
+                                            top_p=0.3), on_text=lambda p, n: started.set(), cancel=cancel)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(10)
+    cancel.cancel()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert result["g"].stop_reason in ("cancelled", "end")  # "end" only if it finished first
+
+
+def test_reusing_the_previous_turns_state_keeps_the_reply(tiny_llm_dir: Path) -> None:
+    llm = LLMLoader().get(str(tiny_llm_dir))
+    reuse = TransformersBackend(llm, reuse_prompt_state=True)
+    fresh = TransformersBackend(llm, reuse_prompt_state=False)
+    first = reuse.generate(build_messages([], "a dragon"), GREEDY)
+    assert first.cached_prompt_tokens == 0
+    turn2 = build_messages([("a dragon", first.text or "x")], "change the dragon to a dinosaur")
+    second = reuse.generate(turn2, GREEDY)
+    baseline = fresh.generate(turn2, GREEDY)
+    assert second.cached_prompt_tokens >= reuse.count_tokens(build_messages([], "a dragon")) - 1
+    assert second.text == baseline.text
+
+
+async def test_astream_yields_pieces_without_blocking_the_loop(tiny_backend: TransformersBackend) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    pieces = [p async for p in tiny_backend.astream(build_messages([], "a dragon"), LLMParams(max_new_tokens=300))]
+    task.cancel()
+    assert pieces
+    assert ticks > 5  # the loop kept running while the model generated
+
+
+async def test_leaving_astream_early_cancels_generation(tiny_backend: TransformersBackend) -> None:
+    cancel = CancelToken()
+    stream = tiny_backend.astream(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, top_p=0.3),
+                                  cancel=cancel)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    assert cancel.cancelled
+    # The generating thread has stopped: the backend's lock is free again.
+    assert tiny_backend._lock.acquire(timeout=10)
+    tiny_backend._lock.release()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_incremental_decoder_matches_a_full_decode(tiny_backend: TransformersBackend, seed: int) -> None:
+    tokenizer = tiny_backend.tokenizer
+    rng = random.Random(seed)
+    ids = [rng.randrange(len(tokenizer)) for _ in range(300)]
+    newline = tokenizer.encode("\n", add_special_tokens=False)
+    ids[50:50] = newline
+    ids[120:120] = newline
+    decoder = IncrementalDecoder(tokenizer)
+    text = "".join(decoder.push(i) for i in ids)
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    assert full.startswith(text) and len(full) - len(text) <= 3  # a trailing partial character may wait
