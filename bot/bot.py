@@ -1,0 +1,132 @@
+"""``OmostBot``: opens the database, starts the job service, loads the cogs, syncs commands when they changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import BotConfig
+from bot.db import Database
+from bot.flows import Flows, send_error
+from bot.jobs import InProcessJobBackend, JobBackend, StageTimeouts
+from bot.service import JobService
+from bot.storage import Storage
+from bot.views import JobButton
+from omost_engine.engine import Engine
+from omost_engine.errors import OmostError
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.omost",)
+TREE_HASH_KEY = "command_tree_hash"
+
+
+def bot_intents() -> discord.Intents:
+    intents = discord.Intents.default()
+    intents.message_content = True  # privileged: replies to results are read as refinements
+    return intents
+
+
+class OmostTree(app_commands.CommandTree["OmostBot"]):
+    async def on_error(self, interaction: discord.Interaction[OmostBot],  # type: ignore[override]
+                       error: app_commands.AppCommandError) -> None:
+        """One clear ephemeral message for every failure; never a traceback in Discord."""
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, OmostError):
+            message = str(cause)
+        elif isinstance(cause, app_commands.CheckFailure):
+            message = str(cause) or "you may not use this command here"
+        elif isinstance(cause, discord.Forbidden):
+            message = "Discord refused: I am missing a permission in this channel (Send Messages, Attach Files, Embed Links)"
+        else:
+            log.exception("command %s failed", interaction.command.qualified_name if interaction.command else "?",
+                          exc_info=cause)
+            message = "something went wrong on my side; the error was logged. Please try again"
+        await send_error(interaction, message)
+
+
+class OmostBot(commands.Bot):
+    """The bot. ``engine`` is any ``Engine``; ``backend`` replaces the in-process job queue."""
+
+    def __init__(
+        self, *, config: BotConfig, engine: Engine | None = None, backend: JobBackend | None = None,
+        clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+        **options: Any,
+    ) -> None:
+        if engine is None and backend is None:
+            raise ValueError("OmostBot needs an engine (for the in-process queue) or a job backend")
+        options.setdefault("intents", bot_intents())
+        super().__init__(command_prefix=commands.when_mentioned, tree_cls=OmostTree, help_command=None, **options)
+        self.config = config
+        self.engine = engine
+        self.backend: JobBackend = backend or InProcessJobBackend(
+            engine,  # type: ignore[arg-type]
+            max_queue=config.max_queue, clock=clock,
+            timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s),
+        )
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.flows = Flows(self)
+        self.db: Database | None = None
+        self.synced_commands = False  # whether this start synced the command tree (tests, logs)
+
+    @property
+    def storage(self) -> Storage:
+        return self.jobs.storage
+
+    async def setup_hook(self) -> None:
+        self.db = await Database.open(self.config.db)
+        self.jobs = JobService(self, storage=Storage(self.db, clock=self.wall_clock), backend=self.backend,
+                               config=self.config, clock=self.clock)
+        self.backend.bind(self.jobs)
+        self.add_dynamic_items(JobButton)
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands()
+        interrupted, requeued = await self.jobs.recover()
+        if interrupted or requeued:
+            log.info("recovered jobs: %d interrupted, %d queued again", interrupted, requeued)
+
+    def command_tree_hash(self) -> str:
+        payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
+        text = json.dumps({"guild": self.config.sync_guild, "commands": payload}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    async def sync_commands(self, *, force: bool = False) -> bool:
+        """Sync the slash commands when the tree changed since the last sync (or ``force``); Discord rate
+        limits syncs, so a plain restart does not sync."""
+        digest = self.command_tree_hash()
+        if not force and await self.storage.meta(TREE_HASH_KEY) == digest:
+            return False
+        if self.config.sync_guild:
+            guild = discord.Object(self.config.sync_guild)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+        await self.storage.set_meta(TREE_HASH_KEY, digest)
+        self.synced_commands = True
+        log.info("synced the command tree (%s)", digest[:12])
+        return True
+
+    async def is_owner(self, user: discord.abc.User) -> bool:
+        if self.config.owner_ids:
+            return user.id in self.config.owner_ids
+        return await super().is_owner(user)
+
+    async def close(self) -> None:
+        await self.backend.close()
+        if hasattr(self, "jobs"):
+            await self.jobs.drain()
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+        await super().close()

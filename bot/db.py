@@ -1,0 +1,167 @@
+"""One SQLite file (WAL) through aiosqlite, and the migration runner for ``migrations/V<n>__<name>.sql``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from omost_engine.errors import OmostError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_MIGRATION_NAME = re.compile(r"^V(?P<version>\d+)__(?P<name>\w+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def find_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """The migrations in ``directory``, sorted; versions must run 1, 2, 3 ... without gaps."""
+    found: list[Migration] = []
+    for path in directory.glob("*.sql"):
+        match = _MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise OmostError(f"migration file {path.name!r} is not named V<number>__<name>.sql",
+                             parameter="migrations", value=path.name, allowed="V<number>__<name>.sql")
+        found.append(Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    for expected, migration in enumerate(found, start=1):
+        if migration.version != expected:
+            raise OmostError(f"migrations must be numbered 1, 2, 3 ... without gaps; V{expected} is missing",
+                             parameter="migrations", value=migration.version)
+    return found
+
+
+class Database:
+    """An open connection plus helpers; one per bot. Rows come back as ``sqlite3.Row``."""
+
+    def __init__(self, connection: aiosqlite.Connection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+        # Statements of concurrent tasks must not land inside another task's open transaction.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path, *, migrations: Iterable[Migration] | None = None) -> Database:
+        """Open (creating) the file, switch to WAL and bring the schema up to date."""
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = await aiosqlite.connect(path, isolation_level=None)  # we manage transactions
+        except Exception as exc:  # sqlite3.OperationalError: unreadable path, not a database ...
+            raise OmostError(f"cannot open the database {str(path)!r}: {exc}", parameter="db",
+                             value=str(path)) from exc
+        connection.row_factory = aiosqlite.Row
+        db = cls(connection, path)
+        try:
+            await connection.execute("PRAGMA journal_mode=WAL")
+            await connection.execute("PRAGMA foreign_keys=ON")
+            await connection.execute("PRAGMA busy_timeout=5000")
+            await db.migrate(find_migrations() if migrations is None else list(migrations))
+        except BaseException:
+            await connection.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def version(self) -> int:
+        await self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+            " applied_at REAL NOT NULL)"
+        )
+        row = await self.fetchone("SELECT MAX(version) AS v FROM schema_version")
+        return int(row["v"] or 0) if row else 0
+
+    async def migrate(self, migrations: list[Migration]) -> list[int]:
+        """Apply the missing migrations, each in its own transaction; returns the versions applied."""
+        current = await self.version()
+        newest = migrations[-1].version if migrations else 0
+        if current > newest:
+            raise OmostError(
+                f"the database {str(self.path)!r} has schema version {current}, newer than this bot "
+                f"knows (up to {newest}); upgrade the bot or use another OMOST_DB file",
+                parameter="db", value=current, allowed=f"schema versions up to {newest}",
+            )
+        applied = []
+        for migration in migrations:
+            if migration.version <= current:
+                continue
+            # executescript would commit on its own; run the statements inside one explicit transaction.
+            await self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(migration.sql):
+                    await self.connection.execute(statement)
+                await self.connection.execute(
+                    "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+                await self.connection.execute("COMMIT")
+            except BaseException as exc:
+                await self.connection.execute("ROLLBACK")
+                if isinstance(exc, Exception):
+                    raise OmostError(f"migration V{migration.version}__{migration.name} failed: {exc}",
+                                     parameter="db", value=migration.version) from exc
+                raise
+            applied.append(migration.version)
+        return applied
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int | None:
+        """Run one write statement (its own transaction); returns the last row id."""
+        async with self._write_lock:
+            return await self._execute(sql, params)
+
+    async def _execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int | None:
+        cursor = await self.connection.execute(sql, params)
+        rowid = cursor.lastrowid
+        await cursor.close()
+        return rowid
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Several writes that succeed or fail together."""
+        async with self._write_lock:
+            await self.connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(self)
+            except BaseException:
+                await self.connection.execute("ROLLBACK")
+                raise
+            await self.connection.execute("COMMIT")
+
+    async def fetchone(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> aiosqlite.Row | None:
+        async with self.connection.execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def fetchall(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[aiosqlite.Row]:
+        async with self.connection.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+
+class Transaction:
+    """The handle inside ``Database.transaction()``: writes without re-taking the lock."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int | None:
+        return await self._db._execute(sql, params)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (comments dropped); our SQL has no ';' inside strings."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]

@@ -1,0 +1,171 @@
+"""What the bot shows: status texts, progress bars, result embeds, layout previews, image encoding."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import discord
+from PIL import Image, ImageDraw
+
+from omost_engine.conditions import GRID, Condition
+from omost_engine.params import RenderParams
+from omost_engine.progress import LLMProgress, RenderProgress
+
+EMBED_COLOR = 0x5865F2
+ERROR_COLOR = 0xED4245
+PROMPT_PREVIEW_CHARS = 200
+
+
+def progress_bar(fraction: float, width: int = 20) -> str:
+    fraction = min(max(fraction, 0.0), 1.0)
+    filled = round(fraction * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, secs = divmod(seconds, 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def shorten(text: str, limit: int = PROMPT_PREVIEW_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def queued_text(job_id: int, position: int) -> str:
+    if position <= 1:
+        return f"⏳ Job #{job_id} is next in the queue."
+    return f"⏳ Job #{job_id} is queued: position {position}."
+
+
+def llm_text(job_id: int, progress: LLMProgress | None) -> str:
+    if progress is None:
+        return f"✍️ Job #{job_id}: the LLM is writing the composition…"
+    regions = max(0, len(progress.conditions) - 1)  # the first condition is the global description
+    return (f"✍️ Job #{job_id}: the LLM is writing the composition — {progress.tokens} tokens "
+            f"({progress.tokens_per_second:.1f}/s), {regions} region{'s' if regions != 1 else ''} so far.")
+
+
+def render_text(job_id: int, progress: RenderProgress | None, eta: float | None) -> str:
+    if progress is None:
+        return f"🎨 Job #{job_id}: rendering…"
+    stage = "high-res pass" if progress.stage == "hires" else "diffusion"
+    eta_text = f", about {format_seconds(eta)} left" if eta is not None else ""
+    return (f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}\n"
+            f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}")
+
+
+def preview_image(conditions: Sequence[Condition], *, size: int = 180) -> Image.Image:
+    """The colour sketch of the regions found so far, each region outlined (``size`` pixels square)."""
+    scale = size / GRID
+    image = Image.new("RGB", (size, size), tuple(conditions[0].color) if conditions else (40, 40, 40))
+    draw = ImageDraw.Draw(image)
+    for index, condition in enumerate(conditions[1:], start=1):
+        top, bottom, left, right = condition.rect
+        box = (left * scale, top * scale, max(left + 1, right) * scale - 1, max(top + 1, bottom) * scale - 1)
+        draw.rectangle(box, fill=tuple(int(0.7 * c + 0.3 * 128) for c in condition.color),
+                       outline=(255, 255, 255), width=max(1, size // 120))
+        draw.text((box[0] + 3, box[1] + 2), str(index), fill=(255, 255, 255))
+    return image
+
+
+def masks_image(conditions: Sequence[Condition], *, cell: int = 160) -> Image.Image:
+    """One tile per condition: its mask in white on black, labelled; tiles in rows of four."""
+    columns = min(4, max(1, len(conditions)))
+    rows = (len(conditions) + columns - 1) // columns
+    sheet = Image.new("RGB", (columns * cell, rows * cell), (24, 24, 24))
+    scale = cell / GRID
+    for index, condition in enumerate(conditions):
+        x0, y0 = (index % columns) * cell, (index // columns) * cell
+        draw = ImageDraw.Draw(sheet)
+        top, bottom, left, right = condition.rect
+        draw.rectangle((x0 + 1, y0 + 1, x0 + cell - 2, y0 + cell - 2), fill=(0, 0, 0))
+        draw.rectangle((x0 + left * scale, y0 + top * scale, x0 + right * scale - 1, y0 + bottom * scale - 1),
+                       fill=(235, 235, 235), outline=tuple(condition.color), width=3)
+        draw.text((x0 + 4, y0 + 3), "global" if index == 0 else f"region {index}", fill=(255, 80, 80))
+    return sheet
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    data: bytes
+    filename: str
+    note: str | None  # set when the picture had to be re-encoded or shrunk to fit
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_image(image: Image.Image, *, limit: int, stem: str = "image") -> EncodedImage:
+    """PNG if it fits in ``limit`` bytes; else JPEG at falling quality; else JPEG of a smaller copy."""
+    data = png_bytes(image)
+    if len(data) <= limit:
+        return EncodedImage(data, f"{stem}.png", None)
+    rgb = image.convert("RGB")
+    for quality in (92, 85, 75):
+        buffer = io.BytesIO()
+        rgb.save(buffer, format="JPEG", quality=quality)
+        if buffer.tell() <= limit:
+            return EncodedImage(buffer.getvalue(), f"{stem}.jpg",
+                                f"sent as JPEG (quality {quality}) to fit Discord's upload limit")
+    scaled = rgb
+    while min(scaled.size) > 16:
+        scaled = scaled.resize((max(1, scaled.width * 3 // 4), max(1, scaled.height * 3 // 4)), Image.LANCZOS)
+        buffer = io.BytesIO()
+        scaled.save(buffer, format="JPEG", quality=80)
+        if buffer.tell() <= limit:
+            return EncodedImage(buffer.getvalue(), f"{stem}.jpg",
+                                f"downscaled to {scaled.width}x{scaled.height} JPEG to fit Discord's upload limit")
+    raise ValueError(f"cannot fit the image into {limit} bytes")
+
+
+def result_embed(
+    *, job_id: int, prompt: str, params: RenderParams, llm_model: str | None, render_model: str,
+    seconds: float, image_filename: str, requester: str, notes: Sequence[str] = (),
+) -> discord.Embed:
+    embed = discord.Embed(title=shorten(prompt, 250) or "Layout render", color=EMBED_COLOR)
+    embed.set_image(url=f"attachment://{image_filename}")
+    embed.add_field(name="Seed", value=str(params.seed))
+    embed.add_field(name="Size", value=f"{params.width}x{params.height}")
+    embed.add_field(name="Steps · CFG", value=f"{params.steps} · {params.cfg:g}")
+    method = params.method if params.method == "omost" else (
+        f"area (global {params.global_strength:g}, region {params.region_strength:g}, {params.overlap})")
+    embed.add_field(name="Method", value=method)
+    embed.add_field(name="LLM", value=llm_model or "— (layout file)")
+    embed.add_field(name="SDXL", value=render_model)
+    if params.negative:
+        embed.add_field(name="Negative", value=shorten(params.negative, 200), inline=False)
+    if params.positive:
+        embed.add_field(name="Positive", value=shorten(params.positive, 200), inline=False)
+    if notes:
+        embed.add_field(name="Notes", value=shorten("\n".join(notes), 1000), inline=False)
+    embed.set_footer(text=f"Job #{job_id} by {requester} · {format_seconds(seconds)} · reply to refine, "
+                          "or reply with a layout .json to render it")
+    return embed
+
+
+def error_embed(message: str, *, title: str = "That did not work") -> discord.Embed:
+    return discord.Embed(title=title, description=shorten(message, 3900), color=ERROR_COLOR)
+
+
+HELP_TEXT = """\
+**Omost** turns a sentence into a composed image: an LLM writes the layout (a global description plus \
+regions on a 90x90 grid), then SDXL renders it region by region.
+
+`/omost compose prompt:` — a new image; options: llm, seed, temperature, top_p, max_new_tokens, size \
+(portrait, square, landscape, wide, tall, 3:2, 2:3, 16:9, 9:16 or WIDTHxHEIGHT), steps, cfg, method \
+(omost or area), global_strength, region_strength, overlap, negative, positive.
+**Reply** to a result with text to change it (the LLM edits the composition); replying to an older \
+result branches from there. **Reply with a layout .json** (ours or ComfyUI_omost's) to render it as is.
+`/omost render layout:` — render a layout file without the LLM.
+`/omost new` — start a fresh conversation here. `/omost history` — your recent results.
+`/omost queue` — what is waiting. `/omost cancel` — stop your job.
+`/omost settings` — defaults and limits (admins).
+Buttons: 🎲 reroll (same layout, new seed) · 🧩 layout & masks · ✏️ edit · 🗑️ delete.
+"""

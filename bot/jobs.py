@@ -1,0 +1,367 @@
+"""The job queue: a ``JobBackend`` interface and its in-process implementation (one GPU worker).
+
+The bot (``bot.service.JobService``) owns the database; a backend only schedules and runs:
+
+* ``submit(ticket)`` queues a job id; fairness is round-robin between users, FIFO per user.
+* When a job reaches the GPU the backend asks the bot for its ``JobSpec`` (``JobHandler.prepare``):
+  the history is read then, so a turn queued behind another of the same conversation sees its reply.
+* The work itself is ``execute_job(engine, spec, ...)``: blocking engine calls in a worker thread,
+  with a timeout per stage and a ``CancelToken``. A distributed backend runs the same function in its
+  worker process and forwards the same events.
+* Everything that happens is a ``JobEvent`` given to ``JobHandler.on_event`` on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from omost_engine.engine import ChatMessage, ChatResult, Engine, RenderResult
+from omost_engine.errors import CancelledError, OmostError
+from omost_engine.params import LLMParams, RenderParams
+from omost_engine.progress import CancelToken, LLMProgress, RenderProgress
+
+if TYPE_CHECKING:
+    from omost_engine.layout import Layout
+
+Stage = Literal["llm", "render"]
+
+
+class QueueFullError(OmostError):
+    """The queue (or this user's share of it) has no room; nothing was queued."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ticket:
+    """What a backend needs to schedule a job (JSON-able, so it can travel to another process)."""
+
+    job_id: int
+    user_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec:
+    """Everything one run needs. ``layout`` set: render it without the LLM."""
+
+    job_id: int
+    prompt: str
+    history: Sequence[ChatMessage]
+    llm: str | None
+    llm_params: LLMParams
+    render_params: RenderParams
+    layout: Layout | None = None
+    sdxl: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOutput:
+    chat: ChatResult | None  # None for a layout-only render
+    render: RenderResult
+    layout: Layout
+
+
+# -- events ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Queued(JobEvent):
+    position: int  # 1 = next to run
+
+
+@dataclass(frozen=True)
+class Started(JobEvent):
+    stage: Stage
+
+
+@dataclass(frozen=True)
+class Progress(JobEvent):
+    progress: LLMProgress | RenderProgress
+    at: float = field(default=0.0)  # monotonic seconds when the engine reported it
+
+
+@dataclass(frozen=True)
+class ChatDone(JobEvent):
+    result: ChatResult
+
+
+@dataclass(frozen=True)
+class Finished(JobEvent):
+    output: JobOutput
+
+
+@dataclass(frozen=True)
+class Failed(JobEvent):
+    stage: Stage | None
+    message: str  # one sentence for the user
+
+
+@dataclass(frozen=True)
+class Cancelled(JobEvent):
+    pass
+
+
+class JobHandler(Protocol):
+    """The bot's side of a backend."""
+
+    async def prepare(self, job_id: int) -> JobSpec | None:
+        """The spec of a job about to run (and mark it running); None skips it (cancelled meanwhile)."""
+        ...
+
+    def on_event(self, event: JobEvent) -> None:
+        """Called on the event loop for every event; must return quickly (schedule slow work)."""
+        ...
+
+
+class JobBackend(Protocol):
+    """Where jobs wait and run. ``InProcessJobBackend`` here; a distributed one can replace it."""
+
+    def bind(self, handler: JobHandler) -> None:
+        """Set the receiver of ``prepare`` calls and events (once, before the first submit)."""
+        ...
+
+    async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
+        """Queue a job; returns its position (1 = next). Raises ``QueueFullError`` when there is no room."""
+        ...
+
+    async def cancel(self, job_id: int) -> bool:
+        """Cancel a waiting or running job; False if the backend does not hold it."""
+        ...
+
+    def position(self, job_id: int) -> int | None:
+        """0 while running, 1.. while waiting, None when unknown."""
+        ...
+
+    def snapshot(self) -> list[tuple[Ticket, int]]:
+        """Every held job with its position, running first, then in the order they will run."""
+        ...
+
+    async def close(self) -> None:
+        """Stop taking jobs, cancel the running one and wait for the worker to stop."""
+        ...
+
+
+# -- running one job -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTimeouts:
+    llm: float = 900.0
+    render: float = 900.0
+
+
+async def _run_stage(stage: Stage, timeout: float, token: CancelToken, call: Callable[[], object]) -> object:
+    """Run ``call`` in a thread; at the timeout ask it to stop (the engine honours the token) and fail."""
+    work = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.wait_for(asyncio.shield(work), timeout)
+    except TimeoutError:
+        token.cancel()
+        with contextlib.suppress(CancelledError):
+            await work
+        raise OmostError(f"the {'LLM' if stage == 'llm' else 'render'} step took longer than {timeout:g} s "
+                         "and was stopped", parameter=f"{stage}_timeout_s", value=timeout) from None
+    except asyncio.CancelledError:  # the bot is shutting down: stop the thread too
+        token.cancel()
+        raise
+
+
+async def execute_job(
+    engine: Engine, spec: JobSpec, *, emit: Callable[[JobEvent], None], cancel: CancelToken,
+    timeouts: StageTimeouts = StageTimeouts(), clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Run one job (LLM turn unless a layout is given, then the render), reporting through ``emit``.
+
+    ``emit`` is called on the event loop; progress from the worker thread hops over thread-safely.
+    Engine failures become ``Failed`` events with one clear sentence; this function never raises for them.
+    """
+    loop = asyncio.get_running_loop()
+    stage: Stage = "llm"
+
+    def on_progress(progress: LLMProgress | RenderProgress) -> None:
+        loop.call_soon_threadsafe(emit, Progress(spec.job_id, progress, clock()))
+
+    try:
+        chat: ChatResult | None = None
+        layout = spec.layout
+        if layout is None:
+            emit(Started(spec.job_id, "llm"))
+            chat = await _run_stage("llm", timeouts.llm, cancel, lambda: engine.chat(
+                spec.history, spec.prompt, spec.llm_params, llm=spec.llm, on_progress=on_progress, cancel=cancel))
+            assert isinstance(chat, ChatResult)
+            layout = chat.layout
+            emit(ChatDone(spec.job_id, chat))
+        cancel.raise_if_cancelled()
+        stage = "render"
+        emit(Started(spec.job_id, "render"))
+        render = await _run_stage("render", timeouts.render, cancel, lambda: engine.render(
+            layout, spec.render_params, model=spec.sdxl, on_progress=on_progress, cancel=cancel))
+        assert isinstance(render, RenderResult)
+        emit(Finished(spec.job_id, JobOutput(chat=chat, render=render, layout=layout)))
+    except CancelledError:
+        emit(Cancelled(spec.job_id))
+    except OmostError as exc:
+        emit(Failed(spec.job_id, stage, str(exc)))
+    except Exception as exc:  # an engine bug or a GPU error: tell the user which step failed, keep going
+        emit(Failed(spec.job_id, stage, f"the {'LLM' if stage == 'llm' else 'render'} step failed: "
+                                        f"{type(exc).__name__}: {exc}"))
+
+
+# -- the in-process backend -------------------------------------------------------------------------------
+
+
+class InProcessJobBackend:
+    """One worker on this process's GPU. The worker task exists only while jobs are waiting or running."""
+
+    def __init__(
+        self, engine: Engine, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.max_queue = max_queue
+        self.timeouts = timeouts
+        self.clock = clock
+        self._handler: JobHandler | None = None
+        self._waiting: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+        self._running: tuple[Ticket, CancelToken] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._closed = False
+
+    def bind(self, handler: JobHandler) -> None:
+        self._handler = handler
+
+    # -- queries ------------------------------------------------------------------------------------------
+
+    def _order(self) -> list[Ticket]:
+        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+        queues = [list(q) for q in self._waiting.values()]
+        order: list[Ticket] = []
+        for round_index in range(max((len(q) for q in queues), default=0)):
+            order += [q[round_index] for q in queues if round_index < len(q)]
+        return order
+
+    def snapshot(self) -> list[tuple[Ticket, int]]:
+        running = [(self._running[0], 0)] if self._running else []
+        return running + [(ticket, i) for i, ticket in enumerate(self._order(), start=1)]
+
+    def position(self, job_id: int) -> int | None:
+        for ticket, position in self.snapshot():
+            if ticket.job_id == job_id:
+                return position
+        return None
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def held_by(self, user_id: int) -> int:
+        running = 1 if self._running and self._running[0].user_id == user_id else 0
+        return running + len(self._waiting.get(user_id, ()))
+
+    # -- changes ------------------------------------------------------------------------------------------
+
+    async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
+        if self._closed:
+            raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
+        if self.waiting >= self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later",
+                                 parameter="queue", value=self.waiting, allowed=f"up to {self.max_queue} jobs")
+        if user_cap is not None and self.held_by(ticket.user_id) >= user_cap:
+            raise QueueFullError(
+                f"you already have {self.held_by(ticket.user_id)} jobs queued or running; the limit is {user_cap}."
+                " Wait for one to finish or cancel one with /omost cancel",
+                parameter="max_queued_per_user", value=self.held_by(ticket.user_id), allowed=f"up to {user_cap}")
+        self._waiting.setdefault(ticket.user_id, deque()).append(ticket)
+        position = self.position(ticket.job_id)
+        assert position is not None
+        self._wake()
+        return position
+
+    async def cancel(self, job_id: int) -> bool:
+        if self._running and self._running[0].job_id == job_id:
+            self._running[1].cancel()  # the worker reports Cancelled when the engine stops
+            return True
+        for user_id, queue in list(self._waiting.items()):
+            for ticket in queue:
+                if ticket.job_id == job_id:
+                    queue.remove(ticket)
+                    if not queue:
+                        del self._waiting[user_id]
+                    self._emit(Cancelled(job_id))
+                    self._announce_positions()
+                    return True
+        return False
+
+    def pause(self) -> None:
+        """Hold waiting jobs (maintenance); the running one finishes."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._wake()
+
+    async def close(self) -> None:
+        self._closed = True
+        self._paused = True
+        if self._running:
+            self._running[1].cancel()
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def join(self) -> None:
+        """Wait until the worker has nothing left to do (tests, benchmarks, graceful stops)."""
+        while self._worker is not None and not self._worker.done():
+            await asyncio.shield(self._worker)
+
+    # -- the worker ---------------------------------------------------------------------------------------
+
+    def _emit(self, event: JobEvent) -> None:
+        if self._handler is not None:
+            self._handler.on_event(event)
+
+    def _announce_positions(self) -> None:
+        for position, ticket in enumerate(self._order(), start=1):
+            self._emit(Queued(ticket.job_id, position))
+
+    def _wake(self) -> None:
+        # Started on demand and gone when idle: no task sits forever on an empty queue.
+        if not self._paused and self._waiting and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="omost-gpu-worker")
+
+    def _take(self) -> Ticket | None:
+        if not self._waiting:
+            return None
+        user_id, queue = next(iter(self._waiting.items()))
+        ticket = queue.popleft()
+        del self._waiting[user_id]
+        if queue:  # this user goes to the back of the round
+            self._waiting[user_id] = queue
+        return ticket
+
+    async def _work(self) -> None:
+        assert self._handler is not None, "bind() the backend to a handler before submitting"
+        while not self._paused and (ticket := self._take()) is not None:
+            token = CancelToken()
+            self._running = (ticket, token)
+            self._announce_positions()
+            try:
+                spec = await self._handler.prepare(ticket.job_id)
+                if spec is not None:
+                    await execute_job(self.engine, spec, emit=self._emit, cancel=token, timeouts=self.timeouts,
+                                      clock=self.clock)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the bot's own bookkeeping failed (e.g. the database): report and go on
+                self._emit(Failed(ticket.job_id, None, f"the job could not start: {type(exc).__name__}: {exc}"))
+            finally:
+                self._running = None
