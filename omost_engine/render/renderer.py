@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from typing import Any, Protocol
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-from omost_engine.conditions import GRID, Condition
+from omost_engine.conditions import Condition
 from omost_engine.engine import RenderResult
 from omost_engine.errors import OmostError
+from omost_engine.layout import Layout
 from omost_engine.memory import MemoryMode, ModelManager
 from omost_engine.params import RenderParams
+from omost_engine.preview import masks_image
 from omost_engine.progress import CancelToken, ProgressCallback
 from omost_engine.render.loading import DEFAULT_MODEL, load_components
 from omost_engine.render.pipeline import RegionalPipeline
@@ -36,35 +35,9 @@ def dtypes_for(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
     return torch.float32, torch.float32
 
 
-def layout_sketch(layout: HasConditions) -> np.ndarray:
-    """``layout.sketch()`` when the layout has one, else the same colour sketch from its conditions."""
-    sketch = getattr(layout, "sketch", None)
-    if callable(sketch):
-        return np.asarray(sketch())
-    img = np.zeros((GRID, GRID, 3), dtype=np.float32) + np.array(layout.conditions[0].color, dtype=np.uint8)
-    for cond in layout.conditions[1:]:
-        top, bottom, left, right = cond.rect
-        img[top:bottom, left:right] = 0.7 * np.array(cond.color, dtype=np.uint8) + 0.3 * img[top:bottom, left:right]
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def masks_picture(layout: HasConditions, size: tuple[int, int]) -> Image.Image:
-    """The canvas engineer's ``omost_engine.preview.masks_image`` if present, else numbered boxes."""
-    try:
-        preview = importlib.import_module("omost_engine.preview")
-    except ModuleNotFoundError:
-        preview = None
-    if preview is not None and hasattr(preview, "masks_image"):
-        return preview.masks_image(layout, size)
-    width, height = size
-    picture = Image.new("RGB", size, (24, 24, 24))
-    draw = ImageDraw.Draw(picture)
-    for index, cond in enumerate(layout.conditions[1:], start=1):
-        top, bottom, left, right = cond.rect
-        box = (left * width / GRID, top * height / GRID, right * width / GRID - 1, bottom * height / GRID - 1)
-        draw.rectangle(box, outline=tuple(cond.color), width=max(1, width // 128))
-        draw.text((box[0] + 4, box[1] + 2), str(index), fill=tuple(cond.color))
-    return picture
+def as_layout(layout: HasConditions) -> Layout:
+    """A ``Layout`` for anything with ``.conditions`` (the renderer accepts bare condition holders)."""
+    return layout if isinstance(layout, Layout) else Layout(conditions=list(layout.conditions))
 
 
 class Renderer:
@@ -122,9 +95,9 @@ class Renderer:
             if cancel is not None:
                 cancel.raise_if_cancelled()
             pipeline = self.pipeline(model)
-            sketch = layout_sketch(layout) if params.initial_latent_denoise is not None else None
+            sketch = as_layout(layout).sketch() if params.initial_latent_denoise is not None else None
             image = pipeline(conditions, params, sketch=sketch, on_progress=on_progress, cancel=cancel)
         return RenderResult(
-            image=image, masks=masks_picture(layout, image.size), model=model or self.default_model,
+            image=image, masks=masks_image(as_layout(layout), image.size), model=model or self.default_model,
             seconds=time.perf_counter() - started, params=params,
         )
