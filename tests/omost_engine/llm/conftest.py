@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
+from aiohttp import web
+
+from omost_engine.llm.scripted import split_tokens
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -55,3 +62,104 @@ def golden_reply():
         return json.loads(path.read_text())["bot_response"]
 
     return read
+
+
+def sse(data: object) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+class FakeOpenAIServer:
+    """A real HTTP server on 127.0.0.1 speaking the chat-completions protocol, run in its own thread
+    (the backend under test blocks, as it does in the bot's worker thread)."""
+
+    def __init__(self, reply: str) -> None:
+        self.reply = self.default_reply = reply
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.mode = "ok"
+        self.failures_left = 0
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self.stop = asyncio.Event()  # ends every stall at close
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
+        self.runner = web.AppRunner(app)
+        self._loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def stall(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), 30)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self.stop.set)
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "omost-llama-3-8b-q8", "object": "model"}]})
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        self.headers.append(dict(request.headers))
+        if self.failures_left:
+            self.failures_left -= 1
+            return web.json_response({"error": {"message": "model is loading"}}, status=503)
+        if self.mode == "404":
+            return web.json_response({"error": {"message": "model 'x' not found", "type": "invalid_request"}},
+                                     status=404)
+        if self.mode == "500":
+            return web.Response(text="Internal Server Error: CUDA out of memory", status=500)
+        if self.mode == "stall-before-headers":
+            await self.stall()
+        if self.mode == "json":
+            return web.json_response({"choices": [{"message": {"role": "assistant", "content": self.reply},
+                                                   "finish_reason": "stop"}]})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b": keep-alive\n\n")
+        tokens = split_tokens(self.reply)
+        for i, token in enumerate(tokens):
+            if self.mode == "stall" and i == 5:
+                await self.stall()
+            if self.mode == "error-event" and i == 3:
+                await response.write(sse({"error": {"message": "generation failed"}}))
+                return response
+            await response.write(sse({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}))
+        finish = "length" if self.mode == "length" else "stop"
+        await response.write(sse({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@pytest.fixture(scope="session")
+def _openai_server(golden_reply):
+    server = FakeOpenAIServer(golden_reply("01"))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def openai_server(_openai_server):
+    """The loopback chat-completions server, reset to streaming golden 01's reply."""
+    server = _openai_server
+    server.mode, server.failures_left, server.reply = "ok", 0, server.default_reply
+    server.requests.clear()
+    server.headers.clear()
+    return server

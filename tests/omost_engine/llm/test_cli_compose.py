@@ -1,0 +1,82 @@
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from omost_engine.layout import Layout
+from omost_engine.reply import parse_reply
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    status = main(["compose", *argv])
+    return status, capsys.readouterr().err
+
+
+def test_compose_against_an_endpoint_writes_reply_layout_and_conversation(openai_server, tmp_path: Path,
+                                                                           capsys) -> None:
+    out = tmp_path / "dragon"
+    status, err = run(capsys, "a dragon fighting warriors", "--llm-endpoint", openai_server.base + "/v1",
+                      "--no-render", "--out", str(out), "--seed", "7", "--temperature", "0.2")
+    assert status == 0, err
+    assert (out / "reply.md").read_text() == openai_server.reply
+    layout = Layout.loads((out / "layout.json").read_bytes())
+    assert layout.conditions == parse_reply(openai_server.reply).conditions
+    conversation = json.loads((out / "conversation.json").read_text())
+    assert [m["role"] for m in conversation["messages"]] == ["user", "assistant"]
+    assert conversation["model"] == openai_server.base + "/v1"
+    request = openai_server.requests[0]
+    assert (request["seed"], request["temperature"]) == (7, 0.2)
+    assert "tokens/s" in err and "regions" in err
+
+
+def test_continue_sends_the_previous_turn_and_reuses_the_endpoint(openai_server, golden_reply, tmp_path: Path,
+                                                                   capsys) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(capsys, "a dragon fighting warriors", "--llm-endpoint", openai_server.base, "--no-render",
+               "--out", str(first))[0] == 0
+    openai_server.reply = golden_reply("02")
+    status, err = run(capsys, "change the dragon to a dinosaur", "--continue", str(first), "--no-render",
+                      "--out", str(second), "--quiet")
+    assert status == 0, err
+    assert err == ""  # --quiet
+    sent = openai_server.requests[-1]["messages"]
+    assert [m["role"] for m in sent] == ["system", "user", "assistant", "user"]
+    assert sent[2]["content"] == golden_reply("01")
+    messages = json.loads((second / "conversation.json").read_text())["messages"]
+    assert [m["content"] for m in messages][-1] == golden_reply("02")
+    assert len(messages) == 4
+    layout = Layout.loads((second / "layout.json").read_bytes())
+    assert "dinosaur" in layout.conditions[0].prefixes[0].lower()
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--temperature", "5"], "temperature"),
+    (["--max-new-tokens", "10"], "max_new_tokens"),
+    (["--continue", "/no/such/folder"], "no conversation to continue"),
+    (["--llm-endpoint", "localhost:1234"], "http(s) URL"),
+    (["--llm", "./missing-model"], "unknown LLM"),
+])
+def test_bad_input_is_exit_2_and_one_line(tmp_path: Path, capsys, argv: list[str], needle: str) -> None:
+    status, err = run(capsys, "a cat", "--no-render", "--out", str(tmp_path / "o"), *argv)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("omost-bot compose: ") and needle in err
+
+
+def test_unreachable_endpoint_is_one_line(tmp_path: Path, capsys) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status, err = run(capsys, "a cat", "--llm-endpoint", f"http://127.0.0.1:{port}", "--no-render", "--quiet",
+                      "--out", str(tmp_path / "o"))
+    assert status == 2 and "cannot reach the LLM endpoint" in err and err.count("\n") == 1
+
+
+def test_a_local_model_reply_without_a_program_keeps_the_reply(tiny_llm_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "o"
+    status, err = run(capsys, "a cat", "--llm", str(tiny_llm_dir), "--no-render", "--quiet", "--out", str(out),
+                      "--max-new-tokens", "128")
+    assert status == 2 and "not a valid canvas program" in err
+    assert (out / "reply.md").exists()  # the random model's text, kept for the user
+    assert not (out / "layout.json").exists()
