@@ -1,0 +1,337 @@
+"""``RedisJobBackend``: the bot's ``JobBackend`` with GPU workers on other machines.
+
+The bot keeps the waiting jobs itself, in the same order as the in-process queue (round-robin
+between users, first in first out per user, the same caps), and hands a job to Redis only when a
+worker slot is free, so fairness is decided as late as possible and positions are exact. Workers
+report through the event stream; this backend turns those reports back into ``bot.jobs`` events.
+
+Jobs handed to Redis keep running when the bot stops; a restarted bot picks up their results
+(``held_jobs`` / ``deliver_held``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.distributed.client import RedisConfig, RedisJobClient
+from bot.distributed.protocol import JobMessage, WireEvent
+from bot.jobs import (
+    Cancelled,
+    ChatDone,
+    Failed,
+    Finished,
+    JobEvent,
+    JobHandler,
+    Progress,
+    Queued,
+    QueueFullError,
+    StageTimeouts,
+    Started,
+    Ticket,
+)
+from omost_engine.engine import ChatResult
+from omost_engine.errors import OmostError
+
+if TYPE_CHECKING:
+    from bot.config import BotConfig
+    from bot.distributed.health import ClusterHealth
+
+log = logging.getLogger(__name__)
+
+
+class RedisJobBackend:
+    """Implements ``bot.jobs.JobBackend`` on a shared Redis served by ``omost-bot worker`` processes."""
+
+    def __init__(
+        self, config: RedisConfig, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
+        max_attempts: int = 3, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.client = RedisJobClient(config)
+        self.max_queue = max_queue
+        self.timeouts = timeouts
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self._handler: JobHandler | None = None
+        self._waiting: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+        self._inflight: dict[int, Ticket] = {}  # handed to Redis: running, as far as the bot is concerned
+        self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
+        self._deliver_held = True
+        self._capacity = 0  # worker slots serving our queue, from the last health read
+        self._capacity_at = -1e18
+        self._no_worker_since: float | None = None
+        self._connected = False
+        self._connecting = asyncio.Lock()
+        self._dispatching = asyncio.Lock()
+        self._pump: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def bind(self, handler: JobHandler) -> None:
+        self._handler = handler
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def _order(self) -> list[Ticket]:
+        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+        queues = [list(q) for q in self._waiting.values()]
+        order: list[Ticket] = []
+        for round_index in range(max((len(q) for q in queues), default=0)):
+            order += [q[round_index] for q in queues if round_index < len(q)]
+        return order
+
+    def snapshot(self) -> list[tuple[Ticket, int]]:
+        return [(t, 0) for t in self._inflight.values()] + [(t, i) for i, t in enumerate(self._order(), start=1)]
+
+    def position(self, job_id: int) -> int | None:
+        if job_id in self._inflight:
+            return 0
+        for ticket, position in self.snapshot():
+            if ticket.job_id == job_id:
+                return position
+        return None
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values())
+
+    def held_by(self, user_id: int) -> int:
+        running = sum(1 for t in self._inflight.values() if t.user_id == user_id)
+        return running + len(self._waiting.get(user_id, ()))
+
+    async def health(self) -> ClusterHealth:
+        await self._connect()
+        return await self.client.health()
+
+    # -- restart ---------------------------------------------------------------------------------
+
+    async def held_jobs(self) -> list[Ticket]:
+        """Jobs handed to workers before this bot (re)started and not yet delivered.
+
+        The bot keeps tracking these instead of reporting them interrupted, then calls
+        ``deliver_held`` once it can receive their events.
+        """
+        self._deliver_held = False
+        await self._connect()
+        return [self._inflight[job_id] for job_id in sorted(self._held)]
+
+    def deliver_held(self) -> None:
+        self._deliver_held = True
+        self.client.reread_pending()  # events held back meanwhile were left unacknowledged
+        self._kick()
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
+        if self._closed:
+            raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
+        await self._connect()
+        if self.waiting >= self.max_queue:
+            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later",
+                                 parameter="queue", value=self.waiting, allowed=f"up to {self.max_queue} jobs")
+        held = self.held_by(ticket.user_id)
+        if user_cap is not None and held >= user_cap:
+            raise QueueFullError(
+                f"you already have {held} jobs queued or running; the limit is {user_cap}."
+                " Wait for one to finish or cancel one with /omost cancel",
+                parameter="max_queued_per_user", value=held, allowed=f"up to {user_cap}")
+        self._waiting.setdefault(ticket.user_id, deque()).append(ticket)
+        position = self.position(ticket.job_id)
+        assert position is not None
+        self._kick()
+        # Hand it over now rather than when the pump next wakes: that may be half a second away.
+        task = asyncio.get_running_loop().create_task(self._dispatch())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return position
+
+    async def cancel(self, job_id: int) -> bool:
+        if job_id in self._inflight:
+            await self.client.cancel(str(job_id))  # the worker (or the client) reports Cancelled
+            return True
+        for user_id, queue in list(self._waiting.items()):
+            for ticket in queue:
+                if ticket.job_id == job_id:
+                    queue.remove(ticket)
+                    if not queue:
+                        del self._waiting[user_id]
+                    self._emit(Cancelled(job_id))
+                    self._announce_positions()
+                    return True
+        return False
+
+    async def close(self) -> None:
+        """Stop taking and dispatching jobs. Jobs on workers go on; a restarted bot delivers them."""
+        self._closed = True
+        for task in [self._pump, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.client.close()
+        self._connected = False
+
+    async def join(self, *, timeout: float = 60.0) -> None:
+        """Wait until nothing waits or runs (tests, benchmarks, graceful stops)."""
+        deadline = time.monotonic() + timeout
+        while (self._waiting or self._inflight) and time.monotonic() < deadline:
+            if self._pump is None or self._pump.done():
+                self._kick()
+            await asyncio.sleep(0.005)
+
+    # -- the pump --------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        async with self._connecting:
+            if self._connected:
+                return
+            await self.client.connect()
+            self._connected = True
+            for job_id in self.client.outstanding:
+                ticket = Ticket(job_id=int(job_id), user_id=self.client.user_of(job_id))
+                self._inflight[ticket.job_id] = ticket
+                self._held.add(ticket.job_id)
+
+    def _emit(self, event: JobEvent) -> None:
+        if self._handler is not None:
+            self._handler.on_event(event)
+
+    def _announce_positions(self) -> None:
+        for position, ticket in enumerate(self._order(), start=1):
+            self._emit(Queued(ticket.job_id, position))
+
+    def _kick(self) -> None:
+        # The pump runs only while jobs wait or run: no task sits forever on an idle bot.
+        if not self._closed and (self._pump is None or self._pump.done()):
+            self._pump = asyncio.get_running_loop().create_task(self._run(), name="omost-redis-pump")
+
+    async def _run(self) -> None:
+        last_watch = self.clock()
+        while not self._closed and (self._waiting or self._inflight):
+            await self._dispatch()
+            events = await self.client.read_events(block_s=min(self.config.watchdog_s, 0.5))
+            handled = []
+            for event in events:
+                if int(event.job_id) in self._held and not self._deliver_held:
+                    continue  # the bot is not tracking it yet: left unacknowledged, read again later
+                handled.append(event)
+                try:
+                    await self._handle(event)
+                except Exception:  # one bad event must not stop the others from being delivered
+                    log.exception("could not handle %s event of job %s", event.type, event.job_id)
+            await self.client.ack(*handled)
+            if self.clock() - last_watch >= self.config.watchdog_s:
+                last_watch = self.clock()
+                await self.client.watch()
+                await self._refresh_capacity()
+
+    async def _refresh_capacity(self) -> None:
+        health = await self.client.health()
+        self._capacity = health.capacity(self.config.queue)
+        self._capacity_at = self.clock()
+        if self._capacity or not self._waiting:
+            self._no_worker_since = None
+        elif self._no_worker_since is None:
+            self._no_worker_since = self.clock()
+        elif self.clock() - self._no_worker_since >= self.config.no_worker_timeout_s:
+            waited = self.clock() - self._no_worker_since
+            tickets = self._order()
+            self._waiting.clear()
+            for ticket in tickets:
+                self._emit(Failed(ticket.job_id, None, f"no GPU worker is online (waited {waited:.0f} s); "
+                                                       "try again later"))
+            self._no_worker_since = None
+
+    def _take(self) -> Ticket | None:
+        if not self._waiting:
+            return None
+        user_id, queue = next(iter(self._waiting.items()))
+        ticket = queue.popleft()
+        del self._waiting[user_id]
+        if queue:  # this user goes to the back of the round
+            self._waiting[user_id] = queue
+        return ticket
+
+    async def _dispatch(self) -> None:
+        """Hand waiting jobs to Redis while workers have free slots."""
+        async with self._dispatching:
+            if self._waiting and self.clock() - self._capacity_at >= self.config.watchdog_s:
+                await self._refresh_capacity()
+            while self._waiting and len(self._inflight) < self._capacity and not self._closed:
+                ticket = self._take()
+                assert ticket is not None and self._handler is not None, "bind() the backend before submitting"
+                self._inflight[ticket.job_id] = ticket
+                self._announce_positions()
+                try:
+                    spec = await self._handler.prepare(ticket.job_id)
+                    if spec is None:
+                        self._inflight.pop(ticket.job_id, None)
+                        continue
+                    await self.client.submit(JobMessage(spec=spec, user_id=ticket.user_id, timeouts=self.timeouts,
+                                                        max_attempts=self.max_attempts))
+                except Exception as exc:  # the database or Redis failed: tell the user, go on with the rest
+                    self._inflight.pop(ticket.job_id, None)
+                    reason = str(exc) if isinstance(exc, OmostError) else f"{type(exc).__name__}: {exc}"
+                    self._emit(Failed(ticket.job_id, None, f"the job could not start: {reason}"))
+
+    async def _handle(self, event: WireEvent) -> None:
+        job_id = int(event.job_id)
+        if event.type == "stage":
+            self._emit(Started(job_id, event.data["stage"]))
+        elif event.type in ("llm", "render"):
+            progress = event.progress()
+            assert progress is not None
+            self._emit(Progress(job_id, progress, self.clock()))
+        elif event.type == "chat":
+            from omost_engine.layout import Layout
+
+            d = event.data
+            self._emit(ChatDone(job_id, ChatResult(
+                reply=d["reply"], layout=Layout.from_json(d["layout"]), model=d["model"], tokens=int(d["tokens"]),
+                seconds=float(d["seconds"]), forward_passes=int(d.get("forward_passes", 0)),
+                trimmed_turns=int(d.get("trimmed_turns", 0)), notes=tuple(d.get("notes", ())))))
+        elif event.type == "requeued":
+            log.info("job %s: %s; it runs again on the next free worker", job_id, event.data.get("reason"))
+            self._emit(Queued(job_id, 1))
+        elif event.terminal:
+            if event.type == "result":
+                try:
+                    self._emit(Finished(job_id, await self.client.outcome(event.job_id)))
+                except OmostError as exc:
+                    self._emit(Failed(job_id, None, str(exc)))
+            elif event.type == "failed":
+                self._emit(Failed(job_id, event.data.get("stage"), str(event.data.get("message", "failed"))))
+            else:
+                self._emit(Cancelled(job_id))
+            self._inflight.pop(job_id, None)
+            self._held.discard(job_id)
+            await self.client.forget(event.job_id)
+            await self._dispatch()
+
+
+def backend_from_config(
+    config: BotConfig, *, environ: Mapping[str, str] | None = None, path: str | Path | None = None,
+) -> RedisJobBackend | None:
+    """The Redis backend when a Redis URL is configured (``[redis] url`` or ``OMOST_REDIS_URL``), else None.
+
+    arq and redis are imported only when a URL is set: the in-process queue needs neither.
+    """
+    redis_config = RedisConfig.load(environ=environ, path=path)
+    if redis_config is None:
+        return None
+    try:
+        import arq  # noqa: F401
+        import redis  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise OmostError("a Redis URL is configured but the Redis extra is not installed; "
+                         "run: pip install 'omost-bot[redis]'", parameter="redis_url",
+                         value=redis_config.url, allowed="omost-bot[redis] installed") from exc
+    return RedisJobBackend(redis_config, max_queue=config.max_queue,
+                           timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s))

@@ -1,0 +1,228 @@
+"""What travels through Redis between the bot and its GPU workers: keys, job requests, events.
+
+Everything is JSON (never pickle: whoever can write to Redis must not be able to run code on a
+worker). Images travel as PNG bytes in a result hash, not in the event stream, so the stream stays
+small and a result outlives a bot restart.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from bot.jobs import JobSpec, StageTimeouts
+from omost_engine.conditions import Condition
+from omost_engine.engine import ChatMessage
+from omost_engine.errors import OmostError
+from omost_engine.params import LLMParams, RenderParams
+from omost_engine.progress import LLMProgress, RenderProgress
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+PROTOCOL_VERSION = 1
+JOB_FUNCTION = "omost.run_job"  # the one arq function every worker registers
+DEFAULT_QUEUE = "default"
+
+# started: a worker took the job (``attempt`` counts the runs); stage: the LLM or render step began;
+# llm/render: progress; chat: the LLM turn's result; then one of result, failed, cancelled.
+# requeued: the job's worker stopped and the job waits for another one.
+EventType = Literal["started", "stage", "llm", "chat", "render", "result", "failed", "cancelled", "requeued"]
+TERMINAL_EVENTS = frozenset({"result", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names under one prefix, so several bots can share a Redis server."""
+
+    prefix: str = "omost"
+
+    def queue(self, name: str = DEFAULT_QUEUE) -> str:
+        return f"{self.prefix}:queue:{name}"
+
+    @property
+    def events(self) -> str:  # one stream for all jobs, read by the bot through a consumer group
+        return f"{self.prefix}:events"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self.prefix}:cancel"
+
+    def cancelled(self, job_id: str) -> str:
+        return f"{self.prefix}:cancelled:{job_id}"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}:result:{job_id}"
+
+    def running(self, job_id: str) -> str:  # which worker runs the job now, and which attempt
+        return f"{self.prefix}:running:{job_id}"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}"
+
+    @property
+    def workers(self) -> str:  # sorted set: worker id -> last heartbeat (unix seconds)
+        return f"{self.prefix}:workers"
+
+    @property
+    def jobs(self) -> str:  # hash: job id -> JSON of what the bot submitted (for recovery)
+        return f"{self.prefix}:jobs"
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=repr).encode()
+
+
+def loads(data: bytes | str) -> Any:
+    return json.loads(data)
+
+
+def _number(data: dict[str, Any], name: str, default: float, *, low: float, high: float) -> float:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise OmostError(f"job field {name} must be a number from {low:g} to {high:g}, not {value!r}",
+                         parameter=name, value=value, allowed=f"{low:g}..{high:g}")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobMessage:
+    """One job as it travels to a worker: the bot's ``JobSpec`` plus the limits of the run."""
+
+    spec: JobSpec
+    user_id: int = 0
+    timeouts: StageTimeouts = field(default_factory=StageTimeouts)
+    max_attempts: int = 3  # runs allowed when workers die mid-job
+
+    @property
+    def job_id(self) -> str:
+        return str(self.spec.job_id)
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "v": PROTOCOL_VERSION,
+            "job_id": spec.job_id,
+            "user_id": self.user_id,
+            "prompt": spec.prompt,
+            "history": [[m.role, m.content] for m in spec.history],
+            "llm": spec.llm,
+            "llm_params": spec.llm_params.to_dict(),
+            "render_params": spec.render_params.to_dict(),
+            "layout": spec.layout.to_json() if spec.layout is not None else None,
+            "sdxl": spec.sdxl,
+            "llm_timeout": self.timeouts.llm,
+            "render_timeout": self.timeouts.render,
+            "max_attempts": self.max_attempts,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobMessage:
+        """Validate a message (it crossed a network); OmostError names the bad field."""
+        if not isinstance(data, dict) or data.get("v") != PROTOCOL_VERSION:
+            version = data.get("v") if isinstance(data, dict) else None
+            raise OmostError(f"job message version {version!r} is not supported",
+                             parameter="v", value=version, allowed=str(PROTOCOL_VERSION))
+        history = data.get("history") or []
+        if not isinstance(history, list) or not all(
+            isinstance(m, list) and len(m) == 2 and m[0] in ("user", "assistant") and isinstance(m[1], str)
+            for m in history
+        ):
+            raise OmostError("job history must be a list of [role, text] pairs",
+                             parameter="history", allowed="[['user'|'assistant', text], ...]")
+        for name in ("prompt", "llm", "sdxl"):
+            if data.get(name) is not None and not isinstance(data[name], str):
+                raise OmostError(f"job field {name} must be text", parameter=name, value=data[name])
+        job_id = data.get("job_id")
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise OmostError(f"job id must be a whole number, not {job_id!r}", parameter="job_id", value=job_id)
+        layout = None
+        if data.get("layout") is not None:
+            from omost_engine.layout import Layout
+
+            layout = Layout.from_json(data["layout"])
+        spec = JobSpec(
+            job_id=job_id, prompt=data.get("prompt") or "",
+            history=tuple(ChatMessage(role, content) for role, content in history),
+            llm=data.get("llm"), llm_params=LLMParams.from_dict(data.get("llm_params") or {}),
+            render_params=RenderParams.from_dict(data.get("render_params") or {}), layout=layout,
+            sdxl=data.get("sdxl"),
+        )
+        return cls(
+            spec=spec, user_id=int(_number(data, "user_id", 0, low=0, high=2**64)),
+            timeouts=StageTimeouts(llm=_number(data, "llm_timeout", 900.0, low=0.01, high=86400),
+                                   render=_number(data, "render_timeout", 900.0, low=0.01, high=86400)),
+            max_attempts=int(_number(data, "max_attempts", 3, low=1, high=100)),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class WireEvent:
+    """One message from a worker (or the bot's watchdog) about a job, in the shared event stream."""
+
+    type: EventType
+    job_id: str
+    attempt: int = 1
+    worker: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+    stream_id: str = ""  # set when read back from the stream
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
+
+    def encode(self) -> dict[str, bytes]:
+        return {"e": dumps({"type": self.type, "job_id": self.job_id, "attempt": self.attempt,
+                            "worker": self.worker, "data": self.data, "ts": self.ts})}
+
+    @classmethod
+    def decode(cls, fields: dict[bytes, bytes], stream_id: bytes | str = "") -> WireEvent:
+        body = loads(fields[b"e"])
+        sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+        return cls(type=body["type"], job_id=body["job_id"], attempt=int(body["attempt"]),
+                   worker=body["worker"], data=body["data"], ts=float(body["ts"]), stream_id=sid)
+
+    def progress(self) -> LLMProgress | RenderProgress | None:
+        """The engine's own progress object for ``llm`` and ``render`` events, else None."""
+        if self.type == "llm":
+            return LLMProgress(
+                tokens=int(self.data["tokens"]), tokens_per_second=float(self.data["tokens_per_second"]),
+                text=str(self.data["text"]),
+                conditions=tuple(condition_from_json(c) for c in self.data.get("conditions", [])),
+            )
+        if self.type == "render":
+            return RenderProgress(step=int(self.data["step"]), total=int(self.data["total"]),
+                                  stage=str(self.data.get("stage", "render")))
+        return None
+
+
+def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, dict[str, Any]]:
+    """The event type and payload for an engine progress report (previews stay on the worker)."""
+    if isinstance(progress, LLMProgress):
+        return "llm", {"tokens": progress.tokens, "tokens_per_second": progress.tokens_per_second,
+                       "text": progress.text, "conditions": [c.to_json() for c in progress.conditions]}
+    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage}
+
+
+def condition_from_json(data: dict[str, Any]) -> Condition:
+    return Condition(rect=tuple(int(v) for v in data["rect"]),  # type: ignore[arg-type]
+                     prefixes=tuple(data["prefixes"]), suffixes=tuple(data["suffixes"]),
+                     color=tuple(int(v) for v in data["color"]))  # type: ignore[arg-type]
+
+
+def png_bytes(image: Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_image(data: bytes) -> Image:
+    from PIL import Image as PILImage
+
+    image = PILImage.open(io.BytesIO(data))
+    image.load()
+    return image

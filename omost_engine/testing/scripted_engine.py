@@ -1,0 +1,206 @@
+"""A scripted engine: the ``Engine`` interface without GPU-sized models.
+
+It writes a canvas program shaped like the published models' replies (or replays given replies),
+parses it with the real ``parse_reply``, and paints a small real image from the layout's colour
+sketch. It reports progress like the real engine and honours ``CancelToken``. Used by tests,
+demos and the distributed worker (``omost-bot worker --engine scripted``); it needs no fixtures.
+
+Prompt directives (scripted engine only, removed from the text before use) let one worker serve
+quick, slow and failing jobs: ``{{delay=1.5}}`` (seconds for this job, split between the LLM turn
+and the render) and ``{{fail=internal}}`` (raise a RuntimeError, as a crashing engine would).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from omost_engine.engine import ChatMessage, ChatResult, RenderResult
+from omost_engine.errors import CancelledError
+from omost_engine.params import LLMParams, RenderParams
+from omost_engine.progress import CancelToken, LLMProgress, ProgressCallback, RenderProgress
+from omost_engine.reply import parse_reply
+
+if TYPE_CHECKING:
+    from omost_engine.layout import Layout
+
+_DIRECTIVE = re.compile(r"\{\{\s*(delay|fail)\s*=\s*([^}\s]+)\s*\}\}")
+MASK_SCALE = 4  # the masks picture is the 90x90 grid drawn 4x larger
+
+# The local regions of the generated program: (location, area, distance, colour, what).
+_REGIONS = (
+    ("on the left", "a medium-sized vertical area", 3.0, "steelblue", "the left part of the scene"),
+    ("in the center", "a small square area", 1.5, "orange", "the main subject"),
+)
+
+
+def _directives(prompt: str) -> tuple[str, float | None, str | None]:
+    delay: float | None = None
+    fail: str | None = None
+    for name, value in _DIRECTIVE.findall(prompt):
+        if name == "delay":
+            delay = float(value)
+        else:
+            fail = value
+    return _DIRECTIVE.sub("", prompt).strip(), delay, fail
+
+
+def scripted_reply(prompt: str) -> str:
+    """A reply in the format the Omost models write: prose, then one python block."""
+    subject = prompt or "an empty scene"
+    lines = [
+        f"Here is a composition for {subject!r}.",
+        "",
+        "```python",
+        "# Initialize the canvas",
+        "canvas = Canvas()",
+        "",
+        "canvas.set_global_description(",
+        f"    description={subject!r},",
+        f"    detailed_descriptions=[{('A scene showing ' + subject + '.')!r}],",
+        "    tags='scene, composition',",
+        "    HTML_web_color_name='lightblue',",
+        ")",
+    ]
+    for location, area, distance, color, what in _REGIONS:
+        lines += [
+            "",
+            "canvas.add_local_description(",
+            f"    location={location!r},",
+            "    offset='no offset',",
+            f"    area={area!r},",
+            f"    distance_to_viewer={distance!r},",
+            f"    description={(what + ' of ' + subject)!r},",
+            f"    detailed_descriptions=[{('Detail of ' + what + '.')!r}],",
+            f"    tags={what!r},",
+            "    atmosphere='Calm.',",
+            "    style='Illustration.',",
+            "    quality_meta='High detail.',",
+            f"    HTML_web_color_name={color!r},",
+            ")",
+        ]
+    lines.append("```")
+    return "\n".join(lines)
+
+
+def masks_picture(layout: Layout) -> Image.Image:
+    """The region boxes drawn on the grid, each outlined in its colour and numbered (0 = global)."""
+    size = 90 * MASK_SCALE
+    picture = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(picture)
+    for index, condition in enumerate(layout.conditions):
+        top, bottom, left, right = (v * MASK_SCALE for v in condition.rect)
+        draw.rectangle((left, top, right - 1, bottom - 1), outline=tuple(condition.color), width=3)
+        draw.text((left + 5, top + 5), str(index), fill=(0, 0, 0))
+    return picture
+
+
+class ScriptedEngine:
+    """Implements ``omost_engine.engine.Engine`` with scripted replies and painted images.
+
+    ``chat_seconds`` and ``render_seconds`` are the time each stage takes (slept in small steps,
+    so cancel is noticed quickly); ``replies`` replays fixed replies in turn instead of writing one.
+    """
+
+    def __init__(
+        self,
+        *,
+        chat_seconds: float = 0.0,
+        render_seconds: float = 0.0,
+        replies: Sequence[str] = (),
+        llm_name: str = "scripted-llm",
+        model_name: str = "scripted-sdxl",
+        progress_chunks: int = 4,
+        image_scale: int = 8,  # images are width/8 x height/8: real pictures, test-sized
+    ) -> None:
+        self.chat_seconds = chat_seconds
+        self.render_seconds = render_seconds
+        self.replies = tuple(replies)
+        self.llm_name = llm_name
+        self.model_name = model_name
+        self.progress_chunks = max(1, progress_chunks)
+        self.image_scale = max(1, image_scale)
+        self._lock = threading.Lock()  # the engine may serve several worker threads
+        self._chats = 0
+
+    def chat(
+        self,
+        history: Sequence[ChatMessage],
+        prompt: str,
+        params: LLMParams,
+        *,
+        llm: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ChatResult:
+        started = time.perf_counter()
+        text, delay, fail = _directives(prompt)
+        with self._lock:
+            index = self._chats
+            self._chats += 1
+        if fail == "internal":
+            raise RuntimeError("scripted engine failure (requested by the prompt)")
+        reply = self.replies[index % len(self.replies)] if self.replies else scripted_reply(text)
+        seconds = delay / 2 if delay is not None else self.chat_seconds
+        chunk = len(reply) // self.progress_chunks + 1
+        for n in range(1, self.progress_chunks + 1):
+            _sleep(seconds / self.progress_chunks, cancel)
+            shown = reply[: n * chunk]
+            if on_progress is not None:
+                elapsed = max(time.perf_counter() - started, 1e-6)
+                on_progress(LLMProgress(tokens=len(shown) // 4, tokens_per_second=len(shown) / 4 / elapsed,
+                                        text=shown))
+        layout = parse_reply(reply)
+        if delay is not None:  # the render of this layout takes the other half
+            layout = layout.with_meta(scripted_render_seconds=delay / 2)
+        tokens = len(reply) // 4
+        if on_progress is not None:
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            on_progress(LLMProgress(tokens=tokens, tokens_per_second=tokens / elapsed, text=reply,
+                                    conditions=tuple(layout.conditions)))
+        return ChatResult(reply=reply, layout=layout, model=llm or self.llm_name, tokens=tokens,
+                          seconds=time.perf_counter() - started, forward_passes=tokens)
+
+    def render(
+        self,
+        layout: Layout,
+        params: RenderParams,
+        *,
+        model: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RenderResult:
+        started = time.perf_counter()
+        seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
+        stages = [("render", params.steps)] + ([("hires", params.hr_steps)] if params.hr_scale > 1 else [])
+        total_steps = sum(steps for _, steps in stages)
+        for stage, steps in stages:
+            for step in range(1, steps + 1):
+                _sleep(seconds / total_steps, cancel)
+                if on_progress is not None:
+                    on_progress(RenderProgress(step=step, total=steps, stage=stage))
+        width = max(8, round(params.width * params.hr_scale) // self.image_scale)
+        height = max(8, round(params.height * params.hr_scale) // self.image_scale)
+        sketch = Image.fromarray(layout.sketch()).resize((width, height), Image.Resampling.BILINEAR)
+        # Seeded grain so that two seeds give two different pictures, as with a real sampler.
+        grain = np.random.default_rng(params.seed).integers(-12, 13, size=(height, width, 3))
+        pixels = np.clip(np.asarray(sketch, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
+        return RenderResult(image=Image.fromarray(pixels), masks=masks_picture(layout),
+                            model=model or self.model_name, seconds=time.perf_counter() - started,
+                            params=params)
+
+
+def _sleep(seconds: float, cancel: CancelToken | None) -> None:
+    if cancel is None:
+        if seconds > 0:
+            time.sleep(seconds)
+        return
+    if seconds > 0 and cancel.wait(seconds):
+        raise CancelledError("cancelled")
+    cancel.raise_if_cancelled()
