@@ -196,7 +196,8 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
         if refused:
             message, parameter, value = refused
             raise OmostError(message, parameter=parameter, value=value, allowed=_SUBSET[9:], line=line)
-        stack.extend((child, depth + 1, node, line) for child in ast.iter_child_nodes(node))
+        # Reversed onto the stack, so the first refusal reported is the first one in the source.
+        stack.extend(reversed([(child, depth + 1, node, line) for child in ast.iter_child_nodes(node)]))
 
 
 class Interpreter:

@@ -226,3 +226,9 @@ def test_syntax_errors_name_the_line() -> None:
 def test_check_accepts_every_golden_style_construct(golden_program) -> None:
     for number in ("01", "02", "05", "10"):
         check(ast.parse(golden_program(number)))
+
+
+def test_the_first_refusal_in_the_source_is_reported() -> None:
+    with pytest.raises(OmostError, match="line 2: an import") as info:
+        interpret("x = 1\nimport os\nos.system('x')\nwhile True:\n    pass")
+    assert info.value.line == 2
