@@ -66,9 +66,8 @@ class Database:
         connection.row_factory = aiosqlite.Row
         db = cls(connection, path)
         try:
-            await connection.execute("PRAGMA journal_mode=WAL")
-            await connection.execute("PRAGMA foreign_keys=ON")
-            await connection.execute("PRAGMA busy_timeout=5000")
+            for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=5000"):
+                await db._execute(f"PRAGMA {pragma}")
             await db.migrate(find_migrations() if migrations is None else list(migrations))
         except BaseException:
             await connection.close()
@@ -79,7 +78,7 @@ class Database:
         await self.connection.close()
 
     async def version(self) -> int:
-        await self.connection.execute(
+        await self._execute(
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
             " applied_at REAL NOT NULL)"
         )
@@ -101,17 +100,17 @@ class Database:
             if migration.version <= current:
                 continue
             # executescript would commit on its own; run the statements inside one explicit transaction.
-            await self.connection.execute("BEGIN IMMEDIATE")
+            await self._execute("BEGIN IMMEDIATE")
             try:
                 for statement in _split_sql(migration.sql):
-                    await self.connection.execute(statement)
-                await self.connection.execute(
+                    await self._execute(statement)
+                await self._execute(
                     "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
                     (migration.version, migration.name, time.time()),
                 )
-                await self.connection.execute("COMMIT")
+                await self._execute("COMMIT")
             except BaseException as exc:
-                await self.connection.execute("ROLLBACK")
+                await self._execute("ROLLBACK")
                 if isinstance(exc, Exception):
                     raise OmostError(f"migration V{migration.version}__{migration.name} failed: {exc}",
                                      parameter="db", value=migration.version) from exc
@@ -134,13 +133,13 @@ class Database:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Several writes that succeed or fail together."""
         async with self._write_lock:
-            await self.connection.execute("BEGIN IMMEDIATE")
+            await self._execute("BEGIN IMMEDIATE")
             try:
                 yield Transaction(self)
             except BaseException:
-                await self.connection.execute("ROLLBACK")
+                await self._execute("ROLLBACK")
                 raise
-            await self.connection.execute("COMMIT")
+            await self._execute("COMMIT")
 
     async def fetchone(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> aiosqlite.Row | None:
         async with self.connection.execute(sql, params) as cursor:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from bot.views import EditModal
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import MAX_SEED
+from omost_engine.preview import masks_image, sketch_image
 
 if TYPE_CHECKING:
     from bot.bot import OmostBot
@@ -44,6 +46,15 @@ async def send_error(interaction: discord.Interaction[Any], message: str) -> Non
             await interaction.response.send_message(f"⚠️ {message}", ephemeral=True)
     except discord.HTTPException as exc:  # the token expired or Discord is down: nothing else to try
         log.warning("could not send an error message: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def user_errors(interaction: discord.Interaction[Any]) -> AsyncIterator[None]:
+    """A refusal (``OmostError``) is an answer, not a failure: show it to the user and stop there."""
+    try:
+        yield
+    except OmostError as exc:
+        await send_error(interaction, str(exc))
 
 
 class Flows:
@@ -100,7 +111,7 @@ class Flows:
         prompt = self.check_prompt(prompt)
         policy = await self._admit_interaction(interaction)
         llm, llm_params, render_params = build_params(policy, options, seed=new_seed())
-        request = JobRequest(kind="compose", user_id=interaction.user.id, guild_id=interaction.guild_id,
+        request = JobRequest(kind="compose", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
                              channel_id=interaction.channel_id or 0, prompt=prompt, llm=llm, llm_params=llm_params,
                              render_params=render_params)
         await self._start_from_interaction(interaction, request, policy)
@@ -113,18 +124,18 @@ class Flows:
                              parameter="layout", value=attachment.size, allowed=f"up to {limit} bytes")
         policy = await self._admit_interaction(interaction)
         layout = layout_from_upload(await attachment.read(), max_bytes=limit)
-        request = self._render_request(layout, policy, options, user_id=interaction.user.id,
+        request = self._render_request(layout, policy, options, user=interaction.user,
                                        guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0)
         await self._start_from_interaction(interaction, request, policy)
 
-    def _render_request(self, layout: Layout, policy: Policy, options: dict[str, Any], *, user_id: int,
+    def _render_request(self, layout: Layout, policy: Policy, options: dict[str, Any], *, user: discord.abc.User,
                         guild_id: int | None, channel_id: int, base: JobRecord | None = None) -> JobRequest:
         # Precedence: channel defaults < the source result's settings < the file's own < the user's options.
         render_base = base.render_params if base is not None else policy.render_params
         file_params = params_from_layout(layout, render_base)
         seed = layout.meta.get("seed") if isinstance(layout.meta.get("seed"), int) else new_seed()
         _, llm_params, render_params = build_params(replace(policy, render_params=file_params), options, seed=seed)
-        return JobRequest(kind="render", user_id=user_id, guild_id=guild_id, channel_id=channel_id,
+        return JobRequest(kind="render", user_id=user.id, requester=user.display_name, guild_id=guild_id, channel_id=channel_id,
                           prompt=describe_layout(layout), llm=None, llm_params=llm_params,
                           render_params=render_params, layout_json=Layout(list(layout.conditions)).dumps())
 
@@ -159,11 +170,11 @@ class Flows:
                                   bot_permissions=channel.permissions_for(guild.me))  # type: ignore[union-attr,arg-type]
         if files:
             layout = layout_from_upload(await files[0].read(), max_bytes=limit)
-            request = self._render_request(layout, policy, {}, user_id=message.author.id, guild_id=guild.id,
+            request = self._render_request(layout, policy, {}, user=message.author, guild_id=guild.id,
                                            channel_id=channel.id, base=source)
         else:
             assert prompt is not None
-            request = JobRequest(kind="compose", user_id=message.author.id, guild_id=guild.id, channel_id=channel.id,
+            request = JobRequest(kind="compose", user_id=message.author.id, requester=message.author.display_name, guild_id=guild.id, channel_id=channel.id,
                                  prompt=prompt, llm=source.llm, llm_params=source.llm_params,
                                  render_params=source.render_params, parent_turn_id=source.turn_id)
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
@@ -190,7 +201,7 @@ class Flows:
             raise OmostError(f"job #{job.id} has no layout to render again", parameter="job", value=job.id)
         policy = await self._admit_interaction(interaction)
         turn = await self.bot.storage.turn(job.turn_id)
-        request = JobRequest(kind="render", user_id=interaction.user.id, guild_id=interaction.guild_id,
+        request = JobRequest(kind="render", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
                              channel_id=interaction.channel_id or job.channel_id, prompt=turn.prompt if turn else "",
                              llm=job.llm, llm_params=job.llm_params,
                              render_params=job.render_params.replace(seed=new_seed()), fresh_turn=False,
@@ -209,10 +220,8 @@ class Flows:
             lines.append(f"`{name}` rows {top}-{bottom}, columns {left}-{right}: "
                          f"{formatting.shorten(' '.join(condition.prefixes), 120)}")
         files = [
-            discord.File(io.BytesIO(formatting.png_bytes(formatting.preview_image(layout.conditions, size=360))),
-                         filename="layout.png"),
-            discord.File(io.BytesIO(formatting.png_bytes(formatting.masks_image(layout.conditions))),
-                         filename="masks.png"),
+            discord.File(io.BytesIO(formatting.png_bytes(sketch_image(layout, (360, 360)))), filename="sketch.png"),
+            discord.File(io.BytesIO(formatting.png_bytes(masks_image(layout))), filename="masks.png"),
             discord.File(io.BytesIO(data.encode("utf-8")), filename="layout.json"),
         ]
         await interaction.response.send_message("\n".join(lines)[:1990], files=files, ephemeral=True)
@@ -247,7 +256,7 @@ class Flows:
             job = await self._job(job_id)
             prompt = self.check_prompt(text)
             policy = await self._admit_interaction(interaction)
-            request = JobRequest(kind="compose", user_id=interaction.user.id, guild_id=interaction.guild_id,
+            request = JobRequest(kind="compose", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
                                  channel_id=interaction.channel_id or job.channel_id, prompt=prompt, llm=job.llm,
                                  llm_params=job.llm_params, render_params=job.render_params,
                                  parent_turn_id=job.turn_id)

@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import discord
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from omost_engine.conditions import GRID, Condition
+from omost_engine.conditions import Condition
+from omost_engine.layout import Layout
 from omost_engine.params import RenderParams
+from omost_engine.preview import masks_image
 from omost_engine.progress import LLMProgress, RenderProgress
 
 EMBED_COLOR = 0x5865F2
@@ -58,35 +60,9 @@ def render_text(job_id: int, progress: RenderProgress | None, eta: float | None)
             f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}")
 
 
-def preview_image(conditions: Sequence[Condition], *, size: int = 180) -> Image.Image:
-    """The colour sketch of the regions found so far, each region outlined (``size`` pixels square)."""
-    scale = size / GRID
-    image = Image.new("RGB", (size, size), tuple(conditions[0].color) if conditions else (40, 40, 40))
-    draw = ImageDraw.Draw(image)
-    for index, condition in enumerate(conditions[1:], start=1):
-        top, bottom, left, right = condition.rect
-        box = (left * scale, top * scale, max(left + 1, right) * scale - 1, max(top + 1, bottom) * scale - 1)
-        draw.rectangle(box, fill=tuple(int(0.7 * c + 0.3 * 128) for c in condition.color),
-                       outline=(255, 255, 255), width=max(1, size // 120))
-        draw.text((box[0] + 3, box[1] + 2), str(index), fill=(255, 255, 255))
-    return image
-
-
-def masks_image(conditions: Sequence[Condition], *, cell: int = 160) -> Image.Image:
-    """One tile per condition: its mask in white on black, labelled; tiles in rows of four."""
-    columns = min(4, max(1, len(conditions)))
-    rows = (len(conditions) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * cell, rows * cell), (24, 24, 24))
-    scale = cell / GRID
-    for index, condition in enumerate(conditions):
-        x0, y0 = (index % columns) * cell, (index // columns) * cell
-        draw = ImageDraw.Draw(sheet)
-        top, bottom, left, right = condition.rect
-        draw.rectangle((x0 + 1, y0 + 1, x0 + cell - 2, y0 + cell - 2), fill=(0, 0, 0))
-        draw.rectangle((x0 + left * scale, y0 + top * scale, x0 + right * scale - 1, y0 + bottom * scale - 1),
-                       fill=(235, 235, 235), outline=tuple(condition.color), width=3)
-        draw.text((x0 + 4, y0 + 3), "global" if index == 0 else f"region {index}", fill=(255, 80, 80))
-    return sheet
+def preview_image(conditions: Sequence[Condition], *, size: int = 240) -> Image.Image:
+    """The regions found so far: the labelled map of the layout they make (``size`` pixels square)."""
+    return masks_image(Layout(list(conditions)), (size, size))
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,14 @@ class JobBackend(Protocol):
         """Every held job with its position, running first, then in the order they will run."""
         ...
 
+    def pause(self) -> None:
+        """Start no more jobs (maintenance); the running one finishes. Submitting still works."""
+        ...
+
+    def resume(self) -> None:
+        """Start jobs again."""
+        ...
+
     async def close(self) -> None:
         """Stop taking jobs, cancel the running one and wait for the worker to stop."""
         ...

@@ -65,6 +65,7 @@ class JobRequest:
     turn_id: int | None = None
     layout_json: str | None = None  # a render job's layout (Layout.dumps())
     layout_id: int | None = None
+    requester: str = ""  # display name for the result embed
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Tracker:
     channel_id: int
     guild_id: int | None
     prompt: str = ""
+    requester: str = ""
     interaction: discord.Interaction[Any] | None = None
     message_id: int | None = None
     attached: asyncio.Event = field(default_factory=asyncio.Event)
@@ -135,7 +137,8 @@ class JobService:
             layout_id=layout_id,
         )
         self.trackers[job_id] = Tracker(job_id=job_id, user_id=request.user_id, channel_id=request.channel_id,
-                                        guild_id=request.guild_id, prompt=request.prompt)
+                                        guild_id=request.guild_id, prompt=request.prompt,
+                                        requester=request.requester)
         try:
             position = await self.backend.submit(Ticket(job_id=job_id, user_id=request.user_id), user_cap=user_cap)
         except QueueFullError:
@@ -350,13 +353,12 @@ class JobService:
                 self.upload_limit(tracker) - len(layout_file) - UPLOAD_HEADROOM, 64 * 1024))
             if image.note:
                 notes.append(image.note)
-            user = self.bot.get_user(tracker.user_id)
             seconds = render.seconds + (output.chat.seconds if output.chat else 0.0)
             embed = formatting.result_embed(
                 job_id=tracker.job_id, prompt=tracker.prompt, params=render.params,
                 llm_model=output.chat.model if output.chat else None, render_model=render.model,
                 seconds=seconds, image_filename=image.filename,
-                requester=user.display_name if user else f"user {tracker.user_id}", notes=notes)
+                requester=tracker.requester or f"user {tracker.user_id}", notes=notes)
 
             def result_kwargs() -> dict[str, Any]:
                 return {

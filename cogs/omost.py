@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot import formatting
 from bot.access import is_admin
 from bot.bot import OmostBot
+from bot.flows import user_errors
 from bot.settings import SETTINGS, parse_setting, resolve_policy
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS
@@ -62,7 +63,8 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
                    "max_new_tokens": max_new_tokens, "size": size, "steps": steps, "cfg": cfg, "method": method,
                    "global_strength": global_strength, "region_strength": region_strength, "overlap": overlap,
                    "negative": negative, "positive": positive}
-        await self.bot.flows.compose(interaction, prompt, options)
+        async with user_errors(interaction):
+            await self.bot.flows.compose(interaction, prompt, options)
 
     @app_commands.command(name="render", description="Render a layout file (ours or ComfyUI_omost's) without the LLM")
     @app_commands.describe(layout="a layout .json file", **_RENDER_DESCRIPTIONS)
@@ -76,7 +78,8 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         options = {"seed": seed, "size": size, "steps": steps, "cfg": cfg, "method": method,
                    "global_strength": global_strength, "region_strength": region_strength, "overlap": overlap,
                    "negative": negative, "positive": positive}
-        await self.bot.flows.render_upload(interaction, layout, options)
+        async with user_errors(interaction):
+            await self.bot.flows.render_upload(interaction, layout, options)
 
     @compose.autocomplete("size")
     @render.autocomplete("size")
@@ -88,110 +91,136 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
 
     @app_commands.command(name="new", description="Start a fresh conversation in this channel")
     async def new(self, interaction: Interaction) -> None:
-        await self.bot.storage.new_conversation(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
-                                                user_id=interaction.user.id)
-        await interaction.response.send_message(
-            "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.", ephemeral=True)
+        async with user_errors(interaction):
+            await self.bot.storage.new_conversation(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
+                                                    user_id=interaction.user.id)
+            await interaction.response.send_message(
+                "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.", ephemeral=True)
 
     @app_commands.command(name="history", description="Your recent results in this channel")
     async def history(self, interaction: Interaction) -> None:
-        results = await self.bot.storage.user_results(user_id=interaction.user.id,
-                                                      channel_id=interaction.channel_id or 0)
-        if not results:
-            await interaction.response.send_message("You have no results in this channel yet.", ephemeral=True)
-            return
-        lines = [f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
-                 f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
-                 for job, turn in results]
-        await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
+        async with user_errors(interaction):
+            results = await self.bot.storage.user_results(user_id=interaction.user.id,
+                                                          channel_id=interaction.channel_id or 0)
+            if not results:
+                await interaction.response.send_message("You have no results in this channel yet.", ephemeral=True)
+                return
+            lines = [f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
+                     f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
+                     for job, turn in results]
+            await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="queue", description="What is waiting and running")
     async def queue(self, interaction: Interaction) -> None:
-        snapshot = self.bot.backend.snapshot()
-        if not snapshot:
-            await interaction.response.send_message("The queue is empty.", ephemeral=True)
-            return
-        lines = []
-        for ticket, position in snapshot[:20]:
-            where = "running" if position == 0 else f"#{position}"
-            mine = " (yours)" if ticket.user_id == interaction.user.id else ""
-            lines.append(f"{where} · job #{ticket.job_id} · <@{ticket.user_id}>{mine}")
-        if len(snapshot) > 20:
-            lines.append(f"… and {len(snapshot) - 20} more")
-        await interaction.response.send_message("\n".join(lines), ephemeral=True,
-                                                allowed_mentions=discord.AllowedMentions.none())
+        async with user_errors(interaction):
+            snapshot = self.bot.backend.snapshot()
+            if not snapshot:
+                await interaction.response.send_message("The queue is empty.", ephemeral=True)
+                return
+            lines = []
+            for ticket, position in snapshot[:20]:
+                where = "running" if position == 0 else f"#{position}"
+                mine = " (yours)" if ticket.user_id == interaction.user.id else ""
+                lines.append(f"{where} · job #{ticket.job_id} · <@{ticket.user_id}>{mine}")
+            if len(snapshot) > 20:
+                lines.append(f"… and {len(snapshot) - 20} more")
+            await interaction.response.send_message("\n".join(lines), ephemeral=True,
+                                                    allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="cancel", description="Cancel your job (admins: any job)")
     @app_commands.describe(job="the job number; your newest queued or running job if left out")
     async def cancel(self, interaction: Interaction, job: int | None = None) -> None:
-        if job is None:
-            own = [t.job_id for t, _ in self.bot.backend.snapshot() if t.user_id == interaction.user.id]
-            if not own:
-                raise OmostError("you have no queued or running job", parameter="job")
-            job = own[-1]
-        record = await self.bot.storage.job(job)
-        if record is None:
-            raise OmostError(f"job #{job} does not exist", parameter="job", value=job)
-        await self.bot.flows.cancel(interaction, record)
+        async with user_errors(interaction):
+            if job is None:
+                own = [t.job_id for t, _ in self.bot.backend.snapshot() if t.user_id == interaction.user.id]
+                if not own:
+                    raise OmostError("you have no queued or running job", parameter="job")
+                job = own[-1]
+            record = await self.bot.storage.job(job)
+            if record is None:
+                raise OmostError(f"job #{job} does not exist", parameter="job", value=job)
+            await self.bot.flows.cancel(interaction, record)
 
     @app_commands.command(name="help", description="How to use Omost")
     async def help(self, interaction: Interaction) -> None:
-        await interaction.response.send_message(formatting.HELP_TEXT, ephemeral=True)
+        async with user_errors(interaction):
+            await interaction.response.send_message(formatting.HELP_TEXT, ephemeral=True)
 
     @app_commands.command(name="sync", description="Sync the slash commands with Discord (bot owners)")
     async def sync(self, interaction: Interaction) -> None:
+        async with user_errors(interaction):
+            await self._require_owner(interaction)
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            await self.bot.sync_commands(force=True)
+            await interaction.followup.send("🔄 Commands synced.", ephemeral=True)
+
+    @app_commands.command(name="pause", description="Hold the queue: start no new jobs (bot owners)")
+    async def pause(self, interaction: Interaction) -> None:
+        async with user_errors(interaction):
+            await self._require_owner(interaction)
+            self.bot.backend.pause()
+            await interaction.response.send_message("⏸️ The queue is paused; waiting jobs stay queued.", ephemeral=True)
+
+    @app_commands.command(name="resume", description="Start jobs again after /omost pause (bot owners)")
+    async def resume(self, interaction: Interaction) -> None:
+        async with user_errors(interaction):
+            await self._require_owner(interaction)
+            self.bot.backend.resume()
+            await interaction.response.send_message("▶️ The queue runs again.", ephemeral=True)
+
+    async def _require_owner(self, interaction: Interaction) -> None:
         if not await self.bot.is_owner(interaction.user):
-            raise OmostError("only the bot's owners can sync its commands", parameter="sync")
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        await self.bot.sync_commands(force=True)
-        await interaction.followup.send("🔄 Commands synced.", ephemeral=True)
+            raise OmostError("only the bot's owners can do that", parameter="owner")
 
     # -- settings (admins) -----------------------------------------------------------------------------------
 
     @settings.command(name="show", description="The settings in effect in this channel")
     async def settings_show(self, interaction: Interaction) -> None:
-        _require_admin(interaction)
-        assert interaction.guild_id is not None
-        guild = await self.bot.storage.settings("guild", interaction.guild_id)
-        channel = await self.bot.storage.settings("channel", interaction.channel_id or 0)
-        policy = await resolve_policy(self.bot.storage, self.bot.config, guild_id=interaction.guild_id,
-                                      channel_id=interaction.channel_id or 0)
-        lines = []
-        for key, spec in SETTINGS.items():
-            source = "channel" if key in channel else "server" if key in guild else "default"
-            value = policy.values.get(key)
-            if key == "allowed_channels":
-                value = ", ".join(f"<#{c}>" for c in value) if value else "all"
-            lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}")
-        await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
+        async with user_errors(interaction):
+            _require_admin(interaction)
+            assert interaction.guild_id is not None
+            guild = await self.bot.storage.settings("guild", interaction.guild_id)
+            channel = await self.bot.storage.settings("channel", interaction.channel_id or 0)
+            policy = await resolve_policy(self.bot.storage, self.bot.config, guild_id=interaction.guild_id,
+                                          channel_id=interaction.channel_id or 0)
+            lines = []
+            for key, spec in SETTINGS.items():
+                source = "channel" if key in channel else "server" if key in guild else "default"
+                value = policy.values.get(key)
+                if key == "allowed_channels":
+                    value = ", ".join(f"<#{c}>" for c in value) if value else "all"
+                lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}")
+            await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @settings.command(name="set", description="Change a default or limit for the server or this channel")
     @app_commands.describe(key="which setting", value="the new value", scope="the whole server or this channel")
     @app_commands.choices(key=[app_commands.Choice(name=k, value=k) for k in SETTINGS])
     async def settings_set(self, interaction: Interaction, key: str, value: str,
                            scope: Literal["guild", "channel"] = "guild") -> None:
-        _require_admin(interaction)
-        parsed = parse_setting(key, value)
-        if scope not in SETTINGS[key].scopes:
-            raise OmostError(f"{key} can only be set for the whole server", parameter="scope", value=scope,
-                             allowed=SETTINGS[key].scopes)
-        scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
-        assert scope_id is not None
-        await self.bot.storage.set_setting(scope, scope_id, key, parsed)
-        where = "this server" if scope == "guild" else f"<#{scope_id}>"
-        await interaction.response.send_message(f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True)
+        async with user_errors(interaction):
+            _require_admin(interaction)
+            parsed = parse_setting(key, value)
+            if scope not in SETTINGS[key].scopes:
+                raise OmostError(f"{key} can only be set for the whole server", parameter="scope", value=scope,
+                                 allowed=SETTINGS[key].scopes)
+            scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
+            assert scope_id is not None
+            await self.bot.storage.set_setting(scope, scope_id, key, parsed)
+            where = "this server" if scope == "guild" else f"<#{scope_id}>"
+            await interaction.response.send_message(f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True)
 
     @settings.command(name="reset", description="Go back to the default of a setting")
     @app_commands.describe(key="which setting", scope="the whole server or this channel")
     @app_commands.choices(key=[app_commands.Choice(name=k, value=k) for k in SETTINGS])
     async def settings_reset(self, interaction: Interaction, key: str,
                              scope: Literal["guild", "channel"] = "guild") -> None:
-        _require_admin(interaction)
-        scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
-        assert scope_id is not None
-        removed = await self.bot.storage.delete_setting(scope, scope_id, key)
-        text = f"↩️ `{key}` is back to its default." if removed else f"`{key}` was not set there."
-        await interaction.response.send_message(text, ephemeral=True)
+        async with user_errors(interaction):
+            _require_admin(interaction)
+            scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
+            assert scope_id is not None
+            removed = await self.bot.storage.delete_setting(scope, scope_id, key)
+            text = f"↩️ `{key}` is back to its default." if removed else f"`{key}` was not set there."
+            await interaction.response.send_message(text, ephemeral=True)
 
     # -- replies -------------------------------------------------------------------------------------------
 

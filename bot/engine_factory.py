@@ -1,0 +1,47 @@
+"""The real engine for ``omost-bot run``: the LLM chat service and the regional SDXL renderer sharing one
+``ModelManager`` (offload: only the running stage's models on the GPU; resident: all of them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bot.config import BotConfig
+
+if TYPE_CHECKING:
+    from omost_engine.engine import ChatMessage, ChatResult, RenderResult
+    from omost_engine.layout import Layout
+    from omost_engine.params import LLMParams, RenderParams
+    from omost_engine.progress import CancelToken, ProgressCallback
+
+
+@dataclass
+class CombinedEngine:
+    """``Engine``: ``chat`` from one object, ``render`` from another."""
+
+    chat_service: Any
+    renderer: Any
+
+    def chat(self, history: Sequence[ChatMessage], prompt: str, params: LLMParams, *, llm: str | None = None,
+             on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ChatResult:
+        return self.chat_service.chat(history, prompt, params, llm=llm, on_progress=on_progress, cancel=cancel)
+
+    def render(self, layout: Layout, params: RenderParams, *, model: str | None = None,
+               on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> RenderResult:
+        return self.renderer.render(layout, params, model=model, on_progress=on_progress, cancel=cancel)
+
+
+def create_engine(config: BotConfig) -> CombinedEngine:
+    """Build the engine lazily: torch, transformers and diffusers load only here; models load on first use."""
+    from omost_engine.llm.models import DEFAULT_LLM
+    from omost_engine.llm.service import ChatService
+    from omost_engine.memory import ModelManager
+    from omost_engine.render.renderer import Renderer
+
+    manager = ModelManager(device=config.device, mode=config.memory)
+    # An endpoint URL is an LLM id of its own: ChatService talks to it instead of loading a model.
+    default_llm = config.llm_endpoint or config.llm or DEFAULT_LLM
+    chat = ChatService(manager=manager, default_llm=default_llm)
+    renderer = Renderer(memory=manager, **({"default_model": config.sdxl} if config.sdxl else {}))
+    return CombinedEngine(chat_service=chat, renderer=renderer)

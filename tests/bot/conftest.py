@@ -1,0 +1,1 @@
+from simenv import sim_env, world  # noqa: F401  (fixtures)

@@ -1,0 +1,108 @@
+"""The one place the bot's tests touch simcord (pinned 3.2.1): a started bot in a small virtual server.
+
+``world`` gives a guild with a #studio channel, members alice and bob, an admin and an owner, and an
+``OmostBot`` on a real SQLite file in tmp_path with a ``ScriptedEngine`` replaying the README transcript.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import pytest_asyncio
+import simcord
+from simcord.actors import MemberActor
+from simcord.builders import ChannelHandle, GuildHandle
+
+from bot.bot import OmostBot
+from bot.config import BotConfig
+from bot.testing import FakeClock, ScriptedEngine
+
+GOLDENS = Path(__file__).resolve().parents[1] / "fixtures" / "goldens"
+
+
+def golden_reply(case: str) -> str:
+    return json.loads((GOLDENS / f"{case}.json").read_text(encoding="utf-8"))["bot_response"]
+
+
+DRAGON = golden_reply("01_readme_dragon_battle")
+DINOSAUR = golden_reply("02_readme_dinosaur_edit")
+
+
+@dataclass
+class World:
+    env: simcord.Env
+    bot: OmostBot
+    engine: ScriptedEngine
+    clock: FakeClock
+    config: BotConfig
+    guild: GuildHandle
+    channel: ChannelHandle
+    alice: MemberActor
+    bob: MemberActor
+    admin: MemberActor
+    owner: MemberActor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def make_bot(self, **config_changes: Any) -> OmostBot:
+        """A fresh bot on the same database and engine (for restarts)."""
+        from dataclasses import replace
+
+        return OmostBot(config=replace(self.config, **config_changes), engine=self.engine, clock=self.clock)
+
+    async def restart(self, **config_changes: Any) -> OmostBot:
+        old = self.bot
+        self.bot = self.make_bot(**config_changes)
+        await self.env.restart_bot(self.bot)
+        if old.db is not None:  # a crash leaves the old connection open; tidy up the test process
+            await old.db.close()
+        return self.bot
+
+
+def make_config(tmp_path: Path, **changes: Any) -> BotConfig:
+    base = dict(db=tmp_path / "bot.sqlite3", status_interval_s=1.5, max_queue=20, max_queued_per_user=3,
+                rate_limit=50)
+    base.update(changes)
+    return BotConfig(**base)
+
+
+@pytest_asyncio.fixture
+async def sim_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[simcord.Env]:
+    marker = request.node.get_closest_marker("bot_config")
+    config = make_config(tmp_path, **(marker.kwargs if marker else {}))
+    clock = FakeClock()
+    engine = ScriptedEngine(replies=[DRAGON, DINOSAUR], clock=clock)
+    bot = OmostBot(config=config, engine=engine, clock=clock)
+    env = simcord.Env(bot)
+    env.extra_objects = (config, clock, engine)  # type: ignore[attr-defined]
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+        current = env.bot
+        if isinstance(current, OmostBot) and current.db is not None:
+            await current.db.close()
+        env._raise_errors_since(env._errors_acknowledged)
+
+
+@pytest_asyncio.fixture
+async def world(sim_env: simcord.Env) -> World:
+    config, clock, engine = sim_env.extra_objects  # type: ignore[attr-defined]
+    guild = sim_env.create_guild(name="Studio")
+    channel = guild.create_text_channel("studio")
+    admins = guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    alice = guild.add_member(sim_env.create_user("alice"))
+    bob = guild.add_member(sim_env.create_user("bob"))
+    admin = guild.add_member(sim_env.create_user("admin"), roles=[admins])
+    owner = guild.add_member(sim_env.create_user("owner"))
+    bot = sim_env.bot
+    assert isinstance(bot, OmostBot)
+    bot.config = config.__class__(**{**config.__dict__, "owner_ids": (owner.id,)})
+    return World(env=sim_env, bot=bot, engine=engine, clock=clock, config=bot.config, guild=guild, channel=channel,
+                 alice=alice, bob=bob, admin=admin, owner=owner)

@@ -1,0 +1,130 @@
+"""/omost compose and its result through simcord: status message, throttled progress, files, embed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from simenv import DRAGON, World
+
+from omost_engine.reply import parse_reply
+
+
+def edits_of(world: World, message_id: int) -> list[dict]:
+    """Bodies of every edit the bot made to one message (through the interaction or the channel)."""
+    return [entry.json or {} for entry in world.env.http_requests
+            if entry.method == "PATCH" and entry.path.endswith(f"/messages/{message_id}")]
+
+
+async def jobs_in_db(world: World) -> int:
+    row = await world.bot.storage.db.fetchone("SELECT COUNT(*) AS n FROM jobs")
+    return int(row["n"])
+
+
+async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -> None:
+    result = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", seed=7, steps=4)
+    message = result.response
+    assert result.acknowledged and not result.ephemeral and message is not None
+    assert "Done" in message.content and str(world.alice.id) in message.content
+    files = {a.filename: a for a in message.attachments}
+    assert set(files) == {"image.png", "layout.json"}
+    layout_doc = json.loads(await files["layout.json"].read())
+    assert layout_doc["format"] == "omost-bot-layout"
+    assert layout_doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
+    assert layout_doc["meta"]["seed"] == 7 and layout_doc["meta"]["render"]["steps"] == 4
+    embed = message.embeds[0]
+    fields = {f.name: f.value for f in embed.fields}
+    assert fields["Seed"] == "7" and fields["Size"] == "896x1152" and fields["LLM"] == "scripted-llm"
+    assert fields["Steps · CFG"] == "4 · 5" and embed.image.url == "attachment://image.png"
+    labels = [c["label"] for row in message.components for c in row["components"]]
+    assert labels == ["Reroll", "Layout & masks", "Edit", "Delete"]
+    job = await world.bot.storage.job_by_message(message.id)
+    assert job is not None and job.state == "done" and job.render_params.seed == 7
+    assert job.llm_model == "scripted-llm" and job.render_model == "scripted-sdxl"
+    # The engine got the validated parameters.
+    assert ("chat", "a dragon battle", 7) in world.engine.calls
+
+
+async def test_status_message_shows_each_stage_and_is_throttled(world: World) -> None:
+    # Each engine progress event moves the fake clock 1 s; edits must be >= 1.5 s apart except stage changes.
+    world.engine.event_pause_s = 0.03
+    result = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", steps=10)
+    message = result.response
+    assert message is not None
+    bodies = edits_of(world, message.id)
+    texts = [b.get("content") or "" for b in bodies]
+    assert any("LLM is writing" in t for t in texts)
+    assert any("regions so far" in t for t in texts)
+    render_texts = [t for t in texts if "diffusion step" in t]
+    assert render_texts and "█" in render_texts[-1] and "left" in render_texts[-1]  # bar and ETA
+    # 3 LLM events + 10 render events happen 1 s apart: throttling at 1.5 s keeps about half of them.
+    progress_edits = [t for t in texts if "diffusion step" in t or "tokens" in t]
+    assert 3 <= len(progress_edits) <= 9
+    # The layout preview is uploaded while the LLM works.
+    assert any(any(a.get("filename") == "preview.png" for a in b.get("attachments", [])) for b in bodies)
+    assert texts[-1].startswith("✅ Done")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": "x" * 2001}, "at most 2000"),
+        ({"prompt": "cat", "steps": 500}, "steps must be from 1 to 100"),
+        ({"prompt": "cat", "cfg": 0.5}, "cfg must be from 1 to 32"),
+        ({"prompt": "cat", "size": "huge"}, "size must be WIDTHxHEIGHT"),
+        ({"prompt": "cat", "size": "1001x1000"}, "multiple of 8"),
+        ({"prompt": "cat", "temperature": 3.0}, "temperature must be from 0 to 2"),
+        ({"prompt": "cat", "seed": -1}, "seed must be from 0"),
+    ],
+)
+async def test_bad_input_gets_one_ephemeral_message_and_nothing_is_stored(
+    world: World, options: dict, expected: str
+) -> None:
+    result = await world.alice.slash(world.channel, "omost compose", **options)
+    assert result.ephemeral and result.response is not None
+    assert expected in result.response.content and "Traceback" not in result.response.content
+    assert await jobs_in_db(world) == 0 and world.engine.calls == []
+
+
+async def test_engine_failure_is_reported_and_the_worker_goes_on(world: World) -> None:
+    world.engine.fail_next("render", RuntimeError("CUDA out of memory"))
+    failed = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle")
+    assert failed.response is not None
+    assert "failed" in failed.response.content and "render step failed" in failed.response.content
+    assert "CUDA out of memory" in failed.response.content and not failed.response.attachments
+    ok = await world.alice.slash(world.channel, "omost compose", prompt="again")
+    assert ok.response is not None and "Done" in ok.response.content
+    states = [r["state"] for r in await world.bot.storage.db.fetchall("SELECT state FROM jobs ORDER BY id")]
+    assert states == ["failed", "done"]
+
+
+async def test_oversized_image_is_reencoded_to_fit_the_upload_limit(world: World) -> None:
+    world.engine.image_size = (900, 900)  # noisy PNG of about 2.4 MB
+    world.bot.jobs.upload_limit = lambda tracker: 1024 * 1024  # type: ignore[method-assign]
+    result = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", steps=1)
+    message = result.response
+    assert message is not None
+    names = sorted(a.filename for a in message.attachments)
+    assert names == ["image.jpg", "layout.json"]
+    notes = {f.name: f.value for f in message.embeds[0].fields}["Notes"]
+    assert "JPEG" in notes
+    assert sum(a.size for a in message.attachments) < 1024 * 1024
+
+
+async def test_help_new_and_history(world: World) -> None:
+    help_result = await world.alice.slash(world.channel, "omost help")
+    assert help_result.ephemeral and "/omost compose" in help_result.response.content
+    empty = await world.alice.slash(world.channel, "omost history")
+    assert "no results" in empty.response.content
+    first = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", seed=3)
+    history = await world.alice.slash(world.channel, "omost history")
+    assert str(first.response.id) in history.response.content and "seed 3" in history.response.content
+    # Without /omost new, the next compose continues the conversation (turn 2 gets the history) ...
+    await world.alice.slash(world.channel, "omost compose", prompt="make the dragon a dinosaur")
+    assert len(world.engine.histories[-1]) == 2
+    # ... and after it, the conversation starts over.
+    new = await world.alice.slash(world.channel, "omost new")
+    assert new.ephemeral and "fresh conversation" in new.response.content
+    await world.alice.slash(world.channel, "omost compose", prompt="a calm lake")
+    assert world.engine.histories[-1] == []
