@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "omost_engine.cli.compose",  # compose
     "omost_engine.cli.render",  # render
     "bot.commands",  # run, worker
+    "bot.distributed.cli",  # worker, workers (GPU workers through Redis)
 )
 
 

@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from omost_engine.engine import ChatMessage, ChatResult, RenderResult
 from omost_engine.errors import CancelledError
 from omost_engine.params import LLMParams, RenderParams
+from omost_engine.preview import masks_image, sketch_image
 from omost_engine.progress import CancelToken, LLMProgress, ProgressCallback, RenderProgress
 from omost_engine.reply import parse_reply
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from omost_engine.layout import Layout
 
 _DIRECTIVE = re.compile(r"\{\{\s*(delay|fail)\s*=\s*([^}\s]+)\s*\}\}")
-MASK_SCALE = 4  # the masks picture is the 90x90 grid drawn 4x larger
+MASKS_SIZE = (360, 360)  # the labelled region map, test-sized
 
 # The local regions of the generated program: (location, area, distance, colour, what).
 _REGIONS = (
@@ -87,18 +88,6 @@ def scripted_reply(prompt: str) -> str:
         ]
     lines.append("```")
     return "\n".join(lines)
-
-
-def masks_picture(layout: Layout) -> Image.Image:
-    """The region boxes drawn on the grid, each outlined in its colour and numbered (0 = global)."""
-    size = 90 * MASK_SCALE
-    picture = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(picture)
-    for index, condition in enumerate(layout.conditions):
-        top, bottom, left, right = (v * MASK_SCALE for v in condition.rect)
-        draw.rectangle((left, top, right - 1, bottom - 1), outline=tuple(condition.color), width=3)
-        draw.text((left + 5, top + 5), str(index), fill=(0, 0, 0))
-    return picture
 
 
 class ScriptedEngine:
@@ -187,11 +176,11 @@ class ScriptedEngine:
                     on_progress(RenderProgress(step=step, total=steps, stage=stage))
         width = max(8, round(params.width * params.hr_scale) // self.image_scale)
         height = max(8, round(params.height * params.hr_scale) // self.image_scale)
-        sketch = Image.fromarray(layout.sketch()).resize((width, height), Image.Resampling.BILINEAR)
+        sketch = sketch_image(layout, (width, height))
         # Seeded grain so that two seeds give two different pictures, as with a real sampler.
         grain = np.random.default_rng(params.seed).integers(-12, 13, size=(height, width, 3))
         pixels = np.clip(np.asarray(sketch, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-        return RenderResult(image=Image.fromarray(pixels), masks=masks_picture(layout),
+        return RenderResult(image=Image.fromarray(pixels), masks=masks_image(layout, MASKS_SIZE),
                             model=model or self.model_name, seconds=time.perf_counter() - started,
                             params=params)
 
