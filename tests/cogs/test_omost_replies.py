@@ -1,0 +1,119 @@
+"""Replies to results (refine, branch), layout files by reply and by /omost render."""
+
+from __future__ import annotations
+
+import json
+
+from simenv import DINOSAUR, DRAGON, World
+
+from omost_engine.reply import parse_reply
+
+
+async def compose(world: World, prompt: str = "a dragon battle", **options: object):
+    result = await world.alice.slash(world.channel, "omost compose", prompt=prompt, **options)
+    assert result.response is not None and "Done" in result.response.content, result.response
+    return result.response.message
+
+
+async def layout_of(message) -> dict:
+    files = {a.filename: a for a in message.attachments}
+    return json.loads(await files["layout.json"].read())
+
+
+async def count(world: World, table: str) -> int:
+    row = await world.bot.storage.db.fetchone(f"SELECT COUNT(*) AS n FROM {table}")
+    return int(row["n"])
+
+
+async def test_reply_refines_the_conversation(world: World) -> None:
+    first = await compose(world, seed=11)
+    await world.alice.send(world.channel, "change the dragon to a dinosaur", reply_to=first)
+    result = world.channel.last_message
+    assert result.author.bot and result.reference is not None and result.reference.message_id != first.id
+    assert "Done" in result.content
+    # The LLM saw turn 1 (prompt and reply) and answered with the edited program.
+    assert world.engine.histories[-1][0].content == "a dragon battle"
+    assert world.engine.histories[-1][1].content == DRAGON
+    assert (await layout_of(result))["conditions"] == parse_reply(DINOSAUR).to_json()["conditions"]
+    # The refinement keeps the result's settings (same seed), so only the composition changes.
+    assert (await layout_of(result))["meta"]["seed"] == 11
+    # Reply again to the refined result: the history now holds two turns.
+    await world.alice.send(world.channel, "and make it night", reply_to=result)
+    assert [m.content for m in world.engine.histories[-1]][::2] == ["a dragon battle",
+                                                                  "change the dragon to a dinosaur"]
+
+
+async def test_replying_to_an_older_result_branches(world: World) -> None:
+    first = await compose(world)
+    await world.alice.send(world.channel, "make it a dinosaur", reply_to=first)
+    await world.bob.send(world.channel, "make it a unicorn", reply_to=first)  # anyone may branch
+    # Both branches continue from turn 1 only.
+    assert [len(h) for h in world.engine.histories] == [0, 2, 2]
+    assert world.engine.histories[1] == world.engine.histories[2]
+    turns = await world.bot.storage.db.fetchall("SELECT id, parent_id FROM turns ORDER BY id")
+    assert [t["parent_id"] for t in turns] == [None, turns[0]["id"], turns[0]["id"]]
+
+
+async def test_reply_to_a_message_that_is_not_a_result_is_ignored(world: World) -> None:
+    note = await world.bob.send(world.channel, "hello")
+    await world.alice.send(world.channel, "make it blue", reply_to=note)
+    assert world.channel.last_message.author.id == world.alice.id
+    assert await count(world, "jobs") == 0
+
+
+async def test_reply_with_our_layout_file_renders_it_without_the_llm(world: World) -> None:
+    first = await compose(world, seed=5, steps=6)
+    data = json.dumps(await layout_of(first)).encode()
+    chats = sum(1 for c in world.engine.calls if c[0] == "chat")
+    await world.bob.send(world.channel, "", reply_to=first, attachments=[("layout.json", data)])
+    result = world.channel.last_message
+    assert "Done" in result.content
+    assert sum(1 for c in world.engine.calls if c[0] == "chat") == chats  # no LLM turn
+    # Our file carries its seed and settings: the render reproduces them.
+    assert world.engine.calls[-1] == ("render", parse_reply(DRAGON).conditions[0].prefixes[0], 5)
+    doc = await layout_of(result)
+    assert doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"] and doc["meta"]["render"]["steps"] == 6
+
+
+async def test_reply_with_a_comfyui_list_renders_it(world: World) -> None:
+    first = await compose(world)
+    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a quiet harbour"], "suffixes": [], "color": [10, 60, 120]},
+             {"rect": [30, 60, 10, 40], "prefixes": ["a red boat"], "suffixes": ["small"], "color": [200, 30, 30]}]
+    await world.alice.send(world.channel, "", reply_to=first,
+                           attachments=[("harbour.json", json.dumps(comfy).encode())])
+    result = world.channel.last_message
+    assert "Done" in result.content and result.embeds[0].title == "a quiet harbour"
+    assert world.engine.calls[-1][:2] == ("render", "a quiet harbour")
+
+
+async def test_bad_layout_files_get_one_clear_reply_and_nothing_is_stored(world: World) -> None:
+    first = await compose(world)
+    jobs, layouts = await count(world, "jobs"), await count(world, "layouts")
+    cases = [
+        (b"{not json", "not valid JSON"),
+        (json.dumps({"format": "something-else"}).encode(), "format"),
+        (json.dumps([{"rect": [0, 90, 0, 90]}]).encode(), "prefixes"),
+        (b" " * (600 * 1024), "at most 524288 bytes"),
+    ]
+    for data, expected in cases:
+        await world.alice.send(world.channel, "", reply_to=first, attachments=[("layout.json", data)])
+        answer = world.channel.last_message
+        assert answer.author.bot and answer.content.startswith("⚠️") and expected in answer.content, answer.content
+    assert (await count(world, "jobs"), await count(world, "layouts")) == (jobs, layouts)
+
+
+async def test_render_command_takes_a_layout_attachment(world: World) -> None:
+    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a desert at noon"], "suffixes": [], "color": [230, 200, 120]}]
+    result = await world.alice.slash(world.channel, "omost render",
+                                     layout=("desert.json", json.dumps(comfy).encode()), seed=99, size="square")
+    message = result.response
+    assert message is not None and "Done" in message.content
+    fields = {f.name: f.value for f in message.embeds[0].fields}
+    assert fields["Seed"] == "99" and fields["Size"] == "1024x1024" and fields["LLM"].startswith("—")
+    assert [c[0] for c in world.engine.calls] == ["render"]
+
+
+async def test_render_command_with_a_bad_file_answers_ephemerally(world: World) -> None:
+    result = await world.alice.slash(world.channel, "omost render", layout=("x.json", b"[]"))
+    assert result.ephemeral and "conditions" in result.response.content
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
