@@ -306,8 +306,9 @@ class JobService:
         if not final:
             return None
         kwargs = make_kwargs()
-        kwargs.setdefault("content", None)
-        kwargs["content"] = f"<@{tracker.user_id}> {kwargs['content'] or ''}".strip()
+        # A new message: send() takes files, not attachments, and mentions the requester (edits never ping).
+        kwargs["files"] = kwargs.pop("attachments", None) or None
+        kwargs["content"] = f"<@{tracker.user_id}> {kwargs.get('content') or ''}".strip()
         try:
             message = await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions(users=True))
         except discord.HTTPException as exc:

@@ -1,1 +1,1 @@
-from simenv import sim_env, world  # noqa: F401  (fixtures)
+from simenv import pytest_configure, sim_env, world  # noqa: F401  (fixtures)

@@ -64,6 +64,10 @@ class World:
         return self.bot
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bot_config(**fields): BotConfig fields for the simcord bot")
+
+
 def make_config(tmp_path: Path, **changes: Any) -> BotConfig:
     base = dict(db=tmp_path / "bot.sqlite3", status_interval_s=1.5, max_queue=20, max_queued_per_user=3,
                 rate_limit=50)

@@ -1,0 +1,151 @@
+"""Queue position, fairness, caps, cancel, crash recovery, the 15-minute token limit and Discord errors."""
+
+from __future__ import annotations
+
+import pytest
+from simenv import World
+
+
+async def pause(world: World) -> None:
+    result = await world.owner.slash(world.channel, "omost pause")
+    assert "paused" in result.response.content
+
+
+async def resume(world: World) -> None:
+    result = await world.owner.slash(world.channel, "omost resume")
+    assert "runs again" in result.response.content
+
+
+async def test_positions_fairness_and_the_queue_command(world: World) -> None:
+    await pause(world)
+    a1 = await world.alice.slash(world.channel, "omost compose", prompt="alice one")
+    a2 = await world.alice.slash(world.channel, "omost compose", prompt="alice two")
+    b1 = await world.bob.slash(world.channel, "omost compose", prompt="bob one")
+    assert "next in the queue" in a1.response.content
+    assert "position 2" in a2.response.content
+    # Round-robin between users: bob's first job goes before alice's second.
+    listing = await world.bob.slash(world.channel, "omost queue")
+    assert listing.ephemeral
+    lines = listing.response.content.splitlines()
+    assert lines[0].startswith("#1 · job #1") and lines[1].startswith("#2 · job #3") and "(yours)" in lines[1]
+    assert lines[2].startswith("#3 · job #2")
+    await resume(world)
+    prompts = [c[1] for c in world.engine.calls if c[0] == "chat"]
+    assert prompts == ["alice one", "bob one", "alice two"]
+    for result in (a1, a2, b1):
+        assert "Done" in result.response.content
+    empty = await world.alice.slash(world.channel, "omost queue")
+    assert "empty" in empty.response.content
+
+
+@pytest.mark.bot_config(max_queued_per_user=2)
+async def test_per_user_cap_refuses_clearly_and_stores_nothing(world: World) -> None:
+    await pause(world)
+    await world.alice.slash(world.channel, "omost compose", prompt="one")
+    await world.alice.slash(world.channel, "omost compose", prompt="two")
+    third = await world.alice.slash(world.channel, "omost compose", prompt="three")
+    assert third.ephemeral and "limit is 2" in third.response.content and "/omost cancel" in third.response.content
+    other = await world.bob.slash(world.channel, "omost compose", prompt="bob")  # others are not affected
+    assert not other.ephemeral
+    rows = await world.bot.storage.db.fetchall("SELECT prompt FROM turns ORDER BY id")
+    assert [r["prompt"] for r in rows] == ["one", "two", "bob"]
+    await resume(world)
+
+
+@pytest.mark.bot_config(max_queue=2)
+async def test_full_queue_answers_clearly(world: World) -> None:
+    await pause(world)
+    await world.alice.slash(world.channel, "omost compose", prompt="one")
+    await world.bob.slash(world.channel, "omost compose", prompt="two")
+    full = await world.admin.slash(world.channel, "omost compose", prompt="three")
+    assert full.ephemeral and "queue is full" in full.response.content
+    await resume(world)
+
+
+async def test_cancel_command_own_jobs_and_admins_any(world: World) -> None:
+    await pause(world)
+    first = await world.alice.slash(world.channel, "omost compose", prompt="one")
+    await world.alice.slash(world.channel, "omost compose", prompt="two")
+    own = await world.alice.slash(world.channel, "omost cancel")  # the newest of hers
+    assert "Cancelling job #2" in own.response.content
+    refused = await world.bob.slash(world.channel, "omost cancel", job=1)
+    assert refused.ephemeral and "only your own jobs" in refused.response.content
+    nothing = await world.bob.slash(world.channel, "omost cancel")
+    assert "no queued or running job" in nothing.response.content
+    by_admin = await world.admin.slash(world.channel, "omost cancel", job=1)
+    assert "Cancelling job #1" in by_admin.response.content
+    assert "cancelled" in first.response.content
+    gone = await world.alice.slash(world.channel, "omost cancel", job=1)
+    assert "not queued or running" in gone.response.content
+    missing = await world.alice.slash(world.channel, "omost cancel", job=99)
+    assert "does not exist" in missing.response.content
+    await resume(world)
+    assert world.engine.calls == []
+
+
+async def test_owner_commands_are_refused_to_others(world: World) -> None:
+    for command in ("omost pause", "omost resume", "omost sync"):
+        result = await world.alice.slash(world.channel, command)
+        assert result.ephemeral and "only the bot's owners" in result.response.content
+
+
+async def test_sync_command_forces_a_sync(world: World) -> None:
+    before = sum(1 for e in world.env.http_requests if e.method == "PUT" and e.path.endswith("/commands"))
+    result = await world.owner.slash(world.channel, "omost sync")
+    assert "synced" in result.response.content
+    after = sum(1 for e in world.env.http_requests if e.method == "PUT" and e.path.endswith("/commands"))
+    assert after == before + 1
+
+
+async def test_crash_recovery_reports_interrupted_and_runs_queued_jobs(world: World) -> None:
+    await pause(world)
+    running = await world.alice.slash(world.channel, "omost compose", prompt="was running")
+    waiting = await world.bob.slash(world.channel, "omost compose", prompt="was waiting")
+    # The process dies while job 1 is on the GPU: its row says running, job 2 is still queued.
+    await world.bot.storage.update_job(1, state="running")
+    await world.restart()
+    job1, job2 = await world.bot.storage.job(1), await world.bot.storage.job(2)
+    assert job1.state == "interrupted" and job2.state == "done"
+    assert "interrupted by a restart" in running.response.content
+    notices = [m for m in world.channel.history() if "was interrupted when the bot restarted" in m.content]
+    assert len(notices) == 1 and str(world.alice.id) in notices[0].content
+    assert notices[0].reference is not None and notices[0].reference.message_id == running.response.id
+    # The queued job ran after the restart; its status message (no interaction any more) became the result.
+    assert "Done" in waiting.response.content and len(waiting.response.attachments) == 2
+    assert [c[1] for c in world.engine.calls if c[0] == "chat"] == ["was waiting"]
+
+
+async def test_result_after_the_interaction_token_expired_goes_through_the_channel(world: World) -> None:
+    await pause(world)
+    queued = await world.alice.slash(world.channel, "omost compose", prompt="a slow one")
+    await world.env.advance_time(16 * 60)  # past Discord's 15-minute interaction token lifetime
+    await resume(world)
+    message = queued.response
+    assert "Done" in message.content and len(message.attachments) == 2
+    status_edits = [e for e in world.env.http_requests if e.method == "PATCH" and e.path.endswith(f"/{message.id}")]
+    assert status_edits and all(e.path.startswith("/channels/") for e in status_edits)
+
+
+async def test_injected_discord_errors_fall_back_and_never_lose_the_result(world: World) -> None:
+    # Every edit through the interaction fails: the status message is edited through the channel instead.
+    world.env.inject_error("PATCH", "/webhooks/*", status=500, times=None)
+    first = await world.alice.slash(world.channel, "omost compose", prompt="one")
+    assert "Done" in first.response.content and len(first.response.attachments) == 2
+    # Now channel edits fail too: the result arrives as a new message that mentions the requester.
+    world.env.inject_error("PATCH", "/channels/*/messages/*", status=500, times=None)
+    second = await world.alice.slash(world.channel, "omost compose", prompt="two")
+    assert "Done" not in second.response.content
+    delivered = world.channel.last_message
+    assert delivered.id != second.response.id and "Done" in delivered.content and len(delivered.attachments) == 2
+    job = await world.bot.storage.job(2)
+    assert job.result_message_id == delivered.id
+    world.env.errors  # acknowledge: nothing may have been raised into discord.py  # noqa: B018
+    assert world.env.errors == []
+
+
+async def test_status_message_that_cannot_be_sent_does_not_lose_the_job(world: World) -> None:
+    world.env.inject_error("POST", "/interactions/*/callback", status=500, times=1)
+    await world.alice.slash(world.channel, "omost compose", prompt="one")
+    delivered = world.channel.last_message
+    assert "Done" in delivered.content and len(delivered.attachments) == 2
+    world.env.errors  # noqa: B018
