@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,7 +72,10 @@ class RedisJobBackend:
         self._dispatching = asyncio.Lock()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._paused = False
         self._closed = False
+        # Which worker (and which attempt) last started each job: for logs, /omost status and tests.
+        self.ran_on: OrderedDict[int, tuple[str, int]] = OrderedDict()
 
     def bind(self, handler: JobHandler) -> None:
         self._handler = handler
@@ -147,9 +150,7 @@ class RedisJobBackend:
         assert position is not None
         self._kick()
         # Hand it over now rather than when the pump next wakes: that may be half a second away.
-        task = asyncio.get_running_loop().create_task(self._dispatch())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._dispatch())
         return position
 
     async def cancel(self, job_id: int) -> bool:
@@ -166,6 +167,15 @@ class RedisJobBackend:
                     self._announce_positions()
                     return True
         return False
+
+    def pause(self) -> None:
+        """Hold waiting jobs (maintenance); jobs on workers go on."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._kick()
+        self._spawn(self._dispatch())
 
     async def close(self) -> None:
         """Stop taking and dispatching jobs. Jobs on workers go on; a restarted bot delivers them."""
@@ -202,6 +212,11 @@ class RedisJobBackend:
     def _emit(self, event: JobEvent) -> None:
         if self._handler is not None:
             self._handler.on_event(event)
+
+    def _spawn(self, coro: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _announce_positions(self) -> None:
         for position, ticket in enumerate(self._order(), start=1):
@@ -264,7 +279,7 @@ class RedisJobBackend:
         async with self._dispatching:
             if self._waiting and self.clock() - self._capacity_at >= self.config.watchdog_s:
                 await self._refresh_capacity()
-            while self._waiting and len(self._inflight) < self._capacity and not self._closed:
+            while self._waiting and len(self._inflight) < self._capacity and not (self._closed or self._paused):
                 ticket = self._take()
                 assert ticket is not None and self._handler is not None, "bind() the backend before submitting"
                 self._inflight[ticket.job_id] = ticket
@@ -283,7 +298,11 @@ class RedisJobBackend:
 
     async def _handle(self, event: WireEvent) -> None:
         job_id = int(event.job_id)
-        if event.type == "stage":
+        if event.type == "started":
+            self.ran_on[job_id] = (event.worker, event.attempt)
+            while len(self.ran_on) > 1000:
+                self.ran_on.popitem(last=False)
+        elif event.type == "stage":
             self._emit(Started(job_id, event.data["stage"]))
         elif event.type in ("llm", "render"):
             progress = event.progress()
