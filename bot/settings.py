@@ -180,6 +180,8 @@ def build_params(policy: Policy, options: dict[str, Any], *, seed: int) -> tuple
     render_changes = {k: options[k] for k in RENDER_OPTIONS if k in options}
     if "size" in options:
         render_changes.update(_size_fields(options["size"]))
+    if "steps" not in options:  # a default above the channel's limit is lowered, not held against the user
+        render_changes["steps"] = min(policy.render_params.steps, policy.max_steps)
     render_params = policy.render_params.replace(**render_changes)
     if render_params.steps > policy.max_steps:
         raise OmostError(f"steps must be at most {policy.max_steps} here, not {render_params.steps}",
