@@ -29,6 +29,7 @@ from bot.distributed.protocol import (
     Keys,
     WireEvent,
     dumps,
+    interrupted_message,
     loads,
     png_image,
 )
@@ -403,8 +404,7 @@ class RedisJobClient:
         max_attempts = int(r.request.get("max_attempts", 3))
         if r.attempt >= max_attempts:
             await self._say(r, "failed",
-                            message=f"the job was interrupted {r.attempt} times (the GPU worker running it "
-                                    "stopped); it was not run again")
+                            message=interrupted_message(r.attempt))
             return
         r.runs += 1
         r.arq_id = f"{r.submitted_ns:016x}.{r.job_id}.{r.runs}"

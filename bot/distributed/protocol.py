@@ -72,6 +72,12 @@ class Keys:
         return f"{self.prefix}:jobs"
 
 
+def interrupted_message(runs: int) -> str:
+    """What a user reads when workers kept dying under their job."""
+    return (f"the GPU worker running this job stopped {runs} time{'s' if runs != 1 else ''} "
+            "(a crash or a lost machine); it was not run again")
+
+
 def dumps(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), default=repr).encode()
 

@@ -34,6 +34,7 @@ from bot.distributed.protocol import (
     Keys,
     WireEvent,
     dumps,
+    interrupted_message,
     loads,
     png_bytes,
     progress_data,
@@ -302,8 +303,7 @@ class GpuWorker:
         job = RunningJob(message.job_id, attempt)
         if attempt > message.max_attempts:
             await self._emit(job.job_id, "failed", attempt,
-                             message=f"the job was interrupted {attempt - 1} times (the GPU worker running it "
-                                     "stopped); it was not run again")
+                             message=interrupted_message(attempt - 1))
             return "lost"
         self.running[arq_id] = job  # before the cancel check, so a cancel sent meanwhile is not missed
         try:
