@@ -41,6 +41,7 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+SOURCE_NAME = "<canvas>"  # the file name ast.parse is given
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -88,9 +89,18 @@ _REFUSED_WHY = {
 }  # fmt: skip
 _METHODS = {"set_global_description": GLOBAL_PARAMS, "add_local_description": LOCAL_PARAMS}
 _SCALARS = (type(None), bool, int, float, str)
-_CONTAINERS = (list, tuple, dict, range)
 # Format specs an f-string may use: align, sign, zero, width <= 4 digits, grouping, precision <= 2 digits, type.
 _FORMAT_SPEC = re.compile(r"[<>^=]?[+\- ]?#?0?\d{0,4}[,_]?(?:\.\d{1,2})?[bcdeEfFgGnosxX%]?")
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """What a builtin's name evaluates to inside a program: an inert token, not a Python callable."""
+
+    name: str
+
+    def __repr__(self) -> str:
+        return self.name
 
 
 class _CanvasClass:
@@ -119,12 +129,16 @@ def _parse(source: str, limits: Limits) -> ast.Module:
             allowed=f"at most {limits.max_source_chars} characters",
         )
     try:
-        return ast.parse(source, mode="exec")
+        return ast.parse(source, filename=SOURCE_NAME, mode="exec")
     except SyntaxError as exc:
+        # The line comes from our own text: exc.text may have been read from a file named like
+        # the source (CPython looks one up for some errors).
+        lines = source.splitlines()
+        text = lines[exc.lineno - 1] if exc.lineno and 0 < exc.lineno <= len(lines) else ""
         raise OmostError(
             f"the program is not valid Python: {exc.msg}; allowed: a canvas program in Python syntax",
             parameter="program",
-            value=(exc.text or "").strip()[:60],
+            value=text.strip()[:60],
             allowed="Python syntax",
             line=exc.lineno,
         ) from None
@@ -281,7 +295,7 @@ class Interpreter:
             if len(value) > self.limits.max_items:
                 raise self._error(node, f"a collection of {len(value)} items is too large; allowed: at most "
                                   f"{self.limits.max_items}", "collection", len(value))  # fmt: skip
-        elif not isinstance(value, range | Canvas | _CanvasClass):
+        elif not isinstance(value, range | Canvas | _CanvasClass | Builtin):
             raise self._error(node, f"the operation made {self._kind(value)}; allowed: plain values",
                               "value", type(value).__name__)  # fmt: skip
         return value
@@ -386,7 +400,7 @@ class Interpreter:
         if name == "Canvas":
             return _CANVAS
         if name in self._builtins:
-            return self._builtins[name]
+            return Builtin(name)
         raise self._error(node, f"the name {name!r} is not defined; allowed: names assigned earlier, Canvas, "
                           "float, int, str, len, range, enumerate, zip, min, max, round", "name", name)  # fmt: skip
 
@@ -446,7 +460,7 @@ class Interpreter:
             raise self._error(node, f"the operator {type(op).__name__} is not allowed; allowed: + - * / // % **",
                               "operator", type(op).__name__)  # fmt: skip
         for side in (left, right):
-            if isinstance(side, Canvas | _CanvasClass | range | dict) or callable(side):
+            if isinstance(side, Canvas | _CanvasClass | range | dict | Builtin):
                 raise self._error(node, f"cannot compute with {self._kind(side)}; allowed: numbers, strings, "
                                   "lists and tuples", "operand", type(side).__name__)  # fmt: skip
         sized = [s for s in (left, right) if isinstance(s, str | list | tuple)]
@@ -624,20 +638,20 @@ class Interpreter:
             canvas = Canvas(max_regions=self.limits.max_regions)
             self.canvases.append(canvas)
             return canvas
-        if func not in self._builtins.values():
+        if not isinstance(func, Builtin):
             raise self._error(node, f"{self._kind(func)} cannot be called; allowed: Canvas(), float, int, str, len, "
                               "range, enumerate, zip, min, max, round", "call", quote(func))  # fmt: skip
         if node.keywords:
-            raise self._error(node, f"{node.func.id}() takes no keyword arguments here; allowed: positional "  # type: ignore[attr-defined]
+            raise self._error(node, f"{func.name}() takes no keyword arguments here; allowed: positional "
                               "arguments", "keyword", node.keywords[0].arg)  # fmt: skip
-        name = node.func.id  # type: ignore[attr-defined]
-        low, high = _ARITY[next(k for k, v in self._builtins.items() if v is func)]
+        name = func.name
+        low, high = _ARITY[name]
         if not low <= len(node.args) <= high:
             raise self._error(node, f"{name}() takes {low}-{high} arguments, got {len(node.args)}", name,
                               len(node.args))  # fmt: skip
         args = [self._eval(a) for a in node.args]
         try:
-            result = func(node, *args)
+            result = self._builtins[name](node, *args)
         except OmostError:
             raise
         except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
