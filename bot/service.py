@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit for servers without boosts
 UPLOAD_HEADROOM = 64 * 1024  # room for the layout file and the request's own bytes
 TOKEN_EXPIRED = 10015  # Unknown Webhook: the interaction token is older than 15 minutes
+ATTACH_TIMEOUT_S = 60.0  # a status message still unknown by then is given up on: results go to the channel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,8 +334,16 @@ class JobService:
         guild = self.bot.get_guild(tracker.guild_id) if tracker.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
+    async def _attached(self, tracker: Tracker) -> None:
+        """Wait until the status message is known (it may still be on its way when a fast job ends)."""
+        try:
+            await asyncio.wait_for(tracker.attached.wait(), ATTACH_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("job %s: no status message after %g s; delivering to the channel", tracker.job_id,
+                        ATTACH_TIMEOUT_S)
+
     async def _deliver(self, tracker: Tracker, output: JobOutput) -> None:
-        await tracker.attached.wait()  # the status message may still be on its way
+        await self._attached(tracker)
         async with tracker.lock:
             tracker.phase = "done"
             job = await self.storage.job(tracker.job_id)
@@ -375,7 +384,7 @@ class JobService:
             self.delivered += 1
 
     async def _end(self, tracker: Tracker, event: Failed | Cancelled) -> None:
-        await tracker.attached.wait()
+        await self._attached(tracker)
         async with tracker.lock:
             tracker.phase = "done"
             if isinstance(event, Cancelled):

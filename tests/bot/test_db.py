@@ -1,0 +1,77 @@
+"""The SQLite file and its migrations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.db import Database, Migration, find_migrations
+from omost_engine.errors import OmostError
+
+
+async def test_fresh_database_gets_every_migration_in_wal_mode(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    try:
+        assert await db.version() == len(find_migrations())
+        mode = await db.fetchone("PRAGMA journal_mode")
+        assert mode[0] == "wal"
+        tables = {r["name"] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"conversations", "turns", "layouts", "jobs", "settings", "meta", "schema_version"} <= tables
+    finally:
+        await db.close()
+    again = await Database.open(tmp_path / "bot.sqlite3")  # reopening applies nothing twice
+    try:
+        rows = await again.fetchall("SELECT version FROM schema_version")
+        assert [r["version"] for r in rows] == list(range(1, len(find_migrations()) + 1))
+    finally:
+        await again.close()
+
+
+async def test_newer_database_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    await db.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (99, 'future', 0)")
+    await db.close()
+    with pytest.raises(OmostError, match=r"schema version 99, newer than this bot knows \(up to 1\)"):
+        await Database.open(tmp_path / "bot.sqlite3")
+
+
+async def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
+    migrations = [Migration(1, "good", "CREATE TABLE a (x INTEGER);"),
+                  Migration(2, "bad", "CREATE TABLE b (x INTEGER);\nINSERT INTO missing VALUES (1);")]
+    with pytest.raises(OmostError, match="migration V2__bad failed: no such table: missing"):
+        await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
+    db = await Database.open(tmp_path / "bot.sqlite3", migrations=migrations[:1])
+    try:
+        tables = {r["name"] for r in await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "a" in tables and "b" not in tables and await db.version() == 1
+    finally:
+        await db.close()
+
+
+def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
+    (tmp_path / "V1__one.sql").write_text("SELECT 1;")
+    (tmp_path / "V3__three.sql").write_text("SELECT 1;")
+    with pytest.raises(OmostError, match="V2 is missing"):
+        find_migrations(tmp_path)
+    (tmp_path / "notes.sql").write_text("")
+    with pytest.raises(OmostError, match="not named V<number>__<name>.sql"):
+        find_migrations(tmp_path)
+
+
+async def test_unopenable_path_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.sqlite3").mkdir()
+    with pytest.raises(OmostError, match="cannot open the database"):
+        await Database.open(tmp_path / "dir.sqlite3")
+
+
+async def test_transaction_rolls_back_together(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    try:
+        with pytest.raises(RuntimeError):
+            async with db.transaction() as tx:
+                await tx.execute("INSERT INTO meta (key, value) VALUES ('a', '1')")
+                raise RuntimeError("boom")
+        assert await db.fetchone("SELECT * FROM meta WHERE key = 'a'") is None
+    finally:
+        await db.close()

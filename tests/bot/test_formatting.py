@@ -1,0 +1,55 @@
+"""Status texts, the layout preview and fitting images under Discord's upload limit."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bot.formatting import encode_image, format_seconds, llm_text, preview_image, progress_bar, render_text
+from omost_engine.conditions import Condition
+from omost_engine.progress import LLMProgress, RenderProgress
+
+
+def noisy(size: int) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_progress_bar_and_times() -> None:
+    assert progress_bar(0.5, width=10) == "█████░░░░░"
+    assert progress_bar(2.0, width=4) == "████" and progress_bar(-1, width=4) == "░░░░"
+    assert format_seconds(5.4) == "5s" and format_seconds(125) == "2m 05s"
+
+
+def test_status_texts() -> None:
+    global_condition = Condition((0, 90, 0, 90), ("sky",), (), (10, 20, 30))
+    region = Condition((0, 45, 0, 45), ("bird",), (), (200, 0, 0))
+    text = llm_text(3, LLMProgress(tokens=120, tokens_per_second=30.0, text="", conditions=(global_condition, region)))
+    assert "120 tokens (30.0/s), 1 region so far" in text
+    text = render_text(3, RenderProgress(step=5, total=20), eta=42)
+    assert "step 5/20" in text and "about 42s left" in text and "█████░" in text
+
+
+def test_preview_image_draws_the_regions() -> None:
+    conditions = (Condition((0, 90, 0, 90), ("sky",), (), (10, 20, 30)),
+                  Condition((0, 45, 0, 45), ("bird",), (), (200, 0, 0)))
+    image = preview_image(conditions, size=90)
+    assert image.size == (90, 90)
+    assert image.getpixel((80, 80)) != image.getpixel((20, 20))  # the region differs from the background
+
+
+@pytest.mark.parametrize("limit", [10_000_000, 150_000, 20_000])
+def test_encode_image_fits_the_limit(limit: int) -> None:
+    image = noisy(256)  # about 197 kB as PNG
+    encoded = encode_image(image, limit=limit)
+    assert len(encoded.data) <= limit
+    decoded = Image.open(io.BytesIO(encoded.data))
+    if limit >= 10_000_000:
+        assert encoded.filename == "image.png" and encoded.note is None and decoded.size == (256, 256)
+    elif limit == 150_000:
+        assert encoded.filename == "image.jpg" and "JPEG" in (encoded.note or "") and decoded.size == (256, 256)
+    else:
+        assert encoded.filename == "image.jpg" and "downscaled" in (encoded.note or "") and decoded.size[0] < 256
