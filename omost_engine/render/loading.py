@@ -16,6 +16,8 @@ Every failure becomes one ``OmostError`` naming the model and what is needed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,24 @@ class SDXLComponents:
     text_encoder_2: Any
     tokenizer: Any
     tokenizer_2: Any
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """Hide the libraries' per-file loading bars (noise in the bot's logs and the CLI), then restore them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = (transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled())
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            transformers_logging.enable_progress_bar()
+        if was[1]:
+            diffusers_logging.enable_progress_bar()
 
 
 def _offline() -> bool:
@@ -95,12 +115,15 @@ def _from_diffusers_single_file(path: Path, config: str, *, dtype: torch.dtype,
             module = cls(cls.config_class.from_pretrained(config, subfolder=name))
         prefix = name + "."
         state = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        try:
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            problem = f"{len(missing)} missing, {len(unexpected)} unexpected tensors" if missing or unexpected else ""
+        except RuntimeError:  # shape mismatches
+            problem = "tensor shapes differ"
+        if problem:
             raise OmostError(
-                f"{path.name}: the {name} weights do not fit the config in {config} "
-                f"({len(missing)} missing, {len(unexpected)} unexpected tensors); pass the config folder "
-                "of the model this file was saved from", parameter="model", value=str(path),
+                f"{path.name}: the {name} weights do not fit the config in {config} ({problem}); "
+                "pass the config folder of the model this file was saved from", parameter="model", value=str(path),
             )
         want = vae_dtype if name == "vae" else dtype
         parts[name] = (module if want == torch.float32 else module.to(want)).eval()
@@ -148,24 +171,33 @@ def load_components(
         )
     config_source = config or DEFAULT_SINGLE_FILE_CONFIG
     try:
-        if not is_file:
-            return _from_folder_or_hub(str(path) if path.is_dir() else model, dtype=dtype, vae_dtype=vae_dtype)
-        if path.suffix == ".safetensors" and _is_diffusers_layout(path):
-            return _from_diffusers_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
-        return _from_original_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
+        with _no_progress_bars():
+            return _load(model, path, is_file, config_source, dtype=dtype, vae_dtype=vae_dtype)
     except OmostError:
         raise
     except Exception as exc:  # library errors of every kind: one clear message instead of a traceback
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        if is_file:
-            need = (f"a single file needs the SDXL configs and tokenizers from a diffusers folder or hub id "
-                    f"(config: {config_source}"
-                    + (", which must already be downloaded while HF_HUB_OFFLINE is set" if _offline() else "")
-                    + ")")
-        elif path.is_dir():
-            need = "a diffusers SDXL folder needs unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
-        else:
-            need = ("the hub id must name a diffusers SDXL repository"
-                    + (" already in the Hugging Face cache (HF_HUB_OFFLINE is set)" if _offline() else ""))
-        raise OmostError(f"could not load model {model}: {reason}; {need}",
-                         parameter="model", value=model) from exc
+        raise _load_error(model, path, is_file, config_source, exc) from exc
+
+
+def _load(model: str, path: Path, is_file: bool, config_source: str, *, dtype: torch.dtype,
+          vae_dtype: torch.dtype) -> SDXLComponents:
+    if not is_file:
+        return _from_folder_or_hub(str(path) if path.is_dir() else model, dtype=dtype, vae_dtype=vae_dtype)
+    if path.suffix == ".safetensors" and _is_diffusers_layout(path):
+        return _from_diffusers_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
+    return _from_original_single_file(path, config_source, dtype=dtype, vae_dtype=vae_dtype)
+
+
+def _load_error(model: str, path: Path, is_file: bool, config_source: str, exc: Exception) -> OmostError:
+    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    offline = _offline()
+    if is_file:
+        need = ("a single file needs the SDXL configs and tokenizers from a diffusers folder or hub id "
+                f"(config: {config_source}"
+                + (", which must already be downloaded while HF_HUB_OFFLINE is set" if offline else "") + ")")
+    elif path.is_dir():
+        need = "a diffusers SDXL folder needs unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
+    else:
+        need = ("the hub id must name a diffusers SDXL repository"
+                + (" already in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else ""))
+    return OmostError(f"could not load model {model}: {reason}; {need}", parameter="model", value=model)
