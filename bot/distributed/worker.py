@@ -72,7 +72,7 @@ class WorkerConfig:
     concurrency: int = 1  # jobs at once; one per GPU is the usual choice
     heartbeat_s: float = 1.0
     lease_s: float = 10.0  # a dead worker's job runs again after at most this long
-    poll_s: float = 0.02  # arq's queue polling interval: the start latency of a job on an idle worker
+    poll_s: float = 0.005  # arq's queue polling interval: the start latency of a job on an idle worker
     progress_interval_s: float = 0.25  # at most one progress event per job this often
     engine_name: str = "real"
 
@@ -307,16 +307,19 @@ class GpuWorker:
             return "lost"
         self.running[arq_id] = job  # before the cancel check, so a cancel sent meanwhile is not missed
         try:
-            if await self.redis.exists(self.keys.cancelled(job.job_id)):
-                await self._emit(job.job_id, "cancelled", attempt)
-                return "cancelled"
             lease_ms = int(self.config.lease_s * 1000)
-            async with self.redis.pipeline(transaction=False) as pipe:
+            started = WireEvent(type="started", job_id=job.job_id, attempt=attempt, worker=self.config.worker_id,
+                                data={"queue": self.config.queue})
+            async with self.redis.pipeline(transaction=False) as pipe:  # one round trip before the engine starts
+                pipe.exists(self.keys.cancelled(job.job_id))
                 pipe.pexpire(ARQ_IN_PROGRESS + arq_id, lease_ms)
                 pipe.set(self.keys.running(job.job_id), dumps({"worker": self.config.worker_id, "attempt": attempt,
                                                               "arq_id": arq_id, "since": job.started}), px=lease_ms)
-                await pipe.execute()
-            await self._emit(job.job_id, "started", attempt, queue=self.config.queue)
+                pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]
+                cancelled, *_ = await pipe.execute()
+            if cancelled:
+                await self._emit(job.job_id, "cancelled", attempt)
+                return "cancelled"
             return await self._execute(message, job)
         finally:
             self.running.pop(arq_id, None)
@@ -367,7 +370,6 @@ class GpuWorker:
             await self._emit(job.job_id, "chat", job.attempt, **chat_json(event.result))
         elif isinstance(event, Finished):
             await self._store_result(job, event.output)
-            await self._emit(job.job_id, "result", job.attempt)
         elif isinstance(event, Failed):
             await self._emit(job.job_id, "failed", job.attempt, stage=event.stage, message=event.message)
         elif isinstance(event, Cancelled):
@@ -383,10 +385,12 @@ class GpuWorker:
             meta["chat"] = chat_json(output.chat)
         key = self.keys.result(job.job_id)
         fields = {"image": png_bytes(render.image), "masks": png_bytes(render.masks), "meta": dumps(meta)}
-        async with self.redis.pipeline(transaction=True) as pipe:
+        event = WireEvent(type="result", job_id=job.job_id, attempt=job.attempt, worker=self.config.worker_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # the event never comes without its result
             pipe.delete(key)
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.expire(key, RESULT_TTL_S)
+            pipe.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
             await pipe.execute()
 
 
@@ -417,7 +421,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     parser.add_argument("--lease", type=float, default=10.0,
                         help="seconds after which a silent worker's job runs again elsewhere")
-    parser.add_argument("--poll", type=float, default=0.02, help="seconds between queue polls when idle")
+    parser.add_argument("--poll", type=float, default=0.005,
+                        help="seconds between queue polls when idle: a new job waits half of it on average")
 
 
 def build_engine(args: argparse.Namespace) -> tuple[Engine, dict[str, str]]:
