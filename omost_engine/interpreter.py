@@ -27,7 +27,7 @@ from omost_engine.names import quote
 
 @dataclass(frozen=True)
 class Limits:
-    max_source_chars: int = 64 * 1024
+    max_source_chars: int = 32 * 1024  # an LLM reply of 4096 tokens holds about 16 KiB of code
     max_depth: int = 40  # nesting of statements/expressions in the source
     max_steps: int = 50_000  # evaluation steps; bulk operations cost one per item touched
     max_iterations: int = 10_000  # loop and comprehension iterations, all loops together
@@ -66,15 +66,19 @@ _CMPOPS: dict[type, Callable[[Any, Any], Any]] = {
 }
 _UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_}
 
-# Node types the checker lets through; anything else is refused before running.
-_ALLOWED_NODES = (
-    ast.Module, ast.Expr, ast.Assign, ast.AugAssign, ast.For, ast.If, ast.Pass, ast.Break, ast.Continue,
-    ast.Constant, ast.Name, ast.Load, ast.Store, ast.List, ast.Tuple, ast.Dict,
-    ast.JoinedStr, ast.FormattedValue, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,
-    ast.Subscript, ast.Slice, ast.Call, ast.keyword, ast.Attribute,
-    ast.ListComp, ast.GeneratorExp, ast.DictComp, ast.comprehension,
-    ast.And, ast.Or, *_BINOPS, *_CMPOPS, *_UNARY,
-)  # fmt: skip
+# Node types the checker lets through, with the fields that hold child nodes to check (operator
+# and context fields are checked by the parent); anything else is refused before running.
+_CHILDREN: dict[type, tuple[str, ...]] = {
+    ast.Module: ("body",), ast.Expr: ("value",), ast.Assign: ("targets", "value"),
+    ast.AugAssign: ("target", "value"), ast.For: ("target", "iter", "body"), ast.If: ("test", "body", "orelse"),
+    ast.Pass: (), ast.Break: (), ast.Continue: (), ast.Constant: (), ast.Name: (), ast.List: ("elts",),
+    ast.Tuple: ("elts",), ast.Dict: ("keys", "values"), ast.JoinedStr: ("values",),
+    ast.FormattedValue: ("value", "format_spec"), ast.BinOp: ("left", "right"), ast.UnaryOp: ("operand",),
+    ast.BoolOp: ("values",), ast.Compare: ("left", "comparators"), ast.IfExp: ("test", "body", "orelse"),
+    ast.Subscript: ("value", "slice"), ast.Slice: ("lower", "upper", "step"), ast.Call: ("func", "args", "keywords"),
+    ast.keyword: ("value",), ast.ListComp: ("elt", "generators"), ast.GeneratorExp: ("elt", "generators"),
+    ast.DictComp: ("key", "value", "generators"), ast.comprehension: ("target", "iter", "ifs"),
+}  # fmt: skip
 _REFUSED_WHY = {
     ast.Import: "an import", ast.ImportFrom: "an import", ast.While: "a while loop",
     ast.FunctionDef: "a function definition (def)", ast.AsyncFunctionDef: "a function definition (def)",
@@ -87,8 +91,10 @@ _REFUSED_WHY = {
     ast.BitAnd: "the & operator", ast.BitXor: "the ^ operator", ast.Invert: "the ~ operator",
     ast.MatMult: "the @ operator",
 }  # fmt: skip
+_OPERATORS = frozenset({*_BINOPS, *_CMPOPS, *_UNARY, ast.And, ast.Or})
 _METHODS = {"set_global_description": GLOBAL_PARAMS, "add_local_description": LOCAL_PARAMS}
 _SCALARS = (type(None), bool, int, float, str)
+_NUMBERS = frozenset({int, float, bool})
 # Format specs an f-string may use: align, sign, zero, width <= 4 digits, grouping, precision <= 2 digits, type.
 _FORMAT_SPEC = re.compile(r"[<>^=]?[+\- ]?#?0?\d{0,4}[,_]?(?:\.\d{1,2})?[bcdeEfFgGnosxX%]?")
 
@@ -156,47 +162,83 @@ _SUBSET = (
 )
 
 
-def _refusal(node: ast.AST, parent: ast.AST | None) -> tuple[str, str, Any] | None:
-    """(message, parameter, value) when ``node`` is outside the allow-list, else None."""
-    if not isinstance(node, _ALLOWED_NODES):
-        what = _REFUSED_WHY.get(type(node), type(node).__name__)
-        return f"{what} is not allowed in a canvas program; {_SUBSET}", "program", what
-    if isinstance(node, ast.Name) and node.id.startswith("__"):
-        return f"the name {node.id!r} is not allowed; allowed: names without a leading '__'", "name", node.id
-    if isinstance(node, ast.Attribute) and (
-        node.attr not in _METHODS or not (isinstance(parent, ast.Call) and parent.func is node)
-    ):
+def _refuse_kind(node: ast.AST) -> tuple[str, str, Any]:
+    kind = type(node)
+    if kind is ast.Attribute:  # reached other than as the function of a canvas method call
+        attr = node.attr  # type: ignore[attr-defined]
         return (
-            f"attribute access .{node.attr} is not allowed; allowed: calling "
+            f"attribute access .{attr} is not allowed; allowed: calling "
             "canvas.set_global_description(...) and canvas.add_local_description(...)",
             "attribute",
-            node.attr,
+            attr,
         )
-    if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name | ast.Attribute):
-        return f"only named functions can be called; {_SUBSET}", "call", type(node.func).__name__
-    if isinstance(node, ast.Call) and any(k.arg is None for k in node.keywords):
-        return "**keyword unpacking is not allowed; allowed: name=value arguments", "call", "**"
-    if isinstance(node, ast.Dict) and any(k is None for k in node.keys):
-        return "**dict unpacking is not allowed; allowed: {key: value, ...}", "dict", "**"
-    if isinstance(node, ast.Constant) and not isinstance(node.value, _SCALARS):
-        return (
-            f"the constant {quote(node.value)} is not allowed; allowed: strings, numbers, True, False, None",
-            "constant",
-            node.value,
-        )
-    if isinstance(node, ast.comprehension) and node.is_async:
-        return "async comprehensions are not allowed; allowed: [x for x in items]", "program", "async for"
-    if isinstance(node, ast.For) and node.orelse:
-        return "for ... else is not allowed; allowed: a plain for loop", "program", "for-else"
+    what = _REFUSED_WHY.get(kind, kind.__name__)
+    return f"{what} is not allowed in a canvas program; {_SUBSET}", "program", what
+
+
+def _refuse_ops(ops: Iterable[ast.AST]) -> tuple[str, str, Any] | None:
+    for op in ops:
+        if type(op) not in _OPERATORS:
+            what = _REFUSED_WHY.get(type(op), type(op).__name__)
+            return f"{what} is not allowed in a canvas program; {_SUBSET}", "operator", what
     return None
 
 
+def _refuse_call(node: ast.Call) -> tuple[str, str, Any] | None:
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr not in _METHODS:
+        return _refuse_kind(func)
+    if not isinstance(func, ast.Name | ast.Attribute):
+        return f"only named functions can be called; {_SUBSET}", "call", type(func).__name__
+    if any(k.arg is None for k in node.keywords):
+        return "**keyword unpacking is not allowed; allowed: name=value arguments", "call", "**"
+    return None
+
+
+def _refuse_constant(node: ast.Constant) -> tuple[str, str, Any] | None:
+    if isinstance(node.value, _SCALARS):
+        return None
+    return (
+        f"the constant {quote(node.value)} is not allowed; allowed: strings, numbers, True, False, None",
+        "constant",
+        node.value,
+    )
+
+
+def _refuse_name(node: ast.Name) -> tuple[str, str, Any] | None:
+    if not node.id.startswith("__"):
+        return None
+    return f"the name {node.id!r} is not allowed; allowed: names without a leading '__'", "name", node.id
+
+
+# Extra checks for the allowed node types that need one: (message, parameter, value) or None.
+_SPECIAL: dict[type, Callable[[Any], tuple[str, str, Any] | None]] = {
+    ast.BinOp: lambda n: _refuse_ops((n.op,)),
+    ast.AugAssign: lambda n: _refuse_ops((n.op,)),
+    ast.UnaryOp: lambda n: _refuse_ops((n.op,)),
+    ast.BoolOp: lambda n: _refuse_ops((n.op,)),
+    ast.Compare: lambda n: _refuse_ops(n.ops),
+    ast.Name: _refuse_name,
+    ast.Call: _refuse_call,
+    ast.Constant: _refuse_constant,
+    ast.Dict: lambda n: ("**dict unpacking is not allowed; allowed: {key: value, ...}", "dict", "**")
+    if any(k is None for k in n.keys) else None,
+    ast.comprehension: lambda n: ("async comprehensions are not allowed; allowed: [x for x in items]", "program",
+                                  "async for") if n.is_async else None,
+    ast.For: lambda n: ("for ... else is not allowed; allowed: a plain for loop", "program", "for-else")
+    if n.orelse else None,
+}  # fmt: skip
+
+
 def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
-    """Refuse, before anything runs, every construct outside the allow-list."""
-    # (node, depth, parent, line of the nearest node that has one: operators have none)
-    stack: list[tuple[ast.AST, int, ast.AST | None, int | None]] = [(tree, 0, None, None)]
-    while stack:
-        node, depth, parent, line = stack.pop()
+    """Refuse, before anything runs, every construct outside the allow-list.
+
+    A depth-first walk in source order, so the first refusal reported is the first in the
+    source. It descends only into the fields of allowed nodes and stops below ``max_depth``,
+    so the recursion stays shallow whatever the parser produced.
+    """
+
+    def visit(node: ast.AST, depth: int, line: int | None) -> None:
         line = getattr(node, "lineno", line)
         if depth > limits.max_depth:
             raise OmostError(
@@ -206,12 +248,26 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
                 allowed=f"at most {limits.max_depth} levels",
                 line=line,
             )
-        refused = _refusal(node, parent)
+        kind = type(node)
+        fields = _CHILDREN.get(kind)
+        special = _SPECIAL.get(kind)
+        refused = _refuse_kind(node) if fields is None else special(node) if special is not None else None
         if refused:
             message, parameter, value = refused
             raise OmostError(message, parameter=parameter, value=value, allowed=_SUBSET[9:], line=line)
-        # Reversed onto the stack, so the first refusal reported is the first one in the source.
-        stack.extend(reversed([(child, depth + 1, node, line) for child in ast.iter_child_nodes(node)]))
+        for field in fields:  # type: ignore[union-attr]
+            child = getattr(node, field)
+            if type(child) is list:
+                for item in child:
+                    # Plain string constants (most of a canvas program) need no visit of their own.
+                    if item is not None and not (type(item) is ast.Constant and type(item.value) is str):
+                        visit(item, depth + 1, line)
+            elif child is not None and not (type(child) is ast.Constant and type(child.value) is str):
+                if type(child) is ast.Attribute and type(node) is ast.Call:  # a canvas method: check its object
+                    child = child.value
+                visit(child, depth + 1, line)
+
+    visit(tree, 0, None)
 
 
 class Interpreter:
@@ -407,11 +463,16 @@ class Interpreter:
     def _name(self, node: ast.Name) -> Any:
         return self._lookup(node.id, node)
 
+    def _items(self, elts: list[ast.expr]) -> list[Any]:
+        # Constants (most items of a canvas program) are read directly: one step each, no dispatch.
+        self.steps += len(elts)
+        return [e.value if type(e) is ast.Constant else self._eval(e) for e in elts]  # type: ignore[attr-defined]
+
     def _list(self, node: ast.List) -> list[Any]:
-        return self._value([self._eval(e) for e in node.elts], node)
+        return self._value(self._items(node.elts), node)
 
     def _tuple(self, node: ast.Tuple) -> tuple[Any, ...]:
-        return self._value(tuple(self._eval(e) for e in node.elts), node)
+        return self._value(tuple(self._items(node.elts)), node)
 
     def _dict(self, node: ast.Dict) -> dict[Any, Any]:
         out = {}
@@ -455,10 +516,15 @@ class Interpreter:
         return self._arith(node.op, self._eval(node.left), self._eval(node.right), node)
 
     def _arith(self, op: ast.operator, left: Any, right: Any, node: ast.AST) -> Any:
-        fn = _BINOPS.get(type(op))
-        if fn is None:
-            raise self._error(node, f"the operator {type(op).__name__} is not allowed; allowed: + - * / // % **",
-                              "operator", type(op).__name__)  # fmt: skip
+        fn = _BINOPS[type(op)]  # check() refused every other operator
+        if type(left) in _NUMBERS and type(right) in _NUMBERS and fn is not operator.pow:
+            # The common case, kept short: + - * / // % on numbers.
+            try:
+                result = fn(left, right)
+            except (ZeroDivisionError, OverflowError) as exc:
+                raise self._error(node, f"cannot compute {quote(left)} {_OP_TEXT[type(op)]} {quote(right)}: {exc}",
+                                  "operand", f"{quote(left)} {_OP_TEXT[type(op)]} {quote(right)}") from None  # fmt: skip
+            return result if type(result) is not int else self._value(result, node)
         for side in (left, right):
             if isinstance(side, Canvas | _CanvasClass | range | dict | Builtin):
                 raise self._error(node, f"cannot compute with {self._kind(side)}; allowed: numbers, strings, "

@@ -204,11 +204,13 @@ def test_worst_case_work_is_bounded_by_the_step_limit() -> None:
 
 def test_source_size_depth_regions_and_canvases_are_limited() -> None:
     with pytest.raises(OmostError, match="the program is too long"):
-        interpret("x = 1\n" * 20000)
+        interpret("x = 1\n" * 6000)
     with pytest.raises(OmostError, match="nests too deeply"):
         interpret("x = " + "[" * 60 + "]" * 60)
     with pytest.raises(OmostError, match="cannot be parsed|not valid Python"):
-        interpret("x = " + "-" * 60000 + "1")
+        interpret("x = " + "-" * 30000 + "1")
+    with pytest.raises(OmostError, match="cannot be parsed|nests too deeply"):
+        interpret("x = " + "1 + " * 5000 + "1")
     with pytest.raises(OmostError, match="too many Canvas"):
         interpret("for i in range(20):\n    canvas = Canvas()")
     loop = GLOBAL + "for i in range(100):\n    " + LOCAL_KW.format(loc="on the left", dist=1.0, desc="'x'")
