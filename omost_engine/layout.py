@@ -28,7 +28,7 @@ MAX_LAYOUT_BYTES = 256 * 1024
 MAX_REGIONS = 64  # local regions, not counting the global condition
 MAX_TEXTS = 64  # prefixes (or suffixes) of one condition
 MAX_TEXT_CHARS = 2000  # one sub-prompt; the original's are under 75 CLIP tokens
-MAX_WARNINGS = 200
+MAX_WARNINGS = 1000  # a canvas makes at most 4 per region (name corrections) plus 2
 
 FULL_RECT = (0, GRID, 0, GRID)
 _NUMBER_LIST = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")

@@ -172,3 +172,15 @@ def test_process_is_repeatable_and_round_trips_through_json() -> None:
     loaded = Layout.loads(first.dumps())
     assert loaded == first and np.array_equal(loaded.sketch(), first.sketch())
     assert first.warnings == ["HTML_web_color_name 'navy blue' -> 'navyblue'"]  # case alone is no correction
+
+
+def test_the_largest_canvas_the_limits_allow_still_loads_back() -> None:
+    canvas = Canvas()
+    canvas.set_global_description("A scene.", ["d"] * 59, "t", "off white")
+    fuzzy = {"location": "at the bottom right corner", "offset": "slightly left", "area": "a big square area",
+             "HTML_web_color_name": "light sky blue"}  # fmt: skip
+    for i in range(64):
+        canvas.add_local_description(**{**LOCAL, **fuzzy, "description": f"Object {i}.", "detailed_descriptions": ["x"] * 59})
+    layout = canvas.process()
+    assert len(layout.conditions) == 65 and len(layout.warnings) == 1 + 64 * 4
+    assert Layout.loads(layout.dumps()) == layout
