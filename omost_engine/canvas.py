@@ -19,13 +19,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from omost_engine.conditions import Condition
+from omost_engine.conditions import GRID, Condition
 from omost_engine.errors import OmostError
 from omost_engine.layout import FULL_RECT, MAX_LAYOUT_BYTES, MAX_REGIONS, MAX_TEXT_CHARS, MAX_TEXTS, Layout
 from omost_engine.names import quote, resolve
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
-
-GRID = 90
 
 # Parameter names in the original's order (positional calls bind in this order).
 GLOBAL_PARAMS = ("description", "detailed_descriptions", "tags", "HTML_web_color_name")

@@ -27,6 +27,8 @@ CUTOFF = 0.5
 
 # How much of a bad value an error message quotes.
 _QUOTE_CHARS = 60
+# What a value of each parameter is called in messages.
+_NOUNS = {"HTML_web_color_name": "HTML colour name"}
 # Colour examples named in the error message (the full list of 149 is in ``OmostError.allowed``).
 _COLOR_EXAMPLES = ("white", "black", "red", "darkslategray", "skyblue", "forestgreen", "navyblue")
 
@@ -117,7 +119,7 @@ def resolve(value: Any, table: Mapping[str, Any], *, parameter: str) -> Resolved
     match = closest_key(lowered, table) if len(lowered) <= 3 * longest else None
     if match is None:
         raise OmostError(
-            f"{parameter} {quote(lowered)} is not a known {parameter} and nothing is close to it; "
+            f"{parameter} {quote(lowered)} is not a known {_NOUNS.get(parameter, parameter)} and nothing is close to it; "
             f"allowed: {describe_allowed(parameter, table)}",
             parameter=parameter,
             value=value,
