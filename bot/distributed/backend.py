@@ -229,7 +229,8 @@ class RedisJobBackend:
 
     async def _run(self) -> None:
         last_watch = self.clock()
-        while not self._closed and (self._waiting or self._inflight):
+        # Paused with nothing on the workers, there is nothing to wait for: resume() starts it again.
+        while not self._closed and (self._inflight or (self._waiting and not self._paused)):
             await self._dispatch()
             events = await self.client.read_events(block_s=min(self.config.watchdog_s, 0.5))
             handled = []

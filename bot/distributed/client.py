@@ -222,12 +222,12 @@ class RedisJobClient:
     async def cancel(self, job_id: str) -> bool:
         """Stop a job wherever it is. True when it was still waiting (it will never start)."""
         record = self._records.get(job_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.cancelled(job_id), b"1", ex=CANCEL_TTL_S)
-            pipe.publish(self.keys.cancel_channel, job_id)
-            await pipe.execute()
         if record is None:
             return False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.cancelled(record.arq_id), b"1", ex=CANCEL_TTL_S)
+            pipe.publish(self.keys.cancel_channel, record.arq_id)
+            await pipe.execute()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.exists(ARQ_IN_PROGRESS + record.arq_id)
             pipe.zrem(self.keys.queue(record.queue), record.arq_id)
@@ -236,6 +236,11 @@ class RedisJobClient:
             await self._say(record, "cancelled", reason="cancelled before a worker took it")
             return True
         return False
+
+    def run_id(self, job_id: str) -> str | None:
+        """The arq id of the job's current run (the key of its result, lease and cancel flag)."""
+        record = self._records.get(job_id)
+        return record.arq_id if record else None
 
     async def positions(self) -> dict[str, int]:
         """Waiting jobs of this bot -> place in their queue (1 = next), counting every user's jobs."""
@@ -326,7 +331,8 @@ class RedisJobClient:
         """The images and texts of a finished job (after its ``result`` event), as ``bot.jobs`` has them."""
         from omost_engine.layout import Layout
 
-        data = await self.redis.hgetall(self.keys.result(job_id))
+        record = self._records.get(job_id)
+        data = await self.redis.hgetall(self.keys.result(record.arq_id)) if record else {}
         if not data or b"meta" not in data or b"image" not in data:
             raise OmostError(f"the result of job {job_id} is no longer in Redis", parameter="job_id", value=job_id)
         meta = loads(data[b"meta"])
@@ -344,11 +350,13 @@ class RedisJobClient:
 
     async def forget(self, job_id: str) -> None:
         """The outcome was delivered: drop the job's record and result; stop any stray copy of it."""
-        self._records.pop(job_id, None)
+        record = self._records.pop(job_id, None)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hdel(self.keys.jobs, job_id)
-            pipe.delete(self.keys.result(job_id))
-            pipe.set(self.keys.cancelled(job_id), b"1", ex=CANCEL_TTL_S)
+            if record is not None:
+                pipe.delete(self.keys.result(record.arq_id))
+                pipe.set(self.keys.cancelled(record.arq_id), b"1", ex=CANCEL_TTL_S)
+                pipe.publish(self.keys.cancel_channel, record.arq_id)
             await pipe.execute()
 
     # -- watchdog --------------------------------------------------------------------------------
@@ -371,7 +379,7 @@ class RedisJobClient:
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in records:
-                pipe.exists(self.keys.running(r.job_id), ARQ_IN_PROGRESS + r.arq_id)
+                pipe.exists(self.keys.running(r.arq_id), ARQ_IN_PROGRESS + r.arq_id)
                 pipe.zscore(self.keys.queue(r.queue), r.arq_id)
             replies = await pipe.execute()
         for r, taken, score in zip(records, replies[0::2], replies[1::2], strict=True):

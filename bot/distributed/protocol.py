@@ -51,14 +51,16 @@ class Keys:
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
-    def cancelled(self, job_id: str) -> str:
-        return f"{self.prefix}:cancelled:{job_id}"
+    # Keyed by the run's arq id (submit time + job id), which never repeats, unlike the bot's job ids
+    # (a fresh database starts at 1 again).
+    def cancelled(self, run_id: str) -> str:
+        return f"{self.prefix}:cancelled:{run_id}"
 
-    def result(self, job_id: str) -> str:
-        return f"{self.prefix}:result:{job_id}"
+    def result(self, run_id: str) -> str:
+        return f"{self.prefix}:result:{run_id}"
 
-    def running(self, job_id: str) -> str:  # which worker runs the job now, and which attempt
-        return f"{self.prefix}:running:{job_id}"
+    def running(self, run_id: str) -> str:  # which worker runs the job now, and which attempt
+        return f"{self.prefix}:running:{run_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

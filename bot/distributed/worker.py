@@ -97,8 +97,9 @@ class WorkerConfig:
 
 @dataclass
 class RunningJob:
-    job_id: str
+    job_id: str  # the bot's id, in every event
     attempt: int
+    arq_id: str = ""  # this run's id: the keys of its lease, cancel flag and result
     started: float = field(default_factory=time.time)
     stage: str = "starting"
     token: CancelToken = field(default_factory=CancelToken)
@@ -251,9 +252,9 @@ class GpuWorker:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.worker(self.config.worker_id), dumps(self.health()), px=ttl_ms)
             pipe.zadd(self.keys.workers, {self.config.worker_id: time.time()})
-            for arq_id, job in jobs:
+            for arq_id, _job in jobs:
                 pipe.pexpire(ARQ_IN_PROGRESS + arq_id, lease_ms)
-                pipe.pexpire(self.keys.running(job.job_id), lease_ms)
+                pipe.pexpire(self.keys.running(arq_id), lease_ms)
             replies = await pipe.execute()
         for (arq_id, job), renewed in zip(jobs, replies[2::2], strict=True):
             if not renewed and arq_id in self.running:
@@ -277,10 +278,10 @@ class GpuWorker:
                 if message.get("type") != "message":
                     continue
                 job_id = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
-                for job in self.running.values():
-                    if job.job_id == job_id:
-                        log.info("job %s cancelled by the bot", job_id)
-                        job.stop("cancel")
+                job = self.running.get(job_id)  # the message names the run (arq's id), not the bot's job
+                if job is not None:
+                    log.info("job %s cancelled by the bot", job.job_id)
+                    job.stop("cancel")
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -300,7 +301,7 @@ class GpuWorker:
             job_id = str(payload.get("job_id", arq_id)) if isinstance(payload, dict) else arq_id
             await self._emit(job_id, "failed", attempt, message=f"the job message is not valid: {exc}")
             return "invalid"
-        job = RunningJob(message.job_id, attempt)
+        job = RunningJob(message.job_id, attempt, arq_id)
         if attempt > message.max_attempts:
             await self._emit(job.job_id, "failed", attempt,
                              message=interrupted_message(attempt - 1))
@@ -311,9 +312,9 @@ class GpuWorker:
             started = WireEvent(type="started", job_id=job.job_id, attempt=attempt, worker=self.config.worker_id,
                                 data={"queue": self.config.queue})
             async with self.redis.pipeline(transaction=False) as pipe:  # one round trip before the engine starts
-                pipe.exists(self.keys.cancelled(job.job_id))
+                pipe.exists(self.keys.cancelled(arq_id))
                 pipe.pexpire(ARQ_IN_PROGRESS + arq_id, lease_ms)
-                pipe.set(self.keys.running(job.job_id), dumps({"worker": self.config.worker_id, "attempt": attempt,
+                pipe.set(self.keys.running(arq_id), dumps({"worker": self.config.worker_id, "attempt": attempt,
                                                               "arq_id": arq_id, "since": job.started}), px=lease_ms)
                 pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]
                 cancelled, *_ = await pipe.execute()
@@ -325,7 +326,7 @@ class GpuWorker:
             self.running.pop(arq_id, None)
             if job.stop_reason != "lost":  # after a lost lease the key may be another worker's
                 with contextlib.suppress(Exception):
-                    await self.redis.delete(self.keys.running(job.job_id))
+                    await self.redis.delete(self.keys.running(arq_id))
 
     async def _execute(self, message: JobMessage, job: RunningJob) -> str:
         """Run the bot's own ``execute_job`` (same stages, time limits and messages as in-process)."""
@@ -383,7 +384,7 @@ class GpuWorker:
         }
         if output.chat is not None:
             meta["chat"] = chat_json(output.chat)
-        key = self.keys.result(job.job_id)
+        key = self.keys.result(job.arq_id)
         fields = {"image": png_bytes(render.image), "masks": png_bytes(render.masks), "meta": dumps(meta)}
         event = WireEvent(type="result", job_id=job.job_id, attempt=job.attempt, worker=self.config.worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # the event never comes without its result

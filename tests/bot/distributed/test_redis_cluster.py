@@ -1,16 +1,22 @@
 """The Redis backend with two real worker processes (scripted engine): spread, order, caps, cancel,
-stage limits, failures, and a bot restart while a job runs."""
+stage limits, failures, a bot restart while a job runs, and the real bot (simcord) on top."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import simcord
 from PIL import Image
 from redis.asyncio import Redis
 from redis_harness import RecordingHandler, WorkerProcess, wait_for_workers, wait_until, wait_until_async
+from simenv import World, make_config
 
-from bot.distributed.backend import RedisJobBackend
+from bot.bot import OmostBot
+from bot.distributed.backend import RedisJobBackend, backend_from_config
 from bot.distributed.client import RedisConfig
 from bot.distributed.protocol import Keys
 from bot.jobs import (
@@ -157,10 +163,12 @@ async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, worker
     await first.submit(Ticket(job_id=51, user_id=7))
     await first.submit(Ticket(job_id=52, user_id=8))
     await wait_until(lambda: before.of(51, Started) and before.of(52, Started), what="both jobs started")
+    run_52 = first.client.run_id("52")
+    assert run_52 is not None
     await first.close()  # the bot stops; both jobs go on on the workers, 52 finishes while it is down
     redis = Redis.from_url(redis_url)
     try:
-        await wait_until_async(lambda: redis.exists(Keys(prefix).result("52")), what="job 52's result in Redis")
+        await wait_until_async(lambda: redis.exists(Keys(prefix).result(run_52)), what="job 52's result in Redis")
     finally:
         await redis.aclose()
 
@@ -177,3 +185,53 @@ async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, worker
     assert isinstance(after.ended(51), Finished) and isinstance(after.ended(52), Finished)
     assert before.ended(51) is None and before.ended(52) is None
     assert not after.prepared  # nothing was run twice
+
+
+@pytest.fixture
+async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
+                      workers: dict[str, WorkerProcess]) -> AsyncIterator[World]:
+    """The real bot (simcord) with the Redis backend in place of the in-process queue."""
+    config = make_config(tmp_path)
+    backend = backend_from_config(config, environ={"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix,
+                                                   "OMOST_REDIS_WATCHDOG_S": "0.2"}, path=tmp_path / "none.toml")
+    assert backend is not None
+    await wait_for_workers(backend, WORKERS)
+    bot = OmostBot(config=config, backend=backend)
+    env = simcord.Env(bot)
+    await env.start()
+    guild = env.create_guild(name="Studio")
+    world = World(env=env, bot=bot, engine=None, clock=None, config=config,  # type: ignore[arg-type]
+                  guild=guild, channel=guild.create_text_channel("studio"),
+                  alice=guild.add_member(env.create_user("alice")), bob=guild.add_member(env.create_user("bob")),
+                  admin=guild.add_member(env.create_user("admin")), owner=guild.add_member(env.create_user("owner")))
+    bot.config = replace(config, owner_ids=(world.owner.id,))
+    try:
+        yield world
+    finally:
+        await env.shutdown()
+        if bot.db is not None:
+            await bot.db.close()
+
+
+async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -> None:
+    world = redis_world
+    await world.owner.slash(world.channel, "omost pause")
+    a1 = await world.alice.slash(world.channel, "omost compose", prompt="alice one", steps=4, size="256x256")
+    a2 = await world.alice.slash(world.channel, "omost compose", prompt="alice two", steps=4, size="256x256")
+    b1 = await world.bob.slash(world.channel, "omost compose", prompt="bob one", steps=4, size="256x256")
+    assert "next in the queue" in a1.response.content and "position 2" in b1.response.content
+    listing = await world.bob.slash(world.channel, "omost queue")
+    assert [line.split(" · ")[1] for line in listing.response.content.splitlines()[:3]] == [
+        "job #1", "job #3", "job #2"]
+    await world.owner.slash(world.channel, "omost resume")
+    await world.bot.backend.join(timeout=30)  # type: ignore[attr-defined]
+    await world.env.settle()
+    for result, prompt in ((a1, "alice one"), (a2, "alice two"), (b1, "bob one")):
+        message = result.response
+        assert "Done" in message.content, message.content
+        files = {a.filename: a for a in message.attachments}
+        assert set(files) == {"image.png", "layout.json"}
+        layout = json.loads(await files["layout.json"].read())
+        assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
+        job = await world.bot.storage.job_by_message(message.id)
+        assert job is not None and job.state == "done" and job.render_model == "scripted-sdxl"

@@ -63,11 +63,11 @@ async def test_a_job_from_arq_to_the_result_hash(served: tuple[GpuWorker, ArqRed
     events = await _events(pool, keys, "1", until="result")
     assert [e.type for e in events if e.type not in ("llm", "render")] == [
         "started", "stage", "chat", "stage", "result"]
-    stored = await pool.hgetall(keys.result("1"))
+    stored = await pool.hgetall(keys.result("a1"))
     meta = loads(stored[b"meta"])
     assert meta["worker"] == "local" and meta["attempt"] == 1 and len(meta["layout"]["conditions"]) == 3
     assert stored[b"image"].startswith(b"\x89PNG") and stored[b"masks"].startswith(b"\x89PNG")
-    assert not await pool.exists(keys.running("1"))  # cleared when the job ended
+    assert not await pool.exists(keys.running("a1"))  # cleared when the job ended
     await wait_until(lambda: worker.done == 1, what="the done counter")
 
 
@@ -85,7 +85,7 @@ async def test_odd_jobs_get_a_clear_failure(served: tuple[GpuWorker, ArqRedis, K
     assert "stopped 2 times" in events[0].data["message"]
 
     # Cancelled before any worker took it: it ends at once.
-    await pool.set(keys.cancelled("4"), b"1")
+    await pool.set(keys.cancelled("a4"), b"1")
     await pool.enqueue_job(JOB_FUNCTION, _message(4), _job_id="a4", _queue_name=keys.queue())
     assert [e.type for e in await _events(pool, keys, "4", until="cancelled")] == ["started", "cancelled"]
 
