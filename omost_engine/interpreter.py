@@ -857,9 +857,17 @@ def complete_prefix(source: str) -> ast.Module | None:
 
     ``source`` is a program still being written (an LLM reply streaming in). A statement counts as
     complete once its line has ended outside any brackets, so a trailing ``x = 5`` that may still
-    grow into ``x = 50`` is left out until its newline arrives. Returns None when no complete
-    statement is there yet.
+    grow into ``x = 50`` is left out until its newline arrives; a call statement whose closing
+    parenthesis ends the text counts as complete. Returns None when no complete statement is
+    there yet.
     """
+    # A call that has closed at the very end is complete too: nothing a canvas program writes
+    # continues a finished canvas.add_local_description(...) call.
+    if source.rstrip(" \t").endswith(")"):
+        with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError):
+            tree = ast.parse(source)
+            if tree.body and isinstance(tree.body[-1], ast.Expr) and isinstance(tree.body[-1].value, ast.Call):
+                return tree
     lines = source.splitlines(keepends=True)
     # Candidate cut points: before each line that starts at column 0 (a new top-level statement),
     # from the last one backwards.

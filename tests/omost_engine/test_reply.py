@@ -69,6 +69,8 @@ def test_partial_program_conditions_grow_as_the_reply_streams(golden, golden_pro
             assert cond in final
     assert counts == sorted(counts) and counts[0] == 0 and 0 < max(counts) < len(final)
     assert interpret_partial(code) == final  # the program file ends with a newline: all complete
+    block = extract_code(golden("01")["bot_response"])  # no newline after the last call's ")"
+    assert block is not None and interpret_partial(block) == final
 
 
 def test_partial_program_ignores_an_incomplete_tail_and_stops_at_errors() -> None:
@@ -87,3 +89,7 @@ def test_complete_prefix_cuts_after_whole_statements() -> None:
     assert complete_prefix("a = (1") is None
     tree = complete_prefix("a = 1\nb = 2\n")
     assert tree is not None and len(tree.body) == 2
+    tree = complete_prefix("a = 1\nf(\n  2,\n)")  # a call closed at the very end is complete
+    assert tree is not None and len(tree.body) == 2
+    tree = complete_prefix("a = 1\nb = f(2)")  # an assignment may still grow: not yet
+    assert tree is not None and len(tree.body) == 1
