@@ -97,3 +97,22 @@ async def read_health(redis: Redis, keys: Keys) -> ClusterHealth:
         busy = sum(len(w.running) for w in workers if w.alive and w.queue == queue)
         queued[queue] = max(0, total - busy)  # arq keeps running jobs in its queue until they finish
     return ClusterHealth(workers=tuple(workers), queued=queued)
+
+
+async def status_lines(backend: object) -> list[str]:
+    """The text of ``/omost status`` for any ``JobBackend``: the bot's queue, then the workers.
+
+    The in-process queue has one worker, this process; the Redis backend adds what the workers
+    report (models, jobs, last heartbeat). Redis being down is reported, not raised.
+    """
+    snapshot = backend.snapshot()  # type: ignore[attr-defined]
+    running = sum(1 for _, position in snapshot if position == 0)
+    lines = [f"queue: {running} running, {len(snapshot) - running} waiting in the bot"]
+    read = getattr(backend, "health", None)
+    if read is None:
+        return [*lines, "workers: this process (in-process queue)"]
+    try:
+        cluster: ClusterHealth = await read()
+    except Exception as exc:  # any Redis or network failure: the command must still answer
+        return [*lines, f"workers: Redis cannot be read: {exc}"]
+    return [*lines, *cluster.lines()]

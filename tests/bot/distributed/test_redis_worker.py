@@ -13,10 +13,12 @@ from arq.connections import ArqRedis, RedisSettings, create_pool
 from redis_harness import wait_until, wait_until_async
 
 from bot.cli import main
-from bot.distributed.health import read_health
+from bot.distributed.backend import RedisJobBackend
+from bot.distributed.client import RedisConfig
+from bot.distributed.health import read_health, status_lines
 from bot.distributed.protocol import JOB_FUNCTION, JobMessage, Keys, WireEvent, dumps, loads
 from bot.distributed.worker import GpuWorker, WorkerConfig, _Outbox
-from bot.jobs import Finished, JobEvent, JobSpec, Progress, Started
+from bot.jobs import Finished, InProcessJobBackend, JobEvent, JobSpec, Progress, Started
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.testing.scripted_engine import ScriptedEngine
@@ -145,3 +147,18 @@ async def test_outbox_keeps_order_and_thins_out_progress() -> None:
     assert render[-1].progress.step == 2  # type: ignore[union-attr]
     assert sent.index(render[0]) > kinds.index("Started", 1)  # never ahead of the event before it
     assert not any(isinstance(e, Finished) for e in sent)
+
+
+async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+    _, _, keys = served
+    local = InProcessJobBackend(ScriptedEngine())
+    assert await status_lines(local) == ["queue: 0 running, 0 waiting in the bot",
+                                         "workers: this process (in-process queue)"]
+    remote = RedisJobBackend(RedisConfig(url=redis_url, prefix=keys.prefix))
+    lines = await status_lines(remote)
+    await remote.close()
+    assert lines[0] == "queue: 0 running, 0 waiting in the bot"
+    assert lines[1].startswith("workers: 1 online") and lines[2].startswith("- local on ")
+    down = RedisJobBackend(RedisConfig(url="redis://127.0.0.1:1/0"))
+    (_, failure) = await status_lines(down)
+    assert failure.startswith("workers: Redis cannot be read: cannot reach Redis at redis://127.0.0.1:1/0")
