@@ -21,7 +21,15 @@ from typing import Any
 
 from omost_engine.conditions import GRID, Condition
 from omost_engine.errors import OmostError
-from omost_engine.layout import FULL_RECT, MAX_LAYOUT_BYTES, MAX_REGIONS, MAX_TEXT_CHARS, MAX_TEXTS, Layout
+from omost_engine.layout import (
+    FULL_RECT,
+    MAX_LAYOUT_BYTES,
+    MAX_REGIONS,
+    MAX_TEXT_CHARS,
+    MAX_TEXTS,
+    Layout,
+    utf8_safe,
+)
 from omost_engine.names import quote, resolve
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
 
@@ -85,6 +93,14 @@ def _text(value: Any, parameter: str, who: str) -> str:
             parameter=parameter,
             value=value[:40],
             allowed=f"a string of at most {MAX_TEXT_CHARS} characters",
+        )
+    if not utf8_safe(value):
+        raise OmostError(
+            f"{parameter} of {who} holds characters that cannot be written as UTF-8 ({quote(value)}); "
+            "allowed: ordinary text",
+            parameter=parameter,
+            value=value,
+            allowed="text without lone surrogates",
         )
     return value
 

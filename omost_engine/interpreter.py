@@ -507,7 +507,7 @@ class Interpreter:
             value = ascii(value)
         try:
             text = format(value, spec)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise self._error(node, f"cannot format {quote(value)} with {spec!r}: {exc}", "format spec", spec) from None
         self._new_chars(len(text), node)
         return text

@@ -141,6 +141,8 @@ class Layout:
             meta = doc.get("meta", {})
             if not isinstance(meta, dict):
                 raise _bad("meta", meta, "a JSON object")
+            if not utf8_safe(json.dumps(meta, ensure_ascii=False)):
+                raise _bad("meta", "...", "text that can be written as UTF-8 (no lone surrogates)")
         elif isinstance(doc, list):
             items = doc
         else:
@@ -167,6 +169,15 @@ class Layout:
         return cls(conditions=conditions, warnings=warnings, meta=meta)
 
 
+def utf8_safe(text: str) -> bool:
+    """False for strings that cannot be written as UTF-8 (lone surrogates, e.g. from a JSON "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _bad(parameter: str, value: Any, allowed: str) -> OmostError:
     return OmostError(
         f"{parameter} {quote(value)} is not valid in a layout file; allowed: {allowed}",
@@ -184,6 +195,8 @@ def _texts(value: Any, parameter: str, max_items: int) -> list[str]:
     for s in value:
         if len(s) > MAX_TEXT_CHARS:
             raise _bad(parameter, s, f"strings of at most {MAX_TEXT_CHARS} characters")
+        if not utf8_safe(s):
+            raise _bad(parameter, s, "text that can be written as UTF-8 (no lone surrogates)")
     return list(value)
 
 

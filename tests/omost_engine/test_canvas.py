@@ -184,3 +184,13 @@ def test_the_largest_canvas_the_limits_allow_still_loads_back() -> None:
     layout = canvas.process()
     assert len(layout.conditions) == 65 and len(layout.warnings) == 1 + 64 * 4
     assert Layout.loads(layout.dumps()) == layout
+
+
+def test_text_that_cannot_be_written_as_utf8_is_refused() -> None:
+    canvas = Canvas()
+    with pytest.raises(OmostError, match="cannot be written as UTF-8") as info:
+        canvas.set_global_description("A \ud800 scene.", [], "t", "red")
+    assert info.value.parameter == "description"
+    _global(canvas)
+    with pytest.raises(OmostError, match="cannot be written as UTF-8"):
+        canvas.add_local_description(**{**LOCAL, "detailed_descriptions": ["ok", "\udfff"]})

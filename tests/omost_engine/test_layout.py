@@ -99,6 +99,8 @@ BAD = [
     (json.dumps(_with(0, rect=[0, 90, 0, 89])), "no global condition"),
     (json.dumps([COMFY[0]] + [COMFY[1]] * (MAX_REGIONS + 1)), f"too many conditions: {MAX_REGIONS + 2}"),
     (json.dumps([{"prefixes": ["x"], "suffixes": []}]), "rect, prefixes and suffixes are required"),
+    (json.dumps(_with(1, prefixes=["\ud800"])), "no lone surrogates"),
+    (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": {"k": "\udc00"}}), "no lone surrogates"),
 ]
 
 
