@@ -135,7 +135,9 @@ NAMES = ["x", "y", "i", "canvas", "Canvas", "len", "range", "enumerate", "zip", 
 HOSTILE_NAMES = ["os", "open", "eval", "__class__", "__import__", "__builtins__", "type", "getattr", "self"]
 LITERALS = ["0", "1", "-3", "2.5", "1e308", "10**18", "float('nan')", "float('inf')", "True", "False", "None",
             "'a'", "''", "'on the left'", "'a small square area'", "'red'", "'%s'", "'{}'", "[]", "()", "{}",
-            "[1, 2, 3]", "('a', 'b')", "{'k': 1}", "range(5)", "'x' * 10"]  # fmt: skip
+            "[1, 2, 3]", "('a', 'b')", "{'k': 1}", "range(5)", "'x' * 10", "'\\ud800'", "'é☃ 漢字'", "'\\n\\t'",
+            "'\\x00'", "10 ** 18", "-0.0", "1e-320", "'1e999'", "'nan'"]  # fmt: skip
+FORMAT_SPECS = [":c", ":>5", ":.2f", ":,", ":x", ":%", ":08.3f", ":e", ":^9", ":+d", ":=10", ":s", "!r", "!a", ""]
 ATTRS = ["add_local_description", "set_global_description", "__class__", "__dict__", "upper", "format", "real"]
 BINOPS = ["+", "-", "*", "/", "//", "%", "**", "==", "<", "in", "not in", "is", "and", "or"]
 CALLEES = ["len", "range", "enumerate", "zip", "min", "max", "round", "str", "int", "float", "Canvas", "x", "canvas"]
@@ -163,7 +165,8 @@ class ProgramGenerator:
         forms = [
             f"({a} {rng.choice(BINOPS)} {b})", f"[{a}, {b}]", f"({a},)", f"-{a}", f"not {a}", f"{{{a}: {b}}}",
             f"{a}[{b}]", f"{a}[{b}:]", f"{rng.choice(CALLEES)}({a})", f"{rng.choice(CALLEES)}({a}, {b})",
-            f'f"<{{({self.leaf()})}}>"', f'f"{{({self.leaf()}):{{({self.leaf()})}}}}"', f"[{a} for i in {b}]",
+            f'f"<{{({self.leaf()}){rng.choice(FORMAT_SPECS)}}}>"', f'f"{{({self.leaf()}):{{({self.leaf()})}}}}"',
+            f"[{a} for i in {b}]",
             f"({a} if {b} else {self.expr(depth - 1)})", f"{{i: {a} for i in {b}}}", f"{rng.choice(CALLEES)}()",
         ]  # fmt: skip
         return rng.choice(forms)
@@ -183,7 +186,8 @@ class ProgramGenerator:
             return rng.choice(["[]", "['A detail.']", "[f'Detail {i}.' for i in range(3)]", "['a', 'b'] + ['c']"])
         if kind == "num":
             return rng.choice(["1.0", "5", "2.5", "float(i + 1)", "i + 1", "10.0 - i", "True", "0", "-1"])
-        return rng.choice(["'A cat.'", "'tags, more'", "f'Object {i}'", "'x' * 3", "''", "'Calm.'", "str(i)"])
+        return rng.choice(["'A cat.'", "'tags, more'", "f'Object {i}'", "'x' * 3", "''", "'Calm.'", "str(i)",
+                           "'\\ud800'", "'é☃ 漢字'", "'a\\nb'", "f'{i:c}'", "'...'", "' , '"])
 
     def canvas_call(self) -> str:
         rng = self.rng
