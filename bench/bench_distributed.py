@@ -8,7 +8,7 @@ submit to delivered result, Redis path (one worker process) minus the in-process
 
 Starts its own redis-server on a free loopback port unless --redis-url is given.
 
-    python bench/bench_distributed.py [--seconds 0.2] [--jobs 24] [--rounds 15]
+    python bench/bench_distributed.py [--seconds 0.2] [--jobs 48] [--rounds 15]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", help="an existing Redis (default: start one on loopback)")
     parser.add_argument("--seconds", type=float, default=0.2, help="fake engine time per job")
-    parser.add_argument("--jobs", type=int, default=24, help="jobs per throughput run")
+    parser.add_argument("--jobs", type=int, default=48, help="jobs per throughput run")
     parser.add_argument("--rounds", type=int, default=15, help="sequential jobs for the latency figure")
     parser.add_argument("--poll", type=float, default=0.005, help="the workers' queue polling interval (its default)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")

@@ -321,6 +321,10 @@ class RedisJobBackend:
             log.info("job %s: %s; it runs again on the next free worker", job_id, event.data.get("reason"))
             self._emit(Queued(job_id, 1))
         elif event.terminal:
+            # The worker slot is free: hand it the next job before downloading this one's images.
+            self._inflight.pop(job_id, None)
+            self._held.discard(job_id)
+            self._spawn(self._dispatch())
             if event.type == "result":
                 try:
                     self._emit(Finished(job_id, await self.client.outcome(event.job_id)))
@@ -330,10 +334,7 @@ class RedisJobBackend:
                 self._emit(Failed(job_id, event.data.get("stage"), str(event.data.get("message", "failed"))))
             else:
                 self._emit(Cancelled(job_id))
-            self._inflight.pop(job_id, None)
-            self._held.discard(job_id)
             await self.client.forget(event.job_id)
-            await self._dispatch()
 
 
 def backend_from_config(
