@@ -238,7 +238,7 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
     so the recursion stays shallow whatever the parser produced.
     """
 
-    def visit(node: ast.AST, depth: int, line: int | None) -> None:
+    def visit(node: ast.AST, depth: int, line: int | None, in_loop: bool) -> None:
         line = getattr(node, "lineno", line)
         if depth > limits.max_depth:
             raise OmostError(
@@ -252,22 +252,26 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
         fields = _CHILDREN.get(kind)
         special = _SPECIAL.get(kind)
         refused = _refuse_kind(node) if fields is None else special(node) if special is not None else None
+        if kind in (ast.Break, ast.Continue) and not in_loop:
+            what = "break" if kind is ast.Break else "continue"
+            refused = f"{what} outside a for loop is not allowed; allowed: {what} inside a for loop", "program", what
         if refused:
             message, parameter, value = refused
             raise OmostError(message, parameter=parameter, value=value, allowed=_SUBSET[9:], line=line)
         for field in fields:  # type: ignore[union-attr]
             child = getattr(node, field)
+            inner = in_loop or (kind is ast.For and field == "body")
             if type(child) is list:
                 for item in child:
                     # Plain string constants (most of a canvas program) need no visit of their own.
                     if item is not None and not (type(item) is ast.Constant and type(item.value) is str):
-                        visit(item, depth + 1, line)
+                        visit(item, depth + 1, line, inner)
             elif child is not None and not (type(child) is ast.Constant and type(child.value) is str):
                 if type(child) is ast.Attribute and type(node) is ast.Call:  # a canvas method: check its object
                     child = child.value
-                visit(child, depth + 1, line)
+                visit(child, depth + 1, line, inner)
 
-    visit(tree, 0, None)
+    visit(tree, 0, None, False)
 
 
 class Interpreter:

@@ -138,6 +138,8 @@ def test_the_canvas_variable_is_the_last_canvas_bound_to_it() -> None:
         ("canvas.set_global_description('a', [], 't', 'red', description='b')", "got argument 'description' twice"),
         ("canvas.set_global_description('a', [], 't', 'red', colour='b')", "unknown argument 'colour'"),
         ("match x:\n    case 1:\n        pass", "match is not allowed"),
+        ("break", "break outside a for loop is not allowed"),
+        ("if True: continue", "continue outside a for loop"),
     ],
 )  # fmt: skip
 def test_everything_else_is_refused_naming_the_line(statement: str, fragment: str) -> None:
