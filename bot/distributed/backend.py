@@ -191,8 +191,11 @@ class RedisJobBackend:
     async def join(self, *, timeout: float = 60.0) -> None:
         """Wait until nothing waits or runs (tests, benchmarks, graceful stops)."""
         deadline = time.monotonic() + timeout
-        while (self._waiting or self._inflight) and time.monotonic() < deadline:
-            if self._pump is None or self._pump.done():
+        while time.monotonic() < deadline:
+            busy = self._pump is not None and not self._pump.done()
+            if not (self._waiting or self._inflight or busy or self._tasks):
+                return
+            if not busy and (self._inflight or (self._waiting and not self._paused)):
                 self._kick()
             await asyncio.sleep(0.005)
 
