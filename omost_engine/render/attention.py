@@ -49,6 +49,7 @@ class RegionState:
     latent_hw: tuple[int, int]
     _cache: dict[tuple[int, torch.dtype, str], tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, repr=False)
+    _plans: dict[tuple[int, torch.dtype, str], list[RowPlan]] = field(default_factory=dict, repr=False)
 
     def grid_for(self, n: int) -> tuple[int, int]:
         """The (H, W) of a layer with ``n`` pixels: the latent halved (rounding up) k times."""
@@ -84,11 +85,57 @@ class RegionState:
         self._cache[key] = (bias, scale)
         return bias, scale
 
+    def plan(self, n: int, dtype: torch.dtype, device: torch.device) -> list[RowPlan]:
+        """Row groups for ``regional_attention`` at a layer with n pixels (cached with the masks)."""
+        key = (n, dtype, str(device))
+        cached = self._plans.get(key)
+        if cached is not None:
+            return cached
+        bias, scale = self.bias_and_scale(n, dtype, device)
+        live = (self.token_region >= 0).long().cumsum(dim=1).argmax(dim=1) + 1  # up to the last real token
+        specs = []
+        for b in range(bias.shape[0]):
+            tokens = int(live[b])
+            needs_bias = not bool(torch.isfinite(bias[b, :, :, :tokens]).all())
+            needs_scale = bool((scale[b, :, :tokens] != 1).any())
+            specs.append((tokens, needs_bias, needs_scale))
+        plans: list[RowPlan] = []
+        start = 0
+        for b in range(1, len(specs) + 1):
+            if b == len(specs) or specs[b] != specs[start]:
+                tokens, needs_bias, needs_scale = specs[start]
+                plans.append(RowPlan(
+                    rows=slice(start, b), tokens=tokens,
+                    bias=bias[start:b, :, :, :tokens] if needs_bias else None,
+                    key_scale=scale[start:b, :, :tokens] if needs_scale else None,
+                ))
+                start = b
+        self._plans[key] = plans
+        return plans
 
-def regional_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                  key_scale: torch.Tensor) -> torch.Tensor:
+
+def regional_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                  key_scale: torch.Tensor | None) -> torch.Tensor:
     """softmax(s_j (q.k_j) / sqrt(d) + bias) v on the fused kernel; q (B,h,N,d), k/v (B,h,T,d)."""
-    return F.scaled_dot_product_attention(q, k * key_scale, v, attn_mask=bias)
+    return F.scaled_dot_product_attention(q, k if key_scale is None else k * key_scale, v, attn_mask=bias)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """Consecutive batch rows that attend the same way: over their first ``tokens`` context tokens, with
+    a coverage mask and key scale only where some token needs one (the negative prompt needs neither)."""
+
+    rows: slice
+    tokens: int
+    bias: torch.Tensor | None
+    key_scale: torch.Tensor | None
+
+
+def regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[RowPlan]) -> torch.Tensor:
+    """What the processor runs: one fused SDPA call per group of rows, each over its live tokens only."""
+    outs = [regional_sdpa(q[row.rows], k[row.rows, :, :row.tokens], v[row.rows, :, :row.tokens], row.bias,
+                          row.key_scale) for row in plan]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
 def explicit_regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
@@ -177,11 +224,10 @@ class RegionalAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        bias, key_scale = state.bias_and_scale(n, query.dtype, query.device)
-        if bias.shape[0] != batch or bias.shape[-1] != key.shape[2]:
-            raise ValueError(f"regions were set for {tuple(bias.shape)} but attention got batch {batch}, "
-                             f"{key.shape[2]} tokens")
-        out = regional_sdpa(query, key, value, bias, key_scale)
+        if tuple(state.token_region.shape) != (batch, key.shape[2]):
+            raise ValueError(f"regions were set for {tuple(state.token_region.shape)} (rows, tokens) but "
+                             f"attention got {batch} rows of {key.shape[2]} tokens")
+        out = regional_attention(query, key, value, state.plan(n, query.dtype, query.device))
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
         out = attn.to_out[1](out)

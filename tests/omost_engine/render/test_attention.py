@@ -15,6 +15,7 @@ from omost_engine.render.attention import (
     RegionalAttnProcessor,
     RegionState,
     explicit_regional_attention,
+    regional_attention,
     regional_sdpa,
     resize_masks,
     token_scale_matrix,
@@ -129,8 +130,14 @@ def test_pixel_attends_only_to_global_and_covering_regions() -> None:
     height, width = 9, 6
     n, heads, d, tokens = height * width, 2, 8, len(token_region)
     q, k = torch.randn(2, heads, n, d), torch.randn(2, heads, tokens, d)
+    plan = state.plan(n, torch.float32, torch.device("cpu"))
+    # The negative row runs unmasked over its three live tokens; the positive row masked over all.
+    assert [(p.rows, p.tokens, p.bias is None, p.key_scale is None) for p in plan] == [
+        (slice(0, 1), tokens, False, False), (slice(1, 2), 3, True, True)]
+    probs = regional_attention(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens), plan)
     bias, key_scale = state.bias_and_scale(n, torch.float32, torch.device("cpu"))
-    probs = regional_sdpa(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens), bias, key_scale)
+    torch.testing.assert_close(probs, regional_sdpa(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens),
+                                                    bias, key_scale))
     resized = resize_masks(masks, height, width).reshape(len(rects), n)
     for p in range(n):
         for j in range(tokens):
