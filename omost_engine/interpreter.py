@@ -89,7 +89,7 @@ _REFUSED_WHY = {
     ast.AnnAssign: "an annotation", ast.AsyncFor: "async for", ast.AsyncWith: "async with",
     ast.LShift: "the << operator", ast.RShift: "the >> operator", ast.BitOr: "the | operator",
     ast.BitAnd: "the & operator", ast.BitXor: "the ^ operator", ast.Invert: "the ~ operator",
-    ast.MatMult: "the @ operator",
+    ast.MatMult: "the @ operator", ast.Slice: "a slice",
 }  # fmt: skip
 _OPERATORS = frozenset({*_BINOPS, *_CMPOPS, *_UNARY, ast.And, ast.Or})
 _METHODS = {"set_global_description": GLOBAL_PARAMS, "add_local_description": LOCAL_PARAMS}
@@ -225,6 +225,8 @@ _SPECIAL: dict[type, Callable[[Any], tuple[str, str, Any] | None]] = {
     if any(k is None for k in n.keys) else None,
     ast.comprehension: lambda n: ("async comprehensions are not allowed; allowed: [x for x in items]", "program",
                                   "async for") if n.is_async else None,
+    ast.Subscript: lambda n: ("multi-dimensional indexing is not allowed; allowed: x[i] or x[a:b]", "index", "x[a:b, c]")
+    if isinstance(n.slice, ast.Tuple) and any(isinstance(e, ast.Slice) for e in n.slice.elts) else None,
     ast.For: lambda n: ("for ... else is not allowed; allowed: a plain for loop", "program", "for-else")
     if n.orelse else None,
 }  # fmt: skip
@@ -440,7 +442,11 @@ class Interpreter:
         self.steps += 1
         if self.steps > self.limits.max_steps:
             self._charge(0)
-        return self._expr[type(node)](node)
+        handler = self._expr.get(type(node))
+        if handler is None:  # allowed by check() only in another position (e.g. a slice inside a tuple)
+            what = _REFUSED_WHY.get(type(node), type(node).__name__)
+            raise self._error(node, f"{what} is not allowed here; {_SUBSET}", "program", what)
+        return handler(node)
 
     def _truth(self, value: Any, node: ast.AST) -> bool:
         if isinstance(value, Canvas | _CanvasClass):
@@ -489,7 +495,7 @@ class Interpreter:
     def _scalar(self, value: Any, node: ast.AST, what: str) -> None:
         # Hashing or comparing containers can cost far more than one step, so only scalars go there.
         if not isinstance(value, _SCALARS):
-            raise self._error(node, f"a {what} must be a string, number, bool or None, got {self._kind(value)}",
+            raise self._error(node, f"the {what} must be a string, number, bool or None, got {self._kind(value)}",
                               what, type(value).__name__)  # fmt: skip
 
     def _joined(self, node: ast.JoinedStr) -> str:

@@ -139,6 +139,8 @@ def test_the_canvas_variable_is_the_last_canvas_bound_to_it() -> None:
         ("canvas.set_global_description('a', [], 't', 'red', colour='b')", "unknown argument 'colour'"),
         ("match x:\n    case 1:\n        pass", "match is not allowed"),
         ("break", "break outside a for loop is not allowed"),
+        ("x = [1, 2][0:1, 1]", "multi-dimensional indexing is not allowed"),
+        ("x = {'a': 1}['a', 'b']", "the index must be a string, number"),
         ("if True: continue", "continue outside a for loop"),
     ],
 )  # fmt: skip

@@ -127,7 +127,7 @@ HOSTILE = [
     "x = 'abc'[10**30]", "x = 1e308 * 1e308", "x = float('1e999') - float('1e999')", "x = (-1) ** 0.5",
     "x = 10 ** -10**18", "x = 2 ** 64", "x = -(2 ** 63) * 2", "x = f'{10**18!r:>9999}' * 2",
     "\x00", "x = '\ud800'", "canvas = Canvas()\ncanvas.set_global_description('\ud800', [], '', 'red')",
-    "x = f'{10 ** 18:c}'", "break", "continue", "if True:\n    break", "for i in [1]:\n    if i:\n        break", "x = 1 if True else __import__('os')", "x = [__builtins__ for _ in [1]]",
+    "x = f'{10 ** 18:c}'", "break", "continue", "if True:\n    break", "x = [1][0:1, 1]", "x = [1][(0, 1)]", "for i in [1]:\n    if i:\n        break", "x = 1 if True else __import__('os')", "x = [__builtins__ for _ in [1]]",
 ]  # fmt: skip
 
 NAMES = ["x", "y", "i", "canvas", "Canvas", "len", "range", "enumerate", "zip", "min", "max", "round", "str",
