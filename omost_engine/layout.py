@@ -65,18 +65,26 @@ class Layout:
         return replace(self, warnings=list(self.warnings), meta={**self.meta, **meta})
 
     @property
+    def global_condition(self) -> Condition | None:
+        """The first condition when it covers the whole grid (always, for a validated layout)."""
+        return self.conditions[0] if self.conditions and self.conditions[0].rect == FULL_RECT else None
+
+    @property
     def regions(self) -> list[Condition]:
         """The local conditions (everything after the global one)."""
-        return self.conditions[1:]
+        return self.conditions[1:] if self.global_condition is not None else list(self.conditions)
 
     def sketch(self) -> np.ndarray:
         """The original's ``initial_latent``: a 90x90x3 uint8 colour sketch.
 
         Fill with the global colour, then paint each region far to near as 0.7*colour + 0.3*below
         (numpy's own mixed float64/float32 arithmetic, as the original) and truncate to uint8.
+        A partial layout without a global condition (a reply still streaming) starts from black.
         """
-        img = np.zeros((GRID, GRID, 3), dtype=np.float32) + np.array(self.conditions[0].color, dtype=np.uint8)
-        for cond in self.conditions[1:]:
+        glob = self.global_condition
+        fill = np.array(glob.color if glob is not None else (0, 0, 0), dtype=np.uint8)
+        img = np.zeros((GRID, GRID, 3), dtype=np.float32) + fill
+        for cond in self.regions:
             top, bottom, left, right = cond.rect
             color = np.array(cond.color, dtype=np.uint8).reshape(1, 1, 3)
             img[top:bottom, left:right] = 0.7 * color + 0.3 * img[top:bottom, left:right]

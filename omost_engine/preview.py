@@ -62,7 +62,8 @@ def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Ima
     """The region boxes over a dimmed sketch, each outlined and labelled with its number.
 
     Region numbers follow the layout order (1 = farthest); the global condition is 0 and is
-    labelled in the bottom-left corner.
+    labelled in the bottom-left corner. A partial layout (no global condition yet, or no
+    conditions at all) is drawn too.
     """
     width, height = size
     base = sketch_image(layout, size).convert("RGBA")
@@ -73,7 +74,7 @@ def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Ima
     line = max(2, min(width, height) // 180)
     pad = line + 2
     boxes = []
-    for number, cond in enumerate(layout.conditions[1:], start=1):
+    for number, cond in enumerate(layout.regions, start=1):
         top, bottom, left, right = cond.rect
         box = (left * width // GRID, top * height // GRID, right * width // GRID - 1, bottom * height // GRID - 1)
         boxes.append((number, cond, box, OUTLINES[(number - 1) % len(OUTLINES)]))
@@ -89,7 +90,9 @@ def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Ima
         bbox = draw.textbbox(anchor, label, font=font)
         draw.rectangle((bbox[0] - 2, bbox[1] - 2, bbox[2] + 2, bbox[3] + 2), fill=(0, 0, 0, 190))
         draw.text(anchor, label, font=font, fill=(*outline, 255))
-    glob = short_label(0, layout.conditions[0].prefixes)
+    if layout.global_condition is None:  # a partial layout while a reply streams
+        return Image.alpha_composite(dimmed, overlay).convert("RGB")
+    glob = short_label(0, layout.global_condition.prefixes)
     bbox = draw.textbbox((pad, height - pad), glob, font=font, anchor="ld")
     draw.rectangle((bbox[0] - 2, bbox[1] - 2, bbox[2] + 2, bbox[3] + 2), fill=(0, 0, 0, 190))
     draw.text((pad, height - pad), glob, font=font, fill=(255, 255, 255, 255), anchor="ld")

@@ -66,3 +66,17 @@ def test_parse_size(text: str, size: tuple[int, int]) -> None:
 def test_bad_sizes_are_one_clear_error(text: str) -> None:
     with pytest.raises(OmostError, match="allowed: WxH with each side from 16 to 2048"):
         parse_size(text)
+
+
+def test_partial_layouts_while_a_reply_streams_are_drawn(layout) -> None:
+    from omost_engine.layout import Layout
+
+    regions_only = Layout(layout.conditions[1:3])
+    assert regions_only.global_condition is None and regions_only.regions == layout.conditions[1:3]
+    assert masks_image(regions_only, (90, 90)).size == (90, 90)
+    sketch = np.asarray(sketch_image(regions_only))
+    uncovered = [(y, x) for y in range(90) for x in range(90)
+                 if not any(t <= y < b and le <= x < r for t, b, le, r in (c.rect for c in regions_only.regions))]  # fmt: skip
+    assert uncovered and all((sketch[y, x] == 0).all() for y, x in uncovered)  # black where no region is
+    empty = Layout([])
+    assert np.asarray(sketch_image(empty)).max() == 0 and masks_image(empty, (64, 64)).size == (64, 64)
