@@ -14,7 +14,7 @@ from redis_harness import wait_until, wait_until_async
 
 from bot.cli import main
 from bot.distributed.backend import RedisJobBackend
-from bot.distributed.client import RedisConfig
+from bot.distributed.client import RedisConfig, RedisJobClient
 from bot.distributed.health import read_health, status_lines
 from bot.distributed.protocol import JOB_FUNCTION, JobMessage, Keys, WireEvent, dumps, loads
 from bot.distributed.worker import GpuWorker, WorkerConfig, _Outbox
@@ -162,3 +162,40 @@ async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWo
     down = RedisJobBackend(RedisConfig(url="redis://127.0.0.1:1/0"))
     (_, failure) = await status_lines(down)
     assert failure.startswith("workers: Redis cannot be read: cannot reach Redis at redis://127.0.0.1:1/0")
+
+
+async def test_watchdog_requeues_a_vanished_job_then_gives_up(redis_url: str) -> None:
+    client = RedisJobClient(RedisConfig(url=redis_url, prefix=f"unit-{uuid.uuid4().hex[:8]}", queue="nobody"))
+    await client.connect()
+    try:
+        spec = JobSpec(job_id=9, prompt="x", history=(), llm=None, llm_params=LLMParams(), render_params=RenderParams())
+        await client.submit(JobMessage(spec=spec, max_attempts=2))
+        queue = client.keys.queue("nobody")
+        first = client.run_id("9")
+        assert first is not None
+        score = await client.redis.zscore(queue, first)
+
+        async def lose_it() -> None:  # as if Redis lost the job while its worker died
+            run = client.run_id("9")
+            assert run is not None
+            await client.redis.zrem(queue, run)
+            await client.watch()  # first look: missing; the bot reads events before the second look
+            assert await client.read_events(block_s=0.01) == []
+            await client.watch()
+
+        await lose_it()
+        second = client.run_id("9")
+        assert second is not None and second != first
+        assert await client.redis.zscore(queue, second) <= score  # back at the front of the queue
+
+        # Its second run starts on a worker, then vanishes too: two runs were allowed, the user is told.
+        started = WireEvent(type="started", job_id="9", attempt=2, worker="w")
+        await client.redis.xadd(client.keys.events, started.encode())  # type: ignore[arg-type]
+        (event,) = await client.read_events(block_s=0.01)
+        await client.ack(event)
+        await lose_it()
+        events = await client.read_events(block_s=0.01)
+        assert [e.type for e in events] == ["failed"] and "stopped 2 times" in events[0].data["message"]
+        assert client.run_id("9") == second  # not queued a third time
+    finally:
+        await client.close()
