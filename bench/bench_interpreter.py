@@ -54,13 +54,21 @@ def run_interpreter(code: str) -> None:
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
     """Median seconds of ``repeat`` runs (after one warm-up)."""
-    fn()
-    samples = []
+    return timed_pair(fn, fn, repeat)[0]
+
+
+def timed_pair(first: Callable[[], object], second: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median seconds of each, measured alternately so that load from other processes hits both alike."""
+    first(), second()
+    a, b = [], []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        first()
+        middle = time.perf_counter()
+        second()
+        a.append(middle - start)
+        b.append(time.perf_counter() - middle)
+    return statistics.median(a), statistics.median(b)
 
 
 def _local(i: int, names: tuple[str, str, str, str]) -> str:
@@ -91,13 +99,12 @@ WORST_CASES = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=500)
     args = parser.parse_args()
 
     code = GOLDEN_01.read_text(encoding="utf-8")
-    baseline = timed(lambda: run_exec(code), args.repeat)
-    ours = timed(lambda: run_interpreter(code), args.repeat)
-    print(f"golden 01 ({len(code)} chars), median of {args.repeat}:")
+    baseline, ours = timed_pair(lambda: run_exec(code), lambda: run_interpreter(code), args.repeat)
+    print(f"golden 01 ({len(code)} chars), median of {args.repeat} alternating runs:")
     print(f"  compile + exec, stand-in canvas : {baseline * 1e3:8.3f} ms")
     print(f"  safe interpreter, real canvas   : {ours * 1e3:8.3f} ms")
     print(f"  ratio interpreter / exec        : {ours / baseline:8.2f}x  (aim <= 2x)")
