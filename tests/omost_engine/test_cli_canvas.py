@@ -117,3 +117,17 @@ def test_layout_errors_exit_2_with_one_line(content, args, fragment, tmp_path: P
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("omost-bot layout: ") and fragment in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_layout_reads_stdin(layout_file: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(layout_file.read_bytes())))
+    out = tmp_path / "stdin.png"
+    assert main(["layout", "-", "--out", str(out), "--masks", "--size", "300x200"]) == 0
+    assert Image.open(out).size == (300, 200)
+
+
+def test_the_commands_are_registered_with_help() -> None:
+    from bot.cli import build_parser
+
+    help_text = build_parser().format_help()
+    assert "canvas" in help_text and "layout" in help_text
