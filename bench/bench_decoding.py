@@ -1,0 +1,130 @@
+"""Forward passes per generated token for each decoding option, on the README transcript.
+
+First turn: the system prompt and the request, reply = golden 01. Edit turn: the same plus golden 01
+as the assistant's reply and "change the dragon to a dinosaur", reply = golden 02. The model is an
+oracle that puts all its probability on the transcript's next token (on a byte-level BPE trained
+here on the canvas programs of the goldens), so the counts measure the decoding scheme alone.
+Then the per-token cost of the grammar constraint on the tiny random Llama, against plain decoding
+in the same process.
+
+    python bench/bench_decoding.py [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from omost_engine.llm.decoding.grammar import CanvasNames, GrammarFactory, GrammarLimits
+from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, decode
+from omost_engine.llm.decoding.oracle import TranscriptOracle, token_bytes, train_tokenizer
+from omost_engine.llm.system_prompt import SYSTEM_PROMPT
+
+GOLDENS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens"
+FIRST_REQUEST = "generate an image of the fierce battle of warriors and the dragon"
+EDIT_REQUEST = "change the dragon to a dinosaur"
+
+
+def _reply(case: str) -> str:
+    return json.loads((GOLDENS / f"{case}.json").read_text())["bot_response"]
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def transcript(tokenizer: Any) -> dict[str, tuple[list[int], str]]:
+    first, edit = _reply("01_readme_dragon_battle"), _reply("02_readme_dinosaur_edit")
+    system = {"role": "system", "content": SYSTEM_PROMPT}
+    turn1 = [system, {"role": "user", "content": FIRST_REQUEST}]
+    turn2 = [*turn1, {"role": "assistant", "content": first}, {"role": "user", "content": EDIT_REQUEST}]
+    return {"first turn": (_chat_ids(tokenizer, turn1), first), "edit turn": (_chat_ids(tokenizer, turn2), edit)}
+
+
+MODES: list[tuple[str, dict[str, Any]]] = [
+    ("plain", dict(prompt_lookup=False, grammar=False)),
+    ("prompt lookup K=10", dict(prompt_lookup=True, draft_tokens=10, grammar=False)),
+    ("prompt lookup K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=False)),
+    ("prompt lookup K=50", dict(prompt_lookup=True, draft_tokens=50, grammar=False)),
+    ("grammar, forced runs", dict(prompt_lookup=False, grammar=True)),
+    ("both K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=True)),
+    ("both K=20, T=0.6 top_p=0.9", dict(prompt_lookup=True, draft_tokens=20, grammar=True, temperature=0.6)),
+]
+
+
+def forward_pass_table(names: CanvasNames) -> None:
+    texts = [p.read_text() for p in sorted(GOLDENS.glob("*.py"))] + [SYSTEM_PROMPT]
+    tokenizer = train_tokenizer(texts, vocab_size=2048)
+    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    factory = GrammarFactory(tokenizer, names=names, stop_token_ids=[stop])
+    pieces = token_bytes(tokenizer)
+    turns = transcript(tokenizer)
+    print(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens; replies: "
+          + ", ".join(f"{turn} {len(tokenizer.encode(reply, add_special_tokens=False))} tokens"
+                      for turn, (_, reply) in turns.items()))
+    print(f"{'mode':30} " + " ".join(f"{turn + ' tok/pass':>20}" for turn in turns))
+    for label, options in MODES:
+        cells = []
+        for prompt, reply in turns.values():
+            oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=reply, stop_id=stop, pieces=pieces)
+            config = DecodeConfig(max_new_tokens=4096, temperature=options.get("temperature", 0.0), top_p=0.9,
+                                  prompt_lookup=options["prompt_lookup"],
+                                  draft_tokens=options.get("draft_tokens", 20), stop_ids=(stop,))
+            result = decode(oracle, prompt, config, grammar=factory.matcher() if options["grammar"] else None)
+            same = tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
+            cells.append(f"{result.stats.tokens_per_pass:>14.2f}" + (" " * 6 if same else " WRONG"))
+        print(f"{label:30} " + " ".join(cells))
+
+
+def grammar_overhead(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
+    from omost_engine.testing.tiny_llm import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer).to(device)
+    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    factory = GrammarFactory(tokenizer, names=names, limits=GrammarLimits(), stop_token_ids=[stop])
+    prompt = transcript(tokenizer)["first turn"][0]
+    labels = ("plain", "grammar", "grammar+forced")
+    # Thread CPU time is what one generation costs, whatever else the machine runs; wall time too.
+    cpu: dict[str, list[float]] = {label: [] for label in labels}
+    wall: dict[str, list[float]] = {label: [] for label in labels}
+    for seed in range(repeats):
+        for label in labels:
+            grammar = factory.matcher() if label != "plain" else None
+            config = DecodeConfig(max_new_tokens=400, temperature=0.6, top_p=0.9, seed=seed, prompt_lookup=False,
+                                  forced_runs=label == "grammar+forced", stop_ids=(stop,) if grammar else ())
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            result = decode(CausalLMStepper(model), prompt, config, grammar=grammar)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            tokens = max(1, result.stats.tokens)
+            cpu[label].append((time.thread_time() - started_cpu) / tokens)
+            wall[label].append((time.perf_counter() - started) / tokens)
+    base_cpu, base_wall = statistics.median(cpu["plain"]), statistics.median(wall["plain"])
+    print(f"tiny Llama ({len(tokenizer)} tokens, {device}, 1 thread), per generated token, median of {repeats}:")
+    print(f"  {'plain':15} cpu {base_cpu * 1e3:.3f} ms   wall {base_wall * 1e3:.3f} ms")
+    for label in labels[1:]:
+        c, w = statistics.median(cpu[label]), statistics.median(wall[label])
+        print(f"  {label:15} cpu {c * 1e3:.3f} ms = x{c / base_cpu:.3f}   wall {w * 1e3:.3f} ms = x{w / base_wall:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # one core per generation: the timings compare like with like
+    names = CanvasNames.from_tables()
+    forward_pass_table(names)
+    grammar_overhead(names, device=args.device, repeats=args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""A decode loop with prompt-lookup drafts, grammar masking and forced-token runs, all in one.
+
+Each iteration feeds the model, in ONE forward pass: the last sampled token, the run of tokens the
+grammar fully determines after it (forced, appended without sampling), and a draft copied from the
+conversation. The logits of that pass then check the draft position by position:
+
+* greedy (temperature 0): a draft token is kept while it equals the argmax, so the output is exactly
+  the output without drafting;
+* sampling: at each position a token is sampled from the target distribution (temperature, then
+  top-p) and the draft token is kept when they are equal. That is the speculative-sampling rule for a
+  draft that is one fixed token (accept with probability p(d), else sample from p without d), so the
+  output distribution is exactly the one without drafting. The filters belong to the target
+  distribution only; nothing is filtered or masked on the draft side.
+
+With a grammar every row is masked on a copy (the raw logits are never written), and the matcher is
+rolled back to the accepted prefix after each check.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+
+from omost_engine.llm.decoding.grammar import GrammarState
+from omost_engine.llm.decoding.prompt_lookup import PromptLookup
+from omost_engine.params import LLMParams
+from omost_engine.progress import CancelToken
+
+StopReason = Literal["stop", "length", "grammar", "cancelled"]
+TokenCallback = Callable[[list[int]], None]
+
+
+class Stepper(Protocol):
+    """A causal LM with a rewindable cache: what the loop needs from a model."""
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache."""
+        ...
+
+    def feed(self, token_ids: Sequence[int], *, keep: int) -> torch.Tensor:
+        """Append ``token_ids`` to the cache; return the next-token logits of the last ``keep``
+        positions, shape (keep, vocab)."""
+        ...
+
+    def truncate(self, length: int) -> None:
+        """Forget every cached token from position ``length`` on."""
+        ...
+
+
+class CausalLMStepper:
+    """A transformers causal LM with a DynamicCache."""
+
+    def __init__(self, model: Any, *, cache: Any = None) -> None:
+        """``cache`` may hold the state of a prefix already (e.g. the previous turn's shared prompt)."""
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = cache if cache is not None else DynamicCache()
+        # transformers 5.2x renamed past_key_values to cache; accept both.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._length = self.cache.get_seq_length() if cache is not None else 0
+
+    @property
+    def length(self) -> int:
+        return self._length
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def feed(self, token_ids: Sequence[int], *, keep: int) -> torch.Tensor:
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep,
+                             **{self._cache_arg: self.cache})
+        self._length += len(token_ids)
+        return out.logits[0, -keep:]
+
+    def truncate(self, length: int) -> None:
+        remove = self._length - length
+        if remove > 0:
+            self.cache.crop(-remove)  # a negative count removes that many tokens from the end
+            self._length = length
+
+
+class Sampler:
+    """Temperature and top-p sampling (or greedy at temperature 0) with its own seeded generator."""
+
+    def __init__(self, *, temperature: float, top_p: float, seed: int) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generators[device]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(probs, descending=True)
+            # Keep a token while the mass strictly before it is below top_p (the first always stays).
+            drop = (torch.cumsum(ordered, dim=-1) - ordered) >= self.top_p
+            drop[0] = False
+            ordered = ordered.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(0, order, ordered / ordered.sum())
+        return probs
+
+    def pick(self, logits: torch.Tensor) -> int:
+        if self.greedy:
+            return int(torch.argmax(logits))
+        probs = self.probabilities(logits)
+        try:
+            return int(torch.multinomial(probs, 1, generator=self._generator(probs.device)))
+        except RuntimeError:  # no finite logit left (a grammar that allows nothing): let the caller see it
+            return int(torch.argmax(logits))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+    max_new_tokens: int = 4096
+    temperature: float = 0.6
+    top_p: float = 0.9
+    seed: int = 12345
+    prompt_lookup: bool = True
+    draft_tokens: int = 20
+    forced_runs: bool = True  # append grammar-determined stretches without sampling
+    stop_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_params(cls, params: LLMParams, *, stop_ids: Sequence[int]) -> DecodeConfig:
+        return cls(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                   seed=params.seed, prompt_lookup=params.prompt_lookup,
+                   draft_tokens=params.prompt_lookup_tokens, stop_ids=tuple(stop_ids))
+
+
+@dataclass(kw_only=True)
+class DecodeStats:
+    forward_passes: int = 0
+    tokens: int = 0  # new tokens, the stop token included
+    sampled: int = 0  # tokens chosen by sampling (draft rejections and bonus tokens)
+    drafted: int = 0  # draft tokens fed to the model
+    accepted: int = 0  # draft tokens kept
+    forced: int = 0  # tokens the grammar determined
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.tokens / self.forward_passes if self.forward_passes else 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopResult:
+    token_ids: list[int]  # the new tokens; the last is the stop token when stop_reason is "stop"
+    stop_reason: StopReason
+    stats: DecodeStats = field(default_factory=DecodeStats)
+
+
+def decode(
+    stepper: Stepper,
+    prompt_ids: Sequence[int],
+    config: DecodeConfig,
+    *,
+    grammar: GrammarState | None = None,
+    on_tokens: TokenCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> LoopResult:
+    """Generate after ``prompt_ids`` (the whole templated conversation) until a stop token, the grammar's
+    end, ``max_new_tokens`` or ``cancel``, like ``model.generate``: ``on_tokens`` gets each decided run
+    of new tokens in order (the stop token too), and a cancel ends the loop before the next forward
+    pass with stop_reason "cancelled". The stepper may already hold a prefix of ``prompt_ids``."""
+    started = time.perf_counter()
+    # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
+    stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
+    sampler = Sampler(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+    lookup = (PromptLookup(prompt_ids, stop_ids=config.stop_ids)
+              if config.prompt_lookup and config.draft_tokens > 0 else None)
+    stats = DecodeStats()
+    generated: list[int] = []
+    pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
+
+    def commit(tokens: list[int]) -> None:
+        if not tokens:
+            return
+        generated.extend(tokens)
+        if lookup is not None:
+            lookup.extend(tokens)
+        if on_tokens is not None:
+            on_tokens(list(tokens))
+
+    reason: StopReason = "length"
+    while True:
+        if cancel is not None and cancel.cancelled:
+            reason = "cancelled"
+            break
+        budget = config.max_new_tokens - len(generated)
+        if budget <= 0:
+            break
+        if grammar is not None:
+            if grammar.terminated:
+                reason = "stop"
+                break
+            forced = (_accept_prefix(grammar, grammar.forced_tokens()[:budget], stops)
+                      if config.forced_runs else [])
+            stats.forced += len(forced)
+            pending.extend(forced)
+            commit(forced)
+            budget -= len(forced)
+            if budget <= 0:
+                break
+            only_stop = _only_stop_allowed(grammar, stops)
+            if len(only_stop) == 1:
+                # The program is complete and only the end token may follow: no pass needed for it.
+                commit(list(only_stop))
+                reason = "stop"
+                break
+        draft = lookup.draft(min(config.draft_tokens, budget)) if lookup is not None else []
+        if grammar is not None and draft:
+            draft = _accept_prefix(grammar, draft, stops)
+            grammar.rollback(len(draft))
+        base = stepper.length
+        logits = stepper.feed(pending + draft, keep=len(draft) + 1)
+        stats.forward_passes += 1
+        stats.drafted += len(draft)
+
+        accepted: list[int] = []
+        new_token: int | None = None
+        for index in range(len(draft) + 1):
+            row = logits[index] if grammar is None else grammar.mask_logits(logits[index])
+            if index == len(draft):
+                if len(accepted) < budget:
+                    new_token = sampler.pick(row)
+                    stats.sampled += 1
+                break
+            choice = sampler.pick(row)
+            if choice != draft[index]:
+                new_token = choice
+                stats.sampled += 1
+                break
+            accepted.append(choice)
+            if grammar is not None:
+                grammar.accept(choice)
+            if choice in stops:
+                break
+        stats.accepted += len(accepted)
+        stepper.truncate(base + len(pending) + len(accepted))
+        if new_token is not None and grammar is not None and not grammar.accept(new_token):
+            # Only when the grammar allowed nothing at all (every logit masked): end cleanly.
+            new_token, reason = None, "grammar"
+        step = accepted + ([new_token] if new_token is not None else [])
+        commit(step)
+        if step and step[-1] in stops:
+            reason = "stop"
+            break
+        if reason == "grammar":
+            break
+        pending = [new_token] if new_token is not None else []
+
+    stats.tokens = len(generated)
+    stats.seconds = time.perf_counter() - started
+    return LoopResult(token_ids=generated, stop_reason=reason, stats=stats)
+
+
+def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozenset[int]) -> list[int]:
+    """Feed ``tokens`` to the matcher until one is refused; return the accepted prefix (kept accepted).
+    Stops after a stop token, since nothing follows it."""
+    kept: list[int] = []
+    for token in tokens:
+        if not grammar.accept(token):
+            break
+        kept.append(int(token))
+        if token in stops:
+            break
+    return kept
+
+
+def _only_stop_allowed(grammar: GrammarState, stops: frozenset[int]) -> set[int]:
+    """The allowed tokens when the program is complete and only stop tokens may follow, else empty."""
+    if not grammar.matcher.is_completed():
+        return set()
+    allowed = grammar.allowed_tokens()
+    return allowed if allowed <= stops else set()

@@ -1,0 +1,159 @@
+"""Grammar-constrained decoding: the canvas grammar, forced runs, and both options together."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from omost_engine.llm.decoding.grammar import CanvasNames, GrammarFactory, GrammarLimits, canvas_grammar_ebnf
+from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, decode
+from omost_engine.llm.decoding.oracle import TranscriptOracle, train_tokenizer
+from omost_engine.llm.system_prompt import SYSTEM_PROMPT
+from omost_engine.reply import parse_reply
+from omost_engine.tables import COLORS, LOCATIONS
+
+GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
+# Small bounds keep random programs short (a test generates 20 of them).
+SMALL = GrammarLimits(max_string_bytes=40, max_comment_bytes=24, max_list_items=3, max_locals=3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    from omost_engine.testing.tiny_llm import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    return tokenizer, build_model(tokenizer), stop, GrammarFactory(tokenizer, limits=SMALL, stop_token_ids=[stop])
+
+
+@pytest.fixture(scope="module")
+def program_tokenizer():
+    tokenizer = train_tokenizer([p.read_text() for p in sorted(GOLDENS.glob("*.py"))] + [SYSTEM_PROMPT])
+    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    return tokenizer, stop, GrammarFactory(tokenizer, stop_token_ids=[stop])
+
+
+def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def feed_text(factory: GrammarFactory, text: str) -> tuple[bool, int]:
+    """Accept ``text`` token by token; (all accepted, tokens accepted)."""
+    state = factory.matcher()
+    ids = factory.tokenizer.encode(text, add_special_tokens=False)
+    for count, token in enumerate(ids):
+        if not state.accept(token):
+            return False, count
+    return state.completed, len(ids)
+
+
+def test_grammar_lists_every_allowed_name_from_the_tables() -> None:
+    ebnf = canvas_grammar_ebnf(CanvasNames.from_tables())
+    for name in (*LOCATIONS, *COLORS):
+        assert f"\"'{name}'\"" in ebnf
+    assert "'on the upper left'" not in ebnf
+
+
+@pytest.mark.parametrize("case", ["01", "02"])
+def test_the_published_format_is_accepted_token_by_token(program_tokenizer, golden_reply, case) -> None:
+    _, _, factory = program_tokenizer
+    assert feed_text(factory, golden_reply(case))[0]
+
+
+@pytest.mark.parametrize("change", [
+    ("location='on the left'", "location='on the upper left'"),  # a name the original would fuzz-correct
+    ("distance_to_viewer=5.0", "distance_to_viewer=0"),
+    ("distance_to_viewer=5.0", "distance_to_viewer=-5.0"),
+    ("HTML_web_color_name='firebrick'", "HTML_web_color_name='#ff0000'"),
+    ("    atmosphere='Determined", "    mood='Determined"),  # unknown keyword
+    ("    tags='warriors, armor", "    tags=['warriors', 'armor"),  # tags must be a string
+    ("canvas = Canvas()", "import os\ncanvas = Canvas()"),
+    ("A mighty dragon.", "A mighty\x00dragon."),  # control characters never fit in a string
+])
+def test_invalid_programs_are_refused(program_tokenizer, golden_reply, change) -> None:
+    _, _, factory = program_tokenizer
+    old, new = change
+    reply = golden_reply("01")
+    assert old in reply
+    assert feed_text(factory, reply.replace(old, new, 1))[0] is False
+
+
+def test_a_string_at_its_length_limit_can_only_close(tiny) -> None:
+    tokenizer, _, _, factory = tiny
+    state = factory.matcher()
+    head = "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='"
+    for token in tokenizer.encode(head + "x" * 39, add_special_tokens=False):
+        assert state.accept(token)
+    assert state.guard.mode == "'" and len(state.allowed_tokens()) > 1
+    assert state.accept(tokenizer.encode("x", add_special_tokens=False)[0])
+    quote = tokenizer.encode("'", add_special_tokens=False)
+    assert state.allowed_tokens() == set(quote) and state.forced_tokens() == quote
+    masked = state.mask_logits(torch.zeros(len(tokenizer)))
+    assert torch.isfinite(masked).sum() == 1 and torch.isfinite(masked[quote[0]])
+    state.rollback(1)  # rewinding the matcher rewinds the length count too
+    assert len(state.allowed_tokens()) > 1
+
+
+def test_random_tiny_model_always_writes_a_valid_program(tiny) -> None:
+    """20 seeds of a random model under the constraint, prompt lookup on (the defaults): every reply
+    is a program that the safe interpreter accepts."""
+    tokenizer, model, stop, factory = tiny
+    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
+                                  {"role": "user", "content": "a dragon fighting warriors"}])
+    passes = tokens = 0
+    for seed in range(20):
+        config = DecodeConfig(seed=seed, temperature=0.6 if seed else 0.0, stop_ids=(stop,))
+        result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher())
+        reply = tokenizer.decode(result.token_ids, skip_special_tokens=True)
+        assert result.stop_reason == "stop", (seed, reply)
+        layout = parse_reply(reply)
+        assert len(layout.conditions) >= 1
+        passes += result.stats.forward_passes
+        tokens += result.stats.tokens
+    assert tokens / passes > 1.2  # forced runs and accepted drafts
+
+
+def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_tokenizer, golden_reply) -> None:
+    tokenizer, stop, factory = program_tokenizer
+    reply = golden_reply("01")
+    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
+                                  {"role": "user", "content": "a dragon battle"}])
+    runs = {}
+    for label, lookup in (("grammar", False), ("both", True)):
+        oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=reply, stop_id=stop)
+        config = DecodeConfig(temperature=0.0, prompt_lookup=lookup, stop_ids=(stop,))
+        result = decode(oracle, prompt, config, grammar=factory.matcher())
+        assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
+        assert result.stop_reason == "stop"
+        runs[label] = result.stats
+    assert runs["grammar"].forced > 0.1 * runs["grammar"].tokens
+    assert runs["grammar"].tokens_per_pass > 1.15
+    assert runs["both"].tokens_per_pass >= 1.5
+
+
+def test_both_together_on_the_edit_turn(program_tokenizer, golden_reply) -> None:
+    tokenizer, stop, factory = program_tokenizer
+    first, edit = golden_reply("01"), golden_reply("02")
+    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
+                                  {"role": "user", "content": "a dragon battle"},
+                                  {"role": "assistant", "content": first},
+                                  {"role": "user", "content": "change the dragon to a dinosaur"}])
+    for temperature in (0.0, 0.6):
+        oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=edit, stop_id=stop)
+        config = DecodeConfig(temperature=temperature, draft_tokens=20, stop_ids=(stop,))
+        result = decode(oracle, prompt, config, grammar=factory.matcher())
+        assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == edit
+        assert result.stats.tokens_per_pass >= 4.0
+        assert result.stats.forced > 0 and result.stats.accepted > 0
