@@ -151,6 +151,9 @@ class Canvas:
         self.global_color: tuple[int, int, int] | None = None
         self.global_calls = 0
 
+    def __repr__(self) -> str:  # shown in error messages: no object address
+        return f"<canvas with {len(self.regions)} regions>"
+
     def set_global_description(
         self, description: str, detailed_descriptions: list[str], tags: str, HTML_web_color_name: str
     ) -> None:
