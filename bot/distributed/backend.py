@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.distributed.client import RedisConfig, RedisJobClient
+from bot.distributed.client import RedisConfig, RedisError, RedisJobClient
 from bot.distributed.protocol import JobMessage, WireEvent
 from bot.jobs import (
     Cancelled,
@@ -234,22 +234,31 @@ class RedisJobBackend:
         last_watch = self.clock()
         # Paused with nothing on the workers, there is nothing to wait for: resume() starts it again.
         while not self._closed and (self._inflight or (self._waiting and not self._paused)):
-            await self._dispatch()
-            events = await self.client.read_events(block_s=min(self.config.watchdog_s, 0.5))
-            handled = []
-            for event in events:
-                if int(event.job_id) in self._held and not self._deliver_held:
-                    continue  # the bot is not tracking it yet: left unacknowledged, read again later
-                handled.append(event)
-                try:
-                    await self._handle(event)
-                except Exception:  # one bad event must not stop the others from being delivered
-                    log.exception("could not handle %s event of job %s", event.type, event.job_id)
-            await self.client.ack(*handled)
-            if self.clock() - last_watch >= self.config.watchdog_s:
-                last_watch = self.clock()
-                await self.client.watch()
-                await self._refresh_capacity()
+            try:
+                last_watch = await self._turn(last_watch)
+            except (OSError, RedisError) as exc:  # Redis restarting or unreachable: retry, keep the jobs
+                log.warning("Redis: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _turn(self, last_watch: float) -> float:
+        """One round of the pump: hand out jobs, deliver events, now and then look for lost jobs."""
+        await self._dispatch()
+        events = await self.client.read_events(block_s=min(self.config.watchdog_s, 0.5))
+        handled = []
+        for event in events:
+            if int(event.job_id) in self._held and not self._deliver_held:
+                continue  # the bot is not tracking it yet: left unacknowledged, read again later
+            handled.append(event)
+            try:
+                await self._handle(event)
+            except Exception:  # one bad event must not stop the others from being delivered
+                log.exception("could not handle %s event of job %s", event.type, event.job_id)
+        await self.client.ack(*handled)
+        if self.clock() - last_watch >= self.config.watchdog_s:
+            last_watch = self.clock()
+            await self.client.watch()
+            await self._refresh_capacity()
+        return last_watch
 
     async def _refresh_capacity(self) -> None:
         health = await self.client.health()

@@ -9,7 +9,6 @@ delivered the outcome, which lets the watchdog run a job again when it vanished 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
@@ -40,6 +39,11 @@ from omost_engine.params import RenderParams
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
+
+try:  # the redis package is the optional extra; without it this module is never used
+    from redis.exceptions import RedisError
+except ModuleNotFoundError:  # pragma: no cover
+    RedisError = OSError  # type: ignore[misc,assignment]
 
 GROUP = "bot"  # the consumer group the bot reads the event stream with
 ARQ_IN_PROGRESS = "arq:in-progress:"
@@ -242,28 +246,6 @@ class RedisJobClient:
         record = self._records.get(job_id)
         return record.arq_id if record else None
 
-    async def positions(self) -> dict[str, int]:
-        """Waiting jobs of this bot -> place in their queue (1 = next), counting every user's jobs."""
-        by_arq = {r.arq_id: r.job_id for r in self._records.values()}
-        result: dict[str, int] = {}
-        for queue in sorted({r.queue for r in self._records.values()}):
-            members = [m.decode() if isinstance(m, bytes) else m
-                       for m in await self.redis.zrange(self.keys.queue(queue), 0, -1)]
-            if not members:
-                continue
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    pipe.exists(ARQ_IN_PROGRESS + member)
-                taken = await pipe.execute()
-            place = 0
-            for member, busy in zip(members, taken, strict=True):
-                if busy:
-                    continue
-                place += 1
-                if member in by_arq:
-                    result[by_arq[member]] = place
-        return result
-
     # -- events ----------------------------------------------------------------------------------
 
     async def read_events(self, *, block_s: float = 1.0, count: int = 100) -> list[WireEvent]:
@@ -426,9 +408,3 @@ class RedisJobClient:
         event = WireEvent(type=type_, job_id=record.job_id, attempt=record.attempt,  # type: ignore[arg-type]
                          worker=WATCHDOG, data=data)
         await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
-
-    async def wait_idle(self, *, timeout: float = 10.0) -> None:
-        """Wait until no job of this bot is outstanding (tests, benchmarks, shutdown)."""
-        deadline = time.monotonic() + timeout
-        while self._records and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)

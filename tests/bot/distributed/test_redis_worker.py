@@ -199,3 +199,19 @@ async def test_watchdog_requeues_a_vanished_job_then_gives_up(redis_url: str) ->
         assert client.run_id("9") == second  # not queued a third time
     finally:
         await client.close()
+
+
+async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+    worker, pool, keys = served
+    message = _message(5)
+    message["prompt"] = "a long night {{delay=20}}"
+    await pool.enqueue_job(JOB_FUNCTION, message, _job_id="a5", _queue_name=keys.queue())
+    await _events(pool, keys, "5", until="stage")
+    # As if this process had stalled past its lease and another worker had taken the job meanwhile.
+    await pool.delete("arq:in-progress:a5")
+    await pool.set(keys.running("a5"), b"another worker")
+    await wait_until(lambda: not worker.running, timeout=5, what="the worker to stop the job")
+    await asyncio.sleep(0.3)  # a few heartbeats: nothing more may be said about the job
+    types = [e.type for e in await _events(pool, keys, "5", until="stage")]
+    assert not {"result", "failed", "cancelled", "requeued"} & set(types)
+    assert await pool.get(keys.running("a5")) == b"another worker"  # the new owner's key is left alone
