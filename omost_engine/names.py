@@ -54,7 +54,10 @@ def _key_index(table: Mapping[str, Any]) -> _KeyIndex:
     for row, key in enumerate(keys):
         for c in key:
             counts[row, alphabet[c]] += 1
-    return _KeyIndex(keys, MappingProxyType(alphabet), counts, np.array([len(k) for k in keys], dtype=np.int64))
+    lengths = np.array([len(k) for k in keys], dtype=np.int64)
+    counts.setflags(write=False)
+    lengths.setflags(write=False)
+    return _KeyIndex(keys, MappingProxyType(alphabet), counts, lengths)
 
 
 # Built once at import for the four tables (read-only afterwards).
