@@ -71,6 +71,14 @@ def test_same_seed_same_image_other_seed_other_image(renderer: Renderer, layout:
     assert first.params == SMALL and first.model == renderer.default_model and first.seconds > 0
 
 
+def test_any_object_with_conditions_renders(renderer: Renderer, layout: Layout) -> None:
+    from types import SimpleNamespace
+
+    holder = SimpleNamespace(conditions=list(layout.conditions))
+    params = SMALL.replace(steps=1, initial_latent_denoise=0.97)  # the sketch comes from the conditions too
+    assert np.array_equal(pixels(renderer.render(holder, params)), pixels(renderer.render(layout, params)))
+
+
 def test_methods_and_sizes(renderer: Renderer, layout: Layout) -> None:
     omost = renderer.render(layout, SMALL.replace(width=320, height=256))
     assert omost.image.size == (320, 256)
