@@ -68,3 +68,35 @@ def test_resolution_equals_difflib_for_any_input(parameter: str, text: str) -> N
     except OmostError:
         got = None
     assert got == (expected[0] if expected else None)
+
+
+@st.composite
+def near_misses(draw: st.DrawFn) -> tuple[str, str]:
+    """A table key with a few characters inserted, deleted or replaced: the inputs the matcher prunes hardest."""
+    parameter = draw(st.sampled_from(list(KINDS.values())))
+    chars = list(draw(st.sampled_from(list(TABLES[parameter]))))
+    for _ in range(draw(st.integers(1, 6))):
+        at = draw(st.integers(0, len(chars)))
+        op = draw(st.integers(0, 2))
+        letter = draw(st.sampled_from("abcdefghilmnoprstuy -"))
+        if op == 0:
+            chars.insert(at, letter)
+        elif chars:
+            if op == 1:
+                del chars[min(at, len(chars) - 1)]
+            else:
+                chars[min(at, len(chars) - 1)] = letter
+    return parameter, "".join(chars)
+
+
+@settings(max_examples=500, derandomize=True, deadline=None, database=None)
+@given(near_misses())
+def test_near_misses_resolve_exactly_as_difflib(case: tuple[str, str]) -> None:
+    parameter, text = case
+    table = TABLES[parameter]
+    expected = difflib.get_close_matches(text.lower(), list(table), n=1, cutoff=0.5)
+    try:
+        got = resolve(text, table, parameter=parameter).name
+    except OmostError:
+        got = None
+    assert got == (expected[0] if expected else None)
