@@ -24,14 +24,17 @@ _CANVAS_CALL = re.compile(r"\bCanvas\s*\(\s*\)")
 def extract_code(text: str) -> str | None:
     """The program in an LLM reply, or None when there is none.
 
-    The first python-tagged block wins (earlier blocks with other tags are ignored, as in the
-    original); failing that, an untagged block that makes a Canvas; failing that, the whole reply
-    when it has no fence at all and makes a Canvas (a model that forgot the fence).
+    The first python-tagged block that makes a Canvas wins (blocks with other tags are ignored,
+    as in the original, and so is an earlier python snippet without ``Canvas()``); failing that,
+    an untagged block that makes a Canvas; failing that, the whole reply when it has no fence at
+    all and makes a Canvas (a model that forgot the fence).
     """
     text = text.replace("\r\n", "\n")
-    match = _PYTHON_BLOCK.search(text)
-    if match:
-        return match.group(1)
+    blocks = [m.group(1) for m in _PYTHON_BLOCK.finditer(text)]
+    if blocks:
+        # The first python block that makes a canvas; a reply whose python blocks make none gets
+        # its first one (and the error that goes with it).
+        return next((b for b in blocks if _CANVAS_CALL.search(b)), blocks[0])
     for bare in _BARE_BLOCK.finditer(text):
         if _CANVAS_CALL.search(bare.group(1)):
             return bare.group(1)

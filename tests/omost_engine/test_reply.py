@@ -25,6 +25,7 @@ PROGRAM = "canvas = Canvas()\ncanvas.set_global_description('A lake.', ['Calm wa
         PROGRAM,  # no fence at all (golden 22)
         f"\n\n{PROGRAM}\n\n",
         f"```text\nnotes\n```\n```python\n{PROGRAM}\n```\n```python\nraise Boom\n```",  # first python block wins
+        f"```python\nprint('a snippet')\n```\n```python\n{PROGRAM}\n```",  # ... that makes a canvas
     ],
 )
 def test_the_program_is_found_in_tolerant_ways(reply: str) -> None:
@@ -42,6 +43,10 @@ def test_a_reply_without_a_program_is_one_clear_error(reply: str) -> None:
     with pytest.raises(OmostError, match="the reply contains no canvas program; allowed: a ```python") as info:
         parse_reply(reply)
     assert info.value.parameter == "reply"
+
+
+def test_python_blocks_without_a_canvas_report_the_first_one() -> None:
+    assert extract_code("```python\nx = 1\n```\n```python\ny = 2\n```") == "x = 1"
 
 
 def test_code_that_makes_no_canvas_is_one_clear_error() -> None:
