@@ -3,10 +3,12 @@ how it throttles progress, how it shows up in health, and the ``omost-bot worker
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from arq.connections import ArqRedis, RedisSettings, create_pool
@@ -17,7 +19,7 @@ from bot.distributed.backend import RedisJobBackend
 from bot.distributed.client import RedisConfig, RedisJobClient
 from bot.distributed.health import read_health, status_lines
 from bot.distributed.protocol import JOB_FUNCTION, JobMessage, Keys, WireEvent, dumps, loads
-from bot.distributed.worker import GpuWorker, WorkerConfig, _Outbox
+from bot.distributed.worker import GpuWorker, WorkerConfig, _Outbox, build_engine
 from bot.jobs import Finished, InProcessJobBackend, JobEvent, JobSpec, Progress, Started
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import LLMProgress, RenderProgress
@@ -215,3 +217,15 @@ async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple
     types = [e.type for e in await _events(pool, keys, "5", until="stage")]
     assert not {"result", "failed", "cancelled", "requeued"} & set(types)
     assert await pool.get(keys.running("a5")) == b"another worker"  # the new owner's key is left alone
+
+
+def test_real_engine_comes_from_the_workers_own_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('[bot]\nllm_endpoint = "http://10.0.0.7:8000/v1"\nsdxl = "SG161222/RealVisXL_V4.0"\n'
+                      'device = "cpu"\n')
+    engine, models = build_engine(argparse.Namespace(engine="real", config=str(config), scripted_seconds=0.2))
+    assert models == {"llm": "http://10.0.0.7:8000/v1", "sdxl": "SG161222/RealVisXL_V4.0"}
+    assert callable(engine.chat) and callable(engine.render)  # built lazily: no model is loaded yet
+    scripted, names = build_engine(argparse.Namespace(engine="scripted", config=None, scripted_seconds=0.4))
+    assert isinstance(scripted, ScriptedEngine) and scripted.chat_seconds == scripted.render_seconds == 0.2
+    assert names == {"llm": "scripted-llm", "sdxl": "scripted-sdxl"}
