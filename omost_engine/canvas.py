@@ -128,7 +128,7 @@ def _texts(value: Any, parameter: str, who: str) -> list[str]:
 
 def _distance(value: Any, who: str) -> float:
     # As the original: any int/float (bool included, True reads as 1) that is > 0; inf is allowed.
-    if not isinstance(value, int | float) or math.isnan(value) or not value > 0:
+    if not isinstance(value, int | float) or (isinstance(value, float) and math.isnan(value)) or not value > 0:
         raise OmostError(
             f"distance_to_viewer of {who} must be a positive number, got {quote(value)}; "
             "allowed: a number > 0 (only the order matters: larger is farther)",
