@@ -149,7 +149,11 @@ class Layout:
             meta = doc.get("meta", {})
             if not isinstance(meta, dict):
                 raise _bad("meta", meta, "a JSON object")
-            if not utf8_safe(json.dumps(meta, ensure_ascii=False)):
+            try:
+                meta_text = json.dumps(meta, ensure_ascii=False, allow_nan=False)
+            except (TypeError, ValueError, RecursionError):
+                raise _bad("meta", "...", "plain JSON values (no NaN or Infinity)") from None
+            if not utf8_safe(meta_text):
                 raise _bad("meta", "...", "text that can be written as UTF-8 (no lone surrogates)")
         elif isinstance(doc, list):
             items = doc

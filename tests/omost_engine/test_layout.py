@@ -100,6 +100,8 @@ BAD = [
     (json.dumps([COMFY[0]] + [COMFY[1]] * (MAX_REGIONS + 1)), f"too many conditions: {MAX_REGIONS + 2}"),
     (json.dumps([{"prefixes": ["x"], "suffixes": []}]), "rect, prefixes and suffixes are required"),
     (json.dumps(_with(1, prefixes=["\ud800"])), "no lone surrogates"),
+    ('{"format": "omost-bot-layout", "version": 1, "conditions": ' + json.dumps(COMFY) + ', "meta": {"x": NaN}}',
+     "no NaN or Infinity"),
     (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": {"k": "\udc00"}}), "no lone surrogates"),
 ]
 
