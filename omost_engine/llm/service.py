@@ -33,7 +33,7 @@ class InvalidReplyError(OmostError):
     """The LLM answered, but not with a valid canvas program. The raw reply is kept."""
 
     def __init__(self, cause: OmostError, *, reply: str, model: str, tokens: int) -> None:
-        super().__init__(f"the LLM's reply is not a valid canvas program: {cause}", parameter=cause.parameter,
+        super().__init__(f"the LLM's reply is not a valid canvas program: {cause.message}", parameter=cause.parameter,
                          value=cause.value, allowed=cause.allowed, line=cause.line)
         self.cause = cause
         self.reply = reply
@@ -109,17 +109,18 @@ class ChatService:
                              context_tokens=backend.context_tokens,
                              reply_tokens=min(params.max_new_tokens, self.reply_reserve_tokens))
         canvas = self._incremental_canvas()
-        parts: list[str] = []
+        text = ""
         start = time.perf_counter()
 
         def on_text(piece: str, tokens: int) -> None:
-            parts.append(piece)
+            nonlocal text
+            text += piece  # one copy per piece; a join over all pieces would grow with the reply
             if canvas is not None:
                 canvas.feed(piece)
             if on_progress is not None:
                 elapsed = time.perf_counter() - start
                 on_progress(LLMProgress(tokens=tokens, tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
-                                        text="".join(parts), conditions=canvas.conditions if canvas else ()))
+                                        text=text, conditions=canvas.conditions if canvas else ()))
 
         cancel.raise_if_cancelled()
         generation = backend.generate(fitted.messages, params, on_text=on_text, cancel=cancel)

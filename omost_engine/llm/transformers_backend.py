@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
@@ -51,29 +51,36 @@ class DecodeResult:
 
 
 class IncrementalDecoder:
-    """Token ids in, text pieces out, without re-decoding the whole reply at every token.
+    """Token ids in, text pieces out, in constant work per token.
 
-    It decodes only the current line (plus one anchor token before it, so tokenizers that drop a
-    leading space at the start of a decode keep it) and holds back a piece ending in an incomplete
-    UTF-8 character.
+    Each step decodes only a short window twice: from the start of the previous piece to the end
+    of it, and to the new token; the difference is the new text. Starting both decodes at the same
+    token keeps tokenizers that drop a leading space at the start of a decode right, and a window
+    ending in an incomplete UTF-8 character waits for the next token.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self.tokenizer = tokenizer
+        self._decode = _fast_decode(tokenizer)
         self._ids: list[int] = []
-        self._skip = 0  # characters of the window already emitted (or belonging to the anchor)
+        self._prefix = 0  # window start: the first token of the previous piece
+        self._read = 0  # tokens already turned into text
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        text = self.tokenizer.decode(self._ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
+        before = self._decode(self._ids[self._prefix:self._read])
+        text = self._decode(self._ids[self._prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
-        piece = text[self._skip:]
-        self._skip = len(text)
-        if piece.endswith("\n") and len(self._ids) > 1:
-            self._ids = self._ids[-1:]
-            self._skip = len(self.tokenizer.decode(self._ids, skip_special_tokens=True))
-        return piece
+        self._prefix, self._read = self._read, len(self._ids)
+        return text[len(before):]
+
+
+def _fast_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], str]:
+    """The Rust tokenizer's decode when it gives the same text (no clean-up pass), else the Python one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return lambda ids: backend.decode(ids, skip_special_tokens=True)
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
 class _CancelCriteria(StoppingCriteria):
@@ -121,8 +128,10 @@ class TransformersBackend(Backend):
     """
 
     def __init__(self, llm: LoadedLLM, *, manager: ModelManager | None = None, context_tokens: int = 8192,
-                 reuse_prompt_state: bool = True) -> None:
+                 reuse_prompt_state: bool = True, logits_processors: Sequence[LogitsProcessor] = ()) -> None:
         self.llm = llm
+        # Extra logits processors for every generation (a constraint, or a benchmark's forced reply).
+        self.logits_processors = list(logits_processors)
         self.name = llm.name
         self.manager = manager
         self.context_tokens = context_tokens
@@ -230,6 +239,7 @@ class TransformersBackend(Backend):
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
                 eos_token_id=self.eos_token_ids, pad_token_id=self._pad_id(), streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]), use_cache=True,
+                logits_processor=LogitsProcessorList(self.logits_processors),
                 return_dict_in_generate=True, **{CACHE_ARGUMENT: cache}, **sampling,
             )
         sequence = output.sequences[0].tolist()

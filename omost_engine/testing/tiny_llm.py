@@ -7,7 +7,7 @@ they exercise is the machinery (loading, templates, streaming, sampling, cancel,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from omost_engine.llm.system_prompt import AREAS, LOCATIONS, OFFSETS, SYSTEM_PROMPT
 
@@ -123,3 +123,30 @@ def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
         quantized.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return folder
+
+
+def forced_reply_processor(tokenizer: PreTrainedTokenizerFast, reply: str, end_token: str) -> Any:
+    """A logits processor that makes any model write ``reply`` then ``end_token``, token by token.
+
+    A random tiny model then goes through the real generate path (sampling, streaming, stopping)
+    while producing a real canvas program: benchmarks and demos use it to measure the parsing and
+    streaming work on realistic text.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    target = tokenizer.encode(reply, add_special_tokens=False) + [tokenizer.convert_tokens_to_ids(end_token)]
+
+    class ForcedReply(LogitsProcessor):
+        def __init__(self) -> None:
+            self.start: int | None = None
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if self.start is None:
+                self.start = input_ids.shape[1]
+            step = min(input_ids.shape[1] - self.start, len(target) - 1)
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, target[step]] = 0.0
+            return forced
+
+    return ForcedReply()
