@@ -6,6 +6,8 @@ import hashlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omost_engine.errors import OmostError
 from omost_engine.layout import FORMAT, MAX_LAYOUT_BYTES, MAX_REGIONS, MAX_TEXT_CHARS, Layout
@@ -112,3 +114,43 @@ def test_every_bad_file_is_one_clear_error(data: bytes | str, fragment: str) -> 
         Layout.loads(data)
     message = str(info.value)
     assert "allowed" in message and "\n" not in message and info.value.parameter
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=20,
+)
+condition_like = st.fixed_dictionaries(
+    {"rect": st.just([0, 90, 0, 90]) | st.lists(st.integers(-2, 92), min_size=3, max_size=5), "prefixes": st.lists(st.text(max_size=5), max_size=2),
+     "suffixes": st.lists(st.text(max_size=5), max_size=2)},
+    optional={"color": st.lists(st.integers(-1, 256), min_size=2, max_size=4), "mask": json_values},
+)  # fmt: skip
+documents = st.one_of(
+    json_values,
+    st.lists(condition_like, max_size=4),
+    st.fixed_dictionaries({"format": st.just(FORMAT), "version": st.sampled_from([1, 2, "1"]),
+                           "conditions": st.lists(condition_like, max_size=3)},
+                          optional={"meta": json_values, "warnings": json_values}),
+)  # fmt: skip
+
+
+def test_any_json_is_accepted_and_round_trips_or_is_one_clear_error() -> None:
+    outcomes = {"accepted": 0, "refused": 0}
+
+    @settings(max_examples=600, derandomize=True, deadline=None, database=None)
+    @given(documents)
+    def check(doc: object) -> None:
+        try:
+            layout = Layout.loads(json.dumps(doc))
+        except OmostError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            outcomes["refused"] += 1
+            return
+        outcomes["accepted"] += 1
+        assert layout.conditions[0].rect == (0, 90, 0, 90)
+        assert Layout.loads(layout.dumps()) == layout
+        assert layout.sketch().shape == (90, 90, 3)
+
+    check()
+    assert outcomes["accepted"] > 20 and outcomes["refused"] > 100, outcomes
