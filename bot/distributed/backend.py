@@ -51,13 +51,13 @@ class RedisJobBackend:
 
     def __init__(
         self, config: RedisConfig, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
-        max_attempts: int = 3, clock: Callable[[], float] = time.monotonic,
+        max_attempts: int | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.client = RedisJobClient(config)
         self.max_queue = max_queue
         self.timeouts = timeouts
-        self.max_attempts = max_attempts
+        self.max_attempts = max_attempts or config.max_attempts
         self.clock = clock
         self._handler: JobHandler | None = None
         self._waiting: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order

@@ -61,9 +61,10 @@ class RedisConfig:
     consumer: str = "bot"
     watchdog_s: float = 1.0  # how often lost and orphaned jobs are looked for
     no_worker_timeout_s: float = 300.0  # a job waits this long for a worker to come online, then fails
+    max_attempts: int = 3  # runs of one job when its workers keep dying
 
     _FIELDS = {"url": str, "prefix": str, "queue": str, "consumer": str, "watchdog_s": float,
-               "no_worker_timeout_s": float}
+               "no_worker_timeout_s": float, "max_attempts": int}
 
     @classmethod
     def load(cls, *, environ: Mapping[str, str] | None = None, path: str | Path | None = None) -> RedisConfig | None:
@@ -97,6 +98,12 @@ class RedisConfig:
         kind = cls._FIELDS.get(name)
         if kind is None:
             raise OmostError(f"unknown Redis setting {source}", parameter=name, allowed=list(cls._FIELDS))
+        if kind is int:
+            value = int(raw) if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()) else 0
+            if isinstance(raw, bool) or not 1 <= value <= 100:
+                raise OmostError(f"{source} must be a whole number from 1 to 100, not {raw!r}",
+                                 parameter=name, value=raw, allowed="1..100")
+            return value
         if kind is float:
             try:
                 value = float(raw)

@@ -90,15 +90,17 @@ def test_redis_config_from_toml_and_environment(tmp_path: Path) -> None:
     toml.write_text('[bot]\nmax_queue = 5\n\n[redis]\nurl = "redis://gpu-box:6379/2"\nqueue = "big"\n')
     config = RedisConfig.load(environ={}, path=toml)
     assert config is not None and (config.url, config.queue, config.prefix) == ("redis://gpu-box:6379/2", "big", "omost")
-    config = RedisConfig.load(environ={"OMOST_REDIS_URL": "redis://other:1/0", "OMOST_REDIS_WATCHDOG_S": "0.5"},
-                              path=toml)
+    config = RedisConfig.load(environ={"OMOST_REDIS_URL": "redis://other:1/0", "OMOST_REDIS_WATCHDOG_S": "0.5",
+                                       "OMOST_REDIS_MAX_ATTEMPTS": "5"}, path=toml)
     assert config is not None and config.url == "redis://other:1/0" and config.watchdog_s == 0.5
+    assert RedisJobBackend(config).max_attempts == 5
 
 
 @pytest.mark.parametrize(("environ", "toml", "parameter"), [
     ({"OMOST_REDIS_URL": "http://localhost"}, "", "url"),
     ({"OMOST_REDIS_URL": "redis://x", "OMOST_REDIS_WATCHDOG_S": "often"}, "", "watchdog_s"),
     ({}, '[redis]\nurl = "redis://x"\nspeed = 3\n', "speed"),
+    ({}, '[redis]\nurl = "redis://x"\nmax_attempts = 0\n', "max_attempts"),
 ])
 def test_bad_redis_settings_name_the_setting(tmp_path: Path, environ: dict, toml: str, parameter: str) -> None:
     path = tmp_path / "omost-bot.toml"
