@@ -4,11 +4,13 @@ Renders the README's dragon layout (global + 4 regions, about 16 CLIP chunks) on
 in code, and the same global condition alone (the baseline). Rows:
 
 * global only, stock attention  diffusers' ``AttnProcessor2_0`` everywhere (no regional processor)
+* same context, stock attention the dragon's conditions made full-frame: its 16-chunk context, stock
 * global only                   this project's processors installed, one condition
 * omost, 4 regions              regional cross-attention (one UNet pass per step for both CFG rows)
 * area, 4 regions               ComfyUI-style blend (one UNet row per condition, batched)
 
-Median seconds per render and the ratio to the stock baseline.
+Median seconds per render, the ratio to the stock global-only render and to the stock render
+over the same context.
 
     python bench/bench_pipeline.py [--device cuda] [--size 512] [--steps 8] [--repeats 3]
 """
@@ -20,6 +22,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,10 +31,18 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from omost_engine.conditions import Condition
 from omost_engine.layout import Layout
 from omost_engine.params import RenderParams
+from omost_engine.render.attention import RegionalAttention
 from omost_engine.render.renderer import Renderer
 from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+
+
+class StockAttention(RegionalAttention):
+    """The baseline: leaves whatever processors the UNet has (diffusers' stock ones) in place."""
+
+    def installed_on(self, unet: torch.nn.Module) -> bool:
+        return True
 
 
 def dragon_layout() -> Layout:
@@ -62,16 +73,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     layout = dragon_layout()
     global_only = Layout(conditions=layout.conditions[:1])
+    # The dragon's conditions all as full-frame ones: the same 16-chunk context with nothing regional.
+    full_frame = Layout(conditions=[replace(c, rect=(0, 90, 0, 90)) for c in layout.conditions])
     params = RenderParams(width=args.size, height=args.size, steps=args.steps)
     with tempfile.TemporaryDirectory() as tmp:
         paths = save_tiny_sdxl(Path(tmp))
         renderer = Renderer(default_model=str(paths.folder), device=args.device, memory_mode="resident",
                             preview=False)
-        unet = renderer.pipeline().components.unet
-        regional = dict(unet.attn_processors)
-        unet.set_attn_processor(AttnProcessor2_0())
-        rows = [("global only, stock attention", median_seconds(renderer, global_only, params, args.repeats))]
-        unet.set_attn_processor(dict(regional))
+        pipeline = renderer.pipeline()
+        regional = pipeline.attention
+        pipeline.attention = StockAttention()  # diffusers' own processor on every layer
+        pipeline.components.unet.set_attn_processor(AttnProcessor2_0())
+        rows = [("global only, stock attention", median_seconds(renderer, global_only, params, args.repeats)),
+                ("same context, stock attention", median_seconds(renderer, full_frame, params, args.repeats))]
+        pipeline.attention = regional  # reinstalls the regional processors on the next render
         rows += [
             ("global only", median_seconds(renderer, global_only, params, args.repeats)),
             ("omost, 4 regions", median_seconds(renderer, layout, params, args.repeats)),
@@ -79,9 +94,9 @@ def main() -> None:
         ]
     base = rows[0][1]
     print(f"tiny SDXL on {args.device}, {args.size}x{args.size}, {args.steps} steps, median of {args.repeats}")
-    print(f"{'render':<32}{'seconds':>10}{'ratio':>8}")
+    print(f"{'render':<32}{'seconds':>10}{'ratio':>8}{'vs same context':>17}")
     for name, seconds in rows:
-        print(f"{name:<32}{seconds:>10.3f}{seconds / base:>8.2f}")
+        print(f"{name:<32}{seconds:>10.3f}{seconds / base:>8.2f}{seconds / rows[1][1]:>17.2f}")
 
 
 if __name__ == "__main__":

@@ -173,6 +173,11 @@ class RegionalAttention:
         finally:
             self._local.state = previous
 
+    def installed_on(self, unet: torch.nn.Module) -> bool:
+        processors = unet.attn_processors  # type: ignore[attr-defined]
+        cross = [p for name, p in processors.items() if name.endswith("attn2.processor")]
+        return bool(cross) and all(isinstance(p, RegionalAttnProcessor) and p.controller is self for p in cross)
+
     def install(self, unet: torch.nn.Module) -> None:
         """Put a regional processor on every cross-attention (attn2) layer of ``unet``."""
         processors = dict(unet.attn_processors)  # type: ignore[attr-defined]

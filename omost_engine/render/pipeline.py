@@ -216,6 +216,8 @@ class RegionalPipeline:
             return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)
         masks = torch.cat([prompts.masks, torch.ones(1, GRID, GRID)])  # the last one: the negative prompt's
         token_region = self._token_regions(prompts)
+        if not self.attention.installed_on(self.components.unet):  # another pipeline shared these components
+            self.attention.install(self.components.unet)
         with self.attention.regions(masks.to(self.device), token_region.to(self.device), latent_hw):
             denoise = self._omost_denoiser(prompts, params, time_ids)
             return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)

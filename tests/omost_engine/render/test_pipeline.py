@@ -137,6 +137,12 @@ def test_stages_take_turns_on_the_accelerator(tiny_components) -> None:
     pipeline(layout.conditions, SMALL.replace(steps=1, initial_latent_denoise=0.95, hr_scale=1.25, hr_steps=1),
              sketch=layout.sketch())
     assert manager.calls == ["text", "vae", "unet", "vae", "vae", "unet", "vae"]
+    # A second pipeline on the same components takes the processors over; the first one gets them back.
+    other = RegionalPipeline(tiny_components, memory=ModelManager(device="cpu"))
+    assert other.attention.installed_on(tiny_components.unet)
+    assert not pipeline.attention.installed_on(tiny_components.unet)
+    pipeline(layout.conditions, SMALL.replace(steps=1))
+    assert pipeline.attention.installed_on(tiny_components.unet)
 
 
 def test_positive_text_is_added_to_every_condition(tiny_components) -> None:
