@@ -102,7 +102,9 @@ class Flows:
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
-            await interaction.response.send_message(content, view=view)
+            callback = await interaction.response.send_message(content, view=view)
+            if isinstance(callback.resource, discord.InteractionMessage):
+                return callback.resource  # saves fetching the message again
             return await interaction.original_response()
 
         await self.bot.jobs.announce(job_id, position, send, interaction=interaction)

@@ -77,6 +77,7 @@ class Tracker:
     user_id: int
     channel_id: int
     guild_id: int | None
+    turn_id: int
     prompt: str = ""
     requester: str = ""
     interaction: discord.Interaction[Any] | None = None
@@ -138,7 +139,7 @@ class JobService:
             layout_id=layout_id,
         )
         self.trackers[job_id] = Tracker(job_id=job_id, user_id=request.user_id, channel_id=request.channel_id,
-                                        guild_id=request.guild_id, prompt=request.prompt,
+                                        guild_id=request.guild_id, turn_id=turn_id, prompt=request.prompt,
                                         requester=request.requester)
         try:
             position = await self.backend.submit(Ticket(job_id=job_id, user_id=request.user_id), user_cap=user_cap)
@@ -321,10 +322,8 @@ class JobService:
 
     async def _store_chat(self, tracker: Tracker, event: ChatDone) -> None:
         async with tracker.lock:
-            job = await self.storage.job(tracker.job_id)
-            assert job is not None
             layout_id = await self.storage.add_layout(event.result.layout.dumps())
-            await self.storage.set_turn_reply(job.turn_id, reply=event.result.reply, layout_id=layout_id)
+            await self.storage.set_turn_reply(tracker.turn_id, reply=event.result.reply, layout_id=layout_id)
             await self.storage.update_job(tracker.job_id, layout_id=layout_id, llm_model=event.result.model)
 
     def upload_limit(self, tracker: Tracker) -> int:
@@ -346,8 +345,6 @@ class JobService:
         await self._attached(tracker)
         async with tracker.lock:
             tracker.phase = "done"
-            job = await self.storage.job(tracker.job_id)
-            assert job is not None
             render = output.render
             layout_file = output.layout.with_meta(
                 job=tracker.job_id, prompt=tracker.prompt, seed=render.params.seed, render=render.params.to_dict(),
@@ -422,7 +419,8 @@ class JobService:
         for job in waiting:
             turn = await self.storage.turn(job.turn_id)
             tracker = Tracker(job_id=job.id, user_id=job.user_id, channel_id=job.channel_id, guild_id=job.guild_id,
-                              prompt=turn.prompt if turn else "", message_id=job.status_message_id)
+                              turn_id=job.turn_id, prompt=turn.prompt if turn else "",
+                              message_id=job.status_message_id)
             tracker.attached.set()
             self.trackers[job.id] = tracker
             try:
