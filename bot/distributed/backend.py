@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine, Mapping
@@ -65,7 +66,7 @@ class RedisJobBackend:
         self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
         self._deliver_held = True
         self._capacity = 0  # worker slots serving our queue, from the last health read
-        self._capacity_at = -1e18
+        self._capacity_at = -math.inf
         self._no_worker_since: float | None = None
         self._connected = False
         self._connecting = asyncio.Lock()
@@ -83,7 +84,8 @@ class RedisJobBackend:
     # -- queries ---------------------------------------------------------------------------------
 
     def _order(self) -> list[Ticket]:
-        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+        """Waiting jobs in the order they will run: one per user per round, users in turn order
+        (the rule of ``InProcessJobBackend``, so positions read the same with either backend)."""
         queues = [list(q) for q in self._waiting.values()]
         order: list[Ticket] = []
         for round_index in range(max((len(q) for q in queues), default=0)):
@@ -291,7 +293,11 @@ class RedisJobBackend:
         """Hand waiting jobs to Redis while workers have free slots."""
         async with self._dispatching:
             if self._waiting and self.clock() - self._capacity_at >= self.config.watchdog_s:
-                await self._refresh_capacity()
+                try:
+                    await self._refresh_capacity()
+                except (OSError, RedisError) as exc:  # the pump retries; the jobs keep their places
+                    log.warning("Redis: %s; jobs wait", exc)
+                    return
             while self._waiting and len(self._inflight) < self._capacity and not (self._closed or self._paused):
                 ticket = self._take()
                 assert ticket is not None and self._handler is not None, "bind() the backend before submitting"

@@ -57,7 +57,7 @@ class RedisConfig:
 
     url: str
     prefix: str = "omost"
-    queue: str = DEFAULT_QUEUE  # the queue jobs go to unless a model is served by another queue
+    queue: str = DEFAULT_QUEUE  # the queue this bot's jobs go to; its workers serve it
     consumer: str = "bot"
     watchdog_s: float = 1.0  # how often lost and orphaned jobs are looked for
     no_worker_timeout_s: float = 300.0  # a job waits this long for a worker to come online, then fails
