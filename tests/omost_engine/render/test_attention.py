@@ -163,3 +163,73 @@ def test_grid_inferred_from_latent_and_sequence_length() -> None:
     assert odd.grid_for(7 * 5) == (7, 5)
     with pytest.raises(ValueError):
         state.grid_for(1000)
+
+
+class ReferenceOmostProcessor:
+    """The original's formulation, written independently: explicit scores, H x W from the aspect ratio
+    (as ComfyUI_densediffusion does), masks resized per call, one prompt per UNet call."""
+
+    def __init__(self, masks: torch.Tensor, token_counts: list[int], latent_hw: tuple[int, int]) -> None:
+        self.masks, self.token_counts, self.latent_hw = masks, token_counts, latent_hw
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
+        batch, n, _ = hidden_states.shape
+        h_lat, w_lat = self.latent_hw
+        height = round((n * h_lat / w_lat) ** 0.5)
+        width = n // height
+        tokens = encoder_hidden_states.shape[1]
+        if tokens == sum(self.token_counts):
+            resized = torch.nn.functional.interpolate(self.masks[:, None], size=(height, width),
+                                                      mode="nearest-exact")[:, 0].reshape(len(self.masks), n)
+            m = torch.cat([resized[i][:, None].expand(n, c) for i, c in enumerate(self.token_counts)], dim=1)
+        else:  # the negative prompt: one full mask
+            m = torch.ones(n, tokens)
+        scale = n / m.sum(dim=0)
+        q = attn.to_q(hidden_states).view(batch, n, attn.heads, -1).transpose(1, 2)
+        k = attn.to_k(encoder_hidden_states).view(batch, tokens, attn.heads, -1).transpose(1, 2)
+        v = attn.to_v(encoder_hidden_states).view(batch, tokens, attn.heads, -1).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5 * scale
+        scores = scores.masked_fill(m <= 0.5, float("-inf"))
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(batch, n, -1)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def test_processor_in_the_unet_equals_the_original_two_pass_formulation(tiny_components) -> None:
+    """The whole tiny UNet: ours (positive + padded negative in one batch) vs the reference (two calls)."""
+    unet = tiny_components.unet
+    saved = dict(unet.attn_processors)
+    try:
+        torch.manual_seed(3)
+        latent_hw = (12, 20)  # non-square; layers at 6x10 and 3x5
+        rects = [[0, 90, 0, 90], [0, 50, 0, 60], [30, 90, 40, 90]]
+        masks = torch.stack([_mask(r) for r in rects])
+        counts = [77, 154, 77]
+        dim = unet.config.cross_attention_dim
+        positive, negative = torch.randn(1, sum(counts), dim), torch.randn(1, 77, dim)
+        x = torch.randn(1, 4, *latent_hw)
+        t = torch.tensor(500)
+        added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.tensor([[96.0, 160, 0, 0, 96, 160]])}
+
+        controller = RegionalAttention()
+        controller.install(unet)
+        token_region = torch.tensor([
+            [i for i, c in enumerate(counts) for _ in range(c)],
+            [len(rects)] * 77 + [-1] * (sum(counts) - 77),
+        ])
+        context = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, sum(counts) - 77))])
+        with torch.no_grad(), controller.regions(torch.cat([masks, torch.ones(1, 90, 90)]), token_region, latent_hw):
+            ours = unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=context,
+                        added_cond_kwargs={k: v.expand(2, -1) for k, v in added.items()}).sample
+
+        reference = {name: (ReferenceOmostProcessor(masks, counts, latent_hw)
+                            if name.endswith("attn2.processor") else AttnProcessor2_0()) for name in saved}
+        unet.set_attn_processor(dict(reference))
+        with torch.no_grad():
+            ref_pos = unet(x, t, encoder_hidden_states=positive, added_cond_kwargs=added).sample
+            ref_neg = unet(x, t, encoder_hidden_states=negative, added_cond_kwargs=added).sample
+        torch.testing.assert_close(ours[0:1], ref_pos, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ours[1:2], ref_neg, atol=1e-4, rtol=1e-4)
+        assert (ref_pos - ref_neg).abs().max() > 1e-3
+    finally:
+        unet.set_attn_processor(dict(saved))
