@@ -14,6 +14,7 @@ larger key, as in difflib (``heapq.nlargest`` over (score, key) pairs).
 from __future__ import annotations
 
 import difflib
+import reprlib
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -90,8 +91,15 @@ def closest_key(word: str, table: Mapping[str, Any]) -> str | None:
 
 
 def quote(value: Any) -> str:
-    """``repr`` of a value, shortened for an error message."""
-    text = repr(value)
+    """``repr`` of a value, shortened for an error message.
+
+    ``reprlib`` stops at a few items and two levels, so a huge or deeply nested value made by a
+    hostile program costs nothing to quote (plain ``repr`` could recurse too deep).
+    """
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 4, 4, 4
+    short.maxstring, short.maxother, short.maxlong = _QUOTE_CHARS, _QUOTE_CHARS, _QUOTE_CHARS
+    text = short.repr(value)
     return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 

@@ -238,3 +238,10 @@ def test_the_first_refusal_in_the_source_is_reported() -> None:
     with pytest.raises(OmostError, match="line 2: an import") as info:
         interpret("x = 1\nimport os\nos.system('x')\nwhile True:\n    pass")
     assert info.value.line == 2
+
+
+def test_a_deeply_nested_value_in_an_error_message_is_quoted_safely() -> None:
+    # 5,000 levels of lists: plain repr() would overflow the recursion limit.
+    source = "x = []\nfor i in range(5000):\n    x = [x]\n" + GLOBAL.replace("'A room.'", "x")
+    with pytest.raises(OmostError, match=r"line 5: description of the global description must be a string, got \[\[\[\.\.\.\]\]\]"):
+        interpret(source)

@@ -61,15 +61,19 @@ def audit() -> AuditRecorder:
 _ALLOWED_VALUES = (type(None), bool, int, float, str, range, Canvas, _CanvasClass, Builtin)
 
 
-def _only_allowed(value: Any, seen: set[int] | None = None) -> bool:
-    seen = set() if seen is None else seen
-    if isinstance(value, list | tuple | dict):
-        if id(value) in seen:  # shared sub-lists are checked once
-            return True
-        seen.add(id(value))
-        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-        return all(_only_allowed(v, seen) for v in items)
-    return isinstance(value, _ALLOWED_VALUES)
+def _only_allowed(value: Any) -> bool:
+    """Every value reachable from ``value`` has an allowed type (iterative: values may nest deeply)."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list | tuple | dict):
+            if id(item) not in seen:  # shared sub-lists are checked once
+                seen.add(id(item))
+                stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+        elif not isinstance(item, _ALLOWED_VALUES):
+            return False
+    return True
 
 
 def run_checked(source: str, audit: AuditRecorder) -> str:
@@ -127,7 +131,7 @@ HOSTILE = [
     "x = 'abc'[10**30]", "x = 1e308 * 1e308", "x = float('1e999') - float('1e999')", "x = (-1) ** 0.5",
     "x = 10 ** -10**18", "x = 2 ** 64", "x = -(2 ** 63) * 2", "x = f'{10**18!r:>9999}' * 2",
     "\x00", "x = '\ud800'", "canvas = Canvas()\ncanvas.set_global_description('\ud800', [], '', 'red')",
-    "x = f'{10 ** 18:c}'", "break", "continue", "if True:\n    break", "x = [1][0:1, 1]", "x = [1][(0, 1)]", "for i in [1]:\n    if i:\n        break", "x = 1 if True else __import__('os')", "x = [__builtins__ for _ in [1]]",
+    "x = f'{10 ** 18:c}'", "x = []\nfor i in range(5000):\n    x = [x]\ncanvas = Canvas()\ncanvas.set_global_description(x, x, x, x)", "break", "continue", "if True:\n    break", "x = [1][0:1, 1]", "x = [1][(0, 1)]", "for i in [1]:\n    if i:\n        break", "x = 1 if True else __import__('os')", "x = [__builtins__ for _ in [1]]",
 ]  # fmt: skip
 
 NAMES = ["x", "y", "i", "canvas", "Canvas", "len", "range", "enumerate", "zip", "min", "max", "round", "str",
