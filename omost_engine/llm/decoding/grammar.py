@@ -67,10 +67,16 @@ def _choice(values: Sequence[str]) -> str:
     return " | ".join(f"\"'{value}'\"" for value in values)
 
 
-def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None) -> str:
-    """The EBNF (xgrammar dialect) of one reply: a fenced canvas program, nothing before or after.
-    String and comment lengths are not in it (see ``LengthGuard``)."""
+def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None, *,
+                        bounded_text: bool = False) -> str:
+    """The EBNF of one reply: a fenced canvas program, nothing before or after. It is GBNF-compatible,
+    so a remote llama.cpp server (``grammar``) or vLLM (``guided_grammar``) can take it as well.
+
+    String and comment lengths are left to ``LengthGuard`` unless ``bounded_text`` (for a remote
+    server, where no guard runs beside the matcher)."""
     lim = limits or GrammarLimits()
+    text_bound = f"{{0,{lim.max_string_bytes}}}" if bounded_text else "*"
+    comment_bound = f"{{0,{lim.max_comment_bytes}}}" if bounded_text else "*"
     local_args = (
         ("location", "location"), ("offset", "offset"), ("area", "area"),
         ("distance_to_viewer", "distance"), ("description", "str"), ("detailed_descriptions", "str_list"),
@@ -90,12 +96,12 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None)
         f"{{0,{lim.max_locals}}}",
         'local_block ::= "\\n\\n" comments local_call',
         f"comments ::= comment{{0,{lim.max_comment_lines}}}",
-        f'comment ::= "# " [^{_NOT_PRINTABLE}]* "\\n"',
+        f'comment ::= "# " [^{_NOT_PRINTABLE}]{comment_bound} "\\n"',
         f"global_call ::= {call('set_global_description', global_args)}",
         f"local_call ::= {call('add_local_description', local_args)}",
         f'str_list ::= "[\\n" list_item{{0,{lim.max_list_items}}} "    ]"',
         'list_item ::= "        " str ",\\n"',
-        f"str ::= \"'\" [^'\\\\{_NOT_PRINTABLE}]* \"'\" | \"\\\"\" [^\"\\\\{_NOT_PRINTABLE}]* \"\\\"\"",
+        f"str ::= \"'\" [^'\\\\{_NOT_PRINTABLE}]{text_bound} \"'\" | \"\\\"\" [^\"\\\\{_NOT_PRINTABLE}]{text_bound} \"\\\"\"",
         # Positive numbers only: the canvas rejects zero and negative distances.
         'distance ::= [1-9] [0-9]{0,3} ("." [0-9]{1,4})? | "0." [0-9]{0,3} [1-9]',
         f"location ::= {_choice(names.locations)}",
@@ -188,12 +194,26 @@ class GrammarFactory:
         # Pieces that are a strict prefix of another piece: a forced run ending in one may be split
         # differently from how the model would continue, so such a last token is left to sampling.
         self.extendable = {piece[:k] for piece in self.pieces for k in range(1, len(piece))}
+        self._runs: dict[str, tuple[int, ...]] = {}
         self.ebnf = canvas_grammar_ebnf(names or CanvasNames.from_tables(), self.limits)
         compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.compiled: xgrammar.CompiledGrammar = compiler.compile_grammar(self.ebnf)
 
     def matcher(self) -> GrammarState:
         return GrammarState(self)
+
+    def forced_run(self, text: str) -> tuple[int, ...]:
+        """``text`` tokenised, without a last token that could merge with what follows. Memoised: the
+        same few dozen structural stretches recur in every reply."""
+        ids = self._runs.get(text)
+        if ids is None:
+            encoded: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+            if encoded and self.pieces[encoded[-1]] in self.extendable:
+                encoded.pop()
+            ids = tuple(encoded)
+            if len(self._runs) < 4096:
+                self._runs[text] = ids
+        return ids
 
 
 class GrammarState:
@@ -271,10 +291,7 @@ class GrammarState:
         closing = self._closing_token()
         if closing is not None:
             return [closing]
-        text = self.matcher.find_jump_forward_string()
-        if not text:
+        if self.matcher.is_terminated():
             return []
-        ids: list[int] = self.factory.tokenizer.encode(text, add_special_tokens=False)
-        if ids and self.factory.pieces[ids[-1]] in self.factory.extendable:
-            ids.pop()
-        return ids
+        text = self.matcher.find_jump_forward_string()
+        return list(self.factory.forced_run(text)) if text else []

@@ -157,3 +157,16 @@ def test_both_together_on_the_edit_turn(program_tokenizer, golden_reply) -> None
         assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == edit
         assert result.stats.tokens_per_pass >= 4.0
         assert result.stats.forced > 0 and result.stats.accepted > 0
+
+
+def test_the_remote_form_bounds_strings_in_the_grammar_itself(program_tokenizer) -> None:
+    import xgrammar as xgr
+
+    _, _, factory = program_tokenizer
+    limits = GrammarLimits(max_string_bytes=30)
+    ebnf = canvas_grammar_ebnf(CanvasNames.from_tables(), limits, bounded_text=True)
+    compiled = xgr.GrammarCompiler(factory.info, max_threads=1).compile_grammar(ebnf)
+    head = "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='"
+    for length, fits in ((30, True), (31, False)):
+        matcher = xgr.GrammarMatcher(compiled)
+        assert matcher.accept_string(head + "x" * length) is fits
