@@ -231,6 +231,8 @@ class ProgramGenerator:
             return f"x += {self.expr(2)}"
         if kind < 0.92:
             return rng.choice(HOSTILE)
+        if kind < 0.95:  # values nested thousands of levels deep
+            return f"for i in range({rng.choice([10, 3000, 20000])}):\n    x = [x]"
         return self.expr()
 
     def program(self) -> str:
