@@ -128,3 +128,15 @@ async def test_help_new_and_history(world: World) -> None:
     assert new.ephemeral and "fresh conversation" in new.response.content
     await world.alice.slash(world.channel, "omost compose", prompt="a calm lake")
     assert world.engine.histories[-1] == []
+
+
+async def test_unexpected_errors_become_one_generic_ephemeral_message(world: World) -> None:
+    async def broken(**_: object) -> list:
+        raise RuntimeError("database is on fire")
+
+    world.bot.storage.user_results = broken  # type: ignore[method-assign]
+    result = await world.alice.slash(world.channel, "omost history")
+    assert result.ephemeral and "something went wrong on my side" in result.response.content
+    assert "database is on fire" not in result.response.content and "Traceback" not in result.response.content
+    errors = world.env.errors  # the error was logged (and reached the tree's handler), not shown
+    assert len(errors) == 1 and "database is on fire" in str(errors[0].__cause__ or errors[0])
