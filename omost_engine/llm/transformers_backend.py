@@ -16,6 +16,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from omost_engine.errors import OmostError
 from omost_engine.llm.backend import Backend, Generation, Message, OnText
 from omost_engine.llm.models import MANAGER_NAME
 from omost_engine.params import LLMParams
@@ -134,7 +135,9 @@ class TransformersBackend(Backend):
         self.logits_processors = list(logits_processors)
         self.name = llm.name
         self.manager = manager
-        self.context_tokens = context_tokens
+        # Never more than the model's own position limit (a 4k model stays within 4k).
+        positions = getattr(llm.model.config, "max_position_embeddings", None) or context_tokens
+        self.context_tokens = min(context_tokens, int(positions))
         self.reuse_prompt_state = reuse_prompt_state
         self._lock = threading.Lock()
         self._state: tuple[list[int], Any] | None = None
@@ -165,6 +168,9 @@ class TransformersBackend(Backend):
             self.manager.load(MANAGER_NAME)
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise OmostError(f"the model {self.name} has no chat template, so it cannot hold a conversation",
+                             parameter="llm", value=self.name, allowed="a chat (instruct) model such as the Omost ones")
         encoded = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return [int(t) for t in ids]

@@ -163,3 +163,10 @@ def openai_server(_openai_server):
     server.requests.clear()
     server.headers.clear()
     return server
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl")).folder

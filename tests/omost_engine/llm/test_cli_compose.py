@@ -80,3 +80,18 @@ def test_a_local_model_reply_without_a_program_keeps_the_reply(tiny_llm_dir: Pat
     assert status == 2 and "not a valid canvas program" in err
     assert (out / "reply.md").exists()  # the random model's text, kept for the user
     assert not (out / "layout.json").exists()
+
+
+def test_compose_then_render_with_the_renderers_options(openai_server, tiny_sdxl_folder: Path, tmp_path: Path,
+                                                        capsys) -> None:
+    from PIL import Image
+
+    out = tmp_path / "rendered"
+    status, err = run(capsys, "a dragon fighting warriors", "--llm-endpoint", openai_server.base, "--out", str(out),
+                      "--model", str(tiny_sdxl_folder), "--size", "256x256", "--steps", "2", "--seed", "9",
+                      "--device", "cpu", "--quiet")
+    assert status == 0, err
+    assert Image.open(out / "image.png").size == (256, 256)
+    layout = Layout.loads((out / "layout.json").read_bytes())
+    assert layout.meta["render"]["params"]["seed"] == 9  # one seed for the LLM and the render
+    assert layout.meta["llm_params"]["seed"] == 9 == openai_server.requests[-1]["seed"]

@@ -62,6 +62,8 @@ def test_an_invalid_program_reports_the_interpreter_error(golden_reply) -> None:
     with pytest.raises(InvalidReplyError) as info:
         ChatService(backend=ScriptedBackend([reply])).chat([], "a cat", PARAMS)
     assert info.value.reply == reply and info.value.cause.line is not None
+    assert str(info.value).count("line ") == 1  # the line number is said once
+    assert info.value.line == info.value.cause.line
 
 
 def test_bad_parameters_and_prompts_are_refused_before_generating() -> None:

@@ -167,3 +167,54 @@ def test_incremental_decoder_matches_a_full_decode(tiny_backend: TransformersBac
     text = "".join(decoder.push(i) for i in ids)
     full = tokenizer.decode(ids, skip_special_tokens=True)
     assert full.startswith(text) and len(full) - len(text) <= 3  # a trailing partial character may wait
+
+
+def test_a_tiny_top_p_keeps_only_the_most_likely_token(tiny_backend: TransformersBackend) -> None:
+    messages = build_messages([], "a dragon")
+    greedy = tiny_backend.generate(messages, GREEDY)
+    nucleus = tiny_backend.generate(messages, LLMParams(max_new_tokens=128, temperature=1.0, top_p=1e-6, seed=9))
+    assert nucleus.text == greedy.text
+
+
+def test_a_model_without_chat_template_is_a_clear_error(tiny_llm_dir: Path) -> None:
+    from omost_engine.errors import OmostError
+
+    llm = LLMLoader().get(str(tiny_llm_dir))
+    backend = TransformersBackend(llm)
+    saved, llm.tokenizer.chat_template = llm.tokenizer.chat_template, None
+    try:
+        with pytest.raises(OmostError, match="no chat template"):
+            backend.generate(build_messages([], "a cat"), GREEDY)
+    finally:
+        llm.tokenizer.chat_template = saved
+
+
+def test_context_never_exceeds_the_models_positions(tiny_backend: TransformersBackend) -> None:
+    limit = tiny_backend.llm.model.config.max_position_embeddings
+    assert TransformersBackend(tiny_backend.llm, context_tokens=limit * 2).context_tokens == limit
+    assert TransformersBackend(tiny_backend.llm, context_tokens=1000).context_tokens == 1000
+
+
+def test_local_model_end_to_end_with_exact_trimming(tiny_backend: TransformersBackend, golden_reply) -> None:
+    """The tiny model is forced to write a golden program through the real generate path; a history
+    of three earlier programs must be trimmed with the tokenizer's exact counts."""
+    from omost_engine.engine import ChatMessage
+    from omost_engine.llm.service import ChatService
+    from omost_engine.reply import parse_reply
+    from omost_engine.testing.tiny_llm import forced_reply_processor
+
+    earlier, reply = golden_reply("04"), golden_reply("03")
+    history = []
+    for i in range(3):
+        history += [ChatMessage("user", f"version {i}"), ChatMessage("assistant", earlier)]
+    minimum = tiny_backend.count_tokens(build_messages([("version 2", earlier)], "edit"))
+    forced = forced_reply_processor(tiny_backend.tokenizer, reply, "<|eot_id|>")
+    backend = TransformersBackend(tiny_backend.llm, context_tokens=minimum + 200, logits_processors=[forced])
+    progress = []
+    result = ChatService(backend=backend, reply_reserve_tokens=150).chat(
+        history, "edit", LLMParams(), on_progress=progress.append)
+    assert result.reply == reply
+    assert result.layout.conditions == parse_reply(reply).conditions
+    assert result.trimmed_turns == 2  # a turn is far more than the 50 spare tokens: only the latest fits
+    assert result.tokens == len(tiny_backend.tokenizer.encode(reply, add_special_tokens=False)) + 1
+    assert len(progress[-1].conditions) == len(result.layout.conditions)
