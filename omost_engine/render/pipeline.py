@@ -246,6 +246,12 @@ class RegionalPipeline:
         if not conditions:
             raise OmostError("the layout has no conditions: it needs at least the global description",
                              parameter="layout")
+        if conditions[0].rect != (0, GRID, 0, GRID):
+            raise OmostError(
+                f"the first condition covers {list(conditions[0].rect)}, not the whole grid: the renderer needs "
+                f"the global description first, with rect [0, {GRID}, 0, {GRID}]",
+                parameter="conditions[0].rect", value=list(conditions[0].rect), allowed=f"[0, {GRID}, 0, {GRID}]",
+            )
         size = (params.width, params.height)
         generator = torch.Generator("cpu").manual_seed(params.seed)
         prompts = self.encode(conditions, params)

@@ -124,6 +124,8 @@ def test_bad_parameters_are_clear_errors(renderer: Renderer, layout: Layout) -> 
             renderer.render(layout, RenderParams(**{**SMALL.to_dict(), **bad}))
     with pytest.raises(OmostError, match="no conditions"):
         renderer.render(Layout(conditions=[]), SMALL)
+    with pytest.raises(OmostError, match="global description first"):
+        renderer.render(Layout(conditions=layout.conditions[1:]), SMALL)
 
 
 def test_stages_take_turns_on_the_accelerator(tiny_components) -> None:
