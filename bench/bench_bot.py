@@ -41,8 +41,10 @@ def summary(name: str, values: list[float], baseline: list[float] | None = None)
     p50, p99 = percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000
     text = f"{name:<44} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   (n={len(values)})"
     if baseline:
-        text += (f"   x{p50 / (percentile(baseline, 0.5) * 1000):.2f} / "
-                 f"x{p99 / (percentile(baseline, 0.99) * 1000):.2f} of baseline")
+        text += (
+            f"   x{p50 / (percentile(baseline, 0.5) * 1000):.2f} / "
+            f"x{p99 / (percentile(baseline, 0.99) * 1000):.2f} of baseline"
+        )
     return text
 
 
@@ -79,6 +81,7 @@ def engine_image_png(engine: ScriptedEngine) -> bytes:
 
 async def baseline(requests: int, png: bytes) -> list[float]:
     """A bare bot: one slash command that answers with a PNG."""
+
     class Bare(commands.Bot):
         async def setup_hook(self) -> None:
             await self.tree.sync()
@@ -87,7 +90,9 @@ async def baseline(requests: int, png: bytes) -> list[float]:
 
     @bare.tree.command(name="draw", description="answer with a picture")
     async def draw(interaction: discord.Interaction, prompt: str) -> None:
-        await interaction.response.send_message(prompt, file=discord.File(io.BytesIO(png), filename="image.png"))
+        await interaction.response.send_message(
+            prompt, file=discord.File(io.BytesIO(png), filename="image.png")
+        )
 
     latencies = []
     async with simcord.run(bare) as env:
@@ -104,8 +109,12 @@ async def baseline(requests: int, png: bytes) -> list[float]:
 async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, object]:
     replies = [json.loads(GOLDEN.read_text())["bot_response"]]
     engine = TimedEngine(ScriptedEngine(replies=replies, llm_events=3))
-    config = BotConfig(db=db_dir / "bench.sqlite3", max_queue=users * jobs_per_user + 10,
-                       max_queued_per_user=jobs_per_user, rate_limit=10_000)
+    config = BotConfig(
+        db=db_dir / "bench.sqlite3",
+        max_queue=users * jobs_per_user + 10,
+        max_queued_per_user=jobs_per_user,
+        rate_limit=10_000,
+    )
     bot = OmostBot(config=config, engine=engine)
     started: dict[int, float] = {}
     engine_done: dict[int, float] = {}
@@ -164,12 +173,22 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         delivery = [finished[j] - engine_done[j] for j in drained]
         lost = await bot.storage.db.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE state != 'done'")
     await bot.storage.db.close()  # simcord stops the bot without close(); the SQLite thread must end
-    return {"idle": idle, "acks": acks, "delivery": delivery, "submitted": submitted, "delivered": delivered,
-            "drain_seconds": drain_seconds, "per_job": per_job, "not_done": int(lost["n"])}
+    return {
+        "idle": idle,
+        "acks": acks,
+        "delivery": delivery,
+        "submitted": submitted,
+        "delivered": delivered,
+        "drain_seconds": drain_seconds,
+        "per_job": per_job,
+        "not_done": int(lost["n"]),
+    }
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--jobs-per-user", type=int, default=5)
     args = parser.parse_args()
@@ -186,9 +205,13 @@ async def main() -> None:
     print(summary("omost: engine done -> result shown", result["delivery"], base))  # type: ignore[arg-type]
     submitted, delivered = result["submitted"], result["delivered"]
     seconds = result["drain_seconds"]
-    print(f"throughput while draining: {delivered / seconds:.1f} jobs/s ({delivered} jobs in {seconds:.2f} s)")  # type: ignore[operator]
-    print(f"requests submitted {submitted}, results delivered {delivered}, jobs not done {result['not_done']}"
-          f" -> {'no request lost' if submitted == delivered and result['not_done'] == 0 else 'REQUESTS LOST'}")
+    print(
+        f"throughput while draining: {delivered / seconds:.1f} jobs/s ({delivered} jobs in {seconds:.2f} s)"
+    )  # type: ignore[operator]
+    print(
+        f"requests submitted {submitted}, results delivered {delivered}, jobs not done {result['not_done']}"
+        f" -> {'no request lost' if submitted == delivered and result['not_done'] == 0 else 'REQUESTS LOST'}"
+    )
 
 
 if __name__ == "__main__":

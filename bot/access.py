@@ -28,7 +28,9 @@ def require_bot_permissions(permissions: discord.Permissions) -> None:
         raise OmostError(
             f"I am missing the {', '.join(missing)} permission{'s' if len(missing) > 1 else ''} in this channel; "
             "ask an admin to grant them to my role (or pick another channel)",
-            parameter="permissions", value=missing, allowed=list(REQUIRED_BOT_PERMISSIONS.values()),
+            parameter="permissions",
+            value=missing,
+            allowed=list(REQUIRED_BOT_PERMISSIONS.values()),
         )
 
 
@@ -37,13 +39,19 @@ def is_admin(permissions: discord.Permissions) -> bool:
     return permissions.administrator or permissions.manage_guild
 
 
-def require_channel_allowed(policy: Policy, channel: discord.abc.GuildChannel | discord.Thread | object) -> None:
+def require_channel_allowed(
+    policy: Policy, channel: discord.abc.GuildChannel | discord.Thread | object
+) -> None:
     channel_id = getattr(channel, "id", 0)
     parent_id = getattr(channel, "parent_id", None)
     if not policy.channel_allowed(channel_id, parent_id):
         places = ", ".join(f"<#{c}>" for c in policy.allowed_channels)
-        raise OmostError(f"Omost is not enabled in this channel; use it in {places}", parameter="channel",
-                         value=channel_id, allowed=places)
+        raise OmostError(
+            f"Omost is not enabled in this channel; use it in {places}",
+            parameter="channel",
+            value=channel_id,
+            allowed=places,
+        )
 
 
 async def require_rate(storage: Storage, policy: Policy, *, user_id: int, window_s: float) -> None:
@@ -52,5 +60,7 @@ async def require_rate(storage: Storage, policy: Policy, *, user_id: int, window
         minutes = window_s / 60
         raise OmostError(
             f"you reached the limit of {policy.rate_limit} jobs per {minutes:g} minutes; try again later",
-            parameter="rate_limit", value=recent, allowed=f"{policy.rate_limit} per {minutes:g} minutes",
+            parameter="rate_limit",
+            value=recent,
+            allowed=f"{policy.rate_limit} per {minutes:g} minutes",
         )

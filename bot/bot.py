@@ -36,8 +36,11 @@ def bot_intents() -> discord.Intents:
 
 
 class OmostTree(app_commands.CommandTree["OmostBot"]):
-    async def on_error(self, interaction: discord.Interaction[OmostBot],  # type: ignore[override]
-                       error: app_commands.AppCommandError) -> None:
+    async def on_error(
+        self,
+        interaction: discord.Interaction[OmostBot],  # type: ignore[override]
+        error: app_commands.AppCommandError,
+    ) -> None:
         """One clear ephemeral message for every failure; never a traceback in Discord."""
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
         if isinstance(cause, OmostError):
@@ -47,8 +50,11 @@ class OmostTree(app_commands.CommandTree["OmostBot"]):
         elif isinstance(cause, discord.Forbidden):
             message = "Discord refused: I am missing a permission in this channel (Send Messages, Attach Files, Embed Links)"
         else:
-            log.exception("command %s failed", interaction.command.qualified_name if interaction.command else "?",
-                          exc_info=cause)
+            log.exception(
+                "command %s failed",
+                interaction.command.qualified_name if interaction.command else "?",
+                exc_info=cause,
+            )
             message = "something went wrong on my side; the error was logged. Please try again"
         await send_error(interaction, message)
 
@@ -57,19 +63,27 @@ class OmostBot(commands.Bot):
     """The bot. ``engine`` is any ``Engine``; ``backend`` replaces the in-process job queue."""
 
     def __init__(
-        self, *, config: BotConfig, engine: Engine | None = None, backend: JobBackend | None = None,
-        clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+        self,
+        *,
+        config: BotConfig,
+        engine: Engine | None = None,
+        backend: JobBackend | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         **options: Any,
     ) -> None:
         if engine is None and backend is None:
             raise ValueError("OmostBot needs an engine (for the in-process queue) or a job backend")
         options.setdefault("intents", bot_intents())
-        super().__init__(command_prefix=commands.when_mentioned, tree_cls=OmostTree, help_command=None, **options)
+        super().__init__(
+            command_prefix=commands.when_mentioned, tree_cls=OmostTree, help_command=None, **options
+        )
         self.config = config
         self.engine = engine
         self.backend: JobBackend = backend or InProcessJobBackend(
             engine,  # type: ignore[arg-type]
-            max_queue=config.max_queue, clock=clock,
+            max_queue=config.max_queue,
+            clock=clock,
             timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s),
         )
         self.clock = clock
@@ -84,8 +98,13 @@ class OmostBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.db = await Database.open(self.config.db)
-        self.jobs = JobService(self, storage=Storage(self.db, clock=self.wall_clock), backend=self.backend,
-                               config=self.config, clock=self.clock)
+        self.jobs = JobService(
+            self,
+            storage=Storage(self.db, clock=self.wall_clock),
+            backend=self.backend,
+            config=self.config,
+            clock=self.clock,
+        )
         self.backend.bind(self.jobs)
         self.add_dynamic_items(JobButton)
         for extension in EXTENSIONS:

@@ -12,10 +12,13 @@ from omost_engine.errors import OmostError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser("run", help="start the Discord bot",
-                                description="Start the Discord bot. Settings come from environment variables "
-                                            "(DISCORD_TOKEN, OMOST_LLM, OMOST_SDXL, OMOST_DEVICE, OMOST_MEMORY, "
-                                            "OMOST_DB, ...) and an optional TOML file; see docs/bot.md.")
+    run = subparsers.add_parser(
+        "run",
+        help="start the Discord bot",
+        description="Start the Discord bot. Settings come from environment variables "
+        "(DISCORD_TOKEN, OMOST_LLM, OMOST_SDXL, OMOST_DEVICE, OMOST_MEMORY, "
+        "OMOST_DB, ...) and an optional TOML file; see docs/bot.md.",
+    )
     run.add_argument("--config", type=Path, help="TOML file (default: $OMOST_CONFIG or ./omost-bot.toml)")
     run.add_argument("--db", type=Path, help="SQLite file (overrides OMOST_DB)")
     run.add_argument("--check", action="store_true", help="check the configuration and database, then exit")
@@ -28,8 +31,10 @@ def run_command(args: argparse.Namespace) -> int:
         overrides = {"db": args.db} if args.db else {}
         config = load_config(path=args.config, **overrides)
         if not config.token and not args.check:
-            raise OmostError("no Discord bot token: set DISCORD_TOKEN or `token` in the config file",
-                             parameter="DISCORD_TOKEN")
+            raise OmostError(
+                "no Discord bot token: set DISCORD_TOKEN or `token` in the config file",
+                parameter="DISCORD_TOKEN",
+            )
         if args.check:
             return check(config)
         return start(config)
@@ -51,8 +56,10 @@ def check(config: BotConfig) -> int:
         return version
 
     version = asyncio.run(open_db())
-    print(f"config ok: llm={config.llm_endpoint or config.llm or 'default'} sdxl={config.sdxl or 'default'} "
-          f"device={config.device} memory={config.memory} db={config.db} (schema v{version})")
+    print(
+        f"config ok: llm={config.llm_endpoint or config.llm or 'default'} sdxl={config.sdxl or 'default'} "
+        f"device={config.device} memory={config.memory} db={config.db} (schema v{version})"
+    )
     return 0
 
 

@@ -45,12 +45,17 @@ class BotConfig:
 
 # Per field: how to parse a string from the environment, and the allowed range where numeric.
 _INT_RANGES: dict[str, tuple[int, int]] = {
-    "max_queue": (1, 10_000), "max_queued_per_user": (1, 1000), "rate_limit": (1, 10_000),
-    "max_prompt_chars": (1, 6000), "max_layout_bytes": (1024, 25 * 1024 * 1024),
+    "max_queue": (1, 10_000),
+    "max_queued_per_user": (1, 1000),
+    "rate_limit": (1, 10_000),
+    "max_prompt_chars": (1, 6000),
+    "max_layout_bytes": (1024, 25 * 1024 * 1024),
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {
-    "rate_window_s": (1.0, 86_400.0), "llm_timeout_s": (1.0, 86_400.0),
-    "render_timeout_s": (1.0, 86_400.0), "status_interval_s": (0.0, 60.0),
+    "rate_window_s": (1.0, 86_400.0),
+    "llm_timeout_s": (1.0, 86_400.0),
+    "render_timeout_s": (1.0, 86_400.0),
+    "status_interval_s": (0.0, 60.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"memory": ("offload", "resident")}
 _OPTIONAL_TEXT = ("token", "llm", "llm_endpoint", "sdxl")
@@ -61,7 +66,9 @@ def env_name(field: str) -> str:
 
 
 def _bad(source: str, value: Any, allowed: str) -> OmostError:
-    return OmostError(f"{source} must be {allowed}, not {value!r}", parameter=source, value=value, allowed=allowed)
+    return OmostError(
+        f"{source} must be {allowed}, not {value!r}", parameter=source, value=value, allowed=allowed
+    )
 
 
 def _parse(field: str, value: Any, source: str) -> Any:
@@ -123,23 +130,35 @@ def load_config(
     environ = os.environ if environ is None else environ
     names = [f.name for f in fields(BotConfig)]
     values: dict[str, Any] = {}
-    config_path = Path(path) if path else Path(environ["OMOST_CONFIG"]) if environ.get("OMOST_CONFIG") else None
+    config_path = (
+        Path(path) if path else Path(environ["OMOST_CONFIG"]) if environ.get("OMOST_CONFIG") else None
+    )
     if config_path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         config_path = Path(DEFAULT_CONFIG_FILE)
     if config_path is not None:
         try:
             data = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except OSError as exc:
-            raise OmostError(f"cannot read the config file {str(config_path)!r}: {exc.strerror}",
-                             parameter="config", value=str(config_path)) from exc
+            raise OmostError(
+                f"cannot read the config file {str(config_path)!r}: {exc.strerror}",
+                parameter="config",
+                value=str(config_path),
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
-            raise OmostError(f"the config file {str(config_path)!r} is not valid TOML: {exc}",
-                             parameter="config", value=str(config_path)) from exc
+            raise OmostError(
+                f"the config file {str(config_path)!r} is not valid TOML: {exc}",
+                parameter="config",
+                value=str(config_path),
+            ) from exc
         section = data.get("bot", data)  # keys at the top level or under [bot]
         unknown = sorted(set(section) - set(names))
         if unknown:
-            raise OmostError(f"unknown key {unknown[0]!r} in {str(config_path)!r}", parameter=unknown[0],
-                             value=unknown[0], allowed=names)
+            raise OmostError(
+                f"unknown key {unknown[0]!r} in {str(config_path)!r}",
+                parameter=unknown[0],
+                value=unknown[0],
+                allowed=names,
+            )
         for key, raw in section.items():
             values[key] = _parse(key, raw, f"{key} in {config_path.name}")
     for name in names:

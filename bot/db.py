@@ -32,14 +32,21 @@ def find_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     for path in directory.glob("*.sql"):
         match = _MIGRATION_NAME.match(path.name)
         if match is None:
-            raise OmostError(f"migration file {path.name!r} is not named V<number>__<name>.sql",
-                             parameter="migrations", value=path.name, allowed="V<number>__<name>.sql")
+            raise OmostError(
+                f"migration file {path.name!r} is not named V<number>__<name>.sql",
+                parameter="migrations",
+                value=path.name,
+                allowed="V<number>__<name>.sql",
+            )
         found.append(Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8")))
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:
-            raise OmostError(f"migrations must be numbered 1, 2, 3 ... without gaps; V{expected} is missing",
-                             parameter="migrations", value=migration.version)
+            raise OmostError(
+                f"migrations must be numbered 1, 2, 3 ... without gaps; V{expected} is missing",
+                parameter="migrations",
+                value=migration.version,
+            )
     return found
 
 
@@ -61,8 +68,9 @@ class Database:
         try:
             connection = await aiosqlite.connect(path, isolation_level=None)  # we manage transactions
         except Exception as exc:  # sqlite3.OperationalError: unreadable path, not a database ...
-            raise OmostError(f"cannot open the database {str(path)!r}: {exc}", parameter="db",
-                             value=str(path)) from exc
+            raise OmostError(
+                f"cannot open the database {str(path)!r}: {exc}", parameter="db", value=str(path)
+            ) from exc
         connection.row_factory = aiosqlite.Row
         db = cls(connection, path)
         try:
@@ -95,7 +103,9 @@ class Database:
             raise OmostError(
                 f"the database {str(self.path)!r} has schema version {current}, newer than this bot "
                 f"knows (up to {newest}); upgrade the bot or use another OMOST_DB file",
-                parameter="db", value=current, allowed=f"schema versions up to {newest}",
+                parameter="db",
+                value=current,
+                allowed=f"schema versions up to {newest}",
             )
         applied = []
         for migration in migrations:
@@ -114,8 +124,11 @@ class Database:
             except BaseException as exc:
                 await self._execute("ROLLBACK")
                 if isinstance(exc, Exception):
-                    raise OmostError(f"migration V{migration.version}__{migration.name} failed: {exc}",
-                                     parameter="db", value=migration.version) from exc
+                    raise OmostError(
+                        f"migration V{migration.version}__{migration.name} failed: {exc}",
+                        parameter="db",
+                        value=migration.version,
+                    ) from exc
                 raise
             applied.append(migration.version)
         return applied

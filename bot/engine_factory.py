@@ -23,12 +23,29 @@ class CombinedEngine:
     chat_service: Any
     renderer: Any
 
-    def chat(self, history: Sequence[ChatMessage], prompt: str, params: LLMParams, *, llm: str | None = None,
-             on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ChatResult:
-        return self.chat_service.chat(history, prompt, params, llm=llm, on_progress=on_progress, cancel=cancel)
+    def chat(
+        self,
+        history: Sequence[ChatMessage],
+        prompt: str,
+        params: LLMParams,
+        *,
+        llm: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ChatResult:
+        return self.chat_service.chat(
+            history, prompt, params, llm=llm, on_progress=on_progress, cancel=cancel
+        )
 
-    def render(self, layout: Layout, params: RenderParams, *, model: str | None = None,
-               on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> RenderResult:
+    def render(
+        self,
+        layout: Layout,
+        params: RenderParams,
+        *,
+        model: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RenderResult:
         return self.renderer.render(layout, params, model=model, on_progress=on_progress, cancel=cancel)
 
 

@@ -67,27 +67,41 @@ class Flows:
         text = (prompt or "").strip()
         limit = self.bot.config.max_prompt_chars
         if not text:
-            raise OmostError("the prompt is empty; describe the image you want", parameter="prompt",
-                             allowed=f"1..{limit} characters")
+            raise OmostError(
+                "the prompt is empty; describe the image you want",
+                parameter="prompt",
+                allowed=f"1..{limit} characters",
+            )
         if len(text) > limit:
-            raise OmostError(f"the prompt is {len(text)} characters long; at most {limit} are allowed",
-                             parameter="prompt", value=len(text), allowed=f"1..{limit} characters")
+            raise OmostError(
+                f"the prompt is {len(text)} characters long; at most {limit} are allowed",
+                parameter="prompt",
+                value=len(text),
+                allowed=f"1..{limit} characters",
+            )
         return text
 
-    async def admit(self, *, user_id: int, guild_id: int | None, channel: Any,
-                    bot_permissions: discord.Permissions) -> Policy:
+    async def admit(
+        self, *, user_id: int, guild_id: int | None, channel: Any, bot_permissions: discord.Permissions
+    ) -> Policy:
         """The channel's policy, once the user may start a job here now."""
         if guild_id is None:
             raise OmostError("Omost works in server channels, not in direct messages", parameter="channel")
-        policy = await resolve_policy(self.bot.storage, self.bot.config, guild_id=guild_id, channel_id=channel.id)
+        policy = await resolve_policy(
+            self.bot.storage, self.bot.config, guild_id=guild_id, channel_id=channel.id
+        )
         require_channel_allowed(policy, channel)
         require_bot_permissions(bot_permissions)
         await require_rate(self.bot.storage, policy, user_id=user_id, window_s=self.bot.config.rate_window_s)
         return policy
 
     async def _admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
-        return await self.admit(user_id=interaction.user.id, guild_id=interaction.guild_id,
-                                channel=interaction.channel, bot_permissions=interaction.app_permissions)
+        return await self.admit(
+            user_id=interaction.user.id,
+            guild_id=interaction.guild_id,
+            channel=interaction.channel,
+            bot_permissions=interaction.app_permissions,
+        )
 
     async def _job(self, job_id: int) -> JobRecord:
         job = await self.bot.storage.job(job_id)
@@ -97,8 +111,9 @@ class Flows:
 
     # -- starting jobs ---------------------------------------------------------------------------------
 
-    async def _start_from_interaction(self, interaction: discord.Interaction[Any], request: JobRequest,
-                                      policy: Policy) -> None:
+    async def _start_from_interaction(
+        self, interaction: discord.Interaction[Any], request: JobRequest, policy: Policy
+    ) -> None:
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
@@ -109,37 +124,78 @@ class Flows:
 
         await self.bot.jobs.announce(job_id, position, send, interaction=interaction)
 
-    async def compose(self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, Any]) -> None:
+    async def compose(
+        self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, Any]
+    ) -> None:
         prompt = self.check_prompt(prompt)
         policy = await self._admit_interaction(interaction)
         llm, llm_params, render_params = build_params(policy, options, seed=new_seed())
-        request = JobRequest(kind="compose", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
-                             channel_id=interaction.channel_id or 0, prompt=prompt, llm=llm, llm_params=llm_params,
-                             render_params=render_params)
+        request = JobRequest(
+            kind="compose",
+            user_id=interaction.user.id,
+            requester=interaction.user.display_name,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            prompt=prompt,
+            llm=llm,
+            llm_params=llm_params,
+            render_params=render_params,
+        )
         await self._start_from_interaction(interaction, request, policy)
 
-    async def render_upload(self, interaction: discord.Interaction[Any], attachment: discord.Attachment,
-                            options: dict[str, Any]) -> None:
+    async def render_upload(
+        self, interaction: discord.Interaction[Any], attachment: discord.Attachment, options: dict[str, Any]
+    ) -> None:
         limit = self.bot.config.max_layout_bytes
         if attachment.size > limit:
-            raise OmostError(f"the layout file is {attachment.size} bytes; at most {limit} bytes are allowed",
-                             parameter="layout", value=attachment.size, allowed=f"up to {limit} bytes")
+            raise OmostError(
+                f"the layout file is {attachment.size} bytes; at most {limit} bytes are allowed",
+                parameter="layout",
+                value=attachment.size,
+                allowed=f"up to {limit} bytes",
+            )
         policy = await self._admit_interaction(interaction)
         layout = layout_from_upload(await attachment.read(), max_bytes=limit)
-        request = self._render_request(layout, policy, options, user=interaction.user,
-                                       guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0)
+        request = self._render_request(
+            layout,
+            policy,
+            options,
+            user=interaction.user,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+        )
         await self._start_from_interaction(interaction, request, policy)
 
-    def _render_request(self, layout: Layout, policy: Policy, options: dict[str, Any], *, user: discord.abc.User,
-                        guild_id: int | None, channel_id: int, base: JobRecord | None = None) -> JobRequest:
+    def _render_request(
+        self,
+        layout: Layout,
+        policy: Policy,
+        options: dict[str, Any],
+        *,
+        user: discord.abc.User,
+        guild_id: int | None,
+        channel_id: int,
+        base: JobRecord | None = None,
+    ) -> JobRequest:
         # Precedence: channel defaults < the source result's settings < the file's own < the user's options.
         render_base = base.render_params if base is not None else policy.render_params
         file_params = params_from_layout(layout, render_base)
         seed = layout.meta.get("seed") if isinstance(layout.meta.get("seed"), int) else new_seed()
-        _, llm_params, render_params = build_params(replace(policy, render_params=file_params), options, seed=seed)
-        return JobRequest(kind="render", user_id=user.id, requester=user.display_name, guild_id=guild_id, channel_id=channel_id,
-                          prompt=describe_layout(layout), llm=None, llm_params=llm_params,
-                          render_params=render_params, layout_json=Layout(list(layout.conditions)).dumps())
+        _, llm_params, render_params = build_params(
+            replace(policy, render_params=file_params), options, seed=seed
+        )
+        return JobRequest(
+            kind="render",
+            user_id=user.id,
+            requester=user.display_name,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            prompt=describe_layout(layout),
+            llm=None,
+            llm_params=llm_params,
+            render_params=render_params,
+            layout_json=Layout(list(layout.conditions)).dumps(),
+        )
 
     async def on_reply(self, message: discord.Message) -> None:
         """A message replying to one of our results: a refinement, or a layout file to render."""
@@ -160,25 +216,46 @@ class Flows:
         guild = message.guild
         if guild is None:
             return
-        files = [a for a in message.attachments if a.filename.lower().endswith(".json")
-                 or (a.content_type or "").startswith("application/json")]
+        files = [
+            a
+            for a in message.attachments
+            if a.filename.lower().endswith(".json") or (a.content_type or "").startswith("application/json")
+        ]
         limit = self.bot.config.max_layout_bytes
         if files and files[0].size > limit:
-            raise OmostError(f"the layout file is {files[0].size} bytes; at most {limit} bytes are allowed",
-                             parameter="layout", value=files[0].size, allowed=f"up to {limit} bytes")
+            raise OmostError(
+                f"the layout file is {files[0].size} bytes; at most {limit} bytes are allowed",
+                parameter="layout",
+                value=files[0].size,
+                allowed=f"up to {limit} bytes",
+            )
         prompt = None if files else self.check_prompt(message.content)
         channel = message.channel
-        policy = await self.admit(user_id=message.author.id, guild_id=guild.id, channel=channel,
-                                  bot_permissions=channel.permissions_for(guild.me))  # type: ignore[union-attr,arg-type]
+        policy = await self.admit(
+            user_id=message.author.id,
+            guild_id=guild.id,
+            channel=channel,
+            bot_permissions=channel.permissions_for(guild.me),
+        )  # type: ignore[union-attr,arg-type]
         if files:
             layout = layout_from_upload(await files[0].read(), max_bytes=limit)
-            request = self._render_request(layout, policy, {}, user=message.author, guild_id=guild.id,
-                                           channel_id=channel.id, base=source)
+            request = self._render_request(
+                layout, policy, {}, user=message.author, guild_id=guild.id, channel_id=channel.id, base=source
+            )
         else:
             assert prompt is not None
-            request = JobRequest(kind="compose", user_id=message.author.id, requester=message.author.display_name, guild_id=guild.id, channel_id=channel.id,
-                                 prompt=prompt, llm=source.llm, llm_params=source.llm_params,
-                                 render_params=source.render_params, parent_turn_id=source.turn_id)
+            request = JobRequest(
+                kind="compose",
+                user_id=message.author.id,
+                requester=message.author.display_name,
+                guild_id=guild.id,
+                channel_id=channel.id,
+                prompt=prompt,
+                llm=source.llm,
+                llm_params=source.llm_params,
+                render_params=source.render_params,
+                parent_turn_id=source.turn_id,
+            )
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
@@ -203,11 +280,20 @@ class Flows:
             raise OmostError(f"job #{job.id} has no layout to render again", parameter="job", value=job.id)
         policy = await self._admit_interaction(interaction)
         turn = await self.bot.storage.turn(job.turn_id)
-        request = JobRequest(kind="render", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
-                             channel_id=interaction.channel_id or job.channel_id, prompt=turn.prompt if turn else "",
-                             llm=job.llm, llm_params=job.llm_params,
-                             render_params=job.render_params.replace(seed=new_seed()), fresh_turn=False,
-                             turn_id=job.turn_id, layout_id=job.layout_id)
+        request = JobRequest(
+            kind="render",
+            user_id=interaction.user.id,
+            requester=interaction.user.display_name,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or job.channel_id,
+            prompt=turn.prompt if turn else "",
+            llm=job.llm,
+            llm_params=job.llm_params,
+            render_params=job.render_params.replace(seed=new_seed()),
+            fresh_turn=False,
+            turn_id=job.turn_id,
+            layout_id=job.layout_id,
+        )
         await self._start_from_interaction(interaction, request, policy)
 
     async def _button_layout(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
@@ -219,10 +305,14 @@ class Flows:
         for index, condition in enumerate(layout.conditions):
             top, bottom, left, right = condition.rect
             name = "global" if index == 0 else f"region {index}"
-            lines.append(f"`{name}` rows {top}-{bottom}, columns {left}-{right}: "
-                         f"{formatting.shorten(' '.join(condition.prefixes), 120)}")
+            lines.append(
+                f"`{name}` rows {top}-{bottom}, columns {left}-{right}: "
+                f"{formatting.shorten(' '.join(condition.prefixes), 120)}"
+            )
         files = [
-            discord.File(io.BytesIO(formatting.png_bytes(sketch_image(layout, (360, 360)))), filename="sketch.png"),
+            discord.File(
+                io.BytesIO(formatting.png_bytes(sketch_image(layout, (360, 360)))), filename="sketch.png"
+            ),
             discord.File(io.BytesIO(formatting.png_bytes(masks_image(layout))), filename="masks.png"),
             discord.File(io.BytesIO(data.encode("utf-8")), filename="layout.json"),
         ]
@@ -233,8 +323,9 @@ class Flows:
 
     async def _button_delete(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         if not self._may_manage(interaction, job):
-            raise OmostError("only the person who asked for this image, or an admin, can delete it",
-                             parameter="delete")
+            raise OmostError(
+                "only the person who asked for this image, or an admin, can delete it", parameter="delete"
+            )
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
             with contextlib.suppress(discord.NotFound):  # deleted already
@@ -247,10 +338,13 @@ class Flows:
 
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         if not self._may_manage(interaction, job):
-            raise OmostError("you can cancel only your own jobs (admins can cancel any)", parameter="job",
-                             value=job.id)
+            raise OmostError(
+                "you can cancel only your own jobs (admins can cancel any)", parameter="job", value=job.id
+            )
         if not await self.bot.jobs.cancel(job.id):
-            raise OmostError(f"job #{job.id} is not queued or running any more", parameter="job", value=job.id)
+            raise OmostError(
+                f"job #{job.id} is not queued or running any more", parameter="job", value=job.id
+            )
         await interaction.response.send_message(f"✖️ Cancelling job #{job.id}.", ephemeral=True)
 
     async def edit_submitted(self, interaction: discord.Interaction[Any], job_id: int, text: str) -> None:
@@ -258,11 +352,18 @@ class Flows:
             job = await self._job(job_id)
             prompt = self.check_prompt(text)
             policy = await self._admit_interaction(interaction)
-            request = JobRequest(kind="compose", user_id=interaction.user.id, requester=interaction.user.display_name, guild_id=interaction.guild_id,
-                                 channel_id=interaction.channel_id or job.channel_id, prompt=prompt, llm=job.llm,
-                                 llm_params=job.llm_params, render_params=job.render_params,
-                                 parent_turn_id=job.turn_id)
+            request = JobRequest(
+                kind="compose",
+                user_id=interaction.user.id,
+                requester=interaction.user.display_name,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or job.channel_id,
+                prompt=prompt,
+                llm=job.llm,
+                llm_params=job.llm_params,
+                render_params=job.render_params,
+                parent_turn_id=job.turn_id,
+            )
             await self._start_from_interaction(interaction, request, policy)
         except OmostError as exc:
             await send_error(interaction, str(exc))
-

@@ -47,8 +47,10 @@ def llm_text(job_id: int, progress: LLMProgress | None) -> str:
     if progress is None:
         return f"✍️ Job #{job_id}: the LLM is writing the composition…"
     regions = max(0, len(progress.conditions) - 1)  # the first condition is the global description
-    return (f"✍️ Job #{job_id}: the LLM is writing the composition — {progress.tokens} tokens "
-            f"({progress.tokens_per_second:.1f}/s), {regions} region{'s' if regions != 1 else ''} so far.")
+    return (
+        f"✍️ Job #{job_id}: the LLM is writing the composition — {progress.tokens} tokens "
+        f"({progress.tokens_per_second:.1f}/s), {regions} region{'s' if regions != 1 else ''} so far."
+    )
 
 
 def render_text(job_id: int, progress: RenderProgress | None, eta: float | None) -> str:
@@ -56,8 +58,10 @@ def render_text(job_id: int, progress: RenderProgress | None, eta: float | None)
         return f"🎨 Job #{job_id}: rendering…"
     stage = "high-res pass" if progress.stage == "hires" else "diffusion"
     eta_text = f", about {format_seconds(eta)} left" if eta is not None else ""
-    return (f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}\n"
-            f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}")
+    return (
+        f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}\n"
+        f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}"
+    )
 
 
 def preview_image(conditions: Sequence[Condition], *, size: int = 240) -> Image.Image:
@@ -88,30 +92,49 @@ def encode_image(image: Image.Image, *, limit: int, stem: str = "image") -> Enco
         buffer = io.BytesIO()
         rgb.save(buffer, format="JPEG", quality=quality)
         if buffer.tell() <= limit:
-            return EncodedImage(buffer.getvalue(), f"{stem}.jpg",
-                                f"sent as JPEG (quality {quality}) to fit Discord's upload limit")
+            return EncodedImage(
+                buffer.getvalue(),
+                f"{stem}.jpg",
+                f"sent as JPEG (quality {quality}) to fit Discord's upload limit",
+            )
     scaled = rgb
     while min(scaled.size) > 16:
         scaled = scaled.resize((max(1, scaled.width * 3 // 4), max(1, scaled.height * 3 // 4)), Image.LANCZOS)
         buffer = io.BytesIO()
         scaled.save(buffer, format="JPEG", quality=80)
         if buffer.tell() <= limit:
-            return EncodedImage(buffer.getvalue(), f"{stem}.jpg",
-                                f"downscaled to {scaled.width}x{scaled.height} JPEG to fit Discord's upload limit")
+            return EncodedImage(
+                buffer.getvalue(),
+                f"{stem}.jpg",
+                f"downscaled to {scaled.width}x{scaled.height} JPEG to fit Discord's upload limit",
+            )
     raise ValueError(f"cannot fit the image into {limit} bytes")
 
 
 def result_embed(
-    *, job_id: int, prompt: str, params: RenderParams, llm_model: str | None, render_model: str,
-    seconds: float, image_filename: str, requester: str, notes: Sequence[str] = (),
+    *,
+    job_id: int,
+    prompt: str,
+    params: RenderParams,
+    llm_model: str | None,
+    render_model: str,
+    seconds: float,
+    image_filename: str,
+    requester: str,
+    notes: Sequence[str] = (),
 ) -> discord.Embed:
     embed = discord.Embed(title=shorten(prompt, 250) or "Layout render", color=EMBED_COLOR)
     embed.set_image(url=f"attachment://{image_filename}")
     embed.add_field(name="Seed", value=str(params.seed))
     embed.add_field(name="Size", value=f"{params.width}x{params.height}")
     embed.add_field(name="Steps · CFG", value=f"{params.steps} · {params.cfg:g}")
-    method = params.method if params.method == "omost" else (
-        f"area (global {params.global_strength:g}, region {params.region_strength:g}, {params.overlap})")
+    method = (
+        params.method
+        if params.method == "omost"
+        else (
+            f"area (global {params.global_strength:g}, region {params.region_strength:g}, {params.overlap})"
+        )
+    )
     embed.add_field(name="Method", value=method)
     embed.add_field(name="LLM", value=llm_model or "— (layout file)")
     embed.add_field(name="SDXL", value=render_model)
@@ -121,8 +144,10 @@ def result_embed(
         embed.add_field(name="Positive", value=shorten(params.positive, 200), inline=False)
     if notes:
         embed.add_field(name="Notes", value=shorten("\n".join(notes), 1000), inline=False)
-    embed.set_footer(text=f"Job #{job_id} by {requester} · {format_seconds(seconds)} · reply to refine, "
-                          "or reply with a layout .json to render it")
+    embed.set_footer(
+        text=f"Job #{job_id} by {requester} · {format_seconds(seconds)} · reply to refine, "
+        "or reply with a layout .json to render it"
+    )
     return embed
 
 

@@ -176,16 +176,25 @@ async def _run_stage(stage: Stage, timeout: float, token: CancelToken, call: Cal
         token.cancel()
         with contextlib.suppress(CancelledError):
             await work
-        raise OmostError(f"the {'LLM' if stage == 'llm' else 'render'} step took longer than {timeout:g} s "
-                         "and was stopped", parameter=f"{stage}_timeout_s", value=timeout) from None
+        raise OmostError(
+            f"the {'LLM' if stage == 'llm' else 'render'} step took longer than {timeout:g} s "
+            "and was stopped",
+            parameter=f"{stage}_timeout_s",
+            value=timeout,
+        ) from None
     except asyncio.CancelledError:  # the bot is shutting down: stop the thread too
         token.cancel()
         raise
 
 
 async def execute_job(
-    engine: Engine, spec: JobSpec, *, emit: Callable[[JobEvent], None], cancel: CancelToken,
-    timeouts: StageTimeouts = StageTimeouts(), clock: Callable[[], float] = time.monotonic,
+    engine: Engine,
+    spec: JobSpec,
+    *,
+    emit: Callable[[JobEvent], None],
+    cancel: CancelToken,
+    timeouts: StageTimeouts = StageTimeouts(),
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Run one job (LLM turn unless a layout is given, then the render), reporting through ``emit``.
 
@@ -203,16 +212,33 @@ async def execute_job(
         layout = spec.layout
         if layout is None:
             emit(Started(spec.job_id, "llm"))
-            chat = await _run_stage("llm", timeouts.llm, cancel, lambda: engine.chat(
-                spec.history, spec.prompt, spec.llm_params, llm=spec.llm, on_progress=on_progress, cancel=cancel))
+            chat = await _run_stage(
+                "llm",
+                timeouts.llm,
+                cancel,
+                lambda: engine.chat(
+                    spec.history,
+                    spec.prompt,
+                    spec.llm_params,
+                    llm=spec.llm,
+                    on_progress=on_progress,
+                    cancel=cancel,
+                ),
+            )
             assert isinstance(chat, ChatResult)
             layout = chat.layout
             emit(ChatDone(spec.job_id, chat))
         cancel.raise_if_cancelled()
         stage = "render"
         emit(Started(spec.job_id, "render"))
-        render = await _run_stage("render", timeouts.render, cancel, lambda: engine.render(
-            layout, spec.render_params, model=spec.sdxl, on_progress=on_progress, cancel=cancel))
+        render = await _run_stage(
+            "render",
+            timeouts.render,
+            cancel,
+            lambda: engine.render(
+                layout, spec.render_params, model=spec.sdxl, on_progress=on_progress, cancel=cancel
+            ),
+        )
         assert isinstance(render, RenderResult)
         emit(Finished(spec.job_id, JobOutput(chat=chat, render=render, layout=layout)))
     except CancelledError:
@@ -220,8 +246,13 @@ async def execute_job(
     except OmostError as exc:
         emit(Failed(spec.job_id, stage, str(exc)))
     except Exception as exc:  # an engine bug or a GPU error: tell the user which step failed, keep going
-        emit(Failed(spec.job_id, stage, f"the {'LLM' if stage == 'llm' else 'render'} step failed: "
-                                        f"{type(exc).__name__}: {exc}"))
+        emit(
+            Failed(
+                spec.job_id,
+                stage,
+                f"the {'LLM' if stage == 'llm' else 'render'} step failed: {type(exc).__name__}: {exc}",
+            )
+        )
 
 
 # -- the in-process backend -------------------------------------------------------------------------------
@@ -231,7 +262,11 @@ class InProcessJobBackend:
     """One worker on this process's GPU. The worker task exists only while jobs are waiting or running."""
 
     def __init__(
-        self, engine: Engine, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
+        self,
+        engine: Engine,
+        *,
+        max_queue: int = 50,
+        timeouts: StageTimeouts = StageTimeouts(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
@@ -282,13 +317,20 @@ class InProcessJobBackend:
         if self._closed:
             raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
         if self.waiting >= self.max_queue:
-            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later",
-                                 parameter="queue", value=self.waiting, allowed=f"up to {self.max_queue} jobs")
+            raise QueueFullError(
+                f"the queue is full ({self.max_queue} jobs waiting); try again later",
+                parameter="queue",
+                value=self.waiting,
+                allowed=f"up to {self.max_queue} jobs",
+            )
         if user_cap is not None and self.held_by(ticket.user_id) >= user_cap:
             raise QueueFullError(
                 f"you already have {self.held_by(ticket.user_id)} jobs queued or running; the limit is {user_cap}."
                 " Wait for one to finish or cancel one with /omost cancel",
-                parameter="max_queued_per_user", value=self.held_by(ticket.user_id), allowed=f"up to {user_cap}")
+                parameter="max_queued_per_user",
+                value=self.held_by(ticket.user_id),
+                allowed=f"up to {user_cap}",
+            )
         self._waiting.setdefault(ticket.user_id, deque()).append(ticket)
         position = self.position(ticket.job_id)
         assert position is not None
@@ -365,11 +407,19 @@ class InProcessJobBackend:
             try:
                 spec = await self._handler.prepare(ticket.job_id)
                 if spec is not None:
-                    await execute_job(self.engine, spec, emit=self._emit, cancel=token, timeouts=self.timeouts,
-                                      clock=self.clock)
+                    await execute_job(
+                        self.engine,
+                        spec,
+                        emit=self._emit,
+                        cancel=token,
+                        timeouts=self.timeouts,
+                        clock=self.clock,
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the bot's own bookkeeping failed (e.g. the database): report and go on
-                self._emit(Failed(ticket.job_id, None, f"the job could not start: {type(exc).__name__}: {exc}"))
+                self._emit(
+                    Failed(ticket.job_id, None, f"the job could not start: {type(exc).__name__}: {exc}")
+                )
             finally:
                 self._running = None

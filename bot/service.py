@@ -96,8 +96,15 @@ class Tracker:
 class JobService:
     """Implements ``JobHandler`` for a ``JobBackend``; all Discord output of a job goes through here."""
 
-    def __init__(self, bot: OmostBot, *, storage: Storage, backend: JobBackend, config: BotConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bot: OmostBot,
+        *,
+        storage: Storage,
+        backend: JobBackend,
+        config: BotConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bot = bot
         self.storage = storage
         self.backend = backend
@@ -122,27 +129,47 @@ class JobService:
                 conversation_id = parent.conversation_id
             elif request.kind == "render":  # a layout file starts its own conversation, not the channel's
                 conversation_id = await self.storage.new_conversation(
-                    guild_id=request.guild_id, channel_id=request.channel_id, user_id=request.user_id)
+                    guild_id=request.guild_id, channel_id=request.channel_id, user_id=request.user_id
+                )
             else:
                 conversation_id = await self.storage.current_conversation(
-                    guild_id=request.guild_id, channel_id=request.channel_id, user_id=request.user_id)
+                    guild_id=request.guild_id, channel_id=request.channel_id, user_id=request.user_id
+                )
                 head = await self.storage.head_turn(conversation_id)
                 request = replace(request, parent_turn_id=head.id if head else None)
             turn_id = await self.storage.add_turn(
-                conversation_id=conversation_id, parent_id=request.parent_turn_id, user_id=request.user_id,
-                prompt=request.prompt, layout_id=layout_id if request.kind == "render" else None)
+                conversation_id=conversation_id,
+                parent_id=request.parent_turn_id,
+                user_id=request.user_id,
+                prompt=request.prompt,
+                layout_id=layout_id if request.kind == "render" else None,
+            )
             created_turn = True
         assert turn_id is not None
         job_id = await self.storage.create_job(
-            kind=request.kind, user_id=request.user_id, guild_id=request.guild_id, channel_id=request.channel_id,
-            turn_id=turn_id, llm=request.llm, llm_params=request.llm_params, render_params=request.render_params,
+            kind=request.kind,
+            user_id=request.user_id,
+            guild_id=request.guild_id,
+            channel_id=request.channel_id,
+            turn_id=turn_id,
+            llm=request.llm,
+            llm_params=request.llm_params,
+            render_params=request.render_params,
             layout_id=layout_id,
         )
-        self.trackers[job_id] = Tracker(job_id=job_id, user_id=request.user_id, channel_id=request.channel_id,
-                                        guild_id=request.guild_id, turn_id=turn_id, prompt=request.prompt,
-                                        requester=request.requester)
+        self.trackers[job_id] = Tracker(
+            job_id=job_id,
+            user_id=request.user_id,
+            channel_id=request.channel_id,
+            guild_id=request.guild_id,
+            turn_id=turn_id,
+            prompt=request.prompt,
+            requester=request.requester,
+        )
         try:
-            position = await self.backend.submit(Ticket(job_id=job_id, user_id=request.user_id), user_cap=user_cap)
+            position = await self.backend.submit(
+                Ticket(job_id=job_id, user_id=request.user_id), user_cap=user_cap
+            )
         except QueueFullError:
             self.trackers.pop(job_id, None)
             await self._discard(job_id, turn_id if created_turn else None)
@@ -155,8 +182,14 @@ class JobService:
             if turn_id is not None:
                 await tx.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
 
-    async def announce(self, job_id: int, position: int, send: Callable[..., Awaitable[discord.Message | None]],
-                       *, interaction: discord.Interaction[Any] | None = None) -> discord.Message | None:
+    async def announce(
+        self,
+        job_id: int,
+        position: int,
+        send: Callable[..., Awaitable[discord.Message | None]],
+        *,
+        interaction: discord.Interaction[Any] | None = None,
+    ) -> discord.Message | None:
         """Send the job's status message with ``send(content, view=...)`` and remember it.
 
         If sending fails the job still runs; its result then goes to the channel as a new message.
@@ -193,11 +226,26 @@ class JobService:
             assert job.layout_id is not None
             data = await self.storage.layout(job.layout_id)
             assert data is not None
-            return JobSpec(job_id=job_id, prompt=turn.prompt, history=(), llm=None, llm_params=job.llm_params,
-                           render_params=job.render_params, layout=Layout.loads(data), sdxl=self.config.sdxl)
+            return JobSpec(
+                job_id=job_id,
+                prompt=turn.prompt,
+                history=(),
+                llm=None,
+                llm_params=job.llm_params,
+                render_params=job.render_params,
+                layout=Layout.loads(data),
+                sdxl=self.config.sdxl,
+            )
         history = await self.storage.history(turn.parent_id)
-        return JobSpec(job_id=job_id, prompt=turn.prompt, history=history, llm=job.llm, llm_params=job.llm_params,
-                       render_params=job.render_params, sdxl=self.config.sdxl)
+        return JobSpec(
+            job_id=job_id,
+            prompt=turn.prompt,
+            history=history,
+            llm=job.llm,
+            llm_params=job.llm_params,
+            render_params=job.render_params,
+            sdxl=self.config.sdxl,
+        )
 
     def on_event(self, event: JobEvent) -> None:
         tracker = self.trackers.get(event.job_id)
@@ -257,8 +305,11 @@ class JobService:
 
     def _maybe_refresh(self, tracker: Tracker) -> None:
         # Throttled: progress arrives far faster than Discord lets a message be edited; stale states are dropped.
-        if (tracker.message_id is None or tracker.lock.locked()
-                or self.clock() - tracker.last_edit < self.config.status_interval_s):
+        if (
+            tracker.message_id is None
+            or tracker.lock.locked()
+            or self.clock() - tracker.last_edit < self.config.status_interval_s
+        ):
             return
         self._spawn(self._refresh(tracker, force=False))
 
@@ -280,7 +331,9 @@ class JobService:
 
             await self._edit(tracker, edit_kwargs, final=False)
 
-    async def _edit(self, tracker: Tracker, make_kwargs: Callable[[], dict[str, Any]], *, final: bool) -> int | None:
+    async def _edit(
+        self, tracker: Tracker, make_kwargs: Callable[[], dict[str, Any]], *, final: bool
+    ) -> int | None:
         """Edit the status message: through the interaction token while it lives, else through the channel;
         a final edit of a vanished message becomes a new message. Returns the id of the message shown."""
         channel = self.bot.get_partial_messageable(tracker.channel_id, guild_id=tracker.guild_id)
@@ -338,45 +391,75 @@ class JobService:
         try:
             await asyncio.wait_for(tracker.attached.wait(), ATTACH_TIMEOUT_S)
         except TimeoutError:
-            log.warning("job %s: no status message after %g s; delivering to the channel", tracker.job_id,
-                        ATTACH_TIMEOUT_S)
+            log.warning(
+                "job %s: no status message after %g s; delivering to the channel",
+                tracker.job_id,
+                ATTACH_TIMEOUT_S,
+            )
 
     async def _deliver(self, tracker: Tracker, output: JobOutput) -> None:
         await self._attached(tracker)
         async with tracker.lock:
             tracker.phase = "done"
             render = output.render
-            layout_file = output.layout.with_meta(
-                job=tracker.job_id, prompt=tracker.prompt, seed=render.params.seed, render=render.params.to_dict(),
-                llm=output.chat.model if output.chat else None, sdxl=render.model,
-            ).dumps().encode("utf-8")
+            layout_file = (
+                output.layout.with_meta(
+                    job=tracker.job_id,
+                    prompt=tracker.prompt,
+                    seed=render.params.seed,
+                    render=render.params.to_dict(),
+                    llm=output.chat.model if output.chat else None,
+                    sdxl=render.model,
+                )
+                .dumps()
+                .encode("utf-8")
+            )
             notes: list[str] = []
             if output.chat is not None:
                 notes += list(output.chat.notes)
                 if output.chat.trimmed_turns:
-                    notes.append(f"the {output.chat.trimmed_turns} oldest turns were left out to fit the LLM's context")
+                    notes.append(
+                        f"the {output.chat.trimmed_turns} oldest turns were left out to fit the LLM's context"
+                    )
             notes += list(output.layout.warnings)[:5]
-            image = formatting.encode_image(render.image, limit=max(
-                self.upload_limit(tracker) - len(layout_file) - UPLOAD_HEADROOM, 64 * 1024))
+            image = formatting.encode_image(
+                render.image,
+                limit=max(self.upload_limit(tracker) - len(layout_file) - UPLOAD_HEADROOM, 64 * 1024),
+            )
             if image.note:
                 notes.append(image.note)
             seconds = render.seconds + (output.chat.seconds if output.chat else 0.0)
             embed = formatting.result_embed(
-                job_id=tracker.job_id, prompt=tracker.prompt, params=render.params,
-                llm_model=output.chat.model if output.chat else None, render_model=render.model,
-                seconds=seconds, image_filename=image.filename,
-                requester=tracker.requester or f"user {tracker.user_id}", notes=notes)
+                job_id=tracker.job_id,
+                prompt=tracker.prompt,
+                params=render.params,
+                llm_model=output.chat.model if output.chat else None,
+                render_model=render.model,
+                seconds=seconds,
+                image_filename=image.filename,
+                requester=tracker.requester or f"user {tracker.user_id}",
+                notes=notes,
+            )
 
             def result_kwargs() -> dict[str, Any]:
                 return {
-                    "content": f"✅ Done, <@{tracker.user_id}>.", "embed": embed, "view": result_view(tracker.job_id),
-                    "attachments": [discord.File(io.BytesIO(image.data), filename=image.filename),
-                                    discord.File(io.BytesIO(layout_file), filename="layout.json")],
+                    "content": f"✅ Done, <@{tracker.user_id}>.",
+                    "embed": embed,
+                    "view": result_view(tracker.job_id),
+                    "attachments": [
+                        discord.File(io.BytesIO(image.data), filename=image.filename),
+                        discord.File(io.BytesIO(layout_file), filename="layout.json"),
+                    ],
                 }
 
             message_id = await self._edit(tracker, result_kwargs, final=True)
-            await self.storage.update_job(tracker.job_id, state="done", result_message_id=message_id,
-                                          render_model=render.model, render_params=render.params)
+            await self.storage.update_job(
+                tracker.job_id,
+                state="done",
+                result_message_id=message_id,
+                render_model=render.model,
+                render_params=render.params,
+            )
             self.trackers.pop(tracker.job_id, None)
             self.delivered += 1
 
@@ -390,8 +473,9 @@ class JobService:
                 state, error = "failed", event.message
                 text = f"❌ Job #{tracker.job_id} failed: {event.message}"
             await self.storage.update_job(tracker.job_id, state=state, error=error)
-            await self._edit(tracker, lambda: {"content": text, "embed": None, "attachments": [], "view": None},
-                             final=True)
+            await self._edit(
+                tracker, lambda: {"content": text, "embed": None, "attachments": [], "view": None}, final=True
+            )
             self.trackers.pop(tracker.job_id, None)
 
     # -- restart -----------------------------------------------------------------------------------------
@@ -403,24 +487,40 @@ class JobService:
         for job in interrupted:
             await self.storage.update_job(job.id, state="interrupted", error="interrupted by a restart")
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            text = (f"⚠️ <@{job.user_id}>, job #{job.id} was interrupted when the bot restarted. "
-                    "Run it again (for a reply, reply again).")
-            reference = (discord.MessageReference(message_id=job.status_message_id, channel_id=job.channel_id,
-                                                  fail_if_not_exists=False) if job.status_message_id else None)
+            text = (
+                f"⚠️ <@{job.user_id}>, job #{job.id} was interrupted when the bot restarted. "
+                "Run it again (for a reply, reply again)."
+            )
+            reference = (
+                discord.MessageReference(
+                    message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
+                )
+                if job.status_message_id
+                else None
+            )
             try:
                 if job.status_message_id:
                     await channel.get_partial_message(job.status_message_id).edit(
-                        content=f"⚠️ Job #{job.id} was interrupted by a restart.", view=None)
-                await channel.send(text, reference=reference, allowed_mentions=discord.AllowedMentions(users=True))
+                        content=f"⚠️ Job #{job.id} was interrupted by a restart.", view=None
+                    )
+                await channel.send(
+                    text, reference=reference, allowed_mentions=discord.AllowedMentions(users=True)
+                )
             except discord.HTTPException as exc:
                 log.warning("job %s: could not report the interruption: %s", job.id, exc)
         waiting = await self.storage.jobs_in_state("queued")
         requeued = 0
         for job in waiting:
             turn = await self.storage.turn(job.turn_id)
-            tracker = Tracker(job_id=job.id, user_id=job.user_id, channel_id=job.channel_id, guild_id=job.guild_id,
-                              turn_id=job.turn_id, prompt=turn.prompt if turn else "",
-                              message_id=job.status_message_id)
+            tracker = Tracker(
+                job_id=job.id,
+                user_id=job.user_id,
+                channel_id=job.channel_id,
+                guild_id=job.guild_id,
+                turn_id=job.turn_id,
+                prompt=turn.prompt if turn else "",
+                message_id=job.status_message_id,
+            )
             tracker.attached.set()
             self.trackers[job.id] = tracker
             try:
@@ -435,8 +535,12 @@ class JobService:
 def layout_from_upload(data: bytes, *, max_bytes: int) -> Layout:
     """A user's layout file: size-checked, then parsed (ComfyUI_omost lists too); OmostError if bad."""
     if len(data) > max_bytes:
-        raise OmostError(f"the layout file is {len(data)} bytes; at most {max_bytes} bytes are allowed",
-                         parameter="layout", value=len(data), allowed=f"up to {max_bytes} bytes")
+        raise OmostError(
+            f"the layout file is {len(data)} bytes; at most {max_bytes} bytes are allowed",
+            parameter="layout",
+            value=len(data),
+            allowed=f"up to {max_bytes} bytes",
+        )
     return Layout.loads(data)
 
 

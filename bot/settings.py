@@ -31,8 +31,9 @@ class SettingSpec:
 
 # Every setting an admin can change with /omost settings, as data.
 SETTINGS: dict[str, SettingSpec] = {
-    "allowed_channels": SettingSpec(kind="channels", scopes=("guild",),
-                                    help="channels where /omost works (mentions or ids), or 'all'"),
+    "allowed_channels": SettingSpec(
+        kind="channels", scopes=("guild",), help="channels where /omost works (mentions or ids), or 'all'"
+    ),
     "unfiltered": SettingSpec(kind="bool", help="allow unfiltered LLMs (e.g. dolphin) here"),
     "llm": SettingSpec(kind="text", help="default LLM id"),
     "temperature": SettingSpec(kind="float", low=0, high=2, help="default LLM temperature"),
@@ -63,8 +64,9 @@ def parse_setting(key: str, text: str) -> Any:
             return True
         if text.lower() in ("false", "no", "off", "0"):
             return False
-        raise OmostError(f"{key} must be true or false, not {text!r}", parameter=key, value=text,
-                         allowed=("true", "false"))
+        raise OmostError(
+            f"{key} must be true or false, not {text!r}", parameter=key, value=text, allowed=("true", "false")
+        )
     if spec.kind in ("int", "float"):
         try:
             number: float = int(text) if spec.kind == "int" else float(text)
@@ -72,13 +74,21 @@ def parse_setting(key: str, text: str) -> Any:
             number = float("nan")
         if not spec.low <= number <= spec.high:  # nan fails too
             kind = "a whole number" if spec.kind == "int" else "a number"
-            raise OmostError(f"{key} must be {kind} from {spec.low:g} to {spec.high:g}, not {text!r}",
-                             parameter=key, value=text, allowed=f"{spec.low:g}..{spec.high:g}")
+            raise OmostError(
+                f"{key} must be {kind} from {spec.low:g} to {spec.high:g}, not {text!r}",
+                parameter=key,
+                value=text,
+                allowed=f"{spec.low:g}..{spec.high:g}",
+            )
         return number
     if spec.kind == "choice":
         if text.lower() not in spec.choices:
-            raise OmostError(f"{key} must be one of {', '.join(spec.choices)}, not {text!r}", parameter=key,
-                             value=text, allowed=spec.choices)
+            raise OmostError(
+                f"{key} must be one of {', '.join(spec.choices)}, not {text!r}",
+                parameter=key,
+                value=text,
+                allowed=spec.choices,
+            )
         return text.lower()
     if spec.kind == "size":
         RenderParams().replace(**_size_fields(text))  # validates the preset / WxH and its range
@@ -88,12 +98,20 @@ def parse_setting(key: str, text: str) -> Any:
             return []
         ids = [int(a or b) for a, b in _CHANNEL_ID.findall(text)]
         if not ids:
-            raise OmostError(f"allowed_channels must be channel mentions or ids, or 'all', not {text!r}",
-                             parameter=key, value=text, allowed="#channel mentions, channel ids, all")
+            raise OmostError(
+                f"allowed_channels must be channel mentions or ids, or 'all', not {text!r}",
+                parameter=key,
+                value=text,
+                allowed="#channel mentions, channel ids, all",
+            )
         return ids
     if not text or len(text) > 1000:
-        raise OmostError(f"{key} must be text of 1 to 1000 characters", parameter=key, value=text,
-                         allowed="1..1000 characters")
+        raise OmostError(
+            f"{key} must be text of 1 to 1000 characters",
+            parameter=key,
+            value=text,
+            allowed="1..1000 characters",
+        )
     return text
 
 
@@ -136,46 +154,82 @@ class Policy:
     def channel_allowed(self, channel_id: int, parent_id: int | None = None) -> bool:
         if not self.allowed_channels:
             return True
-        return channel_id in self.allowed_channels or (parent_id is not None and parent_id in self.allowed_channels)
+        return channel_id in self.allowed_channels or (
+            parent_id is not None and parent_id in self.allowed_channels
+        )
 
 
-async def resolve_policy(storage: Storage, config: BotConfig, *, guild_id: int | None, channel_id: int) -> Policy:
+async def resolve_policy(
+    storage: Storage, config: BotConfig, *, guild_id: int | None, channel_id: int
+) -> Policy:
     values: dict[str, Any] = {
-        "llm": config.llm, "max_steps": 100, "max_megapixels": 4.2, "allowed_channels": [], "unfiltered": False,
-        "max_queued_per_user": config.max_queued_per_user, "rate_limit": config.rate_limit,
+        "llm": config.llm,
+        "max_steps": 100,
+        "max_megapixels": 4.2,
+        "allowed_channels": [],
+        "unfiltered": False,
+        "max_queued_per_user": config.max_queued_per_user,
+        "rate_limit": config.rate_limit,
     }
     if guild_id is not None:
         values.update(await storage.settings("guild", guild_id))
-    values.update({k: v for k, v in (await storage.settings("channel", channel_id)).items()
-                   if "channel" in SETTINGS[k].scopes})
+    values.update(
+        {
+            k: v
+            for k, v in (await storage.settings("channel", channel_id)).items()
+            if "channel" in SETTINGS[k].scopes
+        }
+    )
     llm_fields = {k: values[k] for k in ("temperature", "top_p", "max_new_tokens") if k in values}
-    render_fields: dict[str, Any] = {k: values[k] for k in ("steps", "cfg", "method", "negative") if k in values}
+    render_fields: dict[str, Any] = {
+        k: values[k] for k in ("steps", "cfg", "method", "negative") if k in values
+    }
     if "size" in values:
         render_fields.update(_size_fields(values["size"]))
     return Policy(
-        values=values, llm=values["llm"], llm_params=LLMParams(**llm_fields).validated(),
-        render_params=RenderParams(**render_fields).validated(), max_steps=int(values["max_steps"]),
-        max_megapixels=float(values["max_megapixels"]), allowed_channels=tuple(values["allowed_channels"]),
-        unfiltered=bool(values["unfiltered"]), max_queued_per_user=int(values["max_queued_per_user"]),
+        values=values,
+        llm=values["llm"],
+        llm_params=LLMParams(**llm_fields).validated(),
+        render_params=RenderParams(**render_fields).validated(),
+        max_steps=int(values["max_steps"]),
+        max_megapixels=float(values["max_megapixels"]),
+        allowed_channels=tuple(values["allowed_channels"]),
+        unfiltered=bool(values["unfiltered"]),
+        max_queued_per_user=int(values["max_queued_per_user"]),
         rate_limit=int(values["rate_limit"]),
     )
 
 
 # User options that go to LLMParams / RenderParams unchanged.
 LLM_OPTIONS = ("seed", "temperature", "top_p", "max_new_tokens")
-RENDER_OPTIONS = ("seed", "steps", "cfg", "method", "global_strength", "region_strength", "overlap", "negative",
-                  "positive")
+RENDER_OPTIONS = (
+    "seed",
+    "steps",
+    "cfg",
+    "method",
+    "global_strength",
+    "region_strength",
+    "overlap",
+    "negative",
+    "positive",
+)
 
 
-def build_params(policy: Policy, options: dict[str, Any], *, seed: int) -> tuple[str | None, LLMParams, RenderParams]:
+def build_params(
+    policy: Policy, options: dict[str, Any], *, seed: int
+) -> tuple[str | None, LLMParams, RenderParams]:
     """The (llm, LLMParams, RenderParams) of a request: the policy's defaults, the user's options over them,
     validated and held to the channel's limits. ``seed`` is used where the user gave none."""
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("seed", seed)
     llm = options.get("llm") or policy.llm
     if is_unfiltered_model(llm) and not policy.unfiltered:
-        raise OmostError(f"the model {llm!r} is unfiltered; an admin has to enable it here first "
-                         "(/omost settings set unfiltered true)", parameter="llm", value=llm)
+        raise OmostError(
+            f"the model {llm!r} is unfiltered; an admin has to enable it here first "
+            "(/omost settings set unfiltered true)",
+            parameter="llm",
+            value=llm,
+        )
     llm_params = policy.llm_params.replace(**{k: options[k] for k in LLM_OPTIONS if k in options})
     render_changes = {k: options[k] for k in RENDER_OPTIONS if k in options}
     if "size" in options:
@@ -184,13 +238,19 @@ def build_params(policy: Policy, options: dict[str, Any], *, seed: int) -> tuple
         render_changes["steps"] = min(policy.render_params.steps, policy.max_steps)
     render_params = policy.render_params.replace(**render_changes)
     if render_params.steps > policy.max_steps:
-        raise OmostError(f"steps must be at most {policy.max_steps} here, not {render_params.steps}",
-                         parameter="steps", value=render_params.steps, allowed=f"1..{policy.max_steps}")
+        raise OmostError(
+            f"steps must be at most {policy.max_steps} here, not {render_params.steps}",
+            parameter="steps",
+            value=render_params.steps,
+            allowed=f"1..{policy.max_steps}",
+        )
     megapixels = render_params.width * render_params.height / 1e6
     if megapixels > policy.max_megapixels + 1e-9:
         raise OmostError(
             f"size {render_params.width}x{render_params.height} is {megapixels:.2f} megapixels; at most "
-            f"{policy.max_megapixels:g} are allowed here", parameter="size",
-            value=f"{render_params.width}x{render_params.height}", allowed=f"up to {policy.max_megapixels:g} MP",
+            f"{policy.max_megapixels:g} are allowed here",
+            parameter="size",
+            value=f"{render_params.width}x{render_params.height}",
+            allowed=f"up to {policy.max_megapixels:g} MP",
         )
     return llm, llm_params, render_params

@@ -52,19 +52,36 @@ class JobRecord:
 
 
 def _turn(row: aiosqlite.Row) -> Turn:
-    return Turn(id=row["id"], conversation_id=row["conversation_id"], parent_id=row["parent_id"],
-                user_id=row["user_id"], prompt=row["prompt"], reply=row["reply"], layout_id=row["layout_id"])
+    return Turn(
+        id=row["id"],
+        conversation_id=row["conversation_id"],
+        parent_id=row["parent_id"],
+        user_id=row["user_id"],
+        prompt=row["prompt"],
+        reply=row["reply"],
+        layout_id=row["layout_id"],
+    )
 
 
 def _job(row: aiosqlite.Row) -> JobRecord:
     return JobRecord(
-        id=row["id"], kind=row["kind"], state=row["state"], user_id=row["user_id"], guild_id=row["guild_id"],
-        channel_id=row["channel_id"], turn_id=row["turn_id"], llm=row["llm"],
+        id=row["id"],
+        kind=row["kind"],
+        state=row["state"],
+        user_id=row["user_id"],
+        guild_id=row["guild_id"],
+        channel_id=row["channel_id"],
+        turn_id=row["turn_id"],
+        llm=row["llm"],
         llm_params=LLMParams.from_dict(json.loads(row["llm_params"])),
         render_params=RenderParams.from_dict(json.loads(row["render_params"])),
-        layout_id=row["layout_id"], status_message_id=row["status_message_id"],
-        result_message_id=row["result_message_id"], llm_model=row["llm_model"],
-        render_model=row["render_model"], error=row["error"], created_at=row["created_at"],
+        layout_id=row["layout_id"],
+        status_message_id=row["status_message_id"],
+        result_message_id=row["result_message_id"],
+        llm_model=row["llm_model"],
+        render_model=row["render_model"],
+        error=row["error"],
+        created_at=row["created_at"],
     )
 
 
@@ -86,7 +103,8 @@ class Storage:
             )
             await tx.execute(
                 "INSERT OR REPLACE INTO current_conversations (channel_id, user_id, conversation_id)"
-                " VALUES (?, ?, ?)", (channel_id, user_id, conversation_id),
+                " VALUES (?, ?, ?)",
+                (channel_id, user_id, conversation_id),
             )
         assert conversation_id is not None
         return conversation_id
@@ -108,8 +126,14 @@ class Storage:
         return _turn(row) if row else None
 
     async def add_turn(
-        self, *, conversation_id: int, parent_id: int | None, user_id: int, prompt: str,
-        reply: str | None = None, layout_id: int | None = None,
+        self,
+        *,
+        conversation_id: int,
+        parent_id: int | None,
+        user_id: int,
+        prompt: str,
+        reply: str | None = None,
+        layout_id: int | None = None,
     ) -> int:
         turn_id = await self.db.execute(
             "INSERT INTO turns (conversation_id, parent_id, user_id, prompt, reply, layout_id, created_at)"
@@ -124,7 +148,9 @@ class Storage:
         return _turn(row) if row else None
 
     async def set_turn_reply(self, turn_id: int, *, reply: str, layout_id: int) -> None:
-        await self.db.execute("UPDATE turns SET reply = ?, layout_id = ? WHERE id = ?", (reply, layout_id, turn_id))
+        await self.db.execute(
+            "UPDATE turns SET reply = ?, layout_id = ? WHERE id = ?", (reply, layout_id, turn_id)
+        )
 
     async def chain(self, turn_id: int | None) -> list[Turn]:
         """The turns from the conversation's root down to ``turn_id`` (one branch of the tree)."""
@@ -148,8 +174,9 @@ class Storage:
     # -- layouts --------------------------------------------------------------------------------
 
     async def add_layout(self, data: str) -> int:
-        layout_id = await self.db.execute("INSERT INTO layouts (data, created_at) VALUES (?, ?)",
-                                          (data, self.clock()))
+        layout_id = await self.db.execute(
+            "INSERT INTO layouts (data, created_at) VALUES (?, ?)", (data, self.clock())
+        )
         assert layout_id is not None
         return layout_id
 
@@ -160,14 +187,33 @@ class Storage:
     # -- jobs -------------------------------------------------------------------------------------
 
     async def create_job(
-        self, *, kind: JobKind, user_id: int, guild_id: int | None, channel_id: int, turn_id: int,
-        llm: str | None, llm_params: LLMParams, render_params: RenderParams, layout_id: int | None = None,
+        self,
+        *,
+        kind: JobKind,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        turn_id: int,
+        llm: str | None,
+        llm_params: LLMParams,
+        render_params: RenderParams,
+        layout_id: int | None = None,
     ) -> int:
         job_id = await self.db.execute(
             "INSERT INTO jobs (kind, user_id, guild_id, channel_id, turn_id, llm, llm_params, render_params,"
             " layout_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (kind, user_id, guild_id, channel_id, turn_id, llm, json.dumps(llm_params.to_dict()),
-             json.dumps(render_params.to_dict()), layout_id, self.clock()),
+            (
+                kind,
+                user_id,
+                guild_id,
+                channel_id,
+                turn_id,
+                llm,
+                json.dumps(llm_params.to_dict()),
+                json.dumps(render_params.to_dict()),
+                layout_id,
+                self.clock(),
+            ),
         )
         assert job_id is not None
         return job_id
@@ -188,8 +234,16 @@ class Storage:
 
     async def update_job(self, job_id: int, **changes: Any) -> None:
         """Set columns of a job; ``state`` changes also stamp started_at/finished_at."""
-        allowed = {"state", "status_message_id", "result_message_id", "layout_id", "llm_model", "render_model",
-                   "error", "render_params"}
+        allowed = {
+            "state",
+            "status_message_id",
+            "result_message_id",
+            "layout_id",
+            "llm_model",
+            "render_model",
+            "error",
+            "render_params",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"not updatable job columns: {sorted(unknown)}")
@@ -204,15 +258,19 @@ class Storage:
         await self.db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*changes.values(), job_id))
 
     async def count_recent_jobs(self, user_id: int, *, since: float) -> int:
-        row = await self.db.fetchone("SELECT COUNT(*) AS n FROM jobs WHERE user_id = ? AND created_at >= ?",
-                                     (user_id, since))
+        row = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM jobs WHERE user_id = ? AND created_at >= ?", (user_id, since)
+        )
         return int(row["n"]) if row else 0
 
-    async def user_results(self, *, user_id: int, channel_id: int, limit: int = 10) -> list[tuple[JobRecord, Turn]]:
+    async def user_results(
+        self, *, user_id: int, channel_id: int, limit: int = 10
+    ) -> list[tuple[JobRecord, Turn]]:
         """The user's newest finished results in a channel, newest first."""
         rows = await self.db.fetchall(
             "SELECT * FROM jobs WHERE user_id = ? AND channel_id = ? AND state = 'done'"
-            " AND result_message_id IS NOT NULL ORDER BY id DESC LIMIT ?", (user_id, channel_id, limit),
+            " AND result_message_id IS NOT NULL ORDER BY id DESC LIMIT ?",
+            (user_id, channel_id, limit),
         )
         out = []
         for row in rows:
@@ -225,19 +283,26 @@ class Storage:
     # -- settings and meta ---------------------------------------------------------------------------
 
     async def settings(self, scope: Literal["guild", "channel"], scope_id: int) -> dict[str, Any]:
-        rows = await self.db.fetchall("SELECT key, value FROM settings WHERE scope = ? AND scope_id = ?",
-                                      (scope, scope_id))
+        rows = await self.db.fetchall(
+            "SELECT key, value FROM settings WHERE scope = ? AND scope_id = ?", (scope, scope_id)
+        )
         return {row["key"]: json.loads(row["value"]) for row in rows}
 
-    async def set_setting(self, scope: Literal["guild", "channel"], scope_id: int, key: str, value: Any) -> None:
-        await self.db.execute("INSERT OR REPLACE INTO settings (scope, scope_id, key, value) VALUES (?, ?, ?, ?)",
-                              (scope, scope_id, key, json.dumps(value)))
+    async def set_setting(
+        self, scope: Literal["guild", "channel"], scope_id: int, key: str, value: Any
+    ) -> None:
+        await self.db.execute(
+            "INSERT OR REPLACE INTO settings (scope, scope_id, key, value) VALUES (?, ?, ?, ?)",
+            (scope, scope_id, key, json.dumps(value)),
+        )
 
     async def delete_setting(self, scope: Literal["guild", "channel"], scope_id: int, key: str) -> bool:
-        existed = await self.db.fetchone("SELECT 1 FROM settings WHERE scope = ? AND scope_id = ? AND key = ?",
-                                         (scope, scope_id, key))
-        await self.db.execute("DELETE FROM settings WHERE scope = ? AND scope_id = ? AND key = ?",
-                              (scope, scope_id, key))
+        existed = await self.db.fetchone(
+            "SELECT 1 FROM settings WHERE scope = ? AND scope_id = ? AND key = ?", (scope, scope_id, key)
+        )
+        await self.db.execute(
+            "DELETE FROM settings WHERE scope = ? AND scope_id = ? AND key = ?", (scope, scope_id, key)
+        )
         return existed is not None
 
     async def meta(self, key: str) -> str | None:

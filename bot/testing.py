@@ -79,8 +79,16 @@ class ScriptedEngine:
         if self.event_pause_s:
             time.sleep(self.event_pause_s)
 
-    def chat(self, history: Sequence[ChatMessage], prompt: str, params: LLMParams, *, llm: str | None = None,
-             on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ChatResult:
+    def chat(
+        self,
+        history: Sequence[ChatMessage],
+        prompt: str,
+        params: LLMParams,
+        *,
+        llm: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> ChatResult:
         self.calls.append(("chat", prompt, params.seed))
         self.histories.append(list(history))
         self._begin("chat", cancel)
@@ -92,16 +100,31 @@ class ScriptedEngine:
             self._tick()
             shown = max(1, len(layout.conditions) * event // self.llm_events)
             if on_progress is not None:
-                on_progress(LLMProgress(tokens=40 * event, tokens_per_second=40.0, text=reply[: 100 * event],
-                                        conditions=tuple(layout.conditions[:shown])))
+                on_progress(
+                    LLMProgress(
+                        tokens=40 * event,
+                        tokens_per_second=40.0,
+                        text=reply[: 100 * event],
+                        conditions=tuple(layout.conditions[:shown]),
+                    )
+                )
                 self._pause()
-        return ChatResult(reply=reply, layout=layout, model=llm or self.llm_name, tokens=40 * self.llm_events,
-                          seconds=0.01)
+        return ChatResult(
+            reply=reply, layout=layout, model=llm or self.llm_name, tokens=40 * self.llm_events, seconds=0.01
+        )
 
-    def render(self, layout: Layout, params: RenderParams, *, model: str | None = None,
-               on_progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> RenderResult:
-        self.calls.append(("render", layout.conditions[0].prefixes[0] if layout.conditions[0].prefixes else "",
-                           params.seed))
+    def render(
+        self,
+        layout: Layout,
+        params: RenderParams,
+        *,
+        model: str | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> RenderResult:
+        self.calls.append(
+            ("render", layout.conditions[0].prefixes[0] if layout.conditions[0].prefixes else "", params.seed)
+        )
         self._begin("render", cancel)
         for step in range(1, params.steps + 1):
             if cancel is not None:
@@ -115,5 +138,10 @@ class ScriptedEngine:
         sketch = np.asarray(Image.fromarray(layout.sketch()).resize((width, height)), dtype=np.int16)
         noise = np.random.default_rng(params.seed).integers(-20, 21, size=sketch.shape)
         image = Image.fromarray(np.clip(sketch + noise, 0, 255).astype(np.uint8))
-        return RenderResult(image=image, masks=masks_image(layout, (180, 180)), model=model or self.sdxl_name,
-                            seconds=0.01, params=params)
+        return RenderResult(
+            image=image,
+            masks=masks_image(layout, (180, 180)),
+            model=model or self.sdxl_name,
+            seconds=0.01,
+            params=params,
+        )

@@ -25,11 +25,15 @@ def custom_id(action: str, job_id: int) -> str:
     return f"omost:{action}:{job_id}"
 
 
-class JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
-                template=r"omost:(?P<action>reroll|layout|edit|delete|cancel):(?P<job_id>\d+)"):
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"omost:(?P<action>reroll|layout|edit|delete|cancel):(?P<job_id>\d+)",
+):
     def __init__(self, action: str, job_id: int) -> None:
         style, label, emoji = BUTTONS[action]
-        super().__init__(discord.ui.Button(style=style, label=label, emoji=emoji, custom_id=custom_id(action, job_id)))
+        super().__init__(
+            discord.ui.Button(style=style, label=label, emoji=emoji, custom_id=custom_id(action, job_id))
+        )
         self.action = action
         self.job_id = job_id
 
@@ -60,7 +64,9 @@ class EditModal(discord.ui.Modal):
     """Asks what to change; the answer becomes the next turn after the result's turn."""
 
     change: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-        label="What should change?", style=discord.TextStyle.paragraph, max_length=2000,
+        label="What should change?",
+        style=discord.TextStyle.paragraph,
+        max_length=2000,
         placeholder="e.g. make it night time and add a full moon",
     )
 

@@ -34,8 +34,9 @@ _RENDER_DESCRIPTIONS = {
 
 def _require_admin(interaction: Interaction) -> None:
     if not is_admin(interaction.permissions):
-        raise OmostError("only admins (Manage Server permission) can view or change Omost settings",
-                         parameter="settings")
+        raise OmostError(
+            "only admins (Manage Server permission) can view or change Omost settings", parameter="settings"
+        )
 
 
 class Omost(commands.GroupCog, group_name="omost", group_description="Compose images with Omost"):
@@ -48,66 +49,126 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     # -- composing ---------------------------------------------------------------------------------------
 
     @app_commands.command(name="compose", description="Compose an image from a sentence")
-    @app_commands.describe(prompt="what the image should show", llm="LLM id (default: the server's)",
-                           temperature="LLM temperature (0 to 2)", top_p="LLM top_p (0 to 1)",
-                           max_new_tokens="LLM token budget (128 to 4096)", **_RENDER_DESCRIPTIONS)
+    @app_commands.describe(
+        prompt="what the image should show",
+        llm="LLM id (default: the server's)",
+        temperature="LLM temperature (0 to 2)",
+        top_p="LLM top_p (0 to 1)",
+        max_new_tokens="LLM token budget (128 to 4096)",
+        **_RENDER_DESCRIPTIONS,
+    )
     async def compose(
-        self, interaction: Interaction, prompt: str, llm: str | None = None, seed: int | None = None,
-        temperature: float | None = None, top_p: float | None = None, max_new_tokens: int | None = None,
-        size: str | None = None, steps: int | None = None, cfg: float | None = None,
-        method: Literal["omost", "area"] | None = None, global_strength: float | None = None,
-        region_strength: float | None = None, overlap: Literal["overlay", "average"] | None = None,
-        negative: str | None = None, positive: str | None = None,
+        self,
+        interaction: Interaction,
+        prompt: str,
+        llm: str | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+        size: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        method: Literal["omost", "area"] | None = None,
+        global_strength: float | None = None,
+        region_strength: float | None = None,
+        overlap: Literal["overlay", "average"] | None = None,
+        negative: str | None = None,
+        positive: str | None = None,
     ) -> None:
-        options = {"llm": llm, "seed": seed, "temperature": temperature, "top_p": top_p,
-                   "max_new_tokens": max_new_tokens, "size": size, "steps": steps, "cfg": cfg, "method": method,
-                   "global_strength": global_strength, "region_strength": region_strength, "overlap": overlap,
-                   "negative": negative, "positive": positive}
+        options = {
+            "llm": llm,
+            "seed": seed,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+            "size": size,
+            "steps": steps,
+            "cfg": cfg,
+            "method": method,
+            "global_strength": global_strength,
+            "region_strength": region_strength,
+            "overlap": overlap,
+            "negative": negative,
+            "positive": positive,
+        }
         async with user_errors(interaction):
             await self.bot.flows.compose(interaction, prompt, options)
 
-    @app_commands.command(name="render", description="Render a layout file (ours or ComfyUI_omost's) without the LLM")
+    @app_commands.command(
+        name="render", description="Render a layout file (ours or ComfyUI_omost's) without the LLM"
+    )
     @app_commands.describe(layout="a layout .json file", **_RENDER_DESCRIPTIONS)
     async def render(
-        self, interaction: Interaction, layout: discord.Attachment, seed: int | None = None,
-        size: str | None = None, steps: int | None = None, cfg: float | None = None,
-        method: Literal["omost", "area"] | None = None, global_strength: float | None = None,
-        region_strength: float | None = None, overlap: Literal["overlay", "average"] | None = None,
-        negative: str | None = None, positive: str | None = None,
+        self,
+        interaction: Interaction,
+        layout: discord.Attachment,
+        seed: int | None = None,
+        size: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        method: Literal["omost", "area"] | None = None,
+        global_strength: float | None = None,
+        region_strength: float | None = None,
+        overlap: Literal["overlay", "average"] | None = None,
+        negative: str | None = None,
+        positive: str | None = None,
     ) -> None:
-        options = {"seed": seed, "size": size, "steps": steps, "cfg": cfg, "method": method,
-                   "global_strength": global_strength, "region_strength": region_strength, "overlap": overlap,
-                   "negative": negative, "positive": positive}
+        options = {
+            "seed": seed,
+            "size": size,
+            "steps": steps,
+            "cfg": cfg,
+            "method": method,
+            "global_strength": global_strength,
+            "region_strength": region_strength,
+            "overlap": overlap,
+            "negative": negative,
+            "positive": positive,
+        }
         async with user_errors(interaction):
             await self.bot.flows.render_upload(interaction, layout, options)
 
     @compose.autocomplete("size")
     @render.autocomplete("size")
     async def _size_choices(self, interaction: Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return [app_commands.Choice(name=f"{name} ({w}x{h})", value=name) for name, (w, h) in ASPECT_PRESETS.items()
-                if current.lower() in name][:25]
+        return [
+            app_commands.Choice(name=f"{name} ({w}x{h})", value=name)
+            for name, (w, h) in ASPECT_PRESETS.items()
+            if current.lower() in name
+        ][:25]
 
     # -- conversation and queue ----------------------------------------------------------------------------
 
     @app_commands.command(name="new", description="Start a fresh conversation in this channel")
     async def new(self, interaction: Interaction) -> None:
         async with user_errors(interaction):
-            await self.bot.storage.new_conversation(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0,
-                                                    user_id=interaction.user.id)
+            await self.bot.storage.new_conversation(
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+                user_id=interaction.user.id,
+            )
             await interaction.response.send_message(
-                "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.", ephemeral=True)
+                "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.",
+                ephemeral=True,
+            )
 
     @app_commands.command(name="history", description="Your recent results in this channel")
     async def history(self, interaction: Interaction) -> None:
         async with user_errors(interaction):
-            results = await self.bot.storage.user_results(user_id=interaction.user.id,
-                                                          channel_id=interaction.channel_id or 0)
+            results = await self.bot.storage.user_results(
+                user_id=interaction.user.id, channel_id=interaction.channel_id or 0
+            )
             if not results:
-                await interaction.response.send_message("You have no results in this channel yet.", ephemeral=True)
+                await interaction.response.send_message(
+                    "You have no results in this channel yet.", ephemeral=True
+                )
                 return
-            lines = [f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
-                     f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
-                     for job, turn in results]
+            lines = [
+                f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
+                f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
+                for job, turn in results
+            ]
             await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="queue", description="What is waiting and running")
@@ -124,8 +185,9 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
                 lines.append(f"{where} · job #{ticket.job_id} · <@{ticket.user_id}>{mine}")
             if len(snapshot) > 20:
                 lines.append(f"… and {len(snapshot) - 20} more")
-            await interaction.response.send_message("\n".join(lines), ephemeral=True,
-                                                    allowed_mentions=discord.AllowedMentions.none())
+            await interaction.response.send_message(
+                "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
 
     @app_commands.command(name="cancel", description="Cancel your job (admins: any job)")
     @app_commands.describe(job="the job number; your newest queued or running job if left out")
@@ -159,7 +221,9 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         async with user_errors(interaction):
             await self._require_owner(interaction)
             self.bot.backend.pause()
-            await interaction.response.send_message("⏸️ The queue is paused; waiting jobs stay queued.", ephemeral=True)
+            await interaction.response.send_message(
+                "⏸️ The queue is paused; waiting jobs stay queued.", ephemeral=True
+            )
 
     @app_commands.command(name="resume", description="Start jobs again after /omost pause (bot owners)")
     async def resume(self, interaction: Interaction) -> None:
@@ -181,8 +245,12 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             assert interaction.guild_id is not None
             guild = await self.bot.storage.settings("guild", interaction.guild_id)
             channel = await self.bot.storage.settings("channel", interaction.channel_id or 0)
-            policy = await resolve_policy(self.bot.storage, self.bot.config, guild_id=interaction.guild_id,
-                                          channel_id=interaction.channel_id or 0)
+            policy = await resolve_policy(
+                self.bot.storage,
+                self.bot.config,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id or 0,
+            )
             lines = []
             for key, spec in SETTINGS.items():
                 source = "channel" if key in channel else "server" if key in guild else "default"
@@ -193,27 +261,37 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @settings.command(name="set", description="Change a default or limit for the server or this channel")
-    @app_commands.describe(key="which setting", value="the new value", scope="the whole server or this channel")
+    @app_commands.describe(
+        key="which setting", value="the new value", scope="the whole server or this channel"
+    )
     @app_commands.choices(key=[app_commands.Choice(name=k, value=k) for k in SETTINGS])
-    async def settings_set(self, interaction: Interaction, key: str, value: str,
-                           scope: Literal["guild", "channel"] = "guild") -> None:
+    async def settings_set(
+        self, interaction: Interaction, key: str, value: str, scope: Literal["guild", "channel"] = "guild"
+    ) -> None:
         async with user_errors(interaction):
             _require_admin(interaction)
             parsed = parse_setting(key, value)
             if scope not in SETTINGS[key].scopes:
-                raise OmostError(f"{key} can only be set for the whole server", parameter="scope", value=scope,
-                                 allowed=SETTINGS[key].scopes)
+                raise OmostError(
+                    f"{key} can only be set for the whole server",
+                    parameter="scope",
+                    value=scope,
+                    allowed=SETTINGS[key].scopes,
+                )
             scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
             assert scope_id is not None
             await self.bot.storage.set_setting(scope, scope_id, key, parsed)
             where = "this server" if scope == "guild" else f"<#{scope_id}>"
-            await interaction.response.send_message(f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True)
+            await interaction.response.send_message(
+                f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True
+            )
 
     @settings.command(name="reset", description="Go back to the default of a setting")
     @app_commands.describe(key="which setting", scope="the whole server or this channel")
     @app_commands.choices(key=[app_commands.Choice(name=k, value=k) for k in SETTINGS])
-    async def settings_reset(self, interaction: Interaction, key: str,
-                             scope: Literal["guild", "channel"] = "guild") -> None:
+    async def settings_reset(
+        self, interaction: Interaction, key: str, scope: Literal["guild", "channel"] = "guild"
+    ) -> None:
         async with user_errors(interaction):
             _require_admin(interaction)
             scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id

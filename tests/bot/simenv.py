@@ -69,8 +69,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def make_config(tmp_path: Path, **changes: Any) -> BotConfig:
-    base = dict(db=tmp_path / "bot.sqlite3", status_interval_s=1.5, max_queue=20, max_queued_per_user=3,
-                rate_limit=50)
+    base = dict(
+        db=tmp_path / "bot.sqlite3", status_interval_s=1.5, max_queue=20, max_queued_per_user=3, rate_limit=50
+    )
     base.update(changes)
     return BotConfig(**base)
 
@@ -108,5 +109,16 @@ async def world(sim_env: simcord.Env) -> World:
     bot = sim_env.bot
     assert isinstance(bot, OmostBot)
     bot.config = config.__class__(**{**config.__dict__, "owner_ids": (owner.id,)})
-    return World(env=sim_env, bot=bot, engine=engine, clock=clock, config=bot.config, guild=guild, channel=channel,
-                 alice=alice, bob=bob, admin=admin, owner=owner)
+    return World(
+        env=sim_env,
+        bot=bot,
+        engine=engine,
+        clock=clock,
+        config=bot.config,
+        guild=guild,
+        channel=channel,
+        alice=alice,
+        bob=bob,
+        admin=admin,
+        owner=owner,
+    )

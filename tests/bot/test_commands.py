@@ -11,8 +11,9 @@ from bot.config import BotConfig
 from bot.engine_factory import create_engine
 
 
-def test_run_check_opens_and_migrates_the_database(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_check_opens_and_migrates_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMOST_MEMORY", "resident")
     assert main(["run", "--check", "--db", str(tmp_path / "bot.sqlite3")]) == 0
@@ -21,8 +22,9 @@ def test_run_check_opens_and_migrates_the_database(tmp_path: Path, capsys: pytes
     assert (tmp_path / "bot.sqlite3").is_file()
 
 
-def test_run_without_token_or_with_bad_config_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_without_token_or_with_bad_config_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DISCORD_TOKEN", raising=False)
     assert main(["run"]) == 2
@@ -34,8 +36,14 @@ def test_run_without_token_or_with_bad_config_is_one_clear_error(tmp_path: Path,
 
 
 def test_engine_factory_wires_chat_and_render_to_one_model_manager() -> None:
-    engine = create_engine(BotConfig(device="cpu", memory="resident", llm_endpoint="http://127.0.0.1:9/v1",
-                                     sdxl="/models/sdxl.safetensors"))
+    engine = create_engine(
+        BotConfig(
+            device="cpu",
+            memory="resident",
+            llm_endpoint="http://127.0.0.1:9/v1",
+            sdxl="/models/sdxl.safetensors",
+        )
+    )
     assert engine.chat_service.default_llm == "http://127.0.0.1:9/v1"
     assert engine.renderer.default_model == "/models/sdxl.safetensors"
     assert engine.renderer.memory is engine.chat_service.manager and engine.renderer.memory.mode == "resident"

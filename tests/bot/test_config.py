@@ -17,15 +17,25 @@ def test_defaults_without_file_or_environment(tmp_path: Path, monkeypatch: pytes
 
 def test_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    config = load_config(environ={
-        "DISCORD_TOKEN": "abc", "OMOST_LLM": "lllyasviel/omost-phi-3-mini-128k-8bits",
-        "OMOST_LLM_ENDPOINT": "http://127.0.0.1:8000/v1", "OMOST_SDXL": "/models/sdxl.safetensors",
-        "OMOST_DEVICE": "cuda:1", "OMOST_MEMORY": "resident", "OMOST_DB": "/data/bot.sqlite3",
-        "OMOST_OWNER_IDS": "1, 2", "OMOST_MAX_QUEUED_PER_USER": "5", "OMOST_RATE_WINDOW_S": "30",
-    })
+    config = load_config(
+        environ={
+            "DISCORD_TOKEN": "abc",
+            "OMOST_LLM": "lllyasviel/omost-phi-3-mini-128k-8bits",
+            "OMOST_LLM_ENDPOINT": "http://127.0.0.1:8000/v1",
+            "OMOST_SDXL": "/models/sdxl.safetensors",
+            "OMOST_DEVICE": "cuda:1",
+            "OMOST_MEMORY": "resident",
+            "OMOST_DB": "/data/bot.sqlite3",
+            "OMOST_OWNER_IDS": "1, 2",
+            "OMOST_MAX_QUEUED_PER_USER": "5",
+            "OMOST_RATE_WINDOW_S": "30",
+        }
+    )
     assert config.token == "abc" and config.llm == "lllyasviel/omost-phi-3-mini-128k-8bits"
     assert config.llm_endpoint == "http://127.0.0.1:8000/v1" and config.sdxl == "/models/sdxl.safetensors"
-    assert config.device == "cuda:1" and config.memory == "resident" and config.db == Path("/data/bot.sqlite3")
+    assert (
+        config.device == "cuda:1" and config.memory == "resident" and config.db == Path("/data/bot.sqlite3")
+    )
     assert config.owner_ids == (1, 2) and config.max_queued_per_user == 5 and config.rate_window_s == 30.0
 
 

@@ -37,8 +37,10 @@ async def test_newer_database_is_refused_with_a_clear_message(tmp_path: Path) ->
 
 
 async def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
-    migrations = [Migration(1, "good", "CREATE TABLE a (x INTEGER);"),
-                  Migration(2, "bad", "CREATE TABLE b (x INTEGER);\nINSERT INTO missing VALUES (1);")]
+    migrations = [
+        Migration(1, "good", "CREATE TABLE a (x INTEGER);"),
+        Migration(2, "bad", "CREATE TABLE b (x INTEGER);\nINSERT INTO missing VALUES (1);"),
+    ]
     with pytest.raises(OmostError, match="migration V2__bad failed: no such table: missing"):
         await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
     db = await Database.open(tmp_path / "bot.sqlite3", migrations=migrations[:1])

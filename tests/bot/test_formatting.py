@@ -27,15 +27,19 @@ def test_progress_bar_and_times() -> None:
 def test_status_texts() -> None:
     global_condition = Condition((0, 90, 0, 90), ("sky",), (), (10, 20, 30))
     region = Condition((0, 45, 0, 45), ("bird",), (), (200, 0, 0))
-    text = llm_text(3, LLMProgress(tokens=120, tokens_per_second=30.0, text="", conditions=(global_condition, region)))
+    text = llm_text(
+        3, LLMProgress(tokens=120, tokens_per_second=30.0, text="", conditions=(global_condition, region))
+    )
     assert "120 tokens (30.0/s), 1 region so far" in text
     text = render_text(3, RenderProgress(step=5, total=20), eta=42)
     assert "step 5/20" in text and "about 42s left" in text and "█████░" in text
 
 
 def test_preview_image_draws_the_regions() -> None:
-    conditions = (Condition((0, 90, 0, 90), ("sky",), (), (10, 20, 30)),
-                  Condition((0, 45, 0, 45), ("bird",), (), (200, 0, 0)))
+    conditions = (
+        Condition((0, 90, 0, 90), ("sky",), (), (10, 20, 30)),
+        Condition((0, 45, 0, 45), ("bird",), (), (200, 0, 0)),
+    )
     image = preview_image(conditions, size=90)
     assert image.size == (90, 90)
     assert image.getpixel((80, 80)) != image.getpixel((20, 20))  # the region differs from the background
@@ -50,6 +54,10 @@ def test_encode_image_fits_the_limit(limit: int) -> None:
     if limit >= 10_000_000:
         assert encoded.filename == "image.png" and encoded.note is None and decoded.size == (256, 256)
     elif limit == 150_000:
-        assert encoded.filename == "image.jpg" and "JPEG" in (encoded.note or "") and decoded.size == (256, 256)
+        assert (
+            encoded.filename == "image.jpg" and "JPEG" in (encoded.note or "") and decoded.size == (256, 256)
+        )
     else:
-        assert encoded.filename == "image.jpg" and "downscaled" in (encoded.note or "") and decoded.size[0] < 256
+        assert (
+            encoded.filename == "image.jpg" and "downscaled" in (encoded.note or "") and decoded.size[0] < 256
+        )

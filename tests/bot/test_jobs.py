@@ -45,8 +45,15 @@ class Recorder:
         if job_id in self.skip:
             return None
         layout = parse_reply(DRAGON) if job_id in self.layout_jobs else None
-        return JobSpec(job_id=job_id, prompt=f"prompt {job_id}", history=(), llm=None, llm_params=LLMParams(),
-                       render_params=RenderParams(steps=2, seed=job_id), layout=layout)
+        return JobSpec(
+            job_id=job_id,
+            prompt=f"prompt {job_id}",
+            history=(),
+            llm=None,
+            llm_params=LLMParams(),
+            render_params=RenderParams(steps=2, seed=job_id),
+            layout=layout,
+        )
 
     def on_event(self, event: JobEvent) -> None:
         self.events.append(event)
@@ -55,7 +62,9 @@ class Recorder:
         return [e for e in self.events if e.job_id == job_id and isinstance(e, kind)]
 
 
-def make(engine: ScriptedEngine | None = None, **options: object) -> tuple[InProcessJobBackend, Recorder, ScriptedEngine]:
+def make(
+    engine: ScriptedEngine | None = None, **options: object
+) -> tuple[InProcessJobBackend, Recorder, ScriptedEngine]:
     engine = engine or ScriptedEngine(replies=[DRAGON])
     backend = InProcessJobBackend(engine, **options)  # type: ignore[arg-type]
     recorder = Recorder()
@@ -66,8 +75,10 @@ def make(engine: ScriptedEngine | None = None, **options: object) -> tuple[InPro
 async def test_round_robin_between_users_fifo_per_user() -> None:
     backend, recorder, engine = make()
     backend.pause()
-    positions = [await backend.submit(Ticket(job_id=job, user_id=user))
-                 for job, user in [(1, 10), (2, 10), (3, 10), (4, 20), (5, 30), (6, 20)]]
+    positions = [
+        await backend.submit(Ticket(job_id=job, user_id=user))
+        for job, user in [(1, 10), (2, 10), (3, 10), (4, 20), (5, 30), (6, 20)]
+    ]
     assert positions == [1, 2, 3, 2, 3, 5]  # one job per user per round, users in arrival order
     assert [t.job_id for t, _ in backend.snapshot()] == [1, 4, 5, 2, 6, 3]
     assert backend.position(6) == 5 and backend.position(99) is None
@@ -161,11 +172,18 @@ async def test_stage_timeout_stops_the_engine_and_the_worker_goes_on() -> None:
     assert recorder.of(2, Finished)
 
 
-@pytest.mark.parametrize(("stage", "error", "expected"), [
-    ("chat", RuntimeError("weights missing"), "the LLM step failed: RuntimeError: weights missing"),
-    ("render", RuntimeError("CUDA out of memory"), "the render step failed: RuntimeError: CUDA out of memory"),
-    ("chat", OmostError("the LLM's reply is not a valid canvas program: line 3: bad"), "line 3: bad"),
-])
+@pytest.mark.parametrize(
+    ("stage", "error", "expected"),
+    [
+        ("chat", RuntimeError("weights missing"), "the LLM step failed: RuntimeError: weights missing"),
+        (
+            "render",
+            RuntimeError("CUDA out of memory"),
+            "the render step failed: RuntimeError: CUDA out of memory",
+        ),
+        ("chat", OmostError("the LLM's reply is not a valid canvas program: line 3: bad"), "line 3: bad"),
+    ],
+)
 async def test_engine_failures_become_one_message(stage: str, error: Exception, expected: str) -> None:
     backend, recorder, engine = make()
     engine.fail_next(stage, error)

@@ -14,21 +14,37 @@ from bot.storage import Storage
 from omost_engine.errors import OmostError
 
 
-@pytest.mark.parametrize(("key", "text", "value"), [
-    ("unfiltered", "Yes", True), ("unfiltered", "off", False), ("steps", "30", 30), ("cfg", "4.5", 4.5),
-    ("method", "AREA", "area"), ("size", "Square", "square"), ("size", "768x1344", "768x1344"),
-    ("allowed_channels", "<#123456789> 987654321", [123456789, 987654321]), ("allowed_channels", "all", []),
-    ("negative", " blurry ", "blurry"),
-])
+@pytest.mark.parametrize(
+    ("key", "text", "value"),
+    [
+        ("unfiltered", "Yes", True),
+        ("unfiltered", "off", False),
+        ("steps", "30", 30),
+        ("cfg", "4.5", 4.5),
+        ("method", "AREA", "area"),
+        ("size", "Square", "square"),
+        ("size", "768x1344", "768x1344"),
+        ("allowed_channels", "<#123456789> 987654321", [123456789, 987654321]),
+        ("allowed_channels", "all", []),
+        ("negative", " blurry ", "blurry"),
+    ],
+)
 def test_parse_setting(key: str, text: str, value: object) -> None:
     assert parse_setting(key, text) == value
 
 
-@pytest.mark.parametrize(("key", "text", "expected"), [
-    ("colour", "red", "unknown setting 'colour'"), ("steps", "0", "from 1 to 100"), ("cfg", "nan", "from 1 to 32"),
-    ("method", "magic", "one of omost, area"), ("size", "7x7", "width must be from 256"),
-    ("allowed_channels", "#general", "channel mentions or ids"), ("negative", "", "1 to 1000 characters"),
-])
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("colour", "red", "unknown setting 'colour'"),
+        ("steps", "0", "from 1 to 100"),
+        ("cfg", "nan", "from 1 to 32"),
+        ("method", "magic", "one of omost, area"),
+        ("size", "7x7", "width must be from 256"),
+        ("allowed_channels", "#general", "channel mentions or ids"),
+        ("negative", "", "1 to 1000 characters"),
+    ],
+)
 def test_bad_settings(key: str, text: str, expected: str) -> None:
     with pytest.raises(OmostError, match=expected):
         parse_setting(key, text)
@@ -44,7 +60,9 @@ async def test_channel_settings_override_guild_settings(tmp_path: Path) -> None:
         await storage.set_setting("channel", 10, "steps", 12)
         await storage.set_setting("channel", 10, "allowed_channels", [99])  # guild-only: ignored per channel
         policy = await resolve_policy(storage, config, guild_id=1, channel_id=10)
-        assert policy.render_params.steps == 12 and policy.llm == "guild-llm" and policy.allowed_channels == ()
+        assert (
+            policy.render_params.steps == 12 and policy.llm == "guild-llm" and policy.allowed_channels == ()
+        )
         assert policy.max_queued_per_user == 4
         elsewhere = await resolve_policy(storage, config, guild_id=1, channel_id=11)
         assert elsewhere.render_params.steps == 30
@@ -59,8 +77,9 @@ async def test_build_params_applies_options_and_limits(tmp_path: Path) -> None:
         policy = await resolve_policy(Storage(db), BotConfig(), guild_id=1, channel_id=1)
     finally:
         await db.close()
-    llm, llm_params, render = build_params(policy, {"size": "wide", "steps": 30, "temperature": 0.3, "cfg": None},
-                                           seed=77)
+    llm, llm_params, render = build_params(
+        policy, {"size": "wide", "steps": 30, "temperature": 0.3, "cfg": None}, seed=77
+    )
     assert llm is None and llm_params.temperature == 0.3 and llm_params.seed == 77
     assert (render.width, render.height, render.steps, render.seed, render.cfg) == (1344, 768, 30, 77, 5.0)
     limited = replace(policy, max_steps=10)

@@ -29,9 +29,15 @@ async def test_history_follows_one_branch(storage: Storage) -> None:
     left = await storage.add_turn(conversation_id=conversation, parent_id=root, user_id=3, prompt="night")
     await storage.set_turn_reply(left, reply="left reply", layout_id=layout)
     right = await storage.add_turn(conversation_id=conversation, parent_id=root, user_id=4, prompt="day")
-    unanswered = await storage.add_turn(conversation_id=conversation, parent_id=left, user_id=3, prompt="rain")
-    assert await storage.history(left) == [ChatMessage("user", "a dragon"), ChatMessage("assistant", "```python\n...\n```"),
-                                           ChatMessage("user", "night"), ChatMessage("assistant", "left reply")]
+    unanswered = await storage.add_turn(
+        conversation_id=conversation, parent_id=left, user_id=3, prompt="rain"
+    )
+    assert await storage.history(left) == [
+        ChatMessage("user", "a dragon"),
+        ChatMessage("assistant", "```python\n...\n```"),
+        ChatMessage("user", "night"),
+        ChatMessage("assistant", "left reply"),
+    ]
     assert await storage.history(right) == (await storage.history(root))  # unanswered turns are left out
     assert [t.id for t in await storage.chain(unanswered)] == [root, left, unanswered]
     assert (await storage.head_turn(conversation)).id == unanswered
@@ -50,17 +56,38 @@ async def test_current_conversation_is_per_channel_and_user_and_new_replaces_it(
 async def test_jobs_keep_every_parameter(storage: Storage) -> None:
     conversation = await storage.new_conversation(guild_id=1, channel_id=2, user_id=3)
     turn = await storage.add_turn(conversation_id=conversation, parent_id=None, user_id=3, prompt="p")
-    render = RenderParams(width=1024, height=1024, steps=9, cfg=3.5, seed=5, method="area", overlap="overlay",
-                          negative="", positive="film grain")
-    job_id = await storage.create_job(kind="compose", user_id=3, guild_id=1, channel_id=2, turn_id=turn,
-                                      llm="some/llm", llm_params=LLMParams(temperature=0.1, seed=5),
-                                      render_params=render)
+    render = RenderParams(
+        width=1024,
+        height=1024,
+        steps=9,
+        cfg=3.5,
+        seed=5,
+        method="area",
+        overlap="overlay",
+        negative="",
+        positive="film grain",
+    )
+    job_id = await storage.create_job(
+        kind="compose",
+        user_id=3,
+        guild_id=1,
+        channel_id=2,
+        turn_id=turn,
+        llm="some/llm",
+        llm_params=LLMParams(temperature=0.1, seed=5),
+        render_params=render,
+    )
     job = await storage.job(job_id)
     assert job.state == "queued" and job.render_params == render and job.llm_params.temperature == 0.1
     await storage.update_job(job_id, state="running")
-    await storage.update_job(job_id, state="done", result_message_id=555, render_params=render.replace(seed=6))
+    await storage.update_job(
+        job_id, state="done", result_message_id=555, render_params=render.replace(seed=6)
+    )
     assert (await storage.job_by_message(555)).render_params.seed == 6
     row = await storage.db.fetchone("SELECT started_at, finished_at FROM jobs WHERE id = ?", (job_id,))
     assert row["started_at"] < row["finished_at"]
     assert [j.id for j in await storage.jobs_in_state("done")] == [job_id]
-    assert await storage.count_recent_jobs(3, since=0) == 1 and await storage.count_recent_jobs(3, since=1e9) == 0
+    assert (
+        await storage.count_recent_jobs(3, since=0) == 1
+        and await storage.count_recent_jobs(3, since=1e9) == 0
+    )

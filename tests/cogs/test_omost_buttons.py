@@ -25,7 +25,10 @@ async def test_reroll_renders_the_same_layout_with_a_new_seed(world: World) -> N
     assert fields["Seed"] != "1" and fields["Steps · CFG"] == "3 · 5"
     assert [c[0] for c in world.engine.calls] == ["chat", "render", "render"]  # no second LLM turn
     files = {a.filename: a for a in message.attachments}
-    assert json.loads(await files["layout.json"].read())["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
+    assert (
+        json.loads(await files["layout.json"].read())["conditions"]
+        == parse_reply(DRAGON).to_json()["conditions"]
+    )
     # The reroll belongs to the same turn: replying to it continues the same conversation.
     await world.alice.send(world.channel, "now a dinosaur", reply_to=message)
     assert world.engine.histories[-1][0].content == "a dragon battle"
@@ -37,7 +40,10 @@ async def test_layout_button_shows_sketch_masks_and_file_to_the_clicker_only(wor
     assert result.ephemeral
     names = sorted(a.filename for a in result.response.attachments)
     assert names == ["layout.json", "masks.png", "sketch.png"]
-    assert "region 1" in result.response.content and f"{len(parse_reply(DRAGON).regions)} region" in result.response.content
+    assert (
+        "region 1" in result.response.content
+        and f"{len(parse_reply(DRAGON).regions)} region" in result.response.content
+    )
 
 
 async def test_edit_button_opens_a_modal_whose_answer_is_the_next_turn(world: World) -> None:

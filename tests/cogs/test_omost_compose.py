@@ -12,8 +12,11 @@ from omost_engine.reply import parse_reply
 
 def edits_of(world: World, message_id: int) -> list[dict]:
     """Bodies of every edit the bot made to one message (through the interaction or the channel)."""
-    return [entry.json or {} for entry in world.env.http_requests
-            if entry.method == "PATCH" and entry.path.endswith(f"/messages/{message_id}")]
+    return [
+        entry.json or {}
+        for entry in world.env.http_requests
+        if entry.method == "PATCH" and entry.path.endswith(f"/messages/{message_id}")
+    ]
 
 
 async def jobs_in_db(world: World) -> int:
@@ -22,7 +25,9 @@ async def jobs_in_db(world: World) -> int:
 
 
 async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -> None:
-    result = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", seed=7, steps=4)
+    result = await world.alice.slash(
+        world.channel, "omost compose", prompt="a dragon battle", seed=7, steps=4
+    )
     message = result.response
     assert result.acknowledged and not result.ephemeral and message is not None
     assert "Done" in message.content and str(world.alice.id) in message.content

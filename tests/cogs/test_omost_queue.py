@@ -44,7 +44,11 @@ async def test_per_user_cap_refuses_clearly_and_stores_nothing(world: World) -> 
     await world.alice.slash(world.channel, "omost compose", prompt="one")
     await world.alice.slash(world.channel, "omost compose", prompt="two")
     third = await world.alice.slash(world.channel, "omost compose", prompt="three")
-    assert third.ephemeral and "limit is 2" in third.response.content and "/omost cancel" in third.response.content
+    assert (
+        third.ephemeral
+        and "limit is 2" in third.response.content
+        and "/omost cancel" in third.response.content
+    )
     other = await world.bob.slash(world.channel, "omost compose", prompt="bob")  # others are not affected
     assert not other.ephemeral
     rows = await world.bot.storage.db.fetchall("SELECT prompt FROM turns ORDER BY id")
@@ -122,7 +126,9 @@ async def test_result_after_the_interaction_token_expired_goes_through_the_chann
     await resume(world)
     message = queued.response
     assert "Done" in message.content and len(message.attachments) == 2
-    status_edits = [e for e in world.env.http_requests if e.method == "PATCH" and e.path.endswith(f"/{message.id}")]
+    status_edits = [
+        e for e in world.env.http_requests if e.method == "PATCH" and e.path.endswith(f"/{message.id}")
+    ]
     assert status_edits and all(e.path.startswith("/channels/") for e in status_edits)
 
 
@@ -136,7 +142,9 @@ async def test_injected_discord_errors_fall_back_and_never_lose_the_result(world
     second = await world.alice.slash(world.channel, "omost compose", prompt="two")
     assert "Done" not in second.response.content
     delivered = world.channel.last_message
-    assert delivered.id != second.response.id and "Done" in delivered.content and len(delivered.attachments) == 2
+    assert (
+        delivered.id != second.response.id and "Done" in delivered.content and len(delivered.attachments) == 2
+    )
     job = await world.bot.storage.job(2)
     assert job.result_message_id == delivered.id
     world.env.errors  # acknowledge: nothing may have been raised into discord.py  # noqa: B018

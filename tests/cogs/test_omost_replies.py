@@ -39,8 +39,10 @@ async def test_reply_refines_the_conversation(world: World) -> None:
     assert (await layout_of(result))["meta"]["seed"] == 11
     # Reply again to the refined result: the history now holds two turns.
     await world.alice.send(world.channel, "and make it night", reply_to=result)
-    assert [m.content for m in world.engine.histories[-1]][::2] == ["a dragon battle",
-                                                                  "change the dragon to a dinosaur"]
+    assert [m.content for m in world.engine.histories[-1]][::2] == [
+        "a dragon battle",
+        "change the dragon to a dinosaur",
+    ]
 
 
 async def test_replying_to_an_older_result_branches(world: World) -> None:
@@ -72,15 +74,21 @@ async def test_reply_with_our_layout_file_renders_it_without_the_llm(world: Worl
     # Our file carries its seed and settings: the render reproduces them.
     assert world.engine.calls[-1] == ("render", parse_reply(DRAGON).conditions[0].prefixes[0], 5)
     doc = await layout_of(result)
-    assert doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"] and doc["meta"]["render"]["steps"] == 6
+    assert (
+        doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
+        and doc["meta"]["render"]["steps"] == 6
+    )
 
 
 async def test_reply_with_a_comfyui_list_renders_it(world: World) -> None:
     first = await compose(world)
-    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a quiet harbour"], "suffixes": [], "color": [10, 60, 120]},
-             {"rect": [30, 60, 10, 40], "prefixes": ["a red boat"], "suffixes": ["small"], "color": [200, 30, 30]}]
-    await world.alice.send(world.channel, "", reply_to=first,
-                           attachments=[("harbour.json", json.dumps(comfy).encode())])
+    comfy = [
+        {"rect": [0, 90, 0, 90], "prefixes": ["a quiet harbour"], "suffixes": [], "color": [10, 60, 120]},
+        {"rect": [30, 60, 10, 40], "prefixes": ["a red boat"], "suffixes": ["small"], "color": [200, 30, 30]},
+    ]
+    await world.alice.send(
+        world.channel, "", reply_to=first, attachments=[("harbour.json", json.dumps(comfy).encode())]
+    )
     result = world.channel.last_message
     assert "Done" in result.content and result.embeds[0].title == "a quiet harbour"
     assert world.engine.calls[-1][:2] == ("render", "a quiet harbour")
@@ -98,14 +106,23 @@ async def test_bad_layout_files_get_one_clear_reply_and_nothing_is_stored(world:
     for data, expected in cases:
         await world.alice.send(world.channel, "", reply_to=first, attachments=[("layout.json", data)])
         answer = world.channel.last_message
-        assert answer.author.bot and answer.content.startswith("⚠️") and expected in answer.content, answer.content
+        assert answer.author.bot and answer.content.startswith("⚠️") and expected in answer.content, (
+            answer.content
+        )
     assert (await count(world, "jobs"), await count(world, "layouts")) == (jobs, layouts)
 
 
 async def test_render_command_takes_a_layout_attachment(world: World) -> None:
-    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a desert at noon"], "suffixes": [], "color": [230, 200, 120]}]
-    result = await world.alice.slash(world.channel, "omost render",
-                                     layout=("desert.json", json.dumps(comfy).encode()), seed=99, size="square")
+    comfy = [
+        {"rect": [0, 90, 0, 90], "prefixes": ["a desert at noon"], "suffixes": [], "color": [230, 200, 120]}
+    ]
+    result = await world.alice.slash(
+        world.channel,
+        "omost render",
+        layout=("desert.json", json.dumps(comfy).encode()),
+        seed=99,
+        size="square",
+    )
     message = result.response
     assert message is not None and "Done" in message.content
     fields = {f.name: f.value for f in message.embeds[0].fields}

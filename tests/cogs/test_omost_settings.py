@@ -8,8 +8,11 @@ from simenv import World
 
 
 async def test_settings_are_for_admins_only(world: World) -> None:
-    for command, options in (("omost settings show", {}), ("omost settings set", {"key": "steps", "value": "10"}),
-                             ("omost settings reset", {"key": "steps"})):
+    for command, options in (
+        ("omost settings show", {}),
+        ("omost settings set", {"key": "steps", "value": "10"}),
+        ("omost settings reset", {"key": "steps"}),
+    ):
         result = await world.alice.slash(world.channel, command, **options)
         assert result.ephemeral and "only admins" in result.response.content
     assert await world.bot.storage.settings("guild", world.guild.id) == {}
@@ -27,7 +30,10 @@ async def test_guild_and_channel_defaults_apply_to_compose(world: World) -> None
     assert fields_here["Steps · CFG"].startswith("7 ") and fields_here["Size"] == "1024x1024"
     assert fields_there["Steps · CFG"].startswith("12 ") and fields_there["Size"] == "1024x1024"
     shown = await world.admin.slash(world.channel, "omost settings show")
-    assert "`steps` = 7 (channel)" in shown.response.content and "`size` = square (server)" in shown.response.content
+    assert (
+        "`steps` = 7 (channel)" in shown.response.content
+        and "`size` = square (server)" in shown.response.content
+    )
     reset = await world.admin.slash(world.channel, "omost settings reset", key="steps", scope="channel")
     assert "back to its default" in reset.response.content
     again = await world.alice.slash(world.channel, "omost compose", prompt="cat")
@@ -35,9 +41,12 @@ async def test_guild_and_channel_defaults_apply_to_compose(world: World) -> None
 
 
 async def test_bad_setting_values_are_refused(world: World) -> None:
-    cases = [({"key": "steps", "value": "500"}, "from 1 to 100"), ({"key": "unfiltered", "value": "maybe"}, "true or false"),
-             ({"key": "size", "value": "big"}, "size must be"),
-             ({"key": "allowed_channels", "value": "all", "scope": "channel"}, "whole server")]
+    cases = [
+        ({"key": "steps", "value": "500"}, "from 1 to 100"),
+        ({"key": "unfiltered", "value": "maybe"}, "true or false"),
+        ({"key": "size", "value": "big"}, "size must be"),
+        ({"key": "allowed_channels", "value": "all", "scope": "channel"}, "whole server"),
+    ]
     for options, expected in cases:
         result = await world.admin.slash(world.channel, "omost settings set", **options)
         assert result.ephemeral and expected in result.response.content, result.response.content
@@ -51,7 +60,9 @@ async def test_limits_hold_user_options(world: World) -> None:
     assert steps.ephemeral and "at most 20" in steps.response.content
     size = await world.alice.slash(world.channel, "omost compose", prompt="cat", size="1280x1280")
     assert size.ephemeral and "1.64 megapixels; at most 1.1 are allowed" in size.response.content
-    fits = await world.alice.slash(world.channel, "omost compose", prompt="cat")  # default steps lowered to 20
+    fits = await world.alice.slash(
+        world.channel, "omost compose", prompt="cat"
+    )  # default steps lowered to 20
     assert {f.name: f.value for f in fits.response.embeds[0].fields}["Steps · CFG"].startswith("20 ")
     ok = await world.alice.slash(world.channel, "omost compose", prompt="cat", steps=20, size="square")
     assert "Done" in ok.response.content
@@ -59,10 +70,16 @@ async def test_limits_hold_user_options(world: World) -> None:
 
 async def test_allowed_channels(world: World) -> None:
     art = world.guild.create_text_channel("art")
-    result = await world.admin.slash(world.channel, "omost settings set", key="allowed_channels", value=f"<#{art.id}>")
+    result = await world.admin.slash(
+        world.channel, "omost settings set", key="allowed_channels", value=f"<#{art.id}>"
+    )
     assert result.ephemeral
     refused = await world.alice.slash(world.channel, "omost compose", prompt="cat")
-    assert refused.ephemeral and "not enabled in this channel" in refused.response.content and str(art.id) in refused.response.content
+    assert (
+        refused.ephemeral
+        and "not enabled in this channel" in refused.response.content
+        and str(art.id) in refused.response.content
+    )
     ok = await world.alice.slash(art, "omost compose", prompt="cat")
     assert "Done" in ok.response.content
 
@@ -71,7 +88,9 @@ async def test_unfiltered_model_needs_the_admin_opt_in(world: World) -> None:
     model = "lllyasviel/omost-dolphin-2.9-llama3-8b-4bits"
     refused = await world.alice.slash(world.channel, "omost compose", prompt="cat", llm=model)
     assert refused.ephemeral and "unfiltered" in refused.response.content
-    local_copy = await world.alice.slash(world.channel, "omost compose", prompt="cat", llm="/models/my-dolphin")
+    local_copy = await world.alice.slash(
+        world.channel, "omost compose", prompt="cat", llm="/models/my-dolphin"
+    )
     assert "unfiltered" in local_copy.response.content
     other = world.guild.create_text_channel("nsfw-art")
     await world.admin.slash(other, "omost settings set", key="unfiltered", value="true", scope="channel")
@@ -82,12 +101,16 @@ async def test_unfiltered_model_needs_the_admin_opt_in(world: World) -> None:
     assert {f.name: f.value for f in ok.response.embeds[0].fields}["LLM"] == model
 
 
-@pytest.mark.parametrize(("permission", "label"), [("attach_files", "Attach Files"), ("embed_links", "Embed Links"),
-                                                    ("send_messages", "Send Messages")])
+@pytest.mark.parametrize(
+    ("permission", "label"),
+    [("attach_files", "Attach Files"), ("embed_links", "Embed Links"), ("send_messages", "Send Messages")],
+)
 async def test_missing_bot_permissions_are_explained(world: World, permission: str, label: str) -> None:
     me = world.guild.me
     assert me is not None
-    locked = world.guild.create_text_channel("locked", overwrites={me: discord.PermissionOverwrite(**{permission: False})})
+    locked = world.guild.create_text_channel(
+        "locked", overwrites={me: discord.PermissionOverwrite(**{permission: False})}
+    )
     result = await world.alice.slash(locked, "omost compose", prompt="cat")
     assert result.ephemeral and f"missing the {label} permission" in result.response.content
     assert world.engine.calls == []
@@ -96,7 +119,10 @@ async def test_missing_bot_permissions_are_explained(world: World, permission: s
 @pytest.mark.bot_config(rate_limit=2)
 async def test_rate_limit_per_user(world: World) -> None:
     for prompt in ("one", "two"):
-        assert "Done" in (await world.alice.slash(world.channel, "omost compose", prompt=prompt)).response.content
+        assert (
+            "Done"
+            in (await world.alice.slash(world.channel, "omost compose", prompt=prompt)).response.content
+        )
     third = await world.alice.slash(world.channel, "omost compose", prompt="three")
     assert third.ephemeral and "limit of 2 jobs per 10 minutes" in third.response.content
     assert "Done" in (await world.bob.slash(world.channel, "omost compose", prompt="bob")).response.content
