@@ -123,3 +123,10 @@ def test_backend_registers_as_llm_and_loads_it_before_generating(tiny_llm_dir: P
     assert backend._state is not None
     manager._entries["llm"].move(torch.device("cpu"))  # what the manager does when the renderer needs room
     assert backend._state is None  # the cached prompt state never outlives a move
+
+
+def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing cached under cache_dir, no network
+    with pytest.raises(OmostError, match="cannot load the LLM someone/omost-finetune") as info:
+        LLMLoader(allow_cpu=True, cache_dir=str(tmp_path)).get("someone/omost-finetune")
+    assert info.value.parameter == "llm"
