@@ -39,6 +39,12 @@ def find_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
                 allowed="V<number>__<name>.sql",
             )
         found.append(Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8")))
+    if not found:  # an empty schema would look like a working database; refuse instead
+        raise OmostError(
+            f"no migrations found in {str(directory)!r}; run the bot from a checkout (pip install -e .)",
+            parameter="migrations",
+            value=str(directory),
+        )
     found.sort(key=lambda m: m.version)
     for expected, migration in enumerate(found, start=1):
         if migration.version != expected:

@@ -52,6 +52,8 @@ async def test_a_failing_migration_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_migration_files_must_be_numbered_without_gaps(tmp_path: Path) -> None:
+    with pytest.raises(OmostError, match="no migrations found"):
+        find_migrations(tmp_path)
     (tmp_path / "V1__one.sql").write_text("SELECT 1;")
     (tmp_path / "V3__three.sql").write_text("SELECT 1;")
     with pytest.raises(OmostError, match="V2 is missing"):
