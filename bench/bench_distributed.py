@@ -81,7 +81,7 @@ def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 
 
 async def redis_backend(url: str, prefix: str, workers: int) -> tuple[RedisJobBackend, Recorder]:
-    backend = RedisJobBackend(RedisConfig(url=url, prefix=prefix, watchdog_s=0.25))
+    backend = RedisJobBackend(RedisConfig(url=url, prefix=prefix))
     recorder = Recorder()
     backend.bind(recorder)
     deadline = time.monotonic() + 60

@@ -461,7 +461,13 @@ def handle(args: argparse.Namespace) -> int:
     except OmostError as exc:
         print(f"omost-bot worker: error: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(GpuWorker(engine, config, models=models).run(handle_signals=True))
+    from redis.exceptions import RedisError
+
+    try:
+        asyncio.run(GpuWorker(engine, config, models=models).run(handle_signals=True))
+    except (OSError, RedisError) as exc:  # unreachable at start, or gone for good: a supervisor restarts us
+        print(f"omost-bot worker: error: Redis at {config.redis_url}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

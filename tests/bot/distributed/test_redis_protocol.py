@@ -14,17 +14,18 @@ from bot.distributed.worker import WorkerConfig
 from bot.jobs import JobSpec, StageTimeouts
 from omost_engine.engine import ChatMessage
 from omost_engine.errors import OmostError
+from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.testing.scripted_engine import ScriptedEngine
 
 
 @pytest.fixture(scope="module")
-def layout():  # type: ignore[no-untyped-def]
+def layout() -> Layout:
     return ScriptedEngine().chat([], "a harbour at night", LLMParams()).layout
 
 
-def test_job_message_round_trip(layout) -> None:  # type: ignore[no-untyped-def]
+def test_job_message_round_trip(layout: Layout) -> None:
     spec = JobSpec(job_id=7, prompt="make the boat red", llm="omost-llama",
                    history=(ChatMessage("user", "a harbour"), ChatMessage("assistant", "```python\n...\n```")),
                    llm_params=LLMParams(temperature=0.3, seed=5), render_params=RenderParams(steps=12, cfg=4.5),
@@ -57,7 +58,7 @@ def test_bad_job_messages_get_one_clear_error(change: dict, parameter: str | Non
         assert error.value.parameter == parameter
 
 
-def test_wire_event_round_trip_and_progress(layout) -> None:  # type: ignore[no-untyped-def]
+def test_wire_event_round_trip_and_progress(layout: Layout) -> None:
     llm = LLMProgress(tokens=12, tokens_per_second=30.5, text="canvas = Canvas()",
                       conditions=tuple(layout.conditions[:2]))
     type_, data = progress_data(llm)

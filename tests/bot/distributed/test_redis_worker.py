@@ -115,12 +115,21 @@ async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[
     assert "1 online" in out and "- local on " in out
 
 
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
 def test_worker_command_needs_a_redis_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("OMOST_REDIS_URL", raising=False)
     assert main(["worker", "--engine", "scripted"]) == 2
     assert "a Redis URL is needed" in capsys.readouterr().err
     assert main(["worker", "--engine", "scripted", "--redis-url", "redis://x", "--lease", "0.1"]) == 2
     assert "lease_s" in capsys.readouterr().err
+    # Unreachable Redis: one line, no traceback (arq tries a few times first).
+    monkeypatch.setattr("arq.connections.asyncio.sleep", _no_sleep)
+    assert main(["worker", "--engine", "scripted", "--redis-url", "redis://127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert "error: Redis at redis://127.0.0.1:1/0" in err and "Traceback" not in err
 
 
 async def test_outbox_keeps_order_and_thins_out_progress() -> None:
