@@ -88,6 +88,11 @@ WORST_CASES = {
     "iteration limit": "n = 0\nfor i in range(10 ** 9):\n    n += 1",
     "text limit": "s = 'a' * 9000\nfor i in range(1000):\n    t = s + str(i)",
     "membership in big lists": "x = [str(i) * 9 for i in range(1000)]\nfor i in range(1000):\n    y = 'zzzz' in x",
+    "substring search in long text": "h = 'a' * 9999\nn = 'a' * 99 + 'b'\nfor i in range(9000):\n    y = n in h",
+    "set_global_description in a loop, big text": "big = ['d' * 1999] * 59\ncanvas = Canvas()\n"
+    "for i in range(5000):\n    canvas.set_global_description('g' * 1999, big, 't' * 1999, 'red')",
+    "set_global_description in a loop, fuzzy colour": "canvas = Canvas()\n"
+    "for i in range(5000):\n    canvas.set_global_description('g', [], 't', f'light sky blu{i}')",
     "64 regions, fuzzy names, 50 sub-prompts each": GLOBAL + "\n".join(_local(i, FUZZY) for i in range(64)),
     "65 regions (region limit)": GLOBAL + f"for i in range(100):\n    {_local(0, FUZZY)}",
     "32 KiB of statements (source limit)": "x = 1\n" * (DEFAULT_LIMITS.max_source_chars // 6 - 1),

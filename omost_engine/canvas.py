@@ -48,6 +48,9 @@ LOCAL_PARAMS = (
     "quality_meta",
     "HTML_web_color_name",
 )
+# Work units (see Canvas.work): a fuzzy name match, and characters of text per unit.
+FUZZY_MATCH_WORK = 100
+TEXT_CHARS_PER_WORK = 100
 # The single-string suffixes of a local description, in suffix order after the detailed ones.
 _LOCAL_TEXT_PARAMS = ("tags", "atmosphere", "style", "quality_meta")
 
@@ -150,6 +153,8 @@ class Canvas:
         self.global_suffixes: tuple[str, ...] = ()
         self.global_color: tuple[int, int, int] | None = None
         self.global_calls = 0
+        # Rough cost of the calls so far (text handled, fuzzy matches), for callers that budget work.
+        self.work = 0
 
     def __repr__(self) -> str:  # shown in error messages: no object address
         return f"<canvas with {len(self.regions)} regions>"
@@ -163,6 +168,7 @@ class Canvas:
         detailed = _texts(detailed_descriptions, "detailed_descriptions", who)
         tags = _text(tags, "tags", who)
         color = self._resolve(HTML_web_color_name, COLORS, "HTML_web_color_name")
+        self.work += (len(description) + len(tags) + sum(map(len, detailed))) // TEXT_CHARS_PER_WORK
         self.global_calls += 1
         if self.global_calls == 2:
             self.warnings.append("set_global_description was called more than once; the last call is used")
@@ -201,6 +207,7 @@ class Canvas:
         singles = [
             _text(v, p, who) for p, v in zip(_LOCAL_TEXT_PARAMS, (tags, atmosphere, style, quality_meta), strict=True)
         ]
+        self.work += (len(description) + sum(map(len, detailed)) + sum(map(len, singles))) // TEXT_CHARS_PER_WORK
         loc = self._resolve(location, LOCATIONS, "location")
         off = self._resolve(offset, OFFSETS, "offset")
         ar = self._resolve(area, AREAS, "area")
@@ -232,6 +239,7 @@ class Canvas:
         resolved = resolve(value, table, parameter=parameter)
         if resolved.warning:
             self.warnings.append(resolved.warning)
+            self.work += FUZZY_MATCH_WORK
         return resolved.name
 
     def conditions(self) -> list[Condition]:

@@ -194,3 +194,13 @@ def test_text_that_cannot_be_written_as_utf8_is_refused() -> None:
     _global(canvas)
     with pytest.raises(OmostError, match="cannot be written as UTF-8"):
         canvas.add_local_description(**{**LOCAL, "detailed_descriptions": ["ok", "\udfff"]})
+
+
+def test_work_counts_text_and_fuzzy_matches() -> None:
+    from omost_engine.canvas import FUZZY_MATCH_WORK, TEXT_CHARS_PER_WORK
+
+    canvas = Canvas()
+    canvas.set_global_description("g" * 1000, ["d" * 500] * 2, "t" * 100, "red")
+    assert canvas.work == 2100 // TEXT_CHARS_PER_WORK
+    canvas.set_global_description("g", [], "t", "light sky blue")  # one fuzzy colour
+    assert canvas.work == 2100 // TEXT_CHARS_PER_WORK + FUZZY_MATCH_WORK

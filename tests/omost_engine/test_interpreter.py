@@ -181,6 +181,11 @@ LIMIT_CASES = [
     ("x = int('9' * 5000)", "int() of a string longer than 30", "int"),
     ("s = 'a' * 5000\nfor i in range(300):\n    t = s + str(i)", "builds too much text", "text"),
     ("x = [0] * 1000\nfor i in range(100):\n    y = 5 in x", "too much work", "steps"),
+    ("h = 'a' * 9999\nfor i in range(1000):\n    y = 'ab' in h", "too much work", "steps"),
+    ("canvas = Canvas()\nfor i in range(5000):\n    canvas.set_global_description('g', [], 't', f'light sky blu{i}')",
+     "too much work", "steps"),
+    ("big = ['d' * 1999] * 59\ncanvas = Canvas()\nfor i in range(5000):\n"
+     "    canvas.set_global_description('g', big, 't', 'red')", "too much work", "steps"),
 ]
 
 
