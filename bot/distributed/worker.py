@@ -111,7 +111,7 @@ class RunningJob:
         self.token.cancel()
 
 
-class _Outbox:
+class EventOutbox:
     """Sends one job's events in order; progress is coalesced and sent at most every ``interval`` s.
 
     ``execute_job`` reports on the event loop through a plain callback; sending needs Redis round
@@ -200,7 +200,8 @@ class GpuWorker:
                                         job_serializer=dumps, job_deserializer=loads,
                                         default_queue_name=self.keys.queue(self.config.queue))
         worker = Worker(
-            functions=[func(self._run_job, name=JOB_FUNCTION, max_tries=1000)],  # attempts: JobRequest
+            # arq may retry freely: JobMessage.max_attempts decides, with a clear message (see _run_job).
+            functions=[func(self._run_job, name=JOB_FUNCTION, max_tries=1000)],
             queue_name=self.keys.queue(self.config.queue),
             redis_pool=self._redis,
             max_jobs=self.config.concurrency,
@@ -339,7 +340,7 @@ class GpuWorker:
             if isinstance(event, Finished | Failed | Cancelled):
                 outcome.append(type(event).__name__.lower())
 
-        outbox = _Outbox(send, self.config.progress_interval_s)
+        outbox = EventOutbox(send, self.config.progress_interval_s)
         try:
             await execute_job(self.engine, message.spec, emit=outbox.put, cancel=job.token, timeouts=message.timeouts)
         except asyncio.CancelledError:
@@ -355,7 +356,7 @@ class GpuWorker:
             self.failed += 1
         return outcome[-1] if outcome else job.stop_reason or "stopped"
 
-    async def _stop_outbox(self, outbox: _Outbox, job: RunningJob) -> None:
+    async def _stop_outbox(self, outbox: EventOutbox, job: RunningJob) -> None:
         await outbox.close(drop_progress=True)
         await self._emit(job.job_id, "requeued", job.attempt, reason="the GPU worker stopped")
 

@@ -19,7 +19,7 @@ from bot.distributed.backend import RedisJobBackend
 from bot.distributed.client import RedisConfig, RedisJobClient
 from bot.distributed.health import read_health, status_lines
 from bot.distributed.protocol import JOB_FUNCTION, JobMessage, Keys, WireEvent, dumps, loads
-from bot.distributed.worker import GpuWorker, WorkerConfig, _Outbox, build_engine
+from bot.distributed.worker import EventOutbox, GpuWorker, WorkerConfig, build_engine
 from bot.jobs import Finished, InProcessJobBackend, JobEvent, JobSpec, Progress, Started
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import LLMProgress, RenderProgress
@@ -139,7 +139,7 @@ async def test_outbox_keeps_order_and_thins_out_progress() -> None:
         sent.append(event)
         await asyncio.sleep(0)
 
-    outbox = _Outbox(send, interval=0.05)
+    outbox = EventOutbox(send, interval=0.05)
     outbox.put(Started(1, "llm"))
     for tokens in range(1, 201):
         outbox.put(Progress(1, LLMProgress(tokens=tokens, tokens_per_second=1.0, text="x" * tokens)))
