@@ -7,29 +7,15 @@ program is not re-read at every token, and keeps the regions found so far (they 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from omost_engine.conditions import Condition
-
-
-def _conditions_of(result: Any) -> tuple[Condition, ...]:
-    """``interpret_partial`` may hand back a Layout, a list of conditions or None."""
-    if result is None:
-        return ()
-    conditions = getattr(result, "conditions", result)
-    return tuple(conditions) if isinstance(conditions, Sequence) else ()
+from omost_engine.interpreter import interpret_partial
+from omost_engine.reply import extract_code
 
 
 class IncrementalCanvas:
     """Feed it the reply piece by piece; ``conditions`` holds the regions of the calls completed so far."""
 
     def __init__(self) -> None:
-        from omost_engine.interpreter import interpret_partial
-        from omost_engine.reply import extract_code
-
-        self._extract_code = extract_code
-        self._interpret_partial = interpret_partial
         self._parts: list[str] = []
         self._pending_close = False  # a ")" arrived since the last interpretation
         self.conditions: tuple[Condition, ...] = ()
@@ -55,10 +41,10 @@ class IncrementalCanvas:
 
     def _interpret(self, text: str) -> bool:
         self.interpretations += 1
-        code = self._extract_code(text)
+        code = extract_code(text)
         if code is None:
             return False
-        found = _conditions_of(self._interpret_partial(code))
+        found = tuple(interpret_partial(code))
         # Never take regions back while the reply streams (a half-written program may read worse).
         if found == self.conditions or len(found) < len(self.conditions):
             return False

@@ -21,6 +21,7 @@ from omost_engine.llm.incremental import IncrementalCanvas
 from omost_engine.llm.models import DEFAULT_LLM, LLMLoader
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken, LLMProgress, ProgressCallback
+from omost_engine.reply import parse_reply
 
 if TYPE_CHECKING:
     from omost_engine.memory import ModelManager
@@ -131,8 +132,6 @@ class ChatService:
         if generation.stop_reason == "length":
             notes.append(f"the reply was cut at max_new_tokens={params.max_new_tokens}")
         reply = generation.text
-        from omost_engine.reply import parse_reply
-
         try:
             layout = parse_reply(reply)
         except OmostError as exc:
@@ -145,12 +144,7 @@ class ChatService:
                           trimmed_turns=fitted.trimmed_turns, notes=tuple(notes))
 
     def _incremental_canvas(self) -> IncrementalCanvas | None:
-        if not self.incremental:
-            return None
-        try:
-            return IncrementalCanvas()
-        except ImportError:  # a build without the partial interpreter: progress carries no regions
-            return None
+        return IncrementalCanvas() if self.incremental else None
 
     def stream(
         self,
