@@ -42,6 +42,7 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 SOURCE_NAME = "<canvas>"  # the file name ast.parse is given
+_LINEAR_CUTS = 3  # complete_prefix: cut points tried one by one before searching by halving
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -892,16 +893,32 @@ def complete_prefix(source: str) -> ast.Module | None:
             offsets.append(pos)
         pos += len(line)
     # After a newline outside brackets a simple statement cannot grow any more: try the text up
-    # to the last newline first, then each earlier top-level line start.
+    # to the last newline first, then the earlier top-level line starts.
     last_newline = source.rfind("\n") + 1
-    for cut in sorted({*offsets, last_newline}, reverse=True):
-        if cut == 0:
-            break
+    cuts = sorted(c for c in {*offsets, last_newline} if c > 0)
+
+    def parse(cut: int) -> ast.Module | None:
         try:
             return ast.parse(source[:cut])
         except (SyntaxError, ValueError, RecursionError, MemoryError):
-            continue
-    return None
+            return None
+
+    # Usually the last statement or two are unfinished: try the last few cuts, then search the
+    # rest by halving (prefixes that parse come first; a broken statement fails every cut after
+    # it), so a program broken early costs a handful of parses, not one per line.
+    for cut in reversed(cuts[-_LINEAR_CUTS:]):
+        tree = parse(cut)
+        if tree is not None:
+            return tree
+    low, high, best = 0, len(cuts) - _LINEAR_CUTS - 1, None
+    while low <= high:
+        middle = (low + high) // 2
+        tree = parse(cuts[middle])
+        if tree is None:
+            high = middle - 1
+        else:
+            best, low = tree, middle + 1
+    return best
 
 
 def interpret_partial(source: str, *, limits: Limits = DEFAULT_LIMITS) -> list[Condition]:

@@ -98,3 +98,16 @@ def test_complete_prefix_cuts_after_whole_statements() -> None:
     assert tree is not None and len(tree.body) == 2
     tree = complete_prefix("a = 1\nb = f(2)")  # an assignment may still grow: not yet
     assert tree is not None and len(tree.body) == 1
+
+
+def test_complete_prefix_of_a_program_broken_early_stays_cheap(golden_program, monkeypatch) -> None:
+    import ast as ast_module
+
+    code = golden_program("01")
+    broken = code.replace("canvas.add_local_description(", "canvas.add_local_description((", 1)  # never closes
+    calls = []
+    real_parse = ast_module.parse
+    monkeypatch.setattr(ast_module, "parse", lambda text, *a, **k: calls.append(1) or real_parse(text, *a, **k))
+    tree = complete_prefix(broken + "\n".join(f"x{i} = {i}" for i in range(300)) + "\n")
+    assert tree is not None and len(tree.body) == 2  # canvas = Canvas() and the global call
+    assert len(calls) <= 15  # not one parse per line (there are over 300 candidate cuts)
