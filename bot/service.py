@@ -111,6 +111,7 @@ class JobService:
         self.config = config
         self.clock = clock
         self.trackers: dict[int, Tracker] = {}
+        self._stale: set[int] = set()  # jobs whose status message is behind their state
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0  # results delivered since start (benchmarks, health)
 
@@ -249,8 +250,17 @@ class JobService:
 
     def on_event(self, event: JobEvent) -> None:
         tracker = self.trackers.get(event.job_id)
-        if tracker is None:
-            return
+        if tracker is not None:
+            self._apply(tracker, event)
+        # Updates held back by the throttle go out on a later event (the running job reports often).
+        for job_id in list(self._stale):
+            stale = self.trackers.get(job_id)
+            if stale is None or stale.phase == "done":
+                self._stale.discard(job_id)
+            elif stale is not tracker:
+                self._maybe_refresh(stale)
+
+    def _apply(self, tracker: Tracker, event: JobEvent) -> None:
         if isinstance(event, Queued):
             tracker.position = event.position
             self._maybe_refresh(tracker)
@@ -305,12 +315,12 @@ class JobService:
 
     def _maybe_refresh(self, tracker: Tracker) -> None:
         # Throttled: progress arrives far faster than Discord lets a message be edited; stale states are dropped.
-        if (
-            tracker.message_id is None
-            or tracker.lock.locked()
-            or self.clock() - tracker.last_edit < self.config.status_interval_s
-        ):
+        if tracker.message_id is None:
             return
+        if tracker.lock.locked() or self.clock() - tracker.last_edit < self.config.status_interval_s:
+            self._stale.add(tracker.job_id)
+            return
+        self._stale.discard(tracker.job_id)
         self._spawn(self._refresh(tracker, force=False))
 
     async def _refresh(self, tracker: Tracker, *, force: bool) -> None:
@@ -321,6 +331,7 @@ class JobService:
                 return
             content, preview = self._status(tracker)
             tracker.last_edit = self.clock()
+            self._stale.discard(tracker.job_id)
 
             def edit_kwargs() -> dict[str, Any]:
                 if preview is None:

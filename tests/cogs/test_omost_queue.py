@@ -157,3 +157,25 @@ async def test_status_message_that_cannot_be_sent_does_not_lose_the_job(world: W
     delivered = world.channel.last_message
     assert "Done" in delivered.content and len(delivered.attachments) == 2
     world.env.errors  # noqa: B018
+
+
+async def test_queue_positions_held_back_by_the_throttle_are_sent_later(world: World) -> None:
+    world.engine.event_pause_s = 0.02  # let the bot handle each progress event before the next
+    await pause(world)
+    first = await world.alice.slash(world.channel, "omost compose", prompt="one", steps=4)
+    second = await world.bob.slash(world.channel, "omost compose", prompt="two", steps=4)
+    third = await world.admin.slash(world.channel, "omost compose", prompt="three", steps=4)
+    assert "position 3" in third.response.content
+    await resume(world)
+    # When job 1 started, job 3 moved to position 2 within the throttle interval of its last edit; the
+    # update went out once job 1's progress had moved the clock on, before job 3's own turn.
+    texts = [
+        (e.json or {}).get("content") or ""
+        for e in world.env.http_requests
+        if e.method == "PATCH" and e.path.endswith(f"/messages/{third.response.id}")
+    ]
+    assert "⏳ Job #3 is queued: position 2." in texts
+    assert texts.index("⏳ Job #3 is queued: position 2.") < next(
+        i for i, t in enumerate(texts) if "LLM" in t
+    )
+    assert all("Done" in r.response.content for r in (first, second, third))
