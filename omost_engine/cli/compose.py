@@ -13,6 +13,7 @@ import gc
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -91,17 +92,31 @@ def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> An
 
 
 class _ProgressLine:
-    """One stderr line rewritten in place: tokens, tokens/s and the regions found so far."""
+    """Progress on stderr: one line rewritten in place (at most 10 times a second) on a terminal;
+    elsewhere (a log file) one line each time a region appears."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
+        self.terminal = sys.stderr.isatty()
         self.shown = False
+        self.last_time = 0.0
+        self.last_regions = -1
 
     def __call__(self, progress: Any) -> None:
-        if not self.quiet:
+        if self.quiet:
+            return
+        regions = max(0, len(progress.conditions) - 1)
+        now = time.monotonic()
+        changed = regions != self.last_regions
+        if not changed and (not self.terminal or now - self.last_time < 0.1):
+            return
+        self.last_time, self.last_regions = now, regions
+        text = f"LLM: {progress.tokens} tokens, {progress.tokens_per_second:.1f} tokens/s, {regions} regions"
+        if self.terminal:
             self.shown = True
-            print(f"\rLLM: {progress.tokens} tokens, {progress.tokens_per_second:.1f} tokens/s, "
-                  f"{max(0, len(progress.conditions) - 1)} regions", end="", file=sys.stderr, flush=True)
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.shown:
