@@ -74,14 +74,19 @@ def test_plain_model_loads_once_and_is_reused(tiny_llm_dir: Path) -> None:
     assert loader.loaded() == [str(tiny_llm_dir.resolve())]
 
 
-@pytest.mark.parametrize(("quantization", "layer"), [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
-def test_prequantized_checkpoints_load_with_their_own_config(tmp_path: Path, quantization: str, layer: str) -> None:
+@pytest.mark.parametrize(("family", "quantization", "layer"), [
+    ("llama-3", "4bit", "Linear4bit"),  # as omost-llama-3-8b-4bits / dolphin 4bits
+    ("llama-3", "8bit", "Linear8bitLt"),
+    ("phi-3", "8bit", "Linear8bitLt"),  # as omost-phi-3-mini-128k-8bits
+])
+def test_prequantized_checkpoints_load_with_their_own_config(tmp_path: Path, family: str, quantization: str,
+                                                            layer: str) -> None:
     from omost_engine.llm.conversation import build_messages
     from omost_engine.llm.transformers_backend import TransformersBackend
     from omost_engine.params import LLMParams
     from omost_engine.testing.tiny_llm import save_tiny_llm
 
-    folder = save_tiny_llm(tmp_path / f"tiny-{quantization}", quantization=quantization)
+    folder = save_tiny_llm(tmp_path / f"tiny-{family}-{quantization}", family, quantization=quantization)
     llm = LLMLoader().get(str(folder))
     assert llm.quantization == quantization
     assert any(type(m).__name__ == layer for m in llm.model.modules())
