@@ -881,7 +881,7 @@ def complete_prefix(source: str) -> ast.Module | None:
     # continues a finished canvas.add_local_description(...) call.
     if source.rstrip(" \t").endswith(")"):
         with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError):
-            tree = ast.parse(source)
+            tree = ast.parse(source, filename=SOURCE_NAME)
             if tree.body and isinstance(tree.body[-1], ast.Expr) and isinstance(tree.body[-1].value, ast.Call):
                 return tree
     lines = source.splitlines(keepends=True)
@@ -899,7 +899,7 @@ def complete_prefix(source: str) -> ast.Module | None:
 
     def parse(cut: int) -> ast.Module | None:
         try:
-            return ast.parse(source[:cut])
+            return ast.parse(source[:cut], filename=SOURCE_NAME)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return None
 

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from omost_engine.canvas import LOCAL_PARAMS, Canvas
+from omost_engine.conditions import Condition
 from omost_engine.errors import OmostError
-from omost_engine.interpreter import SOURCE_NAME, Builtin, Interpreter, _CanvasClass
+from omost_engine.interpreter import SOURCE_NAME, Builtin, Interpreter, _CanvasClass, interpret_partial
 from omost_engine.layout import Layout
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
 
@@ -316,6 +317,29 @@ def test_fuzz(name: str, strategy: st.SearchStrategy[str], audit: AuditRecorder)
     if name in ("grammar", "mutated"):
         # The generators reach the evaluator and the canvas, not only the parser's refusals.
         assert seen["ok"] > COUNTS[name] // 50, seen
+
+
+streams = st.tuples(st.one_of(mutated_golden, programs), st.floats(0, 1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+
+
+def test_partial_programs_never_raise(audit: AuditRecorder) -> None:
+    count = {"n": 0}
+
+    @settings(FUZZ, max_examples=1000)
+    @given(streams)
+    def check(source: str) -> None:
+        audit.events.clear()
+        audit.active = True
+        try:
+            conditions = interpret_partial(source)
+        finally:
+            audit.active = False
+        assert audit.events == []
+        assert isinstance(conditions, list) and all(isinstance(c, Condition) for c in conditions)
+        count["n"] += 1
+
+    check()
+    assert count["n"] >= 1000
 
 
 def test_the_counts_add_up_to_ten_thousand() -> None:
