@@ -65,6 +65,7 @@ class RedisJobBackend:
         self._inflight: dict[int, Ticket] = {}  # handed to Redis: running, as far as the bot is concerned
         self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
         self._deliver_held = True
+        self._parked: list[WireEvent] = []  # events of held jobs, read before deliver_held()
         self._capacity = 0  # worker slots serving our queue, from the last health read
         self._capacity_at = -math.inf
         self._no_worker_since: float | None = None
@@ -129,7 +130,6 @@ class RedisJobBackend:
 
     def deliver_held(self) -> None:
         self._deliver_held = True
-        self.client.reread_pending()  # events held back meanwhile were left unacknowledged
         self._kick()
 
     # -- changes ---------------------------------------------------------------------------------
@@ -246,10 +246,14 @@ class RedisJobBackend:
         """One round of the pump: hand out jobs, deliver events, now and then look for lost jobs."""
         await self._dispatch()
         events = await self.client.read_events(block_s=min(self.config.watchdog_s, 0.5))
+        if self._deliver_held and self._parked:
+            events, self._parked = self._parked + events, []
         handled = []
         for event in events:
             if int(event.job_id) in self._held and not self._deliver_held:
-                continue  # the bot is not tracking it yet: left unacknowledged, read again later
+                # The bot is not tracking it yet: kept here, unacknowledged (a crash now loses nothing).
+                self._parked.append(event)
+                continue
             handled.append(event)
             try:
                 await self._handle(event)
@@ -279,6 +283,11 @@ class RedisJobBackend:
                                                        "try again later"))
             self._no_worker_since = None
 
+    def _busy_slots(self) -> int:
+        """Worker slots taken by this bot's jobs; a held job whose outcome already arrived holds none."""
+        ended = {int(e.job_id) for e in self._parked if e.terminal}
+        return len(self._inflight) - len(ended & self._inflight.keys())
+
     def _take(self) -> Ticket | None:
         if not self._waiting:
             return None
@@ -298,7 +307,7 @@ class RedisJobBackend:
                 except (OSError, RedisError) as exc:  # the pump retries; the jobs keep their places
                     log.warning("Redis: %s; jobs wait", exc)
                     return
-            while self._waiting and len(self._inflight) < self._capacity and not (self._closed or self._paused):
+            while self._waiting and self._busy_slots() < self._capacity and not (self._closed or self._paused):
                 ticket = self._take()
                 assert ticket is not None and self._handler is not None, "bind() the backend before submitting"
                 self._inflight[ticket.job_id] = ticket

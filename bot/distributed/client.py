@@ -299,11 +299,6 @@ class RedisJobClient:
                 self._finished.popitem(last=False)
         return True
 
-    def reread_pending(self) -> None:
-        """Read events delivered earlier but not acknowledged once more, before new ones."""
-        self._pending_first = True
-        self._pending_cursor = "0"
-
     async def ack(self, *events: WireEvent) -> None:
         ids = [e.stream_id for e in events if e.stream_id]
         if ids:
