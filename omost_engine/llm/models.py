@@ -233,18 +233,17 @@ class LLMLoader:
         common: dict[str, Any] = {"cache_dir": self.cache_dir} if self.cache_dir and not source.local else {}
         try:
             config = AutoConfig.from_pretrained(source.location, **common)
-        except OSError as exc:
+            self._check_fits(source, config, device)
+            log.info("loading LLM %s (%s) on %s", source.name, _quantization_of(config), device)
+            tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+            model = AutoModelForCausalLM.from_pretrained(
+                source.location, dtype=_compute_dtype(device), device_map={"": str(device)}, **common,
+            )
+        except (OSError, ValueError) as exc:  # missing files, no network, an unsupported architecture
             raise OmostError(
-                f"cannot load the LLM {source.name}: {str(exc).splitlines()[0]}",
+                f"cannot load the LLM {source.name}: {str(exc).strip().splitlines()[0]}",
                 parameter="llm", value=source.name, allowed="a downloadable hub id or a local model folder",
             ) from exc
-        self._check_fits(source, config, device)
-        quantization = _quantization_of(config)
-        log.info("loading LLM %s (%s) on %s", source.name, quantization, device)
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
-        model = AutoModelForCausalLM.from_pretrained(
-            source.location, dtype=_compute_dtype(device), device_map={"": str(device)}, **common,
-        )
         model.eval()
-        return LoadedLLM(name=source.name, model=model, tokenizer=tokenizer, quantization=quantization,
+        return LoadedLLM(name=source.name, model=model, tokenizer=tokenizer, quantization=_quantization_of(config),
                          known=source.known)

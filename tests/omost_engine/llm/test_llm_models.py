@@ -135,3 +135,12 @@ def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch: pytest.Mo
     with pytest.raises(OmostError, match="cannot load the LLM someone/omost-finetune") as info:
         LLMLoader(allow_cpu=True, cache_dir=str(tmp_path)).get("someone/omost-finetune")
     assert info.value.parameter == "llm"
+
+
+def test_a_folder_without_weights_is_a_clear_error(tmp_path: Path, tiny_llm_dir: Path) -> None:
+    import shutil
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny_llm_dir / name, tmp_path / name)
+    with pytest.raises(OmostError, match="cannot load the LLM"):
+        LLMLoader().get(str(tmp_path))
