@@ -3,7 +3,8 @@
 The grammar spells out the exact layout the published Omost models write (see golden 01): a
 ```` ```python ```` fence, ``canvas = Canvas()``, one ``set_global_description`` with its four keyword
 arguments, then any number of ``add_local_description`` calls with all eleven keyword arguments in
-order, each statement optionally preceded by ``#`` comment lines. Location, offset, area and colour
+order, each statement optionally preceded by ``#`` comment lines (a blank line between statements
+and one item per list line, as the models write them; also without the blank line, and ``[]``). Location, offset, area and colour
 names are restricted to the allowed values, distances to positive numbers. Every stretch the grammar
 fully determines (keyword names, indentation, call syntax) can be appended without sampling.
 
@@ -92,14 +93,15 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
 
     rules = [
         'root ::= "```python\\n" program "\\n```"',
-        'program ::= comments "canvas = Canvas()\\n\\n" comments global_call local_block'
+        # Statements are separated by a blank line, as the models write them; one without is fine too.
+        'program ::= comments "canvas = Canvas()\\n" "\\n"? comments global_call local_block'
         f"{{0,{lim.max_locals}}}",
-        'local_block ::= "\\n\\n" comments local_call',
+        'local_block ::= "\\n" "\\n"? comments local_call',
         f"comments ::= comment{{0,{lim.max_comment_lines}}}",
         f'comment ::= "# " [^{_NOT_PRINTABLE}]{comment_bound} "\\n"',
         f"global_call ::= {call('set_global_description', global_args)}",
         f"local_call ::= {call('add_local_description', local_args)}",
-        f'str_list ::= "[\\n" list_item{{0,{lim.max_list_items}}} "    ]"',
+        f'str_list ::= "[]" | "[\\n" list_item{{0,{lim.max_list_items}}} "    ]"',
         'list_item ::= "        " str ",\\n"',
         f"str ::= \"'\" [^'\\\\{_NOT_PRINTABLE}]{text_bound} \"'\" | \"\\\"\" [^\"\\\\{_NOT_PRINTABLE}]{text_bound} \"\\\"\"",
         # Positive numbers only: the canvas rejects zero and negative distances.
@@ -195,7 +197,11 @@ class GrammarFactory:
         # differently from how the model would continue, so such a last token is left to sampling.
         self.extendable = {piece[:k] for piece in self.pieces for k in range(1, len(piece))}
         self._runs: dict[str, tuple[int, ...]] = {}
-        self.ebnf = canvas_grammar_ebnf(names or CanvasNames.from_tables(), self.limits)
+        names = names or CanvasNames.from_tables()
+        longest = max(len(n.encode()) for n in (*names.locations, *names.offsets, *names.areas, *names.colors))
+        if self.limits.max_string_bytes < longest:  # the guard would cut an allowed name short
+            raise ValueError(f"max_string_bytes must be at least {longest}, the longest allowed name")
+        self.ebnf = canvas_grammar_ebnf(names, self.limits)
         compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.compiled: xgrammar.CompiledGrammar = compiler.compile_grammar(self.ebnf)
 

@@ -33,6 +33,8 @@ from omost_engine.progress import CancelToken
 
 StopReason = Literal["stop", "length", "grammar", "cancelled"]
 TokenCallback = Callable[[list[int]], None]
+# (every id before the position, that position's raw logits) -> logits; e.g. transformers processors.
+LogitsHook = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 class Stepper(Protocol):
@@ -88,6 +90,21 @@ class CausalLMStepper:
         if remove > 0:
             self.cache.crop(-remove)  # a negative count removes that many tokens from the end
             self._length = length
+
+
+def processors_hook(processors: Sequence[Any]) -> LogitsHook | None:
+    """A LogitsHook running transformers ``LogitsProcessor``s on one row (None when there are none)."""
+    if not processors:
+        return None
+
+    def hook(ids: list[int], row: torch.Tensor) -> torch.Tensor:
+        scores = row.detach().clone().unsqueeze(0)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=row.device)
+        for processor in processors:
+            scores = processor(input_ids, scores)
+        return scores[0]
+
+    return hook
 
 
 class Sampler:
@@ -183,11 +200,15 @@ def decode(
     grammar: GrammarState | None = None,
     on_tokens: TokenCallback | None = None,
     cancel: CancelToken | None = None,
+    logits_hook: LogitsHook | None = None,
 ) -> LoopResult:
     """Generate after ``prompt_ids`` (the whole templated conversation) until a stop token, the grammar's
     end, ``max_new_tokens`` or ``cancel``, like ``model.generate``: ``on_tokens`` gets each decided run
     of new tokens in order (the stop token too), and a cancel ends the loop before the next forward
-    pass with stop_reason "cancelled". The stepper may already hold a prefix of ``prompt_ids``."""
+    pass with stop_reason "cancelled". The stepper may already hold a prefix of ``prompt_ids``.
+
+    ``logits_hook`` rewrites each row before masking and sampling (extra logits processors). It must
+    see every position, so forced runs are off while it is set (they skip positions)."""
     started = time.perf_counter()
     # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
     stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
@@ -220,7 +241,7 @@ def decode(
                 reason = "stop"
                 break
             forced = (_accept_prefix(grammar, grammar.forced_tokens()[:budget], stops)
-                      if config.forced_runs else [])
+                      if config.forced_runs and logits_hook is None else [])
             stats.forced += len(forced)
             pending.extend(forced)
             commit(forced)
@@ -244,8 +265,10 @@ def decode(
 
         accepted: list[int] = []
         new_token: int | None = None
+        context = list(prompt_ids) + generated if logits_hook is not None else []
         for index in range(len(draft) + 1):
-            row = logits[index] if grammar is None else grammar.mask_logits(logits[index])
+            row = logits[index] if logits_hook is None else logits_hook(context + draft[:index], logits[index])
+            row = row if grammar is None else grammar.mask_logits(row)
             if index == len(draft):
                 if len(accepted) < budget:
                     new_token = sampler.pick(row)

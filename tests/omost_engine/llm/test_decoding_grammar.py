@@ -17,7 +17,8 @@ from omost_engine.tables import COLORS, LOCATIONS
 
 GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
 # Small bounds keep random programs short (a test generates 20 of them).
-SMALL = GrammarLimits(max_string_bytes=40, max_comment_bytes=24, max_list_items=3, max_locals=3)
+SMALL = GrammarLimits(max_string_bytes=32, max_comment_bytes=16, max_list_items=2, max_locals=1,
+                      max_comment_lines=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +67,7 @@ def test_grammar_lists_every_allowed_name_from_the_tables() -> None:
     assert "'on the upper left'" not in ebnf
 
 
-@pytest.mark.parametrize("case", ["01", "02"])
+@pytest.mark.parametrize("case", ["01", "02", "03", "04"])
 def test_the_published_format_is_accepted_token_by_token(program_tokenizer, golden_reply, case) -> None:
     _, _, factory = program_tokenizer
     assert feed_text(factory, golden_reply(case))[0]
@@ -94,7 +95,7 @@ def test_a_string_at_its_length_limit_can_only_close(tiny) -> None:
     tokenizer, _, _, factory = tiny
     state = factory.matcher()
     head = "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='"
-    for token in tokenizer.encode(head + "x" * 39, add_special_tokens=False):
+    for token in tokenizer.encode(head + "x" * (SMALL.max_string_bytes - 1), add_special_tokens=False):
         assert state.accept(token)
     assert state.guard.mode == "'" and len(state.allowed_tokens()) > 1
     assert state.accept(tokenizer.encode("x", add_special_tokens=False)[0])
@@ -170,3 +171,28 @@ def test_the_remote_form_bounds_strings_in_the_grammar_itself(program_tokenizer)
     for length, fits in ((30, True), (31, False)):
         matcher = xgr.GrammarMatcher(compiled)
         assert matcher.accept_string(head + "x" * length) is fits
+
+
+def test_logits_processors_see_every_position_with_drafts_and_grammar(tiny, golden_reply) -> None:
+    """transformers processors run through the hook on every checked position: a processor that forces
+    golden 04 makes the random model write it, drafted from the history, under the grammar."""
+    from omost_engine.llm.decoding.loop import processors_hook
+    from omost_engine.testing.tiny_llm import forced_reply_processor
+
+    tokenizer, model, stop, _ = tiny
+    factory = GrammarFactory(tokenizer, stop_token_ids=[stop])
+    reply = golden_reply("04")
+    prompt = chat_ids(tokenizer, [{"role": "user", "content": "an apple"}, {"role": "assistant", "content": reply},
+                                  {"role": "user", "content": "the same again"}])
+    hook = processors_hook([forced_reply_processor(tokenizer, reply, "<|eot_id|>")])
+    config = DecodeConfig(seed=3, stop_ids=(stop,))
+    result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher(), logits_hook=hook)
+    assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
+    assert result.stop_reason == "stop" and result.stats.forced == 0
+    assert result.stats.tokens_per_pass > 3
+
+
+def test_a_string_limit_below_the_longest_name_is_refused(tiny) -> None:
+    tokenizer = tiny[0]
+    with pytest.raises(ValueError, match="at least 30"):  # "a medium-sized horizontal area"
+        GrammarFactory(tokenizer, limits=GrammarLimits(max_string_bytes=20))
