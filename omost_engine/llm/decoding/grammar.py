@@ -214,6 +214,8 @@ class GrammarFactory:
         ids = self._runs.get(text)
         if ids is None:
             encoded: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+            if b"".join(self.pieces[t] for t in encoded) != text.encode():
+                encoded = []  # e.g. a SentencePiece tokenizer that adds a leading space: no shortcut
             if encoded and self.pieces[encoded[-1]] in self.extendable:
                 encoded.pop()
             ids = tuple(encoded)
