@@ -11,7 +11,7 @@ dragon layout). Three ways to compute the same layer output:
             over its own 77 tokens only (no mask);
 * explicit  the original's formulation: the (B, heads, N, T) score matrix built and masked by hand.
 
-Prints the median time of each and the ratios fused/plain and explicit/fused, one run. "fused" is
+Prints the fastest of interleaved runs of each and the ratios fused/plain and explicit/fused, one run. "fused" is
 below "plain" because the negative row attends to its own 77 tokens instead of the padded context;
 "row mask" isolates the masking cost: the positive row with mask and scale vs the same row plain.
 The mask is built once per resolution per render (cached); its cost is printed separately.
@@ -22,7 +22,6 @@ The mask is built once per resolution per render (cached); its cost is printed s
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
@@ -67,18 +66,22 @@ def plan_seconds(regions: int, n: int, dtype: torch.dtype, device: torch.device)
     return time.perf_counter() - start
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (kernel selection, allocations)
-    times = []
+def timed_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
+    """Fastest of ``repeats`` runs of each function, the functions taking turns within every round so
+    that a busy spell on a shared machine hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up (kernel selection, allocations)
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def main() -> None:
@@ -93,7 +96,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     pairs = [(h, n) for h in (10, 20) for n in (72 * 56, 36 * 28)] if args.all_pairs else list(LEVELS)
-    print(f"device {device}, {dtype}, batch 2, head dim {HEAD_DIM}, median of {args.repeats}")
+    print(f"device {device}, {dtype}, batch 2, head dim {HEAD_DIM}, fastest of {args.repeats} interleaved runs")
     print(f"{'layer':<26}{'context':>9}{'plain ms':>10}{'fused ms':>10}{'explicit ms':>13}"
           f"{'fused/plain':>13}{'explicit/fused':>16}{'row mask':>10}{'build ms':>10}")
     generator = torch.Generator(device="cpu").manual_seed(0)
@@ -110,14 +113,17 @@ def main() -> None:
                 bias, key_scale = state.bias_and_scale(n, dtype, device)
                 visible = torch.isfinite(bias[:, 0])
                 token_scale = key_scale[:, 0, :, 0]
-                plain = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), device, args.repeats)
-                fused = timed(lambda q=q, k=k, v=v, p=plan: regional_attention(q, k, v, p), device, args.repeats)
-                explicit = timed(lambda q=q, k=k, v=v, m=visible, s=token_scale:
-                                 explicit_regional_attention(q, k, v, m, s)[0], device, args.repeats)
-                row_plain = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q[:1], k[:1], v[:1]),
-                                  device, args.repeats)
-                row_masked = timed(lambda q=q, k=k, v=v, b=bias, s=key_scale:
-                                   regional_sdpa(q[:1], k[:1], v[:1], b[:1], s[:1]), device, args.repeats)
+                t = timed_interleaved({
+                    "plain": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v),
+                    "fused": lambda q=q, k=k, v=v, p=plan: regional_attention(q, k, v, p),
+                    "explicit": lambda q=q, k=k, v=v, m=visible, s=token_scale:
+                        explicit_regional_attention(q, k, v, m, s)[0],
+                    "row plain": lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q[:1], k[:1], v[:1]),
+                    "row masked": lambda q=q, k=k, v=v, b=bias, s=key_scale:
+                        regional_sdpa(q[:1], k[:1], v[:1], b[:1], s[:1]),
+                }, device, args.repeats)
+                plain, fused, explicit = t["plain"], t["fused"], t["explicit"]
+                row_plain, row_masked = t["row plain"], t["row masked"]
                 label = f"{LEVELS.get((heads, n), f'{heads} heads, {n} px')}, +{regions} regions"
                 print(f"{label:<26}{tokens:>9}{plain * 1e3:>10.2f}{fused * 1e3:>10.2f}{explicit * 1e3:>13.2f}"
                       f"{fused / plain:>13.2f}{explicit / fused:>16.2f}{row_masked / row_plain:>10.2f}{mask_s * 1e3:>10.1f}")
