@@ -32,7 +32,7 @@ from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
 
 StopReason = Literal["stop", "length", "grammar", "cancelled"]
-TokenCallback = Callable[[list[int]], None]
+TokenCallback = Callable[[int], None]
 # (every id before the position, that position's raw logits) -> logits; e.g. transformers processors.
 LogitsHook = Callable[[list[int], torch.Tensor], torch.Tensor]
 
@@ -198,14 +198,16 @@ def decode(
     config: DecodeConfig,
     *,
     grammar: GrammarState | None = None,
-    on_tokens: TokenCallback | None = None,
+    on_token: TokenCallback | None = None,
     cancel: CancelToken | None = None,
     logits_hook: LogitsHook | None = None,
 ) -> LoopResult:
     """Generate after ``prompt_ids`` (the whole templated conversation) until a stop token, the grammar's
-    end, ``max_new_tokens`` or ``cancel``, like ``model.generate``: ``on_tokens`` gets each decided run
-    of new tokens in order (the stop token too), and a cancel ends the loop before the next forward
-    pass with stop_reason "cancelled". The stepper may already hold a prefix of ``prompt_ids``.
+    end, ``max_new_tokens`` or ``cancel``, like ``model.generate``: ``on_token`` gets each new id in
+    order (the stop token too). A cancel takes effect at the next token, even inside a run decided by
+    one pass: the result then ends at the token during whose callback it was set (stop_reason
+    "cancelled"). The stepper may already hold a prefix of ``prompt_ids``; at the end it holds a
+    prefix of prompt + new tokens (``[:stepper.length]``), ready for reuse.
 
     ``logits_hook`` rewrites each row before masking and sampling (extra logits processors). It must
     see every position, so forced runs are off while it is set (they skip positions)."""
@@ -219,14 +221,18 @@ def decode(
     generated: list[int] = []
     pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
 
-    def commit(tokens: list[int]) -> None:
-        if not tokens:
-            return
-        generated.extend(tokens)
+    def commit(tokens: list[int]) -> bool:
+        """Hand ``tokens`` out one by one; False (and the rest dropped) once cancelled."""
+        for count, token in enumerate(tokens):
+            if cancel is not None and cancel.cancelled:
+                tokens = tokens[:count]
+                break
+            generated.append(token)
+            if on_token is not None:
+                on_token(token)
         if lookup is not None:
             lookup.extend(tokens)
-        if on_tokens is not None:
-            on_tokens(list(tokens))
+        return not (cancel is not None and cancel.cancelled)
 
     reason: StopReason = "length"
     while True:
@@ -244,15 +250,16 @@ def decode(
                       if config.forced_runs and logits_hook is None else [])
             stats.forced += len(forced)
             pending.extend(forced)
-            commit(forced)
+            if not commit(forced):
+                reason = "cancelled"
+                break
             budget -= len(forced)
             if budget <= 0:
                 break
             only_stop = _only_stop_allowed(grammar, stops)
             if len(only_stop) == 1:
                 # The program is complete and only the end token may follow: no pass needed for it.
-                commit(list(only_stop))
-                reason = "stop"
+                reason = "stop" if commit(list(only_stop)) else "cancelled"
                 break
         draft = lookup.draft(min(config.draft_tokens, budget)) if lookup is not None else []
         if grammar is not None and draft:
@@ -290,7 +297,9 @@ def decode(
             # Only when the grammar allowed nothing at all (every logit masked): end cleanly.
             new_token, reason = None, "grammar"
         step = accepted + ([new_token] if new_token is not None else [])
-        commit(step)
+        if not commit(step):
+            reason = "cancelled"
+            break
         if step and step[-1] in stops:
             reason = "stop"
             break
@@ -298,6 +307,8 @@ def decode(
             break
         pending = [new_token] if new_token is not None else []
 
+    # A cancel inside a run leaves tokens in the cache that the reply does not have.
+    stepper.truncate(min(stepper.length, len(prompt_ids) + len(generated)))
     stats.tokens = len(generated)
     stats.seconds = time.perf_counter() - started
     return LoopResult(token_ids=generated, stop_reason=reason, stats=stats)

@@ -168,22 +168,23 @@ def test_sampling_with_drafts_keeps_the_target_distribution() -> None:
         assert torch.allclose(observed, target, atol=0.03), (drafted, observed, target)
 
 
-def test_cancel_stops_before_the_next_forward_pass(program_tokenizer, edit_turn) -> None:
+def test_cancel_takes_effect_at_the_next_token_even_inside_a_draft(program_tokenizer, edit_turn) -> None:
     prompt, reply = edit_turn
     cancel = CancelToken()
     seen: list[int] = []
 
-    def on_tokens(tokens: list[int]) -> None:
-        seen.extend(tokens)
-        if len(seen) >= 10:
+    def on_token(token: int) -> None:
+        seen.append(token)
+        if len(seen) == 30:  # deep inside a long accepted draft
             cancel.cancel()
 
     oracle = oracle_for(program_tokenizer, prompt, reply)
-    config = DecodeConfig(temperature=0.0, draft_tokens=4)
-    result = decode(oracle, prompt, config, on_tokens=on_tokens, cancel=cancel)
+    result = decode(oracle, prompt, DecodeConfig(temperature=0.0, draft_tokens=50), on_token=on_token, cancel=cancel)
     assert result.stop_reason == "cancelled"
-    assert seen == result.token_ids and 10 <= len(seen) <= 15
-    assert oracle.forward_passes == result.stats.forward_passes
+    assert seen == result.token_ids and len(seen) == 30
+    assert reply.startswith(program_tokenizer.decode(seen))
+    assert oracle.length <= len(prompt) + 30  # the cache holds no token past the cancel
+    assert oracle.forward_passes == result.stats.forward_passes < 10
 
 
 def test_a_reused_prompt_state_gives_the_same_output(tiny) -> None:
