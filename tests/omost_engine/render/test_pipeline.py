@@ -227,3 +227,13 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path, tiny_sdxl: TinySDXLPat
     (other.folder / "unet" / "config.json").write_text(json.dumps(unet_config))
     with pytest.raises(OmostError, match="do not fit the config"):
         load_components(str(tiny_sdxl.single_file), config=str(other.folder))
+
+
+def test_gpu_dtypes_fp16_unet_bf16_vae_run(tiny_sdxl: TinySDXLPaths) -> None:
+    """The accelerator's dtypes (fp16 UNet and text encoders, bf16 VAE) through every stage, on the CPU."""
+    components = load_components(str(tiny_sdxl.folder), dtype=torch.float16, vae_dtype=torch.bfloat16)
+    assert components.unet.dtype == torch.float16 and components.vae.dtype == torch.bfloat16
+    pipeline = RegionalPipeline(components, memory=ModelManager(device="cpu"))
+    layout = Layout(conditions=golden_conditions()[:2])
+    image = pipeline(layout.conditions, SMALL.replace(steps=1, initial_latent_denoise=0.95), sketch=layout.sketch())
+    assert image.size == (256, 256) and np.asarray(image).std() > 1
