@@ -137,3 +137,14 @@ def test_encoding_shapes_and_pooled_from_first_chunk(tiny_components) -> None:
     # CLIP-G pads with its own pad id ("!" = 0), CLIP-L with eos.
     assert groups[1][0][1][-1] == c.tokenizer_2.pad_token_id == 0
     assert groups[1][0][0][-1] == c.tokenizer.eos_token_id
+
+
+@pytest.mark.parametrize("text", ["lowres, bad anatomy, bad hands, cropped, worst quality",
+                                  " ".join(["a very long negative prompt"] * 20)])
+def test_negative_chunk_equals_the_standard_tokenizer_call(tiny_components, text: str) -> None:
+    c = tiny_components
+    encoder = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
+                            text_encoder_2=c.text_encoder_2)
+    ids_l, ids_g = encoder.negative_chunk(text)
+    assert ids_l == c.tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
+    assert ids_g == c.tokenizer_2(text, padding="max_length", max_length=77, truncation=True).input_ids
