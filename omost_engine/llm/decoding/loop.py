@@ -63,7 +63,8 @@ class CausalLMStepper:
         from transformers import DynamicCache
 
         self.model = model
-        self.cache = cache if cache is not None else DynamicCache()
+        # With the config the cache gets the model's layer kinds (sliding-window layers, for one).
+        self.cache = cache if cache is not None else DynamicCache(config=model.config)
         # transformers 5.2x renamed past_key_values to cache; accept both.
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"

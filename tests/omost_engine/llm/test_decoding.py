@@ -82,8 +82,12 @@ def test_draft_ends_at_a_copied_stop_token() -> None:
     assert lookup.draft(10) == [7, 0]
 
 
-def test_greedy_output_is_identical_with_and_without_prompt_lookup(tiny) -> None:
+@pytest.mark.parametrize("grammar", [False, True], ids=["free", "grammar"])
+def test_greedy_output_is_identical_with_and_without_prompt_lookup(tiny, grammar) -> None:
+    from omost_engine.llm.decoding.grammar import GrammarFactory
+
     tokenizer, model, stop = tiny
+    factory = GrammarFactory(tokenizer, stop_token_ids=[stop]) if grammar else None
     prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
                                   {"role": "user", "content": "a dragon fighting warriors"}])
     for draft_tokens in (5, 20):
@@ -91,11 +95,12 @@ def test_greedy_output_is_identical_with_and_without_prompt_lookup(tiny) -> None
         for lookup in (False, True):
             config = DecodeConfig(max_new_tokens=160, temperature=0.0, prompt_lookup=lookup,
                                   draft_tokens=draft_tokens, stop_ids=(stop,))
-            result = decode(CausalLMStepper(model), prompt, config)
+            result = decode(CausalLMStepper(model), prompt, config,
+                            grammar=factory.matcher() if factory is not None else None)
             outputs.append(result.token_ids)
             stats.append(result.stats)
         assert outputs[0] == outputs[1]
-        assert stats[0].forward_passes == len(outputs[0])
+        assert stats[0].forward_passes == len(outputs[0]) - stats[0].forced - (outputs[0][-1] == stop) * grammar
         assert stats[1].accepted > 0  # drafts were verified and kept, not just skipped
         assert stats[1].forward_passes < stats[0].forward_passes
 
