@@ -189,12 +189,15 @@ def _load(model: str, path: Path, is_file: bool, config_source: str, *, dtype: t
 
 
 def _load_error(model: str, path: Path, is_file: bool, config_source: str, exc: Exception) -> OmostError:
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split())
+    reason = (text if len(text) <= 300 else text[:297] + "...") or type(exc).__name__
     offline = _offline()
     if is_file:
-        need = ("a single file needs the SDXL configs and tokenizers from a diffusers folder or hub id "
-                f"(config: {config_source}"
-                + (", which must already be downloaded while HF_HUB_OFFLINE is set" if offline else "") + ")")
+        cached = offline and not Path(config_source).is_dir()
+        need = ("a single file needs the weights of all four SDXL parts, and their configs and tokenizers from "
+                f"a diffusers folder or hub id (config: {config_source}"
+                + (", which must already be in the Hugging Face cache while HF_HUB_OFFLINE is set" if cached else "")
+                + ")")
     elif path.is_dir():
         need = "a diffusers SDXL folder needs unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
     else:

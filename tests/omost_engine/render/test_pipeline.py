@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from omost_engine.conditions import Condition
 from omost_engine.engine import RenderResult
@@ -206,6 +207,11 @@ def test_models_are_loaded_once_and_single_file_matches_folder(tiny_sdxl: TinySD
 def test_bad_checkpoints_are_clear_errors(tmp_path: Path, tiny_sdxl: TinySDXLPaths) -> None:
     corrupt = tmp_path / "broken.safetensors"
     corrupt.write_bytes(b"\x00" * 64)
+    partial = tmp_path / "unet-only.safetensors"  # original SDXL key layout, but one part only
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(partial))
+    with pytest.raises(OmostError, match="weights of all four SDXL parts") as info:
+        load_components(str(partial), config=str(tiny_sdxl.folder))
+    assert "Hugging Face cache" not in str(info.value)  # the config is a local folder
     cases = [
         (str(corrupt), "could not load model"),
         (str(tmp_path / "missing.safetensors"), "does not exist"),
