@@ -262,8 +262,7 @@ class RedisJobClient:
                                                 count=count)
             entries = reply[0][1] if reply else []
             if entries:  # the next look starts after these, so entries left unacknowledged are not looped on
-                last = entries[-1][0]
-                self._pending_cursor = last.decode() if isinstance(last, bytes) else last
+                self._pending_cursor = _text(entries[-1][0])
             else:
                 self._pending_first = False
         if not self._pending_first:
@@ -272,6 +271,9 @@ class RedisJobClient:
             entries = reply[0][1] if reply else []
         events, stale = [], []
         for stream_id, fields in entries:
+            if not fields:  # a pending entry deleted meanwhile: nothing left to deliver
+                stale.append(WireEvent(type="failed", job_id="", stream_id=_text(stream_id)))
+                continue
             event = WireEvent.decode(fields, stream_id)
             if self._accept(event):
                 events.append(event)
@@ -301,15 +303,16 @@ class RedisJobClient:
 
     async def ack(self, *events: WireEvent) -> None:
         ids = [e.stream_id for e in events if e.stream_id]
-        if ids:
-            async with self.redis.pipeline(transaction=False) as pipe:
+        started = {e.job_id for e in events if e.type == "started" and e.job_id in self._records}
+        if not ids and not started:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if ids:
                 pipe.xack(self.keys.events, GROUP, *ids)
                 pipe.xdel(self.keys.events, *ids)
-                await pipe.execute()
-        started = [e for e in events if e.type == "started" and e.job_id in self._records]
-        for event in started:  # persisted so that a restarted bot still knows how far a job got
-            record = self._records[event.job_id]
-            await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))
+            for job_id in started:  # persisted so that a restarted bot still knows how far a job got
+                pipe.hset(self.keys.jobs, job_id, dumps(self._records[job_id].to_json()))
+            await pipe.execute()
 
     async def outcome(self, job_id: str) -> JobOutput:
         """The images and texts of a finished job (after its ``result`` event), as ``bot.jobs`` has them."""
@@ -410,3 +413,7 @@ class RedisJobClient:
         event = WireEvent(type=type_, job_id=record.job_id, attempt=record.attempt,  # type: ignore[arg-type]
                          worker=WATCHDOG, data=data)
         await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
