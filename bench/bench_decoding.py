@@ -115,6 +115,43 @@ def grammar_overhead(names: CanvasNames, *, device: str, repeats: int = 3) -> No
         print(f"  {label:15} cpu {c * 1e3:.3f} ms = x{c / base_cpu:.3f}   wall {w * 1e3:.3f} ms = x{w / base_wall:.3f}")
 
 
+def wall_clock(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
+    """Seconds per turn on a real model: the tiny Llama, made to write the transcript by a logits
+    processor (forced runs are off under a processor, so "both" shows the grammar's cost, not its
+    forced runs). Modes take turns within each repeat, so machine load hits them alike."""
+    from omost_engine.llm.decoding.loop import processors_hook
+    from omost_engine.testing.tiny_llm import build_model, build_tokenizer, forced_reply_processor
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer).to(device)
+    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    factory = GrammarFactory(tokenizer, names=names, stop_token_ids=[stop])
+    modes = [("plain", False, 20, False), ("prompt lookup K=10", True, 10, False),
+             ("prompt lookup K=20", True, 20, False), ("both K=20", True, 20, True)]
+    turns = transcript(tokenizer)
+    times: dict[tuple[str, str], list[float]] = {(m[0], t): [] for m in modes for t in turns}
+    for _ in range(repeats):
+        for label, lookup, draft, grammar in modes:
+            for turn, (prompt, reply) in turns.items():
+                hook = processors_hook([forced_reply_processor(tokenizer, reply, "<|eot_id|>")])
+                config = DecodeConfig(temperature=0.0, prompt_lookup=lookup, draft_tokens=draft, stop_ids=(stop,))
+                started = time.perf_counter()
+                result = decode(CausalLMStepper(model), prompt, config, logits_hook=hook,
+                                grammar=factory.matcher() if grammar else None)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[label, turn].append(time.perf_counter() - started)
+                assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
+    print(f"tiny Llama forced to write the transcript ({device}, 1 thread), seconds per turn, median of {repeats}:")
+    print(f"{'mode':30} " + " ".join(f"{turn:>16}" for turn in turns))
+    for label, *_ in modes:
+        cells = []
+        for turn in turns:
+            seconds, base = statistics.median(times[label, turn]), statistics.median(times["plain", turn])
+            cells.append(f"{seconds:7.2f} s x{base / seconds:5.2f}")
+        print(f"{label:30} " + " ".join(f"{cell:>16}" for cell in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -124,6 +161,7 @@ def main() -> None:
     names = CanvasNames.from_tables()
     forward_pass_table(names)
     grammar_overhead(names, device=args.device, repeats=args.repeats)
+    wall_clock(names, device=args.device)
 
 
 if __name__ == "__main__":
