@@ -175,7 +175,7 @@ class RedisJobClient:
         from redis.exceptions import RedisError, ResponseError
 
         settings = RedisSettings.from_dsn(self.config.url)
-        settings.conn_retries = 2
+        settings.conn_retries, settings.conn_retry_delay = 1, 0.5  # type: ignore[assignment]  # a user is waiting
         try:
             self._redis = await create_pool(settings, job_serializer=dumps, job_deserializer=loads,
                                             default_queue_name=self.keys.queue(self.config.queue))
