@@ -112,6 +112,7 @@ class JobService:
         self.clock = clock
         self.trackers: dict[int, Tracker] = {}
         self._stale: set[int] = set()  # jobs whose status message is behind their state
+        self._flush_at = math.inf  # the earliest time one of them may be edited again
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0  # results delivered since start (benchmarks, health)
 
@@ -253,12 +254,14 @@ class JobService:
         if tracker is not None:
             self._apply(tracker, event)
         # Updates held back by the throttle go out on a later event (the running job reports often).
-        for job_id in list(self._stale):
-            stale = self.trackers.get(job_id)
-            if stale is None or stale.phase == "done":
-                self._stale.discard(job_id)
-            elif stale is not tracker:
-                self._maybe_refresh(stale)
+        if self._stale and self.clock() >= self._flush_at:
+            self._flush_at = math.inf
+            for job_id in list(self._stale):
+                stale = self.trackers.get(job_id)
+                if stale is None or stale.phase == "done":
+                    self._stale.discard(job_id)
+                elif stale is not tracker:
+                    self._maybe_refresh(stale)
 
     def _apply(self, tracker: Tracker, event: JobEvent) -> None:
         if isinstance(event, Queued):
@@ -319,6 +322,7 @@ class JobService:
             return
         if tracker.lock.locked() or self.clock() - tracker.last_edit < self.config.status_interval_s:
             self._stale.add(tracker.job_id)
+            self._flush_at = min(self._flush_at, tracker.last_edit + self.config.status_interval_s)
             return
         self._stale.discard(tracker.job_id)
         self._spawn(self._refresh(tracker, force=False))
