@@ -47,22 +47,17 @@ class JobButton(
         await interaction.client.flows.on_button(interaction, self.action, self.job_id)
 
 
-def _detached_view(*items: JobButton) -> discord.ui.View:
+def result_view(job_id: int) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for item in items:
-        view.add_item(item)
-    # Clicks reach JobButton through the DynamicItem registry (bot.add_dynamic_items), so the view need
-    # not be kept in discord.py's view store, which would otherwise grow by one view per message.
-    view.stop()
+    for action in RESULT_ACTIONS:
+        view.add_item(JobButton(action, job_id))
     return view
 
 
-def result_view(job_id: int) -> discord.ui.View:
-    return _detached_view(*(JobButton(action, job_id) for action in RESULT_ACTIONS))
-
-
 def status_view(job_id: int) -> discord.ui.View:
-    return _detached_view(JobButton("cancel", job_id))
+    view = discord.ui.View(timeout=None)
+    view.add_item(JobButton("cancel", job_id))
+    return view
 
 
 class EditModal(discord.ui.Modal):

@@ -107,10 +107,3 @@ async def test_cancel_button_on_a_queued_job(world: World) -> None:
     assert job is not None and job.state == "cancelled"
     await world.owner.slash(world.channel, "omost resume")
     assert world.engine.calls == []
-
-
-async def test_result_views_are_not_kept_in_memory(world: World) -> None:
-    before = len(world.bot.persistent_views)
-    for _ in range(3):
-        await compose(world)
-    assert len(world.bot.persistent_views) == before  # the buttons work through the DynamicItem registry
