@@ -121,10 +121,10 @@ class JobService:
     async def enqueue(self, request: JobRequest, *, user_cap: int | None) -> tuple[int, int]:
         """Store and queue a request; returns (job id, queue position). On a full queue nothing stays stored."""
         turn_id, layout_id = request.turn_id, request.layout_id
-        created_turn = False
+        created: dict[str, int] = {}  # rows made for this request, removed again if the queue refuses it
         if request.fresh_turn:
             if request.layout_json is not None:
-                layout_id = await self.storage.add_layout(request.layout_json)
+                layout_id = created["layouts"] = await self.storage.add_layout(request.layout_json)
             if request.parent_turn_id is not None:
                 parent = await self.storage.turn(request.parent_turn_id)
                 assert parent is not None
@@ -146,7 +146,8 @@ class JobService:
                 prompt=request.prompt,
                 layout_id=layout_id if request.kind == "render" else None,
             )
-            created_turn = True
+            created["turns"] = turn_id
+            created["conversations"] = conversation_id
         assert turn_id is not None
         job_id = await self.storage.create_job(
             kind=request.kind,
@@ -174,15 +175,27 @@ class JobService:
             )
         except QueueFullError:
             self.trackers.pop(job_id, None)
-            await self._discard(job_id, turn_id if created_turn else None)
+            await self._discard(job_id, created)
             raise
         return job_id, position
 
-    async def _discard(self, job_id: int, turn_id: int | None) -> None:
+    async def _discard(self, job_id: int, created: dict[str, int]) -> None:
         async with self.storage.db.transaction() as tx:
             await tx.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            if turn_id is not None:
-                await tx.execute("DELETE FROM turns WHERE id = ?", (turn_id,))
+            if "turns" in created:
+                await tx.execute("DELETE FROM turns WHERE id = ?", (created["turns"],))
+            if "layouts" in created:
+                await tx.execute("DELETE FROM layouts WHERE id = ?", (created["layouts"],))
+            if "conversations" in created:  # only if this request's turn was its first
+                conversation = created["conversations"]
+                empty = "NOT EXISTS (SELECT 1 FROM turns WHERE conversation_id = ?)"
+                await tx.execute(
+                    f"DELETE FROM current_conversations WHERE conversation_id = ? AND {empty}",
+                    (conversation, conversation),
+                )
+                await tx.execute(
+                    f"DELETE FROM conversations WHERE id = ? AND {empty}", (conversation, conversation)
+                )
 
     async def announce(
         self,

@@ -53,6 +53,8 @@ async def test_per_user_cap_refuses_clearly_and_stores_nothing(world: World) -> 
     assert not other.ephemeral
     rows = await world.bot.storage.db.fetchall("SELECT prompt FROM turns ORDER BY id")
     assert [r["prompt"] for r in rows] == ["one", "two", "bob"]
+    conversations = await world.bot.storage.db.fetchone("SELECT COUNT(*) AS n FROM conversations")
+    assert conversations["n"] == 2  # alice's and bob's
     await resume(world)
 
 
@@ -63,6 +65,14 @@ async def test_full_queue_answers_clearly(world: World) -> None:
     await world.bob.slash(world.channel, "omost compose", prompt="two")
     full = await world.admin.slash(world.channel, "omost compose", prompt="three")
     assert full.ephemeral and "queue is full" in full.response.content
+    comfy = b'[{"rect": [0, 90, 0, 90], "prefixes": ["sea"], "suffixes": [], "color": [0, 0, 200]}]'
+    layout_refused = await world.admin.slash(world.channel, "omost render", layout=("sea.json", comfy))
+    assert "queue is full" in layout_refused.response.content
+    counts = {
+        t: (await world.bot.storage.db.fetchone(f"SELECT COUNT(*) AS n FROM {t}"))["n"]
+        for t in ("jobs", "turns", "layouts", "conversations", "current_conversations")
+    }
+    assert counts == {"jobs": 2, "turns": 2, "layouts": 0, "conversations": 2, "current_conversations": 2}
     await resume(world)
 
 
