@@ -115,6 +115,8 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
 
 
 _Mode = Literal["code", "'", '"', "#"]
+# Text that closes what is open, tried in this order when a reply must end now (see completion()).
+_CLOSERS = ("'", '"', "```", "\n```", "\n", "]", "    ]", ",", ")", "1", "canvas")
 
 
 class LengthGuard:
@@ -135,6 +137,10 @@ class LengthGuard:
     @property
     def length(self) -> int:
         return self._history[-1][1]
+
+    @property
+    def mid_character(self) -> bool:
+        return self._history[-1][2] > 0
 
     @property
     def closer(self) -> bytes | None:
@@ -204,9 +210,35 @@ class GrammarFactory:
         self.ebnf = canvas_grammar_ebnf(names, self.limits)
         compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.compiled: xgrammar.CompiledGrammar = compiler.compile_grammar(self.ebnf)
+        # Endings of allowed names, closing quote included: how completion() finishes a name.
+        every = (*names.locations, *names.offsets, *names.areas, *names.colors)
+        self.name_endings = sorted({n[i:] + "'" for n in every for i in range(len(n))}, key=len)
+        # Tokens a completion can grow by in one step: a whole minimal local call (the model may
+        # open one), measured from the point where a call has just been closed.
+        opened = self.matcher()
+        opened.matcher.accept_string(
+            "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='',\n"
+            f"    detailed_descriptions=[],\n    tags='',\n    HTML_web_color_name='{names.colors[0]}',\n)\n\n")
+        self.call_tokens = len(opened.completion() or ())
 
     def matcher(self) -> GrammarState:
         return GrammarState(self)
+
+    def spell(self, text: str) -> list[int]:
+        """Tokens for ``text`` whose bytes are exactly ``text``: the tokenizer's own split when it
+        is exact, else the longest vocabulary pieces left to right."""
+        encoded: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
+        if b"".join(self.pieces[t] for t in encoded) == text.encode():
+            return encoded
+        if not hasattr(self, "_by_piece"):
+            self._by_piece = {piece: i for i, piece in enumerate(self.pieces) if piece}
+            self._longest = max(map(len, self._by_piece))
+        data, ids, at = text.encode(), [], 0
+        while at < len(data):
+            size = next(n for n in range(min(self._longest, len(data) - at), 0, -1) if data[at:at + n] in self._by_piece)
+            ids.append(self._by_piece[data[at:at + size]])
+            at += size
+        return ids
 
     def forced_run(self, text: str) -> tuple[int, ...]:
         """``text`` tokenised, without a last token that could merge with what follows. Memoised: the
@@ -291,6 +323,38 @@ class GrammarState:
         if masked.shape[-1] > self.factory.vocab_size:  # padded embedding rows are never valid
             masked[self.factory.vocab_size:] = float("-inf")
         return masked
+
+    def completion(self) -> list[int] | None:
+        """Tokens of a short text that finishes the program from here: whatever is open is closed,
+        each missing value is the first that fits ('' for strings, 1 for distances, the first
+        allowed name), no new call is started. Every step is checked by a forked matcher, so the
+        result is always valid; None when no such text is found (or mid-way through a character)."""
+        if self.guard.mid_character or self.matcher.is_terminated():
+            return None
+        matcher = self.matcher.fork()
+        text = ""
+        mode = self.guard.mode
+        if mode != "code":  # close the open string or comment first (a name is finished below)
+            closer = "\n" if mode == "#" else mode
+            trial = matcher.fork()
+            if trial.accept_string(closer):
+                matcher, text = trial, closer
+        for _ in range(400):
+            if matcher.is_completed():
+                return self.factory.spell(text)
+            jump = matcher.find_jump_forward_string()
+            if jump:
+                matcher.accept_string(jump)
+                text += jump
+                continue
+            for atom in (*_CLOSERS, *self.factory.name_endings):
+                trial = matcher.fork()
+                if trial.accept_string(atom):
+                    matcher, text = trial, text + atom
+                    break
+            else:
+                return None
+        return None
 
     def forced_tokens(self) -> list[int]:
         """Tokens certain to come next, not yet accepted: the closing quote or newline at a length

@@ -257,6 +257,19 @@ def decode(
             budget -= len(forced)
             if budget <= 0:
                 break
+            closing = _closing_now(grammar, budget, config.draft_tokens)
+            if closing is not None:
+                # Too few tokens left to risk another pass: finish the program as it stands.
+                ending = _accept_prefix(grammar, closing[:budget], stops)
+                stats.forced += len(ending)
+                if not commit(ending):
+                    reason = "cancelled"
+                    break
+                allowed = _only_stop_allowed(grammar, stops)
+                end = [t for t in (*config.stop_ids, *sorted(allowed)) if t in allowed][:1]
+                if end and len(generated) < config.max_new_tokens:
+                    reason = "stop" if commit(end) else "cancelled"
+                break
             only_stop = _only_stop_allowed(grammar, stops)
             if len(only_stop) == 1:
                 # The program is complete and only the end token may follow: no pass needed for it.
@@ -326,6 +339,16 @@ def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozense
         if token in stops:
             break
     return kept
+
+
+def _closing_now(grammar: GrammarState, budget: int, draft_tokens: int) -> list[int] | None:
+    """The tokens that finish the program, when the budget left would not survive one more pass in
+    the worst case (the pass may open a new call: ``call_tokens`` more to close); else None."""
+    margin = grammar.factory.call_tokens + draft_tokens + 2
+    if budget > 3 * grammar.factory.call_tokens + draft_tokens + 2:
+        return None  # far from the end: skip the search
+    closing = grammar.completion()
+    return closing if closing is not None and budget <= len(closing) + margin else None
 
 
 def _only_stop_allowed(grammar: GrammarState, stops: frozenset[int]) -> set[int]:

@@ -196,3 +196,43 @@ def test_a_string_limit_below_the_longest_name_is_refused(tiny) -> None:
     tokenizer = tiny[0]
     with pytest.raises(ValueError, match="at least 30"):  # "a medium-sized horizontal area"
         GrammarFactory(tokenizer, limits=GrammarLimits(max_string_bytes=20))
+
+
+HEAD = ("```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
+        "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='red',\n)\n\n")
+
+
+@pytest.mark.parametrize("prefix", [
+    "",
+    "```python\n# Initialize the can",  # inside a comment
+    "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A dra",  # in a string
+    "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
+    "    detailed_descriptions=[\n        'x',\n",  # between list items
+    HEAD + "canvas.add_local_description(\n    location='on the ",  # in a name
+    HEAD + "canvas.add_local_description(\n    location='on the left',\n    offset='no offset',\n"
+    "    area='a small square area',\n    distance_to_viewer=5.",  # in a number
+])
+def test_completion_finishes_any_partial_program(tiny, prefix) -> None:
+    tokenizer, _, _, factory = tiny
+    state = factory.matcher()
+    for token in tokenizer.encode(prefix, add_special_tokens=False):
+        assert state.accept(token)
+    ending = state.completion()
+    assert ending is not None and len(ending) < factory.call_tokens + 40
+    for token in ending:
+        assert state.accept(token)
+    assert state.completed
+    parse_reply(prefix + tokenizer.decode(ending))
+
+
+def test_a_small_token_budget_still_ends_in_a_valid_program(tiny) -> None:
+    """Default limits let a random model write long programs; near max_new_tokens the loop closes
+    the program as it stands instead of letting the budget cut it."""
+    tokenizer, model, stop, _ = tiny
+    factory = GrammarFactory(tokenizer, stop_token_ids=[stop])
+    prompt = chat_ids(tokenizer, [{"role": "user", "content": "a dragon"}])
+    for seed, budget in ((1, 128), (4, 400), (5, 700)):
+        config = DecodeConfig(seed=seed, max_new_tokens=budget, stop_ids=(stop,))
+        result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher())
+        assert result.stop_reason == "stop" and len(result.token_ids) <= budget
+        parse_reply(tokenizer.decode(result.token_ids, skip_special_tokens=True))
