@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from omost_engine.llm.decoding.grammar import CanvasNames, GrammarFactory, Gramm
 from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, decode
 from omost_engine.llm.decoding.oracle import TranscriptOracle, token_bytes, train_tokenizer
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
+from omost_engine.progress import CancelToken
 
 GOLDENS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens"
 FIRST_REQUEST = "generate an image of the fierce battle of warriors and the dragon"
@@ -83,6 +85,18 @@ def forward_pass_table(names: CanvasNames) -> None:
         print(f"{label:30} " + " ".join(cells))
 
 
+def _cancel_after(tokens: int, cancel: CancelToken) -> Callable[[int], None]:
+    seen = 0
+
+    def on_token(token: int) -> None:
+        nonlocal seen
+        seen += 1
+        if seen >= tokens:
+            cancel.cancel()
+
+    return on_token
+
+
 def grammar_overhead(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
     from omost_engine.testing.tiny_llm import build_model, build_tokenizer
 
@@ -98,10 +112,14 @@ def grammar_overhead(names: CanvasNames, *, device: str, repeats: int = 3) -> No
     for seed in range(repeats):
         for label in labels:
             grammar = factory.matcher() if label != "plain" else None
-            config = DecodeConfig(max_new_tokens=400, temperature=0.6, top_p=0.9, seed=seed, prompt_lookup=False,
+            # The same 400 tokens for every run (a cancel, not max_new_tokens: near the budget the
+            # grammar closes the program early, which would shorten the grammar runs).
+            config = DecodeConfig(max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=seed, prompt_lookup=False,
                                   forced_runs=label == "grammar+forced", stop_ids=(stop,) if grammar else ())
+            cancel = CancelToken()
             started, started_cpu = time.perf_counter(), time.thread_time()
-            result = decode(CausalLMStepper(model), prompt, config, grammar=grammar)
+            result = decode(CausalLMStepper(model), prompt, config, grammar=grammar,
+                            on_token=_cancel_after(400, cancel), cancel=cancel)
             if device == "cuda":
                 torch.cuda.synchronize()
             tokens = max(1, result.stats.tokens)

@@ -342,13 +342,12 @@ def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozense
 
 
 def _closing_now(grammar: GrammarState, budget: int, draft_tokens: int) -> list[int] | None:
-    """The tokens that finish the program, when the budget left would not survive one more pass in
-    the worst case (the pass may open a new call: ``call_tokens`` more to close); else None."""
-    margin = grammar.factory.call_tokens + draft_tokens + 2
-    if budget > 3 * grammar.factory.call_tokens + draft_tokens + 2:
-        return None  # far from the end: skip the search
-    closing = grammar.completion()
-    return closing if closing is not None and budget <= len(closing) + margin else None
+    """The tokens that finish the program, once the budget left might not survive another pass: one
+    pass adds up to draft_tokens + 1 tokens and may open a new call, after which closing takes about
+    ``call_tokens`` (a minimal call; no completion is longer by more than a few tokens)."""
+    if budget > grammar.factory.call_tokens + draft_tokens + 16:
+        return None
+    return grammar.completion()
 
 
 def _only_stop_allowed(grammar: GrammarState, stops: frozenset[int]) -> set[int]:
