@@ -303,6 +303,11 @@ class JobService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def idle(self) -> bool:
+        """No status edit, store or delivery in flight."""
+        return not self._tasks
+
     async def drain(self) -> None:
         """Wait for every pending status edit and delivery (shutdown, tests, benchmarks)."""
         while self._tasks:

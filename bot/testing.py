@@ -8,10 +8,10 @@ so a refinement gets the edited program. It reports progress like the real engin
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +48,10 @@ class ScriptedEngine:
     image_size: tuple[int, int] = (48, 64)
     clock: FakeClock | None = None
     seconds_per_event: float = 1.0  # how far each progress event moves ``clock``
-    event_pause_s: float = 0.0  # real seconds to wait after each event, so the bot handles them one by one
+    # Wait after each event until this loop has handled it and ``settled()`` is true (e.g. no status edit in
+    # flight), so tests see the same sequence of edits on every run.
+    loop: asyncio.AbstractEventLoop | None = None
+    settled: Callable[[], bool] = lambda: True
     llm_name: str = "scripted-llm"
     sdxl_name: str = "scripted-sdxl"
     failures: deque[tuple[str, Exception]] = field(default_factory=deque)  # (stage, error) for coming calls
@@ -76,8 +79,8 @@ class ScriptedEngine:
             self.clock.advance(self.seconds_per_event)
 
     def _pause(self) -> None:
-        if self.event_pause_s:
-            time.sleep(self.event_pause_s)
+        if self.loop is not None:
+            asyncio.run_coroutine_threadsafe(_handled(self.settled), self.loop).result(timeout=10)
 
     def chat(
         self,
@@ -145,3 +148,11 @@ class ScriptedEngine:
             seconds=0.01,
             params=params,
         )
+
+
+async def _handled(settled: Callable[[], bool]) -> None:
+    """Runs after every callback queued before it, then yields until ``settled()`` (bounded)."""
+    for _ in range(10_000):
+        await asyncio.sleep(0)
+        if settled():
+            return

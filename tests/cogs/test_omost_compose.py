@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -52,7 +53,7 @@ async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -
 
 async def test_status_message_shows_each_stage_and_is_throttled(world: World) -> None:
     # Each engine progress event moves the fake clock 1 s; edits must be >= 1.5 s apart except stage changes.
-    world.engine.event_pause_s = 0.03
+    world.engine.loop, world.engine.settled = asyncio.get_running_loop(), lambda: world.bot.jobs.idle
     result = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", steps=10)
     message = result.response
     assert message is not None
@@ -62,9 +63,11 @@ async def test_status_message_shows_each_stage_and_is_throttled(world: World) ->
     assert any("regions so far" in t for t in texts)
     render_texts = [t for t in texts if "diffusion step" in t]
     assert render_texts and "█" in render_texts[-1] and "left" in render_texts[-1]  # bar and ETA
-    # 3 LLM events + 10 render events happen 1 s apart: throttling at 1.5 s keeps about half of them.
+    # 3 LLM events + 10 render events happen 1 s apart: throttling at 1.5 s keeps every second one.
     progress_edits = [t for t in texts if "diffusion step" in t or "tokens" in t]
-    assert 3 <= len(progress_edits) <= 9
+    assert len(progress_edits) == 6
+    steps = [int(t.split("step ")[1].split("/")[0]) for t in progress_edits if "diffusion step" in t]
+    assert steps == [1, 3, 5, 7, 9]
     # The layout preview is uploaded while the LLM works.
     assert any(any(a.get("filename") == "preview.png" for a in b.get("attachments", [])) for b in bodies)
     assert texts[-1].startswith("✅ Done")

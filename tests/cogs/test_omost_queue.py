@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from simenv import World
 
@@ -170,7 +172,8 @@ async def test_status_message_that_cannot_be_sent_does_not_lose_the_job(world: W
 
 
 async def test_queue_positions_held_back_by_the_throttle_are_sent_later(world: World) -> None:
-    world.engine.event_pause_s = 0.02  # let the bot handle each progress event before the next
+    # The bot handles each progress event (and finishes its edits) before the engine goes on.
+    world.engine.loop, world.engine.settled = asyncio.get_running_loop(), lambda: world.bot.jobs.idle
     await pause(world)
     first = await world.alice.slash(world.channel, "omost compose", prompt="one", steps=4)
     second = await world.bob.slash(world.channel, "omost compose", prompt="two", steps=4)
