@@ -136,6 +136,15 @@ def is_unfiltered_model(llm: str | None) -> bool:
     return (callable(marker) and bool(marker(llm))) or "dolphin" in llm.lower()
 
 
+def known_llms() -> list[tuple[str, str]]:
+    """(hub id, note) of the LLMs the engine knows, for the ``llm`` option's suggestions."""
+    try:
+        models = importlib.import_module("omost_engine.llm.models")
+    except ImportError:
+        return []
+    return [(model.repo, model.note) for model in getattr(models, "KNOWN_MODELS", ())]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Policy:
     """What applies in one channel: defaults, limits and access."""

@@ -12,7 +12,7 @@ from bot import formatting
 from bot.access import is_admin
 from bot.bot import OmostBot
 from bot.flows import user_errors
-from bot.settings import SETTINGS, parse_setting, resolve_policy
+from bot.settings import SETTINGS, is_unfiltered_model, known_llms, parse_setting, resolve_policy
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS
 
@@ -136,6 +136,20 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             app_commands.Choice(name=f"{name} ({w}x{h})", value=name)
             for name, (w, h) in ASPECT_PRESETS.items()
             if current.lower() in name
+        ][:25]
+
+    @compose.autocomplete("llm")
+    async def _llm_choices(self, interaction: Interaction, current: str) -> list[app_commands.Choice[str]]:
+        policy = await resolve_policy(
+            self.bot.storage,
+            self.bot.config,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+        )
+        return [
+            app_commands.Choice(name=f"{repo.split('/')[-1]} — {note}"[:100], value=repo)
+            for repo, note in known_llms()
+            if current.lower() in repo.lower() and (policy.unfiltered or not is_unfiltered_model(repo))
         ][:25]
 
     # -- conversation and queue ----------------------------------------------------------------------------

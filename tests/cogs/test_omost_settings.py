@@ -128,3 +128,14 @@ async def test_rate_limit_per_user(world: World) -> None:
     assert "Done" in (await world.bob.slash(world.channel, "omost compose", prompt="bob")).response.content
     await world.admin.slash(world.channel, "omost settings set", key="rate_limit", value="5")
     assert "Done" in (await world.alice.slash(world.channel, "omost compose", prompt="four")).response.content
+
+
+async def test_llm_suggestions_hide_unfiltered_models_unless_enabled(world: World) -> None:
+    choices = await world.alice.autocomplete(world.channel, "omost compose", "llm", "", prompt="cat")
+    values = [c["value"] for c in choices]
+    assert "lllyasviel/omost-llama-3-8b-4bits" in values and not any("dolphin" in v for v in values)
+    await world.admin.slash(
+        world.channel, "omost settings set", key="unfiltered", value="true", scope="channel"
+    )
+    choices = await world.alice.autocomplete(world.channel, "omost compose", "llm", "dolphin", prompt="cat")
+    assert choices and all("dolphin" in c["value"] for c in choices)
