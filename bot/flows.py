@@ -19,7 +19,7 @@ import discord
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
 from bot.service import JobRequest, describe_layout, layout_from_upload, params_from_layout
-from bot.settings import Policy, build_params, resolve_policy
+from bot.settings import Policy, build_params, require_llm_allowed, resolve_policy
 from bot.storage import JobRecord
 from bot.views import EditModal
 from omost_engine.errors import OmostError
@@ -244,6 +244,7 @@ class Flows:
             )
         else:
             assert prompt is not None
+            require_llm_allowed(policy, source.llm)
             request = JobRequest(
                 kind="compose",
                 user_id=message.author.id,
@@ -352,6 +353,7 @@ class Flows:
             job = await self._job(job_id)
             prompt = self.check_prompt(text)
             policy = await self._admit_interaction(interaction)
+            require_llm_allowed(policy, job.llm)
             request = JobRequest(
                 kind="compose",
                 user_id=interaction.user.id,

@@ -209,6 +209,17 @@ async def resolve_policy(
     )
 
 
+def require_llm_allowed(policy: Policy, llm: str | None) -> None:
+    """Unfiltered LLMs only where an admin enabled them (checked again for every refinement)."""
+    if is_unfiltered_model(llm) and not policy.unfiltered:
+        raise OmostError(
+            f"the model {llm!r} is unfiltered; an admin has to enable it here first "
+            "(/omost settings set unfiltered true)",
+            parameter="llm",
+            value=llm,
+        )
+
+
 # User options that go to LLMParams / RenderParams unchanged.
 LLM_OPTIONS = ("seed", "temperature", "top_p", "max_new_tokens")
 RENDER_OPTIONS = (
@@ -232,13 +243,7 @@ def build_params(
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("seed", seed)
     llm = options.get("llm") or policy.llm
-    if is_unfiltered_model(llm) and not policy.unfiltered:
-        raise OmostError(
-            f"the model {llm!r} is unfiltered; an admin has to enable it here first "
-            "(/omost settings set unfiltered true)",
-            parameter="llm",
-            value=llm,
-        )
+    require_llm_allowed(policy, llm)
     llm_params = policy.llm_params.replace(**{k: options[k] for k in LLM_OPTIONS if k in options})
     render_changes = {k: options[k] for k in RENDER_OPTIONS if k in options}
     if "size" in options:

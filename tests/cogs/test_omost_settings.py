@@ -139,3 +139,21 @@ async def test_llm_suggestions_hide_unfiltered_models_unless_enabled(world: Worl
     )
     choices = await world.alice.autocomplete(world.channel, "omost compose", "llm", "dolphin", prompt="cat")
     assert choices and all("dolphin" in c["value"] for c in choices)
+
+
+async def test_refinements_of_an_unfiltered_result_need_the_opt_in_still(world: World) -> None:
+    model = "lllyasviel/omost-dolphin-2.9-llama3-8b-4bits"
+    await world.admin.slash(
+        world.channel, "omost settings set", key="unfiltered", value="true", scope="channel"
+    )
+    first = await world.alice.slash(world.channel, "omost compose", prompt="cat", llm=model)
+    result = first.response.message
+    await world.admin.slash(world.channel, "omost settings reset", key="unfiltered", scope="channel")
+    await world.alice.send(world.channel, "make it a tiger", reply_to=result)
+    answer = world.channel.last_message
+    assert answer.content.startswith("⚠️") and "unfiltered" in answer.content
+    shown = await world.alice.click(result, label="Edit")
+    field_id = shown.modal["components"][0]["components"][0]["custom_id"]
+    edited = await world.alice.submit_modal(shown, {field_id: "a tiger"})
+    assert edited.ephemeral and "unfiltered" in edited.response.content
+    assert [c[0] for c in world.engine.calls] == ["chat", "render"]
