@@ -64,6 +64,11 @@ class World:
         return self.bot
 
 
+def simulate(bot: OmostBot, **options: Any) -> simcord.run:
+    """``async with simulate(bot) as env``: a bot of the test's own making in the simulator."""
+    return simcord.run(bot, **options)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "bot_config(**fields): BotConfig fields for the simcord bot")
 
