@@ -210,14 +210,19 @@ def decode(
     "cancelled"). The stepper may already hold a prefix of ``prompt_ids``; at the end it holds a
     prefix of prompt + new tokens (``[:stepper.length]``), ready for reuse.
 
-    ``logits_hook`` rewrites each row before masking and sampling (extra logits processors). It must
-    see every position, so forced runs are off while it is set (they skip positions)."""
+    With a grammar, the last ``call_tokens + 16`` tokens of the budget are kept for closing the
+    program (see ``GrammarState.completion``); no pass crosses into them, so where the program gets
+    closed does not depend on how passes fell. ``logits_hook`` rewrites each row before masking and
+    sampling (extra logits processors); it must see every position, so forced runs are off while it
+    is set."""
     started = time.perf_counter()
     # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
     stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
     sampler = Sampler(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
     lookup = (PromptLookup(prompt_ids, stop_ids=config.stop_ids)
               if config.prompt_lookup and config.draft_tokens > 0 else None)
+    forcing = grammar is not None and config.forced_runs and logits_hook is None
+    reserve = grammar.factory.call_tokens + 16 if grammar is not None else 0
     stats = DecodeStats()
     generated: list[int] = []
     pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
@@ -243,39 +248,33 @@ def decode(
         budget = config.max_new_tokens - len(generated)
         if budget <= 0:
             break
+        limit = budget  # tokens this iteration may add
         if grammar is not None:
             if grammar.terminated:
                 reason = "stop"
                 break
-            forced = (_accept_prefix(grammar, grammar.forced_tokens()[:budget], stops)
-                      if config.forced_runs and logits_hook is None else [])
+            limit = budget - reserve
+            if limit <= 0:
+                closing = grammar.completion()
+                if closing is not None:
+                    reason = _close(grammar, closing[:budget], budget, commit, config, stats, stops)
+                    break
+                limit = 1  # in the middle of a character: one more token, then close
+            forced = _accept_prefix(grammar, grammar.forced_tokens()[:limit], stops) if forcing else []
             stats.forced += len(forced)
             pending.extend(forced)
             if not commit(forced):
                 reason = "cancelled"
                 break
-            budget -= len(forced)
-            if budget <= 0:
-                break
-            closing = _closing_now(grammar, budget, config.draft_tokens)
-            if closing is not None:
-                # Too few tokens left to risk another pass: finish the program as it stands.
-                ending = _accept_prefix(grammar, closing[:budget], stops)
-                stats.forced += len(ending)
-                if not commit(ending):
-                    reason = "cancelled"
-                    break
-                allowed = _only_stop_allowed(grammar, stops)
-                end = [t for t in (*config.stop_ids, *sorted(allowed)) if t in allowed][:1]
-                if end and len(generated) < config.max_new_tokens:
-                    reason = "stop" if commit(end) else "cancelled"
-                break
+            limit -= len(forced)
+            if limit <= 0:
+                continue
             only_stop = _only_stop_allowed(grammar, stops)
             if len(only_stop) == 1:
                 # The program is complete and only the end token may follow: no pass needed for it.
                 reason = "stop" if commit(list(only_stop)) else "cancelled"
                 break
-        draft = lookup.draft(min(config.draft_tokens, budget)) if lookup is not None else []
+        draft = lookup.draft(min(config.draft_tokens, limit)) if lookup is not None else []
         if grammar is not None and draft:
             draft = _accept_prefix(grammar, draft, stops)
             grammar.rollback(len(draft))
@@ -284,33 +283,48 @@ def decode(
         stats.forward_passes += 1
         stats.drafted += len(draft)
 
-        accepted: list[int] = []
+        # Check the draft position by position, as plain decoding would have gone: a forced run
+        # where plain decoding would have appended one, else a sampled token.
+        accepted: list[int] = []  # draft tokens kept (all fed already)
+        tail: list[int] = []  # forced tokens past the end of the kept draft (not fed yet)
         new_token: int | None = None
         context = list(prompt_ids) + generated if logits_hook is not None else []
-        for index in range(len(draft) + 1):
+        index, after_forced = 0, True  # the run before the pass was this position's forced run
+        while True:
+            if forcing and not after_forced and grammar is not None:
+                run = _accept_prefix(grammar, grammar.forced_tokens()[: limit - len(accepted)], stops)
+                if run:
+                    same = _common_prefix(run, draft[index:])
+                    accepted += run[:same]
+                    stats.forced += len(run)
+                    index += same
+                    if same < len(run):
+                        tail = run[same:]
+                        break
+                    after_forced = True
+                    continue
+            after_forced = False
+            if len(accepted) + len(tail) >= limit:
+                break
             row = logits[index] if logits_hook is None else logits_hook(context + draft[:index], logits[index])
             row = row if grammar is None else grammar.mask_logits(row)
-            if index == len(draft):
-                if len(accepted) < budget:
-                    new_token = sampler.pick(row)
-                    stats.sampled += 1
-                break
             choice = sampler.pick(row)
-            if choice != draft[index]:
+            if index == len(draft) or choice != draft[index]:
                 new_token = choice
                 stats.sampled += 1
                 break
             accepted.append(choice)
+            index += 1
             if grammar is not None:
                 grammar.accept(choice)
             if choice in stops:
                 break
-        stats.accepted += len(accepted)
-        stepper.truncate(base + len(pending) + len(accepted))
+        stats.accepted += index
+        stepper.truncate(base + len(pending) + index)
         if new_token is not None and grammar is not None and not grammar.accept(new_token):
             # Only when the grammar allowed nothing at all (every logit masked): end cleanly.
             new_token, reason = None, "grammar"
-        step = accepted + ([new_token] if new_token is not None else [])
+        step = accepted + tail + ([new_token] if new_token is not None else [])
         if not commit(step):
             reason = "cancelled"
             break
@@ -319,13 +333,39 @@ def decode(
             break
         if reason == "grammar":
             break
-        pending = [new_token] if new_token is not None else []
+        pending = tail + ([new_token] if new_token is not None else [])
+        if not pending:  # the pass ended on a kept draft token: step back one to get its logits again
+            stepper.truncate(stepper.length - 1)
+            pending = [generated[-1]]
 
     # A cancel inside a run leaves tokens in the cache that the reply does not have.
     stepper.truncate(min(stepper.length, len(prompt_ids) + len(generated)))
     stats.tokens = len(generated)
     stats.seconds = time.perf_counter() - started
     return LoopResult(token_ids=generated, stop_reason=reason, stats=stats)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+def _close(grammar: GrammarState, ending: list[int], budget: int, commit: Callable[[list[int]], bool],
+           config: DecodeConfig, stats: DecodeStats, stops: frozenset[int]) -> StopReason:
+    """Append the program's ending and the end token without sampling."""
+    ending = _accept_prefix(grammar, ending, stops)
+    stats.forced += len(ending)
+    if not commit(ending):
+        return "cancelled"
+    allowed = _only_stop_allowed(grammar, stops)
+    end = [t for t in (*config.stop_ids, *sorted(allowed)) if t in allowed][:1]
+    if not end or len(ending) >= budget:
+        return "length"
+    return "stop" if commit(end) else "cancelled"
 
 
 def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozenset[int]) -> list[int]:
@@ -339,15 +379,6 @@ def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozense
         if token in stops:
             break
     return kept
-
-
-def _closing_now(grammar: GrammarState, budget: int, draft_tokens: int) -> list[int] | None:
-    """The tokens that finish the program, once the budget left might not survive another pass: one
-    pass adds up to draft_tokens + 1 tokens and may open a new call, after which closing takes about
-    ``call_tokens`` (a minimal call; no completion is longer by more than a few tokens)."""
-    if budget > grammar.factory.call_tokens + draft_tokens + 16:
-        return None
-    return grammar.completion()
 
 
 def _only_stop_allowed(grammar: GrammarState, stops: frozenset[int]) -> set[int]:
