@@ -143,7 +143,9 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         owner = members[0]
         bot.config = BotConfig(**{**config.__dict__, "owner_ids": (owner.id,)})
 
-        # 1. Idle queue: one request at a time, the whole job inside the measurement.
+        # 1. Idle queue: one request at a time, the whole job inside the measurement (after one warm-up
+        #    request that loads fonts and fills caches).
+        await members[0].slash(channel, "omost compose", prompt="warm-up", steps=2)
         idle = []
         for i in range(min(100, users * jobs_per_user)):
             member = members[i % users]
