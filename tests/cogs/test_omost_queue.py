@@ -192,3 +192,16 @@ async def test_queue_positions_held_back_by_the_throttle_are_sent_later(world: W
         i for i, t in enumerate(texts) if "LLM" in t
     )
     assert all("Done" in r.response.content for r in (first, second, third))
+
+
+async def test_commands_are_synced_again_only_when_the_tree_changed(world: World) -> None:
+    def puts() -> int:
+        return sum(1 for e in world.env.http_requests if e.method == "PUT" and e.path.endswith("/commands"))
+
+    first = puts()
+    assert first == 1 and await world.bot.storage.meta("command_tree_hash") == world.bot.command_tree_hash()
+    await world.restart()
+    assert puts() == first and not world.bot.synced_commands
+    await world.bot.storage.set_meta("command_tree_hash", "an older tree")  # as after an upgrade
+    await world.restart()
+    assert puts() == first + 1 and world.bot.synced_commands
