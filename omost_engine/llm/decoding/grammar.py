@@ -224,6 +224,15 @@ class GrammarFactory:
     def matcher(self) -> GrammarState:
         return GrammarState(self)
 
+    def _last_word_start(self, text: str) -> int:
+        """Where the tokenizer's last pre-token of ``text`` starts (0 when it has no pre-tokenizer)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        pre = getattr(backend, "pre_tokenizer", None)
+        if pre is None:
+            return 0
+        words = pre.pre_tokenize_str(text)
+        return words[-1][1][0] if words else 0
+
     def spell(self, text: str) -> list[int]:
         """Tokens for ``text`` whose bytes are exactly ``text``: the tokenizer's own split when it
         is exact, else the longest vocabulary pieces left to right."""
@@ -241,13 +250,18 @@ class GrammarFactory:
         return ids
 
     def forced_run(self, text: str) -> tuple[int, ...]:
-        """``text`` tokenised, without a last token that could merge with what follows. Memoised: the
-        same few dozen structural stretches recur in every reply."""
+        """``text`` tokenised as the model would have split it whatever follows: the tokens of its last
+        pre-token (a word or whitespace run the tokenizer may merge with the next characters) are
+        left out, and so is a last token that is a prefix of a longer one. Memoised: the same few
+        dozen structural stretches recur in every reply."""
         ids = self._runs.get(text)
         if ids is None:
             encoded: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
             if b"".join(self.pieces[t] for t in encoded) != text.encode():
                 encoded = []  # e.g. a SentencePiece tokenizer that adds a leading space: no shortcut
+            stable = len(text[: self._last_word_start(text)].encode())
+            ends = [sum(len(self.pieces[t]) for t in encoded[: i + 1]) for i in range(len(encoded))]
+            encoded = [t for t, end in zip(encoded, ends, strict=True) if end <= stable]
             if encoded and self.pieces[encoded[-1]] in self.extendable:
                 encoded.pop()
             ids = tuple(encoded)
