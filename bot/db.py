@@ -71,9 +71,14 @@ class Database:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
+        connection = aiosqlite.connect(path, isolation_level=None)  # we manage transactions
         try:
-            connection = await aiosqlite.connect(path, isolation_level=None)  # we manage transactions
+            await connection
         except Exception as exc:  # sqlite3.OperationalError: unreadable path, not a database ...
+            # aiosqlite stops its worker thread in the background; let it finish while the loop still runs.
+            worker = getattr(connection, "_thread", None)
+            if worker is not None:
+                await asyncio.to_thread(worker.join, 5.0)
             raise OmostError(
                 f"cannot open the database {str(path)!r}: {exc}", parameter="db", value=str(path)
             ) from exc
