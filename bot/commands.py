@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.config import BotConfig, load_config
 from omost_engine.errors import OmostError
+
+if TYPE_CHECKING:
+    from bot.bot import OmostBot
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,7 +42,7 @@ def run_command(args: argparse.Namespace) -> int:
             )
         if args.check:
             return check(config)
-        return start(config)
+        return start(config, config_path=args.config)
     except OmostError as exc:
         print(f"omost-bot: {exc}", file=sys.stderr)
         return 2
@@ -63,11 +68,24 @@ def check(config: BotConfig) -> int:
     return 0
 
 
-def start(config: BotConfig) -> int:
+def build_bot(
+    config: BotConfig, *, config_path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> OmostBot:
+    """The bot for ``omost-bot run``: on Redis (``OMOST_REDIS_URL`` or ``[redis] url``) the GPU workers own
+    the models, so no engine is built here; otherwise the in-process queue runs the real engine."""
     from bot.bot import OmostBot
+    from bot.distributed.backend import backend_from_config
+
+    backend = backend_from_config(config, environ=environ, path=config_path)
+    if backend is not None:
+        return OmostBot(config=config, backend=backend)
     from bot.engine_factory import create_engine
 
+    return OmostBot(config=config, engine=create_engine(config))
+
+
+def start(config: BotConfig, *, config_path: Path | None = None) -> int:
     assert config.token is not None
-    bot = OmostBot(config=config, engine=create_engine(config))
+    bot = build_bot(config, config_path=config_path)
     bot.run(config.token, log_handler=None)
     return 0

@@ -47,3 +47,22 @@ def test_engine_factory_wires_chat_and_render_to_one_model_manager() -> None:
     assert engine.chat_service.default_llm == "http://127.0.0.1:9/v1"
     assert engine.renderer.default_model == "/models/sdxl.safetensors"
     assert engine.renderer.memory is engine.chat_service.manager and engine.renderer.memory.mode == "resident"
+
+
+def test_run_uses_redis_workers_when_a_redis_url_is_configured(tmp_path: Path) -> None:
+    from bot.commands import build_bot
+    from bot.distributed.backend import RedisJobBackend
+    from bot.engine_factory import CombinedEngine
+    from bot.jobs import InProcessJobBackend
+
+    config = BotConfig(db=tmp_path / "bot.sqlite3", device="cpu", max_queue=7)
+    none_toml = tmp_path / "none.toml"
+    redis_bot = build_bot(config, config_path=none_toml,
+                          environ={"OMOST_REDIS_URL": "redis://127.0.0.1:9/0", "OMOST_REDIS_PREFIX": "t"})
+    assert isinstance(redis_bot.backend, RedisJobBackend)
+    assert redis_bot.engine is None  # the workers own the models
+    assert redis_bot.backend.config.prefix == "t" and redis_bot.backend.max_queue == 7
+
+    local_bot = build_bot(config, config_path=none_toml, environ={})
+    assert isinstance(local_bot.backend, InProcessJobBackend)
+    assert isinstance(local_bot.engine, CombinedEngine) and local_bot.backend.engine is local_bot.engine
