@@ -12,8 +12,10 @@ conversation. The logits of that pass then check the draft position by position:
   output distribution is exactly the one without drafting. The filters belong to the target
   distribution only; nothing is filtered or masked on the draft side.
 
-With a grammar every row is masked on a copy (the raw logits are never written), and the matcher is
-rolled back to the accepted prefix after each check.
+With a grammar every row is masked on a copy (the raw logits are never written), the matcher is
+rolled back to the accepted prefix after each check, and where plain decoding would append a forced
+run the draft is compared with that run instead of being sampled, so drafting changes no token. The
+end of the token budget is kept for closing the program (``GrammarState.completion``).
 """
 
 from __future__ import annotations
