@@ -4,9 +4,10 @@ The grammar spells out the exact layout the published Omost models write (see go
 ```` ```python ```` fence, ``canvas = Canvas()``, one ``set_global_description`` with its four keyword
 arguments, then any number of ``add_local_description`` calls with all eleven keyword arguments in
 order, each statement optionally preceded by ``#`` comment lines (a blank line between statements
-and one item per list line, as the models write them; also without the blank line, and ``[]``). Location, offset, area and colour
-names are restricted to the allowed values, distances to positive numbers. Every stretch the grammar
-fully determines (keyword names, indentation, call syntax) can be appended without sampling.
+and one item per list line, as the models write them; also without the blank line, and ``[]``).
+Location, offset, area and colour names are restricted to the allowed values, distances to positive
+numbers. Every stretch the grammar fully determines (keyword names, indentation, call syntax) can be
+appended without sampling.
 
 Everything is bounded, so a model that never closes a string or a list still ends with a valid
 program: list items and calls are counted by the grammar; string and comment lengths by a small
