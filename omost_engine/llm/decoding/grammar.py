@@ -20,6 +20,7 @@ other quote, as ``repr`` writes it.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -200,9 +201,9 @@ class GrammarFactory:
         self.pieces: list[bytes] = [b"" if i in special else bytes(p) for i, p in enumerate(self.info.decoded_vocab)]
         single = {piece: i for i, piece in reversed(list(enumerate(self.pieces))) if len(piece) == 1}
         self.byte_token: dict[bytes, int] = {b: single[b] for b in (b"'", b'"', b"\n") if b in single}
-        # Pieces that are a strict prefix of another piece: a forced run ending in one may be split
-        # differently from how the model would continue, so such a last token is left to sampling.
-        self.extendable = {piece[:k] for piece in self.pieces for k in range(1, len(piece))}
+        self._sorted_pieces = sorted(set(self.pieces))
+        self._by_piece = {piece: i for i, piece in enumerate(self.pieces) if piece}
+        self._longest = max(map(len, self._by_piece))
         self._runs: dict[str, tuple[int, ...]] = {}
         names = names or CanvasNames.from_tables()
         longest = max(len(n.encode()) for n in (*names.locations, *names.offsets, *names.areas, *names.colors))
@@ -225,6 +226,12 @@ class GrammarFactory:
     def matcher(self) -> GrammarState:
         return GrammarState(self)
 
+    def extendable(self, piece: bytes) -> bool:
+        """Whether ``piece`` is a strict prefix of another token's bytes: a forced run ending in it may
+        be split differently from how the model would continue, so it is left to sampling."""
+        after = bisect.bisect_right(self._sorted_pieces, piece)
+        return after < len(self._sorted_pieces) and self._sorted_pieces[after].startswith(piece)
+
     def _last_word_start(self, text: str) -> int:
         """Where the tokenizer's last pre-token of ``text`` starts (0 when it has no pre-tokenizer)."""
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
@@ -240,9 +247,6 @@ class GrammarFactory:
         encoded: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
         if b"".join(self.pieces[t] for t in encoded) == text.encode():
             return encoded
-        if not hasattr(self, "_by_piece"):
-            self._by_piece = {piece: i for i, piece in enumerate(self.pieces) if piece}
-            self._longest = max(map(len, self._by_piece))
         data, ids, at = text.encode(), [], 0
         while at < len(data):
             size = next(n for n in range(min(self._longest, len(data) - at), 0, -1) if data[at:at + n] in self._by_piece)
@@ -263,7 +267,7 @@ class GrammarFactory:
             stable = len(text[: self._last_word_start(text)].encode())
             ends = [sum(len(self.pieces[t]) for t in encoded[: i + 1]) for i in range(len(encoded))]
             encoded = [t for t, end in zip(encoded, ends, strict=True) if end <= stable]
-            if encoded and self.pieces[encoded[-1]] in self.extendable:
+            if encoded and self.extendable(self.pieces[encoded[-1]]):
                 encoded.pop()
             ids = tuple(encoded)
             if len(self._runs) < 4096:
