@@ -31,7 +31,7 @@ from bot.jobs import (
     Started,
     Ticket,
 )
-from bot.storage import JobKind, Storage
+from bot.storage import JobKind, JobRecord, Storage
 from bot.views import result_view, status_view
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
@@ -515,8 +515,18 @@ class JobService:
 
     async def recover(self) -> tuple[int, int]:
         """After a start: report jobs a crash interrupted, queue again the ones still waiting.
-        Returns (interrupted, requeued)."""
-        interrupted = await self.storage.jobs_in_state("running")
+        Returns (interrupted, requeued).
+
+        Jobs a backend still holds (Redis workers run on while the bot restarts) are not interrupted:
+        they are tracked again, and the backend is told to deliver their events once that is done.
+        """
+        held_jobs = getattr(self.backend, "held_jobs", None)
+        held = {ticket.job_id for ticket in await held_jobs()} if held_jobs is not None else set()
+        running = await self.storage.jobs_in_state("running")
+        for job in running:
+            if job.id in held:
+                await self._track_again(job, phase="llm")
+        interrupted = [job for job in running if job.id not in held]
         for job in interrupted:
             await self.storage.update_job(job.id, state="interrupted", error="interrupted by a restart")
             channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
@@ -541,21 +551,13 @@ class JobService:
                 )
             except discord.HTTPException as exc:
                 log.warning("job %s: could not report the interruption: %s", job.id, exc)
+        deliver_held = getattr(self.backend, "deliver_held", None)
+        if deliver_held is not None:
+            deliver_held()
         waiting = await self.storage.jobs_in_state("queued")
         requeued = 0
         for job in waiting:
-            turn = await self.storage.turn(job.turn_id)
-            tracker = Tracker(
-                job_id=job.id,
-                user_id=job.user_id,
-                channel_id=job.channel_id,
-                guild_id=job.guild_id,
-                turn_id=job.turn_id,
-                prompt=turn.prompt if turn else "",
-                message_id=job.status_message_id,
-            )
-            tracker.attached.set()
-            self.trackers[job.id] = tracker
+            await self._track_again(job, phase="queued")
             try:
                 await self.backend.submit(Ticket(job_id=job.id, user_id=job.user_id))
                 requeued += 1
@@ -563,6 +565,22 @@ class JobService:
                 self.trackers.pop(job.id, None)
                 await self.storage.update_job(job.id, state="failed", error=str(exc))
         return len(interrupted), requeued
+
+    async def _track_again(self, job: JobRecord, *, phase: str) -> None:
+        """A tracker for a job from before a restart: no interaction any more, edits go through the channel."""
+        turn = await self.storage.turn(job.turn_id)
+        tracker = Tracker(
+            job_id=job.id,
+            user_id=job.user_id,
+            channel_id=job.channel_id,
+            guild_id=job.guild_id,
+            turn_id=job.turn_id,
+            prompt=turn.prompt if turn else "",
+            message_id=job.status_message_id,
+            phase=phase,
+        )
+        tracker.attached.set()
+        self.trackers[job.id] = tracker
 
 
 def layout_from_upload(data: bytes, *, max_bytes: int) -> Layout:

@@ -196,8 +196,8 @@ async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
                       workers: dict[str, WorkerProcess]) -> AsyncIterator[World]:
     """The real bot (simcord) with the Redis backend in place of the in-process queue."""
     config = make_config(tmp_path)
-    backend = backend_from_config(config, environ={"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix,
-                                                   "OMOST_REDIS_WATCHDOG_S": "0.2"}, path=tmp_path / "none.toml")
+    environ = {"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix, "OMOST_REDIS_WATCHDOG_S": "0.2"}
+    backend = backend_from_config(config, environ=environ, path=tmp_path / "none.toml")
     assert backend is not None
     await wait_for_workers(backend, WORKERS)
     bot = OmostBot(config=config, backend=backend)
@@ -209,12 +209,27 @@ async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
                   alice=guild.add_member(env.create_user("alice")), bob=guild.add_member(env.create_user("bob")),
                   admin=guild.add_member(env.create_user("admin")), owner=guild.add_member(env.create_user("owner")))
     bot.config = replace(config, owner_ids=(world.owner.id,))
+    world.extra.update(environ=environ, no_toml=tmp_path / "none.toml")
     try:
         yield world
     finally:
         await env.shutdown()
-        if bot.db is not None:
-            await bot.db.close()
+        for started in {bot, world.bot}:
+            if started.db is not None:
+                await started.db.close()
+
+
+async def restart_on_redis(world: World) -> OmostBot:
+    """The bot process dies (its Redis pump stops, nothing is acknowledged) and a new one starts."""
+    old = world.bot
+    await old.backend.close()
+    backend = backend_from_config(world.config, environ=world.extra["environ"], path=world.extra["no_toml"])
+    assert backend is not None
+    world.bot = OmostBot(config=world.config, backend=backend)
+    await world.env.restart_bot(world.bot)
+    if old.db is not None:
+        await old.db.close()
+    return world.bot
 
 
 async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -> None:
@@ -239,3 +254,43 @@ async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -
         assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
         job = await world.bot.storage.job_by_message(message.id)
         assert job is not None and job.state == "done" and job.render_model == "scripted-sdxl"
+
+
+async def test_the_bot_restarted_while_a_job_runs(redis_world: World, redis_url: str, prefix: str) -> None:
+    """Issue 7: a bot restart while workers are busy; results that arrive are still delivered, to the same
+    status messages, and nothing is reported as interrupted."""
+    world = redis_world
+    await world.owner.slash(world.channel, "omost pause")  # so that the slashes return before the jobs run
+    slow = await world.alice.slash(world.channel, "omost compose", prompt="a slow harbour {{delay=2}}",
+                                   steps=4, size="256x256")
+    quick = await world.bob.slash(world.channel, "omost compose", prompt="a quick lane {{delay=0.3}}",
+                                  steps=4, size="256x256")
+    backend = world.bot.backend
+    assert isinstance(backend, RedisJobBackend)
+    backend.resume()
+    await wait_until(lambda: 1 in backend.ran_on and 2 in backend.ran_on, what="both jobs on the workers")
+    await backend.close()  # the bot process dies here: its pump stops, no event is acknowledged
+    run_quick = backend.client.run_id("2")
+    assert run_quick is not None
+    redis = Redis.from_url(redis_url)
+    try:  # the quick job finishes while no bot is running
+        await wait_until_async(lambda: redis.exists(Keys(prefix).result(run_quick)), what="job 2's result")
+    finally:
+        await redis.aclose()
+    restarted = await restart_on_redis(world)
+    await restarted.backend.join(timeout=30)  # type: ignore[attr-defined]
+    await restarted.jobs.drain()
+    await world.env.settle()
+
+    assert restarted.jobs.delivered == 2  # both results came through the new bot
+    for result, prompt in ((slow, "a slow harbour"), (quick, "a quick lane")):
+        message = result.response
+        assert "Done" in message.content, message.content
+        files = {a.filename: a for a in message.attachments}
+        assert set(files) == {"image.png", "layout.json"}
+        layout = json.loads(await files["layout.json"].read())
+        assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
+        job = await restarted.storage.job_by_message(message.id)
+        assert job is not None and job.state == "done"
+    assert not [m for m in world.channel.history() if "interrupted" in m.content]
+    assert restarted.jobs.trackers == {}
