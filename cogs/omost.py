@@ -11,6 +11,7 @@ from discord.ext import commands
 from bot import formatting
 from bot.access import is_admin
 from bot.bot import OmostBot
+from bot.distributed.health import status_lines
 from bot.flows import user_errors
 from bot.settings import SETTINGS, is_unfiltered_model, known_llms, parse_setting, resolve_policy
 from omost_engine.errors import OmostError
@@ -202,6 +203,16 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             await interaction.response.send_message(
                 "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
             )
+
+    @app_commands.command(name="status", description="Workers, their models and the queue (admins)")
+    async def status(self, interaction: Interaction) -> None:
+        async with user_errors(interaction):
+            if not is_admin(interaction.permissions):
+                raise OmostError("only admins (Manage Server permission) can see the workers' status",
+                                 parameter="status")
+            await interaction.response.defer(ephemeral=True, thinking=True)  # Redis may take a moment
+            lines = await status_lines(self.bot.backend)
+            await interaction.followup.send("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your job (admins: any job)")
     @app_commands.describe(job="the job number; your newest queued or running job if left out")

@@ -205,3 +205,18 @@ async def test_commands_are_synced_again_only_when_the_tree_changed(world: World
     await world.bot.storage.set_meta("command_tree_hash", "an older tree")  # as after an upgrade
     await world.restart()
     assert puts() == first + 1 and world.bot.synced_commands
+
+
+async def test_status_is_for_admins_and_shows_the_queue_and_the_local_worker(world: World) -> None:
+    refused = await world.alice.slash(world.channel, "omost status")
+    assert refused.ephemeral and "only admins" in refused.response.content
+    await pause(world)
+    await world.alice.slash(world.channel, "omost compose", prompt="one")
+    await world.bob.slash(world.channel, "omost compose", prompt="two")
+    shown = await world.admin.slash(world.channel, "omost status")
+    assert shown.ephemeral
+    assert shown.response.content.splitlines() == [
+        "queue: 0 running, 2 waiting in the bot",
+        "workers: this process (in-process queue)",
+    ]
+    await resume(world)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import discord
 import pytest
 import simcord
 from PIL import Image
@@ -254,6 +255,21 @@ async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -
         assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
         job = await world.bot.storage.job_by_message(message.id)
         assert job is not None and job.state == "done" and job.render_model == "scripted-sdxl"
+
+
+async def test_status_shows_the_workers_to_admins_only(redis_world: World) -> None:
+    world = redis_world
+    admins = world.guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    admin = world.guild.add_member(world.env.create_user("boss"), roles=[admins])
+    refused = await world.alice.slash(world.channel, "omost status")
+    assert refused.ephemeral and "only admins" in refused.response.content
+    shown = await admin.slash(world.channel, "omost status")
+    lines = shown.response.content.splitlines()
+    assert lines[0] == "queue: 0 running, 0 waiting in the bot"
+    assert lines[1].startswith("workers: 2 online")
+    for name in sorted(WORKERS):
+        (line,) = [line for line in lines if line.startswith(f"- {name} on ")]
+        assert "llm scripted-llm, sdxl scripted-sdxl" in line and "queue default" in line
 
 
 async def test_the_bot_restarted_while_a_job_runs(redis_world: World, redis_url: str, prefix: str) -> None:
