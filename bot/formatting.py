@@ -43,6 +43,13 @@ def queued_text(job_id: int, position: int) -> str:
     return f"⏳ Job #{job_id} is queued: position {position}."
 
 
+def requeued_note(attempt: int, *, waiting: bool) -> str:
+    """The line a retried job's status message keeps: a GPU worker died under it and it runs again."""
+    if waiting:
+        return f"⚠️ worker lost — queued again (attempt {attempt})"
+    return f"⚠️ worker lost — running again (attempt {attempt})"
+
+
 def llm_text(job_id: int, progress: LLMProgress | None) -> str:
     if progress is None:
         return f"✍️ Job #{job_id}: the LLM is writing the composition…"

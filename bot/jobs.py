@@ -79,6 +79,14 @@ class Queued(JobEvent):
 
 
 @dataclass(frozen=True)
+class Requeued(JobEvent):
+    """The job's worker was lost mid-job; the job waits for another worker (distributed backends)."""
+
+    attempt: int  # the run that comes next (2 = the first retry)
+    reason: str = "worker lost"
+
+
+@dataclass(frozen=True)
 class Started(JobEvent):
     stage: Stage
 

@@ -28,6 +28,7 @@ from bot.jobs import (
     Progress,
     Queued,
     QueueFullError,
+    Requeued,
     Started,
     Ticket,
 )
@@ -91,6 +92,7 @@ class Tracker:
     render_started: float | None = None
     last_edit: float = -math.inf
     preview_regions: int = 0
+    requeued_attempt: int | None = None  # set when a lost worker sent the job back to the queue
 
 
 class JobService:
@@ -280,6 +282,11 @@ class JobService:
         if isinstance(event, Queued):
             tracker.position = event.position
             self._maybe_refresh(tracker)
+        elif isinstance(event, Requeued):
+            tracker.phase, tracker.position, tracker.requeued_attempt = "queued", 1, event.attempt
+            tracker.llm_progress = tracker.render_progress = tracker.render_started = None
+            tracker.preview_regions = 0
+            self._spawn(self._refresh(tracker, force=True))
         elif isinstance(event, Started):
             tracker.phase = event.stage
             if event.stage == "render":
@@ -316,6 +323,12 @@ class JobService:
     # -- status message ----------------------------------------------------------------------------------
 
     def _status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
+        text, preview = self._phase_status(tracker)
+        if tracker.requeued_attempt is not None:  # the user keeps seeing that this is a retry
+            text += "\n" + formatting.requeued_note(tracker.requeued_attempt, waiting=tracker.phase == "queued")
+        return text, preview
+
+    def _phase_status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
         if tracker.phase == "llm":
             progress = tracker.llm_progress
             text = formatting.llm_text(tracker.job_id, progress)

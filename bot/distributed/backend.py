@@ -33,6 +33,7 @@ from bot.jobs import (
     Progress,
     Queued,
     QueueFullError,
+    Requeued,
     StageTimeouts,
     Started,
     Ticket,
@@ -78,6 +79,7 @@ class RedisJobBackend:
         self._closed = False
         # Which worker (and which attempt) last started each job: for logs, /omost status and tests.
         self.ran_on: OrderedDict[int, tuple[str, int]] = OrderedDict()
+        self._retry_told: dict[int, int] = {}  # job -> the latest attempt its user was told about
 
     def bind(self, handler: JobHandler) -> None:
         self._handler = handler
@@ -324,12 +326,20 @@ class RedisJobBackend:
                     reason = str(exc) if isinstance(exc, OmostError) else f"{type(exc).__name__}: {exc}"
                     self._emit(Failed(ticket.job_id, None, f"the job could not start: {reason}"))
 
+    def _tell_requeued(self, job_id: int, attempt: int, reason: str) -> None:
+        """One ``Requeued`` per retry, whether the worker, the watchdog or the next run's start says so first."""
+        if attempt > self._retry_told.get(job_id, 1):
+            self._retry_told[job_id] = attempt
+            self._emit(Requeued(job_id, attempt, reason))
+
     async def _handle(self, event: WireEvent) -> None:
         job_id = int(event.job_id)
         if event.type == "started":
             self.ran_on[job_id] = (event.worker, event.attempt)
             while len(self.ran_on) > 1000:
                 self.ran_on.popitem(last=False)
+            # Another worker may take a job over before the watchdog saw it waiting: the user still hears of it.
+            self._tell_requeued(job_id, event.attempt, "the GPU worker running it stopped")
         elif event.type == "stage":
             self._emit(Started(job_id, event.data["stage"]))
         elif event.type in ("llm", "render"):
@@ -346,8 +356,9 @@ class RedisJobBackend:
                 trimmed_turns=int(d.get("trimmed_turns", 0)), notes=tuple(d.get("notes", ())))))
         elif event.type == "requeued":
             log.info("job %s: %s; it runs again on the next free worker", job_id, event.data.get("reason"))
-            self._emit(Queued(job_id, 1))
+            self._tell_requeued(job_id, event.attempt + 1, str(event.data.get("reason") or "worker lost"))
         elif event.terminal:
+            self._retry_told.pop(job_id, None)
             # The worker slot is free: hand it the next job before downloading this one's images.
             self._inflight.pop(job_id, None)
             self._held.discard(job_id)

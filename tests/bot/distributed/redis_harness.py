@@ -8,9 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
+import simcord
+from simenv import World, make_config
+
+from bot.bot import OmostBot
+from bot.distributed.backend import backend_from_config
 from bot.jobs import Cancelled, Failed, Finished, JobEvent, JobSpec
 from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
@@ -105,3 +112,43 @@ async def wait_for_workers(backend: object, names: set[str], *, timeout: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"workers {names} did not come online: {health.lines()}")
         await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def bot_on_redis(tmp_path: Path, redis_url: str, prefix: str, workers: set[str]) -> AsyncIterator[World]:
+    """The real bot (simcord) with the Redis backend from its configuration, once ``workers`` are online."""
+    config = make_config(tmp_path)
+    environ = {"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix, "OMOST_REDIS_WATCHDOG_S": "0.2"}
+    backend = backend_from_config(config, environ=environ, path=tmp_path / "none.toml")
+    assert backend is not None
+    await wait_for_workers(backend, workers)
+    bot = OmostBot(config=config, backend=backend)
+    env = simcord.Env(bot)
+    await env.start()
+    guild = env.create_guild(name="Studio")
+    world = World(env=env, bot=bot, engine=None, clock=None, config=config,  # type: ignore[arg-type]
+                  guild=guild, channel=guild.create_text_channel("studio"),
+                  alice=guild.add_member(env.create_user("alice")), bob=guild.add_member(env.create_user("bob")),
+                  admin=guild.add_member(env.create_user("admin")), owner=guild.add_member(env.create_user("owner")))
+    bot.config = replace(config, owner_ids=(world.owner.id,))
+    world.extra.update(environ=environ, no_toml=tmp_path / "none.toml")
+    try:
+        yield world
+    finally:
+        await env.shutdown()
+        for started in {bot, world.bot}:
+            if started.db is not None:
+                await started.db.close()
+
+
+async def restart_on_redis(world: World) -> OmostBot:
+    """The bot process dies (its Redis pump stops, nothing is acknowledged) and a new one starts."""
+    old = world.bot
+    await old.backend.close()
+    backend = backend_from_config(world.config, environ=world.extra["environ"], path=world.extra["no_toml"])
+    assert backend is not None
+    world.bot = OmostBot(config=world.config, backend=backend)
+    await world.env.restart_bot(world.bot)
+    if old.db is not None:
+        await old.db.close()
+    return world.bot

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from pathlib import Path
 
 import discord
 import pytest
-import simcord
 from PIL import Image
 from redis.asyncio import Redis
-from redis_harness import RecordingHandler, WorkerProcess, wait_for_workers, wait_until, wait_until_async
-from simenv import World, make_config
+from redis_harness import (
+    RecordingHandler,
+    WorkerProcess,
+    bot_on_redis,
+    restart_on_redis,
+    wait_for_workers,
+    wait_until,
+    wait_until_async,
+)
+from simenv import World
 
-from bot.bot import OmostBot
-from bot.distributed.backend import RedisJobBackend, backend_from_config
+from bot.distributed.backend import RedisJobBackend
 from bot.distributed.client import RedisConfig
 from bot.distributed.protocol import Keys
 from bot.jobs import (
@@ -196,41 +201,8 @@ async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, worker
 async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
                       workers: dict[str, WorkerProcess]) -> AsyncIterator[World]:
     """The real bot (simcord) with the Redis backend in place of the in-process queue."""
-    config = make_config(tmp_path)
-    environ = {"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix, "OMOST_REDIS_WATCHDOG_S": "0.2"}
-    backend = backend_from_config(config, environ=environ, path=tmp_path / "none.toml")
-    assert backend is not None
-    await wait_for_workers(backend, WORKERS)
-    bot = OmostBot(config=config, backend=backend)
-    env = simcord.Env(bot)
-    await env.start()
-    guild = env.create_guild(name="Studio")
-    world = World(env=env, bot=bot, engine=None, clock=None, config=config,  # type: ignore[arg-type]
-                  guild=guild, channel=guild.create_text_channel("studio"),
-                  alice=guild.add_member(env.create_user("alice")), bob=guild.add_member(env.create_user("bob")),
-                  admin=guild.add_member(env.create_user("admin")), owner=guild.add_member(env.create_user("owner")))
-    bot.config = replace(config, owner_ids=(world.owner.id,))
-    world.extra.update(environ=environ, no_toml=tmp_path / "none.toml")
-    try:
+    async with bot_on_redis(tmp_path, redis_url, prefix, WORKERS) as world:
         yield world
-    finally:
-        await env.shutdown()
-        for started in {bot, world.bot}:
-            if started.db is not None:
-                await started.db.close()
-
-
-async def restart_on_redis(world: World) -> OmostBot:
-    """The bot process dies (its Redis pump stops, nothing is acknowledged) and a new one starts."""
-    old = world.bot
-    await old.backend.close()
-    backend = backend_from_config(world.config, environ=world.extra["environ"], path=world.extra["no_toml"])
-    assert backend is not None
-    world.bot = OmostBot(config=world.config, backend=backend)
-    await world.env.restart_bot(world.bot)
-    if old.db is not None:
-        await old.db.close()
-    return world.bot
 
 
 async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -> None:
