@@ -57,6 +57,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--temperature", type=float, default=0.6, help="0..2, 0 = greedy (0.6)")
     parser.add_argument("--top-p", type=float, default=0.9, help="0..1 (0.9)")
     parser.add_argument("--max-new-tokens", type=int, default=4096, help="128..4096 (4096)")
+    decoding = parser.add_argument_group("decoding (local models; both on by default, see docs/decoding.md)")
+    decoding.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false",
+                          help="no draft tokens copied from the conversation (prompt-lookup decoding)")
+    decoding.add_argument("--draft-tokens", type=int, default=LLMParams().prompt_lookup_tokens, metavar="N",
+                          help=f"longest draft per forward pass, 1..100 ({LLMParams().prompt_lookup_tokens})")
+    decoding.add_argument("--no-grammar", dest="grammar", action="store_false",
+                          help="no canvas-program grammar while decoding")
     parser.add_argument("--context-tokens", type=int, default=8192,
                         help="usable context; older turns are dropped beyond it (8192)")
     parser.add_argument("--continue", dest="continue_dir", metavar="DIR",
@@ -74,7 +81,8 @@ def register(subparsers: Any) -> None:
 def _llm_params(args: argparse.Namespace) -> LLMParams:
     seed = args.seed if args.seed is not None else LLMParams().seed
     return LLMParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                     seed=seed).validated()
+                     seed=seed, prompt_lookup=args.prompt_lookup, prompt_lookup_tokens=args.draft_tokens,
+                     grammar=args.grammar).validated()
 
 
 def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> Any:

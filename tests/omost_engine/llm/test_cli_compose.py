@@ -95,3 +95,44 @@ def test_compose_then_render_with_the_renderers_options(openai_server, tiny_sdxl
     layout = Layout.loads((out / "layout.json").read_bytes())
     assert layout.meta["render"]["params"]["seed"] == 9  # one seed for the LLM and the render
     assert layout.meta["llm_params"]["seed"] == 9 == openai_server.requests[-1]["seed"]
+
+
+class _RecordingBackend:
+    """A ``ScriptedBackend`` that also keeps the ``LLMParams`` of every call."""
+
+    @staticmethod
+    def service(reply: str, seen: list):
+        from omost_engine.llm.scripted import ScriptedBackend
+        from omost_engine.llm.service import ChatService
+
+        class Recording(ScriptedBackend):
+            def generate(self, messages, params, **kwargs):
+                seen.append(params)
+                return super().generate(messages, params, **kwargs)
+
+        return ChatService(backend=Recording([reply], name="recording"))
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], (True, 20, True)),  # prompt lookup and the grammar are on by default
+    (["--no-prompt-lookup"], (False, 20, True)),
+    (["--draft-tokens", "7"], (True, 7, True)),
+    (["--no-grammar"], (True, 20, False)),
+    (["--no-prompt-lookup", "--no-grammar", "--draft-tokens", "50"], (False, 50, False)),
+])
+def test_decoding_switches_reach_the_llm(monkeypatch, golden_reply, tmp_path: Path, capsys,
+                                         flags: list[str], expected: tuple[bool, int, bool]) -> None:
+    import omost_engine.cli.compose as compose_cli
+
+    seen: list = []
+    monkeypatch.setattr(compose_cli, "_service",
+                        lambda args, llm, endpoint: _RecordingBackend.service(golden_reply("01"), seen))
+    status, err = run(capsys, "a dragon", "--no-render", "--quiet", "--out", str(tmp_path / "o"), *flags)
+    assert status == 0, err
+    (params,) = seen
+    assert (params.prompt_lookup, params.prompt_lookup_tokens, params.grammar) == expected
+
+
+def test_draft_tokens_out_of_range_is_exit_2(tmp_path: Path, capsys) -> None:
+    status, err = run(capsys, "a cat", "--no-render", "--out", str(tmp_path / "o"), "--draft-tokens", "0")
+    assert status == 2 and "prompt_lookup_tokens" in err and err.count("\n") == 1
