@@ -19,7 +19,7 @@ import discord
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
 from bot.service import JobRequest, describe_layout, layout_from_upload, params_from_layout
-from bot.settings import Policy, build_params, require_llm_allowed, resolve_policy
+from bot.settings import Policy, build_params, require_llm_allowed, resolve_policy, with_decoding
 from bot.storage import JobRecord
 from bot.views import EditModal
 from omost_engine.errors import OmostError
@@ -253,7 +253,7 @@ class Flows:
                 channel_id=channel.id,
                 prompt=prompt,
                 llm=source.llm,
-                llm_params=source.llm_params,
+                llm_params=with_decoding(policy, source.llm_params),
                 render_params=source.render_params,
                 parent_turn_id=source.turn_id,
             )
@@ -362,7 +362,7 @@ class Flows:
                 channel_id=interaction.channel_id or job.channel_id,
                 prompt=prompt,
                 llm=job.llm,
-                llm_params=job.llm_params,
+                llm_params=with_decoding(policy, job.llm_params),
                 render_params=job.render_params,
                 parent_turn_id=job.turn_id,
             )

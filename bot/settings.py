@@ -39,6 +39,9 @@ SETTINGS: dict[str, SettingSpec] = {
     "temperature": SettingSpec(kind="float", low=0, high=2, help="default LLM temperature"),
     "top_p": SettingSpec(kind="float", low=0, high=1, help="default LLM top_p"),
     "max_new_tokens": SettingSpec(kind="int", low=128, high=4096, help="default LLM token budget"),
+    "prompt_lookup": SettingSpec(kind="bool", help="LLM drafts tokens from the conversation (faster edits)"),
+    "prompt_lookup_tokens": SettingSpec(kind="int", low=1, high=100, help="longest prompt-lookup draft"),
+    "grammar": SettingSpec(kind="bool", help="LLM output held to the canvas-program grammar (never invalid)"),
     "size": SettingSpec(kind="size", help="default image size: a preset or WIDTHxHEIGHT"),
     "steps": SettingSpec(kind="int", low=1, high=100, help="default diffusion steps"),
     "cfg": SettingSpec(kind="float", low=1, high=32, help="default guidance scale"),
@@ -49,6 +52,10 @@ SETTINGS: dict[str, SettingSpec] = {
     "max_queued_per_user": SettingSpec(kind="int", low=1, high=1000, help="jobs one user may have waiting"),
     "rate_limit": SettingSpec(kind="int", low=1, high=10_000, help="jobs one user may submit per window"),
 }
+
+# Decoding switches (speed and validity, not the composition): every job takes them from the channel's settings,
+# refinements of older results included.
+DECODING_SETTINGS = ("prompt_lookup", "prompt_lookup_tokens", "grammar")
 
 _CHANNEL_ID = re.compile(r"<#(\d+)>|(\d{5,})")
 
@@ -189,7 +196,7 @@ async def resolve_policy(
             if "channel" in SETTINGS[k].scopes
         }
     )
-    llm_fields = {k: values[k] for k in ("temperature", "top_p", "max_new_tokens") if k in values}
+    llm_fields = {k: values[k] for k in ("temperature", "top_p", "max_new_tokens", *DECODING_SETTINGS) if k in values}
     render_fields: dict[str, Any] = {
         k: values[k] for k in ("steps", "cfg", "method", "negative") if k in values
     }
@@ -207,6 +214,11 @@ async def resolve_policy(
         max_queued_per_user=int(values["max_queued_per_user"]),
         rate_limit=int(values["rate_limit"]),
     )
+
+
+def with_decoding(policy: Policy, params: LLMParams) -> LLMParams:
+    """``params`` (e.g. those of the result being refined) with the channel's current decoding switches."""
+    return params.replace(**{k: getattr(policy.llm_params, k) for k in DECODING_SETTINGS})
 
 
 def require_llm_allowed(policy: Policy, llm: str | None) -> None:

@@ -59,6 +59,7 @@ class ScriptedEngine:
     entered: threading.Event = field(default_factory=threading.Event)  # set when a stage starts
     calls: list[tuple[str, str, int]] = field(default_factory=list)  # (stage, prompt or first prefix, seed)
     histories: list[list[ChatMessage]] = field(default_factory=list)
+    llm_params: list[LLMParams] = field(default_factory=list)  # what each chat call was given
 
     def fail_next(self, stage: str, error: Exception) -> None:
         self.failures.append((stage, error))
@@ -94,6 +95,7 @@ class ScriptedEngine:
     ) -> ChatResult:
         self.calls.append(("chat", prompt, params.seed))
         self.histories.append(list(history))
+        self.llm_params.append(params)
         self._begin("chat", cancel)
         reply = self.replies[min(len(history) // 2, len(self.replies) - 1)]
         layout = parse_reply(reply)
