@@ -2,8 +2,11 @@
 
 It writes a canvas program shaped like the published models' replies (or replays given replies),
 parses it with the real ``parse_reply``, and paints a small real image from the layout's colour
-sketch. It reports progress like the real engine and honours ``CancelToken``. Used by tests,
-demos and the distributed worker (``omost-bot worker --engine scripted``); it needs no fixtures.
+sketch. It reports progress like the real engine (regions revealed as the "LLM" writes) and honours
+``CancelToken``. Used by tests, benchmarks, demos and the distributed worker (``omost-bot worker
+--engine scripted``); it needs no fixtures. For tests it records its calls, can be told to fail a
+stage or to wait at a gate, and can drive a ``FakeClock`` (each progress event moves it on);
+``bot.testing`` adds the bot tests' handshake with the event loop.
 
 Prompt directives (scripted engine only, removed from the text before use) let one worker serve
 quick, slow and failing jobs: ``{{delay=1.5}}`` (seconds for this job, split between the LLM turn
@@ -15,8 +18,9 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
@@ -39,6 +43,22 @@ _REGIONS = (
     ("on the left", "a medium-sized vertical area", 3.0, "steelblue", "the left part of the scene"),
     ("in the center", "a small square area", 1.5, "orange", "the main subject"),
 )
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told; thread-safe."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
 
 
 def _directives(prompt: str) -> tuple[str, float | None, str | None]:
@@ -94,7 +114,10 @@ class ScriptedEngine:
     """Implements ``omost_engine.engine.Engine`` with scripted replies and painted images.
 
     ``chat_seconds`` and ``render_seconds`` are the time each stage takes (slept in small steps,
-    so cancel is noticed quickly); ``replies`` replays fixed replies in turn instead of writing one.
+    so cancel is noticed quickly). ``replies`` replays fixed replies instead of writing one: in call
+    order (``reply_per="call"``), or turn N of a conversation gets reply N (``"turn"``, so a
+    refinement gets the edited program). A chat reports ``progress_chunks`` partial events, then the
+    whole reply. Images are ``image_size`` pixels, or the requested size divided by ``image_scale``.
     """
 
     def __init__(
@@ -103,20 +126,67 @@ class ScriptedEngine:
         chat_seconds: float = 0.0,
         render_seconds: float = 0.0,
         replies: Sequence[str] = (),
+        reply_per: Literal["call", "turn"] = "call",
         llm_name: str = "scripted-llm",
         model_name: str = "scripted-sdxl",
         progress_chunks: int = 4,
         image_scale: int = 8,  # images are width/8 x height/8: real pictures, test-sized
+        image_size: tuple[int, int] | None = None,  # a fixed (width, height) instead
+        clock: FakeClock | None = None,
+        seconds_per_event: float = 1.0,  # how far each progress event moves ``clock``
+        gate: threading.Event | None = None,  # when given and not yet set, stages wait here (or for a cancel)
     ) -> None:
         self.chat_seconds = chat_seconds
         self.render_seconds = render_seconds
         self.replies = tuple(replies)
+        self.reply_per = reply_per
         self.llm_name = llm_name
         self.model_name = model_name
-        self.progress_chunks = max(1, progress_chunks)
+        self.progress_chunks = max(0, progress_chunks)
         self.image_scale = max(1, image_scale)
+        self.image_size = image_size
+        self.clock = clock
+        self.seconds_per_event = seconds_per_event
+        self.gate = gate
+        self.entered = threading.Event()  # set when a stage starts
+        self.failures: deque[tuple[str, Exception]] = deque()  # (stage, error) for coming calls
+        self.calls: list[tuple[str, str, int]] = []  # (stage, prompt or first prefix, seed)
+        self.histories: list[list[ChatMessage]] = []
+        self.llm_params: list[LLMParams] = []  # what each chat call was given
         self._lock = threading.Lock()  # the engine may serve several worker threads
         self._chats = 0
+
+    def fail_next(self, stage: Literal["chat", "render"], error: Exception) -> None:
+        """The next call of ``stage`` raises ``error`` (as a crashing model would)."""
+        self.failures.append((stage, error))
+
+    def after_progress(self) -> None:
+        """Called after each progress event is reported; a hook for tests that pace the engine."""
+
+    def _begin(self, stage: str, cancel: CancelToken | None) -> None:
+        self.entered.set()
+        if self.failures and self.failures[0][0] == stage:
+            raise self.failures.popleft()[1]
+        while self.gate is not None and not self.gate.is_set():
+            if cancel is not None and cancel.wait(0.005):
+                break
+            self.gate.wait(0.005)
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+
+    def _report(self, on_progress: ProgressCallback | None, progress: LLMProgress | RenderProgress) -> None:
+        if self.clock is not None:
+            self.clock.advance(self.seconds_per_event)
+        if on_progress is not None:
+            on_progress(progress)
+            self.after_progress()
+
+    def _reply(self, history: Sequence[ChatMessage], index: int, text: str) -> str:
+        if not self.replies:
+            return scripted_reply(text)
+        if self.reply_per == "turn":
+            return self.replies[min(len(history) // 2, len(self.replies) - 1)]
+        return self.replies[index % len(self.replies)]
 
     def chat(
         self,
@@ -129,30 +199,31 @@ class ScriptedEngine:
         cancel: CancelToken | None = None,
     ) -> ChatResult:
         started = time.perf_counter()
-        text, delay, fail = _directives(prompt)
         with self._lock:
             index = self._chats
             self._chats += 1
+            self.calls.append(("chat", prompt, params.seed))
+            self.histories.append(list(history))
+            self.llm_params.append(params)
+        text, delay, fail = _directives(prompt)
+        self._begin("chat", cancel)
         if fail == "internal":
             raise RuntimeError("scripted engine failure (requested by the prompt)")
-        reply = self.replies[index % len(self.replies)] if self.replies else scripted_reply(text)
-        seconds = delay / 2 if delay is not None else self.chat_seconds
-        chunk = len(reply) // self.progress_chunks + 1
-        for n in range(1, self.progress_chunks + 1):
-            _sleep(seconds / self.progress_chunks, cancel)
-            shown = reply[: n * chunk]
-            if on_progress is not None:
-                elapsed = max(time.perf_counter() - started, 1e-6)
-                on_progress(LLMProgress(tokens=len(shown) // 4, tokens_per_second=len(shown) / 4 / elapsed,
-                                        text=shown))
+        reply = self._reply(history, index, text)
         layout = parse_reply(reply)
+        seconds = delay / 2 if delay is not None else self.chat_seconds
+        events = self.progress_chunks + 1  # the partial ones, then the whole reply
+        chunk = len(reply) // events + 1
+        for n in range(1, events + 1):
+            _sleep(seconds / events, cancel)
+            shown = reply if n == events else reply[: n * chunk]
+            regions = len(layout.conditions) if n == events else max(1, len(layout.conditions) * n // events)
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            self._report(on_progress, LLMProgress(tokens=len(shown) // 4, tokens_per_second=len(shown) / 4 / elapsed,
+                                                  text=shown, conditions=tuple(layout.conditions[:regions])))
         if delay is not None:  # the render of this layout takes the other half
             layout = layout.with_meta(scripted_render_seconds=delay / 2)
         tokens = len(reply) // 4
-        if on_progress is not None:
-            elapsed = max(time.perf_counter() - started, 1e-6)
-            on_progress(LLMProgress(tokens=tokens, tokens_per_second=tokens / elapsed, text=reply,
-                                    conditions=tuple(layout.conditions)))
         return ChatResult(reply=reply, layout=layout, model=llm or self.llm_name, tokens=tokens,
                           seconds=time.perf_counter() - started, forward_passes=tokens)
 
@@ -166,16 +237,22 @@ class ScriptedEngine:
         cancel: CancelToken | None = None,
     ) -> RenderResult:
         started = time.perf_counter()
+        with self._lock:
+            prefixes = layout.conditions[0].prefixes if layout.conditions else ()
+            self.calls.append(("render", prefixes[0] if prefixes else "", params.seed))
+        self._begin("render", cancel)
         seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
         stages = [("render", params.steps)] + ([("hires", params.hr_steps)] if params.hr_scale > 1 else [])
         total_steps = sum(steps for _, steps in stages)
         for stage, steps in stages:
             for step in range(1, steps + 1):
                 _sleep(seconds / total_steps, cancel)
-                if on_progress is not None:
-                    on_progress(RenderProgress(step=step, total=steps, stage=stage))
-        width = max(8, round(params.width * params.hr_scale) // self.image_scale)
-        height = max(8, round(params.height * params.hr_scale) // self.image_scale)
+                self._report(on_progress, RenderProgress(step=step, total=steps, stage=stage))
+        if self.image_size is not None:
+            width, height = self.image_size
+        else:
+            width = max(8, round(params.width * params.hr_scale) // self.image_scale)
+            height = max(8, round(params.height * params.hr_scale) // self.image_scale)
         sketch = sketch_image(layout, (width, height))
         # Seeded grain so that two seeds give two different pictures, as with a real sampler.
         grain = np.random.default_rng(params.seed).integers(-12, 13, size=(height, width, 3))
