@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sysconfig
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -15,7 +16,25 @@ import aiosqlite
 
 from omost_engine.errors import OmostError
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# The SQL files live in the top-level migrations/ folder. A checkout (or an editable install) reads them there;
+# a wheel installs them as data files (pyproject.toml: [tool.setuptools.data-files]) under <data>/INSTALLED_DIR.
+CHECKOUT_DIR = Path(__file__).resolve().parent.parent / "migrations"
+INSTALLED_DIR = Path("share", "omost-bot", "migrations")
+
+
+def migration_dirs(*, checkout: Path = CHECKOUT_DIR, data_roots: Iterable[Path] | None = None) -> list[Path]:
+    """Where the migrations may be, in order: the checkout, then the install schemes' data folders
+    (the environment's, then the user's for ``pip install --user``)."""
+    if data_roots is None:
+        schemes = [sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")]
+        data_roots = [Path(sysconfig.get_path("data", scheme)) for scheme in dict.fromkeys(schemes)]
+    return [checkout, *(root / INSTALLED_DIR for root in data_roots)]
+
+
+def default_migrations_dir(**where: Any) -> Path:
+    """The first of ``migration_dirs()`` holding SQL files (the checkout's when none does, for the error)."""
+    candidates = migration_dirs(**where)
+    return next((d for d in candidates if any(d.glob("V*__*.sql"))), candidates[0])
 _MIGRATION_NAME = re.compile(r"^V(?P<version>\d+)__(?P<name>\w+)\.sql$")
 
 
@@ -26,8 +45,10 @@ class Migration:
     sql: str
 
 
-def find_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """The migrations in ``directory``, sorted; versions must run 1, 2, 3 ... without gaps."""
+def find_migrations(directory: Path | None = None) -> list[Migration]:
+    """The migrations in ``directory`` (default: the checkout's or the installed ones), sorted; versions must
+    run 1, 2, 3 ... without gaps."""
+    directory = default_migrations_dir() if directory is None else directory
     found: list[Migration] = []
     for path in directory.glob("*.sql"):
         match = _MIGRATION_NAME.match(path.name)
@@ -41,7 +62,7 @@ def find_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         found.append(Migration(int(match["version"]), match["name"], path.read_text(encoding="utf-8")))
     if not found:  # an empty schema would look like a working database; refuse instead
         raise OmostError(
-            f"no migrations found in {str(directory)!r}; run the bot from a checkout (pip install -e .)",
+            f"no migrations found in {str(directory)!r}; reinstall omost-bot (pip install .) or run it from a checkout",
             parameter="migrations",
             value=str(directory),
         )

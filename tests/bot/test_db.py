@@ -79,3 +79,48 @@ async def test_transaction_rolls_back_together(tmp_path: Path) -> None:
         assert await db.fetchone("SELECT * FROM meta WHERE key = 'a'") is None
     finally:
         await db.close()
+
+
+def test_installed_migrations_are_found_without_a_checkout(tmp_path: Path) -> None:
+    from bot.db import CHECKOUT_DIR, INSTALLED_DIR, default_migrations_dir
+
+    installed = tmp_path / "prefix" / INSTALLED_DIR
+    installed.mkdir(parents=True)
+    for sql in CHECKOUT_DIR.glob("*.sql"):
+        (installed / sql.name).write_bytes(sql.read_bytes())
+    found = default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[tmp_path / "empty", tmp_path / "prefix"])
+    assert found == installed
+    assert find_migrations(found) == find_migrations(CHECKOUT_DIR)
+    # With neither, the error names the checkout folder it looked in first.
+    assert default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[]) == tmp_path / "no-checkout"
+
+
+def test_the_wheel_ships_every_migration_where_the_runner_looks(tmp_path: Path) -> None:
+    """Build the wheel from the tracked sources; its data files, laid out as pip installs them, are found."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from bot.db import CHECKOUT_DIR, INSTALLED_DIR, default_migrations_dir
+
+    repo = CHECKOUT_DIR.parent
+    source = tmp_path / "src"
+    source.mkdir()
+    tracked = subprocess.run(["git", "ls-files", "bot", "cogs", "omost_engine", "migrations", "pyproject.toml",
+                              "README.md"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes((repo / name).read_bytes())
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
+                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    prefix = tmp_path / "prefix"
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            _, data, rest = name.partition(".data/data/")  # pip puts these under the scheme's data folder
+            if data:
+                (prefix / rest).parent.mkdir(parents=True, exist_ok=True)
+                (prefix / rest).write_bytes(archive.read(name))
+    found = default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[prefix])
+    assert found == prefix / INSTALLED_DIR
+    assert find_migrations(found) == find_migrations(CHECKOUT_DIR)
