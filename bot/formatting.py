@@ -174,6 +174,6 @@ result branches from there. **Reply with a layout .json** (ours or ComfyUI_omost
 `/omost render layout:` — render a layout file without the LLM.
 `/omost new` — start a fresh conversation here. `/omost history` — your recent results.
 `/omost queue` — what is waiting. `/omost cancel` — stop your job.
-`/omost settings` — defaults and limits (admins).
+`/omost settings` — defaults and limits (admins). `/omost status` — the GPU workers and the queue (admins).
 Buttons: 🎲 reroll (same layout, new seed) · 🧩 layout & masks · ✏️ edit · 🗑️ delete.
 """
