@@ -12,7 +12,7 @@ COMMAND_MODULES = (
     "omost_engine.cli.canvas",  # canvas, layout
     "omost_engine.cli.compose",  # compose
     "omost_engine.cli.render",  # render
-    "bot.commands",  # run, worker
+    "bot.commands",  # run
     "bot.distributed.cli",  # worker, workers (GPU workers through Redis)
 )
 
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omost-bot", description="Omost image composition: bot and tools.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a part still being built; its commands are absent
-            if exc.name != name:
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
