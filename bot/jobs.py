@@ -263,6 +263,119 @@ async def execute_job(
         )
 
 
+# -- the waiting line --------------------------------------------------------------------------------------
+
+
+class FairWaitingLine:
+    """Jobs waiting for a worker, shared by every backend so positions read the same with each.
+
+    One FIFO queue per user; the line takes one job per user per round, users in turn order (a user
+    whose job was taken goes to the back). It also owns the caps, the pause switch and the position
+    announcements. Running jobs are the backend's business: it passes their count where a rule needs it.
+    """
+
+    def __init__(self, *, max_queue: int = 50, emit: Callable[[JobEvent], None]) -> None:
+        self.max_queue = max_queue
+        self.emit = emit
+        self.paused = False  # maintenance: jobs wait, submitting still works
+        self.closed = False  # shutting down: no more jobs in or out
+        self._queues: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def __bool__(self) -> bool:
+        return bool(self._queues)
+
+    @property
+    def ready(self) -> bool:
+        """A job may start now."""
+        return bool(self._queues) and not (self.paused or self.closed)
+
+    def order(self) -> list[Ticket]:
+        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+        queues = [list(q) for q in self._queues.values()]
+        order: list[Ticket] = []
+        for round_index in range(max((len(q) for q in queues), default=0)):
+            order += [q[round_index] for q in queues if round_index < len(q)]
+        return order
+
+    def positions(self) -> list[tuple[Ticket, int]]:
+        return [(ticket, i) for i, ticket in enumerate(self.order(), start=1)]
+
+    def position(self, job_id: int) -> int | None:
+        """1 = next to run; None when the job is not waiting."""
+        return next((i for ticket, i in self.positions() if ticket.job_id == job_id), None)
+
+    def waiting_of(self, user_id: int) -> int:
+        return len(self._queues.get(user_id, ()))
+
+    def refuse_if_closed(self) -> None:
+        if self.closed:
+            raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
+
+    def add(self, ticket: Ticket, *, user_cap: int | None = None, running: int = 0) -> int:
+        """Queue a job behind its user's others; returns its position. ``running``: the user's running jobs,
+        which count against ``user_cap``. Raises ``QueueFullError`` (nothing queued) when there is no room."""
+        self.refuse_if_closed()
+        waiting = len(self)
+        if waiting >= self.max_queue:
+            raise QueueFullError(
+                f"the queue is full ({self.max_queue} jobs waiting); try again later",
+                parameter="queue",
+                value=waiting,
+                allowed=f"up to {self.max_queue} jobs",
+            )
+        held = running + self.waiting_of(ticket.user_id)
+        if user_cap is not None and held >= user_cap:
+            raise QueueFullError(
+                f"you already have {held} jobs queued or running; the limit is {user_cap}."
+                " Wait for one to finish or cancel one with /omost cancel",
+                parameter="max_queued_per_user",
+                value=held,
+                allowed=f"up to {user_cap}",
+            )
+        self._queues.setdefault(ticket.user_id, deque()).append(ticket)
+        position = self.position(ticket.job_id)
+        assert position is not None
+        return position
+
+    def take(self) -> Ticket | None:
+        """The next job to start, out of the line; None when none may start (empty, paused or closed)."""
+        if not self.ready:
+            return None
+        user_id, queue = next(iter(self._queues.items()))
+        ticket = queue.popleft()
+        del self._queues[user_id]
+        if queue:  # this user goes to the back of the round
+            self._queues[user_id] = queue
+        return ticket
+
+    def cancel(self, job_id: int) -> bool:
+        """Drop a waiting job, report it cancelled and the others' new positions; False if it is not here."""
+        for user_id, queue in self._queues.items():
+            for ticket in queue:
+                if ticket.job_id == job_id:
+                    queue.remove(ticket)
+                    if not queue:
+                        del self._queues[user_id]
+                    self.emit(Cancelled(job_id))
+                    self.announce()
+                    return True
+        return False
+
+    def drain(self) -> list[Ticket]:
+        """Empty the line; the jobs it held, in the order they would have run."""
+        tickets = self.order()
+        self._queues.clear()
+        return tickets
+
+    def announce(self) -> None:
+        """Tell every waiting job its position."""
+        for ticket, position in self.positions():
+            self.emit(Queued(ticket.job_id, position))
+
+
 # -- the in-process backend -------------------------------------------------------------------------------
 
 
@@ -278,70 +391,42 @@ class InProcessJobBackend:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
-        self.max_queue = max_queue
         self.timeouts = timeouts
         self.clock = clock
         self._handler: JobHandler | None = None
-        self._waiting: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+        self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
         self._running: tuple[Ticket, CancelToken] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._paused = False
-        self._closed = False
+
+    @property
+    def max_queue(self) -> int:
+        return self._line.max_queue
 
     def bind(self, handler: JobHandler) -> None:
         self._handler = handler
 
     # -- queries ------------------------------------------------------------------------------------------
 
-    def _order(self) -> list[Ticket]:
-        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
-        queues = [list(q) for q in self._waiting.values()]
-        order: list[Ticket] = []
-        for round_index in range(max((len(q) for q in queues), default=0)):
-            order += [q[round_index] for q in queues if round_index < len(q)]
-        return order
-
     def snapshot(self) -> list[tuple[Ticket, int]]:
-        running = [(self._running[0], 0)] if self._running else []
-        return running + [(ticket, i) for i, ticket in enumerate(self._order(), start=1)]
+        return ([(self._running[0], 0)] if self._running else []) + self._line.positions()
 
     def position(self, job_id: int) -> int | None:
-        for ticket, position in self.snapshot():
-            if ticket.job_id == job_id:
-                return position
-        return None
+        return 0 if self._running and self._running[0].job_id == job_id else self._line.position(job_id)
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        return len(self._line)
+
+    def _running_of(self, user_id: int) -> int:
+        return 1 if self._running and self._running[0].user_id == user_id else 0
 
     def held_by(self, user_id: int) -> int:
-        running = 1 if self._running and self._running[0].user_id == user_id else 0
-        return running + len(self._waiting.get(user_id, ()))
+        return self._running_of(user_id) + self._line.waiting_of(user_id)
 
     # -- changes ------------------------------------------------------------------------------------------
 
     async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
-        if self._closed:
-            raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
-        if self.waiting >= self.max_queue:
-            raise QueueFullError(
-                f"the queue is full ({self.max_queue} jobs waiting); try again later",
-                parameter="queue",
-                value=self.waiting,
-                allowed=f"up to {self.max_queue} jobs",
-            )
-        if user_cap is not None and self.held_by(ticket.user_id) >= user_cap:
-            raise QueueFullError(
-                f"you already have {self.held_by(ticket.user_id)} jobs queued or running; the limit is {user_cap}."
-                " Wait for one to finish or cancel one with /omost cancel",
-                parameter="max_queued_per_user",
-                value=self.held_by(ticket.user_id),
-                allowed=f"up to {user_cap}",
-            )
-        self._waiting.setdefault(ticket.user_id, deque()).append(ticket)
-        position = self.position(ticket.job_id)
-        assert position is not None
+        position = self._line.add(ticket, user_cap=user_cap, running=self._running_of(ticket.user_id))
         self._wake()
         return position
 
@@ -349,28 +434,18 @@ class InProcessJobBackend:
         if self._running and self._running[0].job_id == job_id:
             self._running[1].cancel()  # the worker reports Cancelled when the engine stops
             return True
-        for user_id, queue in list(self._waiting.items()):
-            for ticket in queue:
-                if ticket.job_id == job_id:
-                    queue.remove(ticket)
-                    if not queue:
-                        del self._waiting[user_id]
-                    self._emit(Cancelled(job_id))
-                    self._announce_positions()
-                    return True
-        return False
+        return self._line.cancel(job_id)
 
     def pause(self) -> None:
         """Hold waiting jobs (maintenance); the running one finishes."""
-        self._paused = True
+        self._line.paused = True
 
     def resume(self) -> None:
-        self._paused = False
+        self._line.paused = False
         self._wake()
 
     async def close(self) -> None:
-        self._closed = True
-        self._paused = True
+        self._line.closed = True
         if self._running:
             self._running[1].cancel()
         if self._worker is not None:
@@ -387,31 +462,17 @@ class InProcessJobBackend:
         if self._handler is not None:
             self._handler.on_event(event)
 
-    def _announce_positions(self) -> None:
-        for position, ticket in enumerate(self._order(), start=1):
-            self._emit(Queued(ticket.job_id, position))
-
     def _wake(self) -> None:
         # Started on demand and gone when idle: no task sits forever on an empty queue.
-        if not self._paused and self._waiting and (self._worker is None or self._worker.done()):
+        if self._line.ready and (self._worker is None or self._worker.done()):
             self._worker = asyncio.get_running_loop().create_task(self._work(), name="omost-gpu-worker")
-
-    def _take(self) -> Ticket | None:
-        if not self._waiting:
-            return None
-        user_id, queue = next(iter(self._waiting.items()))
-        ticket = queue.popleft()
-        del self._waiting[user_id]
-        if queue:  # this user goes to the back of the round
-            self._waiting[user_id] = queue
-        return ticket
 
     async def _work(self) -> None:
         assert self._handler is not None, "bind() the backend to a handler before submitting"
-        while not self._paused and (ticket := self._take()) is not None:
+        while (ticket := self._line.take()) is not None:
             token = CancelToken()
             self._running = (ticket, token)
-            self._announce_positions()
+            self._line.announce()
             try:
                 spec = await self._handler.prepare(ticket.job_id)
                 if spec is not None:

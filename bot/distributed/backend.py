@@ -16,7 +16,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,12 +27,11 @@ from bot.jobs import (
     Cancelled,
     ChatDone,
     Failed,
+    FairWaitingLine,
     Finished,
     JobEvent,
     JobHandler,
     Progress,
-    Queued,
-    QueueFullError,
     Requeued,
     StageTimeouts,
     Started,
@@ -57,12 +56,11 @@ class RedisJobBackend:
     ) -> None:
         self.config = config
         self.client = RedisJobClient(config)
-        self.max_queue = max_queue
         self.timeouts = timeouts
         self.max_attempts = max_attempts or config.max_attempts
         self.clock = clock
         self._handler: JobHandler | None = None
-        self._waiting: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+        self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
         self._inflight: dict[int, Ticket] = {}  # handed to Redis: running, as far as the bot is concerned
         self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
         self._deliver_held = True
@@ -75,44 +73,34 @@ class RedisJobBackend:
         self._dispatching = asyncio.Lock()
         self._pump: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._paused = False
-        self._closed = False
         # Which worker (and which attempt) last started each job: for logs, /omost status and tests.
         self.ran_on: OrderedDict[int, tuple[str, int]] = OrderedDict()
         self._retry_told: dict[int, int] = {}  # job -> the latest attempt its user was told about
+
+    @property
+    def max_queue(self) -> int:
+        return self._line.max_queue
 
     def bind(self, handler: JobHandler) -> None:
         self._handler = handler
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def _order(self) -> list[Ticket]:
-        """Waiting jobs in the order they will run: one per user per round, users in turn order
-        (the rule of ``InProcessJobBackend``, so positions read the same with either backend)."""
-        queues = [list(q) for q in self._waiting.values()]
-        order: list[Ticket] = []
-        for round_index in range(max((len(q) for q in queues), default=0)):
-            order += [q[round_index] for q in queues if round_index < len(q)]
-        return order
-
     def snapshot(self) -> list[tuple[Ticket, int]]:
-        return [(t, 0) for t in self._inflight.values()] + [(t, i) for i, t in enumerate(self._order(), start=1)]
+        return [(t, 0) for t in self._inflight.values()] + self._line.positions()
 
     def position(self, job_id: int) -> int | None:
-        if job_id in self._inflight:
-            return 0
-        for ticket, position in self.snapshot():
-            if ticket.job_id == job_id:
-                return position
-        return None
+        return 0 if job_id in self._inflight else self._line.position(job_id)
 
     @property
     def waiting(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+        return len(self._line)
 
     def held_by(self, user_id: int) -> int:
-        running = sum(1 for t in self._inflight.values() if t.user_id == user_id)
-        return running + len(self._waiting.get(user_id, ()))
+        return self._running_of(user_id) + self._line.waiting_of(user_id)
+
+    def _running_of(self, user_id: int) -> int:
+        return sum(1 for t in self._inflight.values() if t.user_id == user_id)
 
     async def health(self) -> ClusterHealth:
         await self._connect()
@@ -137,21 +125,9 @@ class RedisJobBackend:
     # -- changes ---------------------------------------------------------------------------------
 
     async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
-        if self._closed:
-            raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
-        await self._connect()
-        if self.waiting >= self.max_queue:
-            raise QueueFullError(f"the queue is full ({self.max_queue} jobs waiting); try again later",
-                                 parameter="queue", value=self.waiting, allowed=f"up to {self.max_queue} jobs")
-        held = self.held_by(ticket.user_id)
-        if user_cap is not None and held >= user_cap:
-            raise QueueFullError(
-                f"you already have {held} jobs queued or running; the limit is {user_cap}."
-                " Wait for one to finish or cancel one with /omost cancel",
-                parameter="max_queued_per_user", value=held, allowed=f"up to {user_cap}")
-        self._waiting.setdefault(ticket.user_id, deque()).append(ticket)
-        position = self.position(ticket.job_id)
-        assert position is not None
+        self._line.refuse_if_closed()  # before connecting: close() has shut the client
+        await self._connect()  # held jobs count against their user's cap
+        position = self._line.add(ticket, user_cap=user_cap, running=self._running_of(ticket.user_id))
         self._kick()
         # Hand it over now rather than when the pump next wakes: that may be half a second away.
         self._spawn(self._dispatch())
@@ -161,29 +137,20 @@ class RedisJobBackend:
         if job_id in self._inflight:
             await self.client.cancel(str(job_id))  # the worker (or the client) reports Cancelled
             return True
-        for user_id, queue in list(self._waiting.items()):
-            for ticket in queue:
-                if ticket.job_id == job_id:
-                    queue.remove(ticket)
-                    if not queue:
-                        del self._waiting[user_id]
-                    self._emit(Cancelled(job_id))
-                    self._announce_positions()
-                    return True
-        return False
+        return self._line.cancel(job_id)
 
     def pause(self) -> None:
         """Hold waiting jobs (maintenance); jobs on workers go on."""
-        self._paused = True
+        self._line.paused = True
 
     def resume(self) -> None:
-        self._paused = False
+        self._line.paused = False
         self._kick()
         self._spawn(self._dispatch())
 
     async def close(self) -> None:
         """Stop taking and dispatching jobs. Jobs on workers go on; a restarted bot delivers them."""
-        self._closed = True
+        self._line.closed = True
         for task in [self._pump, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -197,9 +164,9 @@ class RedisJobBackend:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = self._pump is not None and not self._pump.done()
-            if not (self._waiting or self._inflight or busy or self._tasks):
+            if not (self._line or self._inflight or busy or self._tasks):
                 return
-            if not busy and (self._inflight or (self._waiting and not self._paused)):
+            if not busy and (self._inflight or self._line.ready):
                 self._kick()
             await asyncio.sleep(0.005)
 
@@ -225,19 +192,15 @@ class RedisJobBackend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _announce_positions(self) -> None:
-        for position, ticket in enumerate(self._order(), start=1):
-            self._emit(Queued(ticket.job_id, position))
-
     def _kick(self) -> None:
         # The pump runs only while jobs wait or run: no task sits forever on an idle bot.
-        if not self._closed and (self._pump is None or self._pump.done()):
+        if not self._line.closed and (self._pump is None or self._pump.done()):
             self._pump = asyncio.get_running_loop().create_task(self._run(), name="omost-redis-pump")
 
     async def _run(self) -> None:
         last_watch = self.clock()
         # Paused with nothing on the workers, there is nothing to wait for: resume() starts it again.
-        while not self._closed and (self._inflight or (self._waiting and not self._paused)):
+        while not self._line.closed and (self._inflight or self._line.ready):
             try:
                 last_watch = await self._turn(last_watch)
             except (OSError, RedisError) as exc:  # Redis restarting or unreachable: retry, keep the jobs
@@ -272,15 +235,13 @@ class RedisJobBackend:
         health = await self.client.health()
         self._capacity = health.capacity(self.config.queue)
         self._capacity_at = self.clock()
-        if self._capacity or not self._waiting:
+        if self._capacity or not self._line:
             self._no_worker_since = None
         elif self._no_worker_since is None:
             self._no_worker_since = self.clock()
         elif self.clock() - self._no_worker_since >= self.config.no_worker_timeout_s:
             waited = self.clock() - self._no_worker_since
-            tickets = self._order()
-            self._waiting.clear()
-            for ticket in tickets:
+            for ticket in self._line.drain():
                 self._emit(Failed(ticket.job_id, None, f"no GPU worker is online (waited {waited:.0f} s); "
                                                        "try again later"))
             self._no_worker_since = None
@@ -290,30 +251,19 @@ class RedisJobBackend:
         ended = {int(e.job_id) for e in self._parked if e.terminal}
         return len(self._inflight) - len(ended & self._inflight.keys())
 
-    def _take(self) -> Ticket | None:
-        if not self._waiting:
-            return None
-        user_id, queue = next(iter(self._waiting.items()))
-        ticket = queue.popleft()
-        del self._waiting[user_id]
-        if queue:  # this user goes to the back of the round
-            self._waiting[user_id] = queue
-        return ticket
-
     async def _dispatch(self) -> None:
         """Hand waiting jobs to Redis while workers have free slots."""
         async with self._dispatching:
-            if self._waiting and self.clock() - self._capacity_at >= self.config.watchdog_s:
+            if self._line and self.clock() - self._capacity_at >= self.config.watchdog_s:
                 try:
                     await self._refresh_capacity()
                 except (OSError, RedisError) as exc:  # the pump retries; the jobs keep their places
                     log.warning("Redis: %s; jobs wait", exc)
                     return
-            while self._waiting and self._busy_slots() < self._capacity and not (self._closed or self._paused):
-                ticket = self._take()
-                assert ticket is not None and self._handler is not None, "bind() the backend before submitting"
+            while self._busy_slots() < self._capacity and (ticket := self._line.take()) is not None:
+                assert self._handler is not None, "bind() the backend before submitting"
                 self._inflight[ticket.job_id] = ticket
-                self._announce_positions()
+                self._line.announce()
                 try:
                     spec = await self._handler.prepare(ticket.job_id)
                     if spec is None:
