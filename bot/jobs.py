@@ -267,11 +267,12 @@ async def execute_job(
 
 
 class FairWaitingLine:
-    """Jobs waiting for a worker, shared by every backend so positions read the same with each.
+    """The jobs a backend holds, shared by every backend so positions and caps read the same with each.
 
-    One FIFO queue per user; the line takes one job per user per round, users in turn order (a user
-    whose job was taken goes to the back). It also owns the caps, the pause switch and the position
-    announcements. Running jobs are the backend's business: it passes their count where a rule needs it.
+    Waiting jobs stand in one FIFO queue per user; the line takes one job per user per round, users in
+    turn order (a user whose job was taken goes to the back). A taken job counts as running (position 0,
+    and against its user's cap) until the backend calls ``done``. The line also owns the pause switch and
+    the position announcements; how a job runs is the backend's business.
     """
 
     def __init__(self, *, max_queue: int = 50, emit: Callable[[JobEvent], None]) -> None:
@@ -280,8 +281,10 @@ class FairWaitingLine:
         self.paused = False  # maintenance: jobs wait, submitting still works
         self.closed = False  # shutting down: no more jobs in or out
         self._queues: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
+        self.running: dict[int, Ticket] = {}  # job -> ticket, taken and not yet done, in the order they started
 
     def __len__(self) -> int:
+        """Waiting jobs (running ones not counted)."""
         return sum(len(q) for q in self._queues.values())
 
     def __bool__(self) -> bool:
@@ -301,22 +304,33 @@ class FairWaitingLine:
         return order
 
     def positions(self) -> list[tuple[Ticket, int]]:
+        """Waiting jobs with their positions (1 = next), in the order they will run."""
         return [(ticket, i) for i, ticket in enumerate(self.order(), start=1)]
 
+    def snapshot(self) -> list[tuple[Ticket, int]]:
+        """Every held job with its position: running ones (0) first, then the waiting ones in order."""
+        return [(ticket, 0) for ticket in self.running.values()] + self.positions()
+
     def position(self, job_id: int) -> int | None:
-        """1 = next to run; None when the job is not waiting."""
+        """0 while running, 1.. while waiting, None when the line does not hold the job."""
+        if job_id in self.running:
+            return 0
         return next((i for ticket, i in self.positions() if ticket.job_id == job_id), None)
 
-    def waiting_of(self, user_id: int) -> int:
-        return len(self._queues.get(user_id, ()))
+    def held_by(self, user_id: int) -> int:
+        """The user's jobs, running or waiting."""
+        running = sum(1 for ticket in self.running.values() if ticket.user_id == user_id)
+        return running + len(self._queues.get(user_id, ()))
 
     def refuse_if_closed(self) -> None:
         if self.closed:
             raise QueueFullError("the bot is shutting down; try again in a minute", parameter="queue")
 
-    def add(self, ticket: Ticket, *, user_cap: int | None = None, running: int = 0) -> int:
-        """Queue a job behind its user's others; returns its position. ``running``: the user's running jobs,
-        which count against ``user_cap``. Raises ``QueueFullError`` (nothing queued) when there is no room."""
+    def add(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
+        """Queue a job behind its user's others; returns its position (1 = next).
+
+        Raises ``QueueFullError`` (nothing queued) when shut, full, or the user holds ``user_cap`` jobs.
+        """
         self.refuse_if_closed()
         waiting = len(self)
         if waiting >= self.max_queue:
@@ -326,7 +340,7 @@ class FairWaitingLine:
                 value=waiting,
                 allowed=f"up to {self.max_queue} jobs",
             )
-        held = running + self.waiting_of(ticket.user_id)
+        held = self.held_by(ticket.user_id)
         if user_cap is not None and held >= user_cap:
             raise QueueFullError(
                 f"you already have {held} jobs queued or running; the limit is {user_cap}."
@@ -341,7 +355,7 @@ class FairWaitingLine:
         return position
 
     def take(self) -> Ticket | None:
-        """The next job to start, out of the line; None when none may start (empty, paused or closed)."""
+        """The next job to start, now running; None when none may start (empty, paused or closed)."""
         if not self.ready:
             return None
         user_id, queue = next(iter(self._queues.items()))
@@ -349,7 +363,16 @@ class FairWaitingLine:
         del self._queues[user_id]
         if queue:  # this user goes to the back of the round
             self._queues[user_id] = queue
+        self.running[ticket.job_id] = ticket
         return ticket
+
+    def start(self, ticket: Ticket) -> None:
+        """Count a job as running that did not come through ``take`` (one a restarted bot finds on a worker)."""
+        self.running[ticket.job_id] = ticket
+
+    def done(self, job_id: int) -> None:
+        """The job ended or never started; its slot and its user's share are free."""
+        self.running.pop(job_id, None)
 
     def cancel(self, job_id: int) -> bool:
         """Drop a waiting job, report it cancelled and the others' new positions; False if it is not here."""
@@ -395,7 +418,7 @@ class InProcessJobBackend:
         self.clock = clock
         self._handler: JobHandler | None = None
         self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
-        self._running: tuple[Ticket, CancelToken] | None = None
+        self._token: CancelToken | None = None  # of the running job
         self._worker: asyncio.Task[None] | None = None
 
     @property
@@ -408,31 +431,28 @@ class InProcessJobBackend:
     # -- queries ------------------------------------------------------------------------------------------
 
     def snapshot(self) -> list[tuple[Ticket, int]]:
-        return ([(self._running[0], 0)] if self._running else []) + self._line.positions()
+        return self._line.snapshot()
 
     def position(self, job_id: int) -> int | None:
-        return 0 if self._running and self._running[0].job_id == job_id else self._line.position(job_id)
+        return self._line.position(job_id)
 
     @property
     def waiting(self) -> int:
         return len(self._line)
 
-    def _running_of(self, user_id: int) -> int:
-        return 1 if self._running and self._running[0].user_id == user_id else 0
-
     def held_by(self, user_id: int) -> int:
-        return self._running_of(user_id) + self._line.waiting_of(user_id)
+        return self._line.held_by(user_id)
 
     # -- changes ------------------------------------------------------------------------------------------
 
     async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
-        position = self._line.add(ticket, user_cap=user_cap, running=self._running_of(ticket.user_id))
+        position = self._line.add(ticket, user_cap=user_cap)
         self._wake()
         return position
 
     async def cancel(self, job_id: int) -> bool:
-        if self._running and self._running[0].job_id == job_id:
-            self._running[1].cancel()  # the worker reports Cancelled when the engine stops
+        if job_id in self._line.running and self._token is not None:
+            self._token.cancel()  # the worker reports Cancelled when the engine stops
             return True
         return self._line.cancel(job_id)
 
@@ -446,8 +466,8 @@ class InProcessJobBackend:
 
     async def close(self) -> None:
         self._line.closed = True
-        if self._running:
-            self._running[1].cancel()
+        if self._token is not None:
+            self._token.cancel()
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
 
@@ -470,8 +490,7 @@ class InProcessJobBackend:
     async def _work(self) -> None:
         assert self._handler is not None, "bind() the backend to a handler before submitting"
         while (ticket := self._line.take()) is not None:
-            token = CancelToken()
-            self._running = (ticket, token)
+            self._token = token = CancelToken()
             self._line.announce()
             try:
                 spec = await self._handler.prepare(ticket.job_id)
@@ -491,4 +510,5 @@ class InProcessJobBackend:
                     Failed(ticket.job_id, None, f"the job could not start: {type(exc).__name__}: {exc}")
                 )
             finally:
-                self._running = None
+                self._line.done(ticket.job_id)
+                self._token = None

@@ -60,8 +60,8 @@ class RedisJobBackend:
         self.max_attempts = max_attempts or config.max_attempts
         self.clock = clock
         self._handler: JobHandler | None = None
+        # Its running jobs are the ones handed to Redis: running, as far as the bot is concerned.
         self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
-        self._inflight: dict[int, Ticket] = {}  # handed to Redis: running, as far as the bot is concerned
         self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
         self._deliver_held = True
         self._parked: list[WireEvent] = []  # events of held jobs, read before deliver_held()
@@ -87,20 +87,17 @@ class RedisJobBackend:
     # -- queries ---------------------------------------------------------------------------------
 
     def snapshot(self) -> list[tuple[Ticket, int]]:
-        return [(t, 0) for t in self._inflight.values()] + self._line.positions()
+        return self._line.snapshot()
 
     def position(self, job_id: int) -> int | None:
-        return 0 if job_id in self._inflight else self._line.position(job_id)
+        return self._line.position(job_id)
 
     @property
     def waiting(self) -> int:
         return len(self._line)
 
     def held_by(self, user_id: int) -> int:
-        return self._running_of(user_id) + self._line.waiting_of(user_id)
-
-    def _running_of(self, user_id: int) -> int:
-        return sum(1 for t in self._inflight.values() if t.user_id == user_id)
+        return self._line.held_by(user_id)
 
     async def health(self) -> ClusterHealth:
         await self._connect()
@@ -116,7 +113,7 @@ class RedisJobBackend:
         """
         self._deliver_held = False
         await self._connect()
-        return [self._inflight[job_id] for job_id in sorted(self._held)]
+        return [self._line.running[job_id] for job_id in sorted(self._held)]
 
     def deliver_held(self) -> None:
         self._deliver_held = True
@@ -127,14 +124,14 @@ class RedisJobBackend:
     async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
         self._line.refuse_if_closed()  # before connecting: close() has shut the client
         await self._connect()  # held jobs count against their user's cap
-        position = self._line.add(ticket, user_cap=user_cap, running=self._running_of(ticket.user_id))
+        position = self._line.add(ticket, user_cap=user_cap)
         self._kick()
         # Hand it over now rather than when the pump next wakes: that may be half a second away.
         self._spawn(self._dispatch())
         return position
 
     async def cancel(self, job_id: int) -> bool:
-        if job_id in self._inflight:
+        if job_id in self._line.running:
             await self.client.cancel(str(job_id))  # the worker (or the client) reports Cancelled
             return True
         return self._line.cancel(job_id)
@@ -164,9 +161,9 @@ class RedisJobBackend:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             busy = self._pump is not None and not self._pump.done()
-            if not (self._line or self._inflight or busy or self._tasks):
+            if not (self._line or self._line.running or busy or self._tasks):
                 return
-            if not busy and (self._inflight or self._line.ready):
+            if not busy and (self._line.running or self._line.ready):
                 self._kick()
             await asyncio.sleep(0.005)
 
@@ -180,7 +177,7 @@ class RedisJobBackend:
             self._connected = True
             for job_id in self.client.outstanding:
                 ticket = Ticket(job_id=int(job_id), user_id=self.client.user_of(job_id))
-                self._inflight[ticket.job_id] = ticket
+                self._line.start(ticket)
                 self._held.add(ticket.job_id)
 
     def _emit(self, event: JobEvent) -> None:
@@ -200,7 +197,7 @@ class RedisJobBackend:
     async def _run(self) -> None:
         last_watch = self.clock()
         # Paused with nothing on the workers, there is nothing to wait for: resume() starts it again.
-        while not self._line.closed and (self._inflight or self._line.ready):
+        while not self._line.closed and (self._line.running or self._line.ready):
             try:
                 last_watch = await self._turn(last_watch)
             except (OSError, RedisError) as exc:  # Redis restarting or unreachable: retry, keep the jobs
@@ -249,7 +246,7 @@ class RedisJobBackend:
     def _busy_slots(self) -> int:
         """Worker slots taken by this bot's jobs; a held job whose outcome already arrived holds none."""
         ended = {int(e.job_id) for e in self._parked if e.terminal}
-        return len(self._inflight) - len(ended & self._inflight.keys())
+        return len(self._line.running) - len(ended & self._line.running.keys())
 
     async def _dispatch(self) -> None:
         """Hand waiting jobs to Redis while workers have free slots."""
@@ -262,17 +259,16 @@ class RedisJobBackend:
                     return
             while self._busy_slots() < self._capacity and (ticket := self._line.take()) is not None:
                 assert self._handler is not None, "bind() the backend before submitting"
-                self._inflight[ticket.job_id] = ticket
                 self._line.announce()
                 try:
                     spec = await self._handler.prepare(ticket.job_id)
                     if spec is None:
-                        self._inflight.pop(ticket.job_id, None)
+                        self._line.done(ticket.job_id)
                         continue
                     await self.client.submit(JobMessage(spec=spec, user_id=ticket.user_id, timeouts=self.timeouts,
                                                         max_attempts=self.max_attempts))
                 except Exception as exc:  # the database or Redis failed: tell the user, go on with the rest
-                    self._inflight.pop(ticket.job_id, None)
+                    self._line.done(ticket.job_id)
                     reason = str(exc) if isinstance(exc, OmostError) else f"{type(exc).__name__}: {exc}"
                     self._emit(Failed(ticket.job_id, None, f"the job could not start: {reason}"))
 
@@ -310,7 +306,7 @@ class RedisJobBackend:
         elif event.terminal:
             self._retry_told.pop(job_id, None)
             # The worker slot is free: hand it the next job before downloading this one's images.
-            self._inflight.pop(job_id, None)
+            self._line.done(job_id)
             self._held.discard(job_id)
             self._spawn(self._dispatch())
             if event.type == "result":

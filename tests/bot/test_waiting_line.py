@@ -1,4 +1,4 @@
-"""``FairWaitingLine``: the waiting jobs both backends share (order, caps, positions, cancel, pause)."""
+"""``FairWaitingLine``: the jobs both backends hold (order, running jobs, caps, positions, cancel, pause)."""
 
 from __future__ import annotations
 
@@ -55,27 +55,36 @@ def test_taken_order_is_the_announced_order_and_fifo_per_user(users: list[int]) 
         assert own == sorted(own)
 
 
-def test_position_and_positions() -> None:
+def test_positions_running_first_then_waiting() -> None:
     line, _ = make()
-    fill(line, [(1, 10), (2, 10), (3, 20)])
-    assert line.positions() == [(Ticket(job_id=1, user_id=10), 1), (Ticket(job_id=3, user_id=20), 2),
-                                (Ticket(job_id=2, user_id=10), 3)]
-    assert line.position(2) == 3 and line.position(99) is None
-    assert line.waiting_of(10) == 2 and line.waiting_of(20) == 1 and line.waiting_of(30) == 0
+    fill(line, [(1, 10), (2, 10), (3, 20), (4, 30)])
+    assert line.take() == Ticket(job_id=1, user_id=10)  # now running
+    line.start(Ticket(job_id=9, user_id=40))  # running elsewhere already (a restarted bot's held job)
+    assert line.snapshot() == [(Ticket(job_id=1, user_id=10), 0), (Ticket(job_id=9, user_id=40), 0),
+                               (Ticket(job_id=3, user_id=20), 1), (Ticket(job_id=4, user_id=30), 2),
+                               (Ticket(job_id=2, user_id=10), 3)]
+    assert [line.position(j) for j in (1, 9, 3, 4, 2, 99)] == [0, 0, 1, 2, 3, None]
+    assert len(line) == 3 and line.held_by(10) == 2 and line.held_by(40) == 1 and line.held_by(50) == 0
+    line.done(1)
+    line.done(1)  # twice is harmless: a backend may hear of the end from more than one place
+    assert line.position(1) is None and line.held_by(10) == 1 and list(line.running) == [9]
 
 
 def test_full_line_and_user_cap_counting_running_jobs() -> None:
     line, _ = make(max_queue=3)
     line.add(Ticket(job_id=1, user_id=1), user_cap=2)
+    line.add(Ticket(job_id=2, user_id=1), user_cap=2)
+    assert line.take() == Ticket(job_id=1, user_id=1)  # running: still counts against the cap
     with pytest.raises(QueueFullError, match="you already have 2 jobs queued or running; the limit is 2") as info:
-        line.add(Ticket(job_id=2, user_id=1), user_cap=2, running=1)
+        line.add(Ticket(job_id=3, user_id=1), user_cap=2)
     assert info.value.parameter == "max_queued_per_user" and info.value.value == 2
+    line.done(1)
     line.add(Ticket(job_id=3, user_id=1), user_cap=2)
     line.add(Ticket(job_id=4, user_id=2))
     with pytest.raises(QueueFullError, match=r"the queue is full \(3 jobs waiting\)") as info:
         line.add(Ticket(job_id=5, user_id=3))
     assert info.value.parameter == "queue" and info.value.allowed == "up to 3 jobs"
-    assert [t.job_id for t in line.order()] == [1, 4, 3]  # refused jobs left no trace
+    assert [t.job_id for t in line.order()] == [2, 4, 3]  # refused jobs left no trace
 
 
 def test_cancel_reports_and_announces_the_new_positions() -> None:
@@ -83,7 +92,7 @@ def test_cancel_reports_and_announces_the_new_positions() -> None:
     fill(line, [(1, 10), (2, 20), (3, 20)])
     assert line.cancel(2) is True and line.cancel(2) is False and line.cancel(99) is False
     assert events == [Cancelled(2), Queued(1, 1), Queued(3, 2)]
-    assert line.cancel(1) is True and line.waiting_of(10) == 0
+    assert line.cancel(1) is True and line.held_by(10) == 0
     assert [t.job_id for t in line.order()] == [3]
 
 
@@ -95,6 +104,7 @@ def test_pause_holds_jobs_and_closed_takes_none() -> None:
     assert line.add(Ticket(job_id=2, user_id=20)) == 2  # submitting still works while paused
     line.paused = False
     assert line.ready and line.take() == Ticket(job_id=1, user_id=10)
+    assert line.cancel(1) is False  # running: the backend stops it, the line only holds waiting jobs
     line.closed = True
     assert not line.ready and line.take() is None
     with pytest.raises(QueueFullError, match="shutting down"):
