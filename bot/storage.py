@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
@@ -17,6 +17,7 @@ from omost_engine.params import LLMParams, RenderParams
 JobKind = Literal["compose", "render"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 FINISHED_STATES: tuple[JobState, ...] = ("done", "failed", "cancelled", "interrupted")
+Record = TypeVar("Record", "Turn", "JobRecord")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,37 +52,21 @@ class JobRecord:
     created_at: float
 
 
+def _record(cls: type[Record], row: aiosqlite.Row, **decoded: Any) -> Record:
+    """A record from a row whose columns carry its fields' names; ``decoded``: the fields stored encoded."""
+    return cls(**{f.name: decoded[f.name] if f.name in decoded else row[f.name] for f in fields(cls)})
+
+
 def _turn(row: aiosqlite.Row) -> Turn:
-    return Turn(
-        id=row["id"],
-        conversation_id=row["conversation_id"],
-        parent_id=row["parent_id"],
-        user_id=row["user_id"],
-        prompt=row["prompt"],
-        reply=row["reply"],
-        layout_id=row["layout_id"],
-    )
+    return _record(Turn, row)
 
 
 def _job(row: aiosqlite.Row) -> JobRecord:
-    return JobRecord(
-        id=row["id"],
-        kind=row["kind"],
-        state=row["state"],
-        user_id=row["user_id"],
-        guild_id=row["guild_id"],
-        channel_id=row["channel_id"],
-        turn_id=row["turn_id"],
-        llm=row["llm"],
+    return _record(
+        JobRecord,
+        row,
         llm_params=LLMParams.from_dict(json.loads(row["llm_params"])),
         render_params=RenderParams.from_dict(json.loads(row["render_params"])),
-        layout_id=row["layout_id"],
-        status_message_id=row["status_message_id"],
-        result_message_id=row["result_message_id"],
-        llm_model=row["llm_model"],
-        render_model=row["render_model"],
-        error=row["error"],
-        created_at=row["created_at"],
     )
 
 
