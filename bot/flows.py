@@ -18,7 +18,7 @@ import discord
 
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
-from bot.service import JobRequest, describe_layout, layout_from_upload, params_from_layout
+from bot.service import JobRequest, check_layout_size, describe_layout, layout_from_upload, params_from_layout
 from bot.settings import Policy, build_params, require_llm_allowed, resolve_policy, with_decoding
 from bot.storage import JobRecord
 from bot.views import EditModal
@@ -147,13 +147,7 @@ class Flows:
         self, interaction: discord.Interaction[Any], attachment: discord.Attachment, options: dict[str, Any]
     ) -> None:
         limit = self.bot.config.max_layout_bytes
-        if attachment.size > limit:
-            raise OmostError(
-                f"the layout file is {attachment.size} bytes; at most {limit} bytes are allowed",
-                parameter="layout",
-                value=attachment.size,
-                allowed=f"up to {limit} bytes",
-            )
+        check_layout_size(attachment.size, max_bytes=limit)
         policy = await self._admit_interaction(interaction)
         layout = layout_from_upload(await attachment.read(), max_bytes=limit)
         request = self._render_request(
@@ -197,6 +191,31 @@ class Flows:
             layout_json=Layout(list(layout.conditions)).dumps(),
         )
 
+    def _refine_request(
+        self,
+        source: JobRecord,
+        prompt: str,
+        policy: Policy,
+        *,
+        user: discord.abc.User,
+        guild_id: int | None,
+        channel_id: int,
+    ) -> JobRequest:
+        """A new turn after ``source``'s, with its model and settings (a reply or an edit)."""
+        require_llm_allowed(policy, source.llm)
+        return JobRequest(
+            kind="compose",
+            user_id=user.id,
+            requester=user.display_name,
+            guild_id=guild_id,
+            channel_id=channel_id,
+            prompt=prompt,
+            llm=source.llm,
+            llm_params=with_decoding(policy, source.llm_params),
+            render_params=source.render_params,
+            parent_turn_id=source.turn_id,
+        )
+
     async def on_reply(self, message: discord.Message) -> None:
         """A message replying to one of our results: a refinement, or a layout file to render."""
         if message.author.bot or message.reference is None or message.reference.message_id is None:
@@ -222,13 +241,8 @@ class Flows:
             if a.filename.lower().endswith(".json") or (a.content_type or "").startswith("application/json")
         ]
         limit = self.bot.config.max_layout_bytes
-        if files and files[0].size > limit:
-            raise OmostError(
-                f"the layout file is {files[0].size} bytes; at most {limit} bytes are allowed",
-                parameter="layout",
-                value=files[0].size,
-                allowed=f"up to {limit} bytes",
-            )
+        if files:
+            check_layout_size(files[0].size, max_bytes=limit)
         prompt = None if files else self.check_prompt(message.content)
         channel = message.channel
         policy = await self.admit(
@@ -244,18 +258,8 @@ class Flows:
             )
         else:
             assert prompt is not None
-            require_llm_allowed(policy, source.llm)
-            request = JobRequest(
-                kind="compose",
-                user_id=message.author.id,
-                requester=message.author.display_name,
-                guild_id=guild.id,
-                channel_id=channel.id,
-                prompt=prompt,
-                llm=source.llm,
-                llm_params=with_decoding(policy, source.llm_params),
-                render_params=source.render_params,
-                parent_turn_id=source.turn_id,
+            request = self._refine_request(
+                source, prompt, policy, user=message.author, guild_id=guild.id, channel_id=channel.id
             )
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
@@ -353,18 +357,13 @@ class Flows:
             job = await self._job(job_id)
             prompt = self.check_prompt(text)
             policy = await self._admit_interaction(interaction)
-            require_llm_allowed(policy, job.llm)
-            request = JobRequest(
-                kind="compose",
-                user_id=interaction.user.id,
-                requester=interaction.user.display_name,
+            request = self._refine_request(
+                job,
+                prompt,
+                policy,
+                user=interaction.user,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id or job.channel_id,
-                prompt=prompt,
-                llm=job.llm,
-                llm_params=with_decoding(policy, job.llm_params),
-                render_params=job.render_params,
-                parent_turn_id=job.turn_id,
             )
             await self._start_from_interaction(interaction, request, policy)
         except OmostError as exc:

@@ -281,7 +281,7 @@ class FairWaitingLine:
         self.paused = False  # maintenance: jobs wait, submitting still works
         self.closed = False  # shutting down: no more jobs in or out
         self._queues: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
-        self.running: dict[int, Ticket] = {}  # job -> ticket, taken and not yet done, in the order they started
+        self.running: dict[int, Ticket] = {}  # taken and not yet done, in the order they started
 
     def __len__(self) -> int:
         """Waiting jobs (running ones not counted)."""

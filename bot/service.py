@@ -596,15 +596,20 @@ class JobService:
         self.trackers[job.id] = tracker
 
 
-def layout_from_upload(data: bytes, *, max_bytes: int) -> Layout:
-    """A user's layout file: size-checked, then parsed (ComfyUI_omost lists too); OmostError if bad."""
-    if len(data) > max_bytes:
+def check_layout_size(size: int, *, max_bytes: int) -> None:
+    """OmostError for a layout file over the limit (callers check an attachment's size before downloading it)."""
+    if size > max_bytes:
         raise OmostError(
-            f"the layout file is {len(data)} bytes; at most {max_bytes} bytes are allowed",
+            f"the layout file is {size} bytes; at most {max_bytes} bytes are allowed",
             parameter="layout",
-            value=len(data),
+            value=size,
             allowed=f"up to {max_bytes} bytes",
         )
+
+
+def layout_from_upload(data: bytes, *, max_bytes: int) -> Layout:
+    """A user's layout file: size-checked, then parsed (ComfyUI_omost lists too); OmostError if bad."""
+    check_layout_size(len(data), max_bytes=max_bytes)
     return Layout.loads(data)
 
 

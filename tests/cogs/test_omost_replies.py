@@ -134,3 +134,9 @@ async def test_render_command_with_a_bad_file_answers_ephemerally(world: World) 
     result = await world.alice.slash(world.channel, "omost render", layout=("x.json", b"[]"))
     assert result.ephemeral and "conditions" in result.response.content
     assert await count(world, "jobs") == 0 and world.engine.calls == []
+
+
+async def test_render_command_refuses_an_oversized_file_before_reading_it(world: World) -> None:
+    result = await world.alice.slash(world.channel, "omost render", layout=("big.json", b" " * (600 * 1024)))
+    assert result.ephemeral and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
