@@ -399,27 +399,12 @@ class FairWaitingLine:
             self.emit(Queued(ticket.job_id, position))
 
 
-# -- the in-process backend -------------------------------------------------------------------------------
+class LineBackend:
+    """What every backend shares: the handler it reports to, and its jobs in a ``FairWaitingLine``."""
 
-
-class InProcessJobBackend:
-    """One worker on this process's GPU. The worker task exists only while jobs are waiting or running."""
-
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        max_queue: int = 50,
-        timeouts: StageTimeouts = StageTimeouts(),
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.engine = engine
-        self.timeouts = timeouts
-        self.clock = clock
+    def __init__(self, *, max_queue: int) -> None:
         self._handler: JobHandler | None = None
         self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
-        self._token: CancelToken | None = None  # of the running job
-        self._worker: asyncio.Task[None] | None = None
 
     @property
     def max_queue(self) -> int:
@@ -427,8 +412,6 @@ class InProcessJobBackend:
 
     def bind(self, handler: JobHandler) -> None:
         self._handler = handler
-
-    # -- queries ------------------------------------------------------------------------------------------
 
     def snapshot(self) -> list[tuple[Ticket, int]]:
         return self._line.snapshot()
@@ -443,6 +426,36 @@ class InProcessJobBackend:
     def held_by(self, user_id: int) -> int:
         return self._line.held_by(user_id)
 
+    def pause(self) -> None:
+        """Hold waiting jobs (maintenance); running jobs go on. Submitting still works."""
+        self._line.paused = True
+
+    def _emit(self, event: JobEvent) -> None:
+        if self._handler is not None:
+            self._handler.on_event(event)
+
+
+# -- the in-process backend -------------------------------------------------------------------------------
+
+
+class InProcessJobBackend(LineBackend):
+    """One worker on this process's GPU. The worker task exists only while jobs are waiting or running."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_queue: int = 50,
+        timeouts: StageTimeouts = StageTimeouts(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(max_queue=max_queue)
+        self.engine = engine
+        self.timeouts = timeouts
+        self.clock = clock
+        self._token: CancelToken | None = None  # of the running job
+        self._worker: asyncio.Task[None] | None = None
+
     # -- changes ------------------------------------------------------------------------------------------
 
     async def submit(self, ticket: Ticket, *, user_cap: int | None = None) -> int:
@@ -455,10 +468,6 @@ class InProcessJobBackend:
             self._token.cancel()  # the worker reports Cancelled when the engine stops
             return True
         return self._line.cancel(job_id)
-
-    def pause(self) -> None:
-        """Hold waiting jobs (maintenance); the running one finishes."""
-        self._line.paused = True
 
     def resume(self) -> None:
         self._line.paused = False
@@ -477,10 +486,6 @@ class InProcessJobBackend:
             await asyncio.shield(self._worker)
 
     # -- the worker ---------------------------------------------------------------------------------------
-
-    def _emit(self, event: JobEvent) -> None:
-        if self._handler is not None:
-            self._handler.on_event(event)
 
     def _wake(self) -> None:
         # Started on demand and gone when idle: no task sits forever on an empty queue.

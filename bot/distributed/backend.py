@@ -27,10 +27,8 @@ from bot.jobs import (
     Cancelled,
     ChatDone,
     Failed,
-    FairWaitingLine,
     Finished,
-    JobEvent,
-    JobHandler,
+    LineBackend,
     Progress,
     Requeued,
     StageTimeouts,
@@ -47,21 +45,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class RedisJobBackend:
+class RedisJobBackend(LineBackend):
     """Implements ``bot.jobs.JobBackend`` on a shared Redis served by ``omost-bot worker`` processes."""
 
     def __init__(
         self, config: RedisConfig, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
         max_attempts: int | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # The line's running jobs are the ones handed to Redis: running, as far as the bot is concerned.
+        super().__init__(max_queue=max_queue)
         self.config = config
         self.client = RedisJobClient(config)
         self.timeouts = timeouts
         self.max_attempts = max_attempts or config.max_attempts
         self.clock = clock
-        self._handler: JobHandler | None = None
-        # Its running jobs are the ones handed to Redis: running, as far as the bot is concerned.
-        self._line = FairWaitingLine(max_queue=max_queue, emit=self._emit)
         self._held: set[int] = set()  # in flight since before a restart, delivered after deliver_held()
         self._deliver_held = True
         self._parked: list[WireEvent] = []  # events of held jobs, read before deliver_held()
@@ -77,27 +74,7 @@ class RedisJobBackend:
         self.ran_on: OrderedDict[int, tuple[str, int]] = OrderedDict()
         self._retry_told: dict[int, int] = {}  # job -> the latest attempt its user was told about
 
-    @property
-    def max_queue(self) -> int:
-        return self._line.max_queue
-
-    def bind(self, handler: JobHandler) -> None:
-        self._handler = handler
-
     # -- queries ---------------------------------------------------------------------------------
-
-    def snapshot(self) -> list[tuple[Ticket, int]]:
-        return self._line.snapshot()
-
-    def position(self, job_id: int) -> int | None:
-        return self._line.position(job_id)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._line)
-
-    def held_by(self, user_id: int) -> int:
-        return self._line.held_by(user_id)
 
     async def health(self) -> ClusterHealth:
         await self._connect()
@@ -135,10 +112,6 @@ class RedisJobBackend:
             await self.client.cancel(str(job_id))  # the worker (or the client) reports Cancelled
             return True
         return self._line.cancel(job_id)
-
-    def pause(self) -> None:
-        """Hold waiting jobs (maintenance); jobs on workers go on."""
-        self._line.paused = True
 
     def resume(self) -> None:
         self._line.paused = False
@@ -179,10 +152,6 @@ class RedisJobBackend:
                 ticket = Ticket(job_id=int(job_id), user_id=self.client.user_of(job_id))
                 self._line.start(ticket)
                 self._held.add(ticket.job_id)
-
-    def _emit(self, event: JobEvent) -> None:
-        if self._handler is not None:
-            self._handler.on_event(event)
 
     def _spawn(self, coro: Coroutine[None, None, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
