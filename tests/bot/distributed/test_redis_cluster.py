@@ -36,6 +36,7 @@ from bot.jobs import (
     Started,
     Ticket,
 )
+from bot.storage import JobRecord, Storage
 from omost_engine.params import LLMParams
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.testing.scripted_engine import ScriptedEngine
@@ -197,6 +198,18 @@ async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, worker
     assert after.prepared == [53]  # nothing was run twice
 
 
+async def delivered_result(storage: Storage, message: discord.Message, prompt: str) -> JobRecord:
+    """The stored job of a result message that carries the image and the layout of ``prompt``'s turn."""
+    assert "Done" in message.content, message.content
+    files = {a.filename: a for a in message.attachments}
+    assert set(files) == {"image.png", "layout.json"}
+    layout = json.loads(await files["layout.json"].read())
+    assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
+    job = await storage.job_by_message(message.id)
+    assert job is not None and job.state == "done"
+    return job
+
+
 @pytest.fixture
 async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
                       workers: dict[str, WorkerProcess]) -> AsyncIterator[World]:
@@ -219,14 +232,8 @@ async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -
     await world.bot.backend.join(timeout=30)  # type: ignore[attr-defined]
     await world.env.settle()
     for result, prompt in ((a1, "alice one"), (a2, "alice two"), (b1, "bob one")):
-        message = result.response
-        assert "Done" in message.content, message.content
-        files = {a.filename: a for a in message.attachments}
-        assert set(files) == {"image.png", "layout.json"}
-        layout = json.loads(await files["layout.json"].read())
-        assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
-        job = await world.bot.storage.job_by_message(message.id)
-        assert job is not None and job.state == "done" and job.render_model == "scripted-sdxl"
+        job = await delivered_result(world.bot.storage, result.response, prompt)
+        assert job.render_model == "scripted-sdxl"
 
 
 async def test_status_shows_the_workers_to_admins_only(redis_world: World) -> None:
@@ -272,13 +279,6 @@ async def test_the_bot_restarted_while_a_job_runs(redis_world: World, redis_url:
 
     assert restarted.jobs.delivered == 2  # both results came through the new bot
     for result, prompt in ((slow, "a slow harbour"), (quick, "a quick lane")):
-        message = result.response
-        assert "Done" in message.content, message.content
-        files = {a.filename: a for a in message.attachments}
-        assert set(files) == {"image.png", "layout.json"}
-        layout = json.loads(await files["layout.json"].read())
-        assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
-        job = await restarted.storage.job_by_message(message.id)
-        assert job is not None and job.state == "done"
+        await delivered_result(restarted.storage, result.response, prompt)
     assert not [m for m in world.channel.history() if "interrupted" in m.content]
     assert restarted.jobs.trackers == {}
