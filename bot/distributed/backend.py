@@ -1,6 +1,6 @@
 """``RedisJobBackend``: the bot's ``JobBackend`` with GPU workers on other machines.
 
-The bot keeps the waiting jobs itself, in the same order as the in-process queue (round-robin
+The bot keeps the waiting jobs itself, in the in-process queue's ``FairWaitingLine`` (round-robin
 between users, first in first out per user, the same caps), and hands a job to Redis only when a
 worker slot is free, so fairness is decided as late as possible and positions are exact. Workers
 report through the event stream; this backend turns those reports back into ``bot.jobs`` events.
