@@ -1,7 +1,7 @@
 """A local transformers model as a Backend: chat template, streamed text, cancel, prompt-state reuse.
 
-The decode step is one method, ``_generate(input_ids, params, on_token, cancel)``, so a faster
-decode loop (prompt lookup, grammar-constrained decoding) can replace it without touching the rest.
+The decode step is one method, ``_generate(input_ids, params, on_token, cancel)``; it runs the decode
+loop of ``omost_engine.llm.decoding`` (prompt lookup and the canvas grammar, per ``LLMParams``).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers import LogitsProcessor
 
 from omost_engine.errors import OmostError
 from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.llm.decoding import CausalLMStepper, DecodeConfig, GrammarFactory, decode
+from omost_engine.llm.decoding.loop import processors_hook
 from omost_engine.llm.models import MANAGER_NAME
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
@@ -35,8 +35,6 @@ END_OF_TURN_TOKENS = ("<|eot_id|>", "<|end|>", "<|im_end|>", "<|endoftext|>", "<
 MIN_REUSED_PREFIX = 16
 
 OnToken = Callable[[int], None]
-# transformers renamed generate's ``past_key_values`` (and the output field) to ``cache`` in 5.x.
-CACHE_ARGUMENT = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -84,34 +82,6 @@ def _fast_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], st
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
 
 
-class _CancelCriteria(StoppingCriteria):
-    def __init__(self, cancel: CancelToken) -> None:
-        self.cancel = cancel
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.cancel.cancelled, dtype=torch.bool, device=input_ids.device)
-
-
-class _TokenStreamer(BaseStreamer):
-    """Hands each new token id to a callback, in the generating thread (the prompt is skipped)."""
-
-    def __init__(self, on_token: OnToken) -> None:
-        self.on_token = on_token
-        self.prompt_seen = False
-        self.forward_passes = 0
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.forward_passes += 1
-        for token in value.reshape(-1).tolist():
-            self.on_token(int(token))
-
-    def end(self) -> None:
-        return None
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -121,7 +91,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class TransformersBackend(Backend):
-    """Generates with ``model.generate`` in the calling thread, streaming through a callback.
+    """Generates with the decode loop of ``omost_engine.llm.decoding`` in the calling thread,
+    streaming through a callback.
 
     Only one generation runs at a time per backend (the model and torch's RNG are shared). The
     key/value state of the previous turn is kept and its shared prefix reused, so a second turn
@@ -142,6 +113,7 @@ class TransformersBackend(Backend):
         self._lock = threading.Lock()
         self._state: tuple[list[int], Any] | None = None
         self.eos_token_ids = self._eos_ids()
+        self._grammar_factory: GrammarFactory | None = None  # compiled on the first constrained turn
         if manager is not None:
             manager.register(MANAGER_NAME, self._move, on_device=self._on(manager.device))
 
@@ -223,40 +195,32 @@ class TransformersBackend(Backend):
             cache.crop(-surplus)
         return cache, shared
 
+    def _grammar(self) -> GrammarFactory:
+        """The canvas grammar compiled for this tokenizer, once per backend (a fraction of a second
+        for a small vocabulary, longer for Llama-3's 128k tokens)."""
+        if self._grammar_factory is None:
+            vocab = max(len(self.tokenizer), int(getattr(self.llm.model.config, "vocab_size", 0) or 0))
+            self._grammar_factory = GrammarFactory(self.tokenizer, vocab_size=vocab, stop_token_ids=self.eos_token_ids)
+        return self._grammar_factory
+
     def _generate(self, input_ids: list[int], params: LLMParams, on_token: OnToken,
                   cancel: CancelToken) -> DecodeResult:
-        """The decode loop: ``model.generate`` with sampling settings as the original app's.
+        """The decode loop: prompt-lookup drafts (``params.prompt_lookup``, ``prompt_lookup_tokens``) and
+        the canvas grammar with forced runs (``params.grammar``), sampling as the original app's
+        (temperature 0 = greedy, top_p, seed); ``logits_processors`` run on every checked position.
+        See docs/decoding.md.
 
-        Replaceable as a whole; it must call ``on_token`` once per new id, in order, from this thread,
-        and stop within a token or two once ``cancel`` is set.
+        Calls ``on_token`` once per new id, in order, from this thread, and stops at the next token
+        once ``cancel`` is set.
         """
-        model = self.llm.model
-        device = self.llm.device
-        ids = torch.tensor([input_ids], dtype=torch.long, device=device)
         cache, reused = self._reusable_state(input_ids)
-        sampling: dict[str, Any] = (
-            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": None}
-            if params.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-        )
-        streamer = _TokenStreamer(on_token)
-        torch.manual_seed(params.seed)
-        with torch.inference_mode():
-            output = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
-                eos_token_id=self.eos_token_ids, pad_token_id=self._pad_id(), streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_CancelCriteria(cancel)]), use_cache=True,
-                logits_processor=LogitsProcessorList(self.logits_processors),
-                return_dict_in_generate=True, **{CACHE_ARGUMENT: cache}, **sampling,
-            )
-        sequence = output.sequences[0].tolist()
-        new_tokens = sequence[len(input_ids):]
-        state = getattr(output, CACHE_ARGUMENT, None)
-        cached = sequence[: state.get_seq_length()] if state is not None else None
-        return DecodeResult(new_tokens=new_tokens, forward_passes=streamer.forward_passes,
-                            cancelled=cancel.cancelled, cache=state, cached_tokens=cached,
-                            reused_tokens=reused)
-
-    def _pad_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else int(self.eos_token_ids[0])
+        stepper = CausalLMStepper(self.llm.model, cache=cache)
+        config = DecodeConfig.from_params(params, stop_ids=self.eos_token_ids)
+        grammar = self._grammar().matcher() if params.grammar else None
+        result = decode(stepper, input_ids, config, grammar=grammar, on_token=on_token, cancel=cancel,
+                        logits_hook=processors_hook(self.logits_processors))
+        sequence = input_ids + result.token_ids
+        return DecodeResult(new_tokens=result.token_ids, forward_passes=result.stats.forward_passes,
+                            cancelled=result.stop_reason == "cancelled", cache=stepper.cache,
+                            cached_tokens=sequence[: stepper.length], reused_tokens=reused)
 
