@@ -112,7 +112,10 @@ def main() -> int:
     model = build_model(tokenizer, "llama-3")
     llm = LoadedLLM(name="tiny-llama-3", model=model, tokenizer=tokenizer, quantization="none")
     reply, edit_reply = golden("01"), golden("02")
-    params = LLMParams(max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=12345)
+    # Plain token-by-token decoding on both sides: this measures what streaming and incremental parsing
+    # cost; what drafting and the grammar save is bench_decoding.py's subject.
+    params = LLMParams(max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=12345,
+                       prompt_lookup=False, grammar=False)
     plain = TransformersBackend(llm, reuse_prompt_state=False)
 
     # 1. Streaming + incremental parsing vs bare generate, interleaved so drift hits both alike.
