@@ -37,6 +37,7 @@ class Generation:
     forward_passes: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens whose state was reused from the previous turn
+    notes: tuple[str, ...] = ()  # things the user should know about this reply (e.g. not constrained)
 
 
 class Backend(ABC):

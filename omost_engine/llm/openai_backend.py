@@ -3,6 +3,15 @@
 The reply streams as server-sent events. The request runs on a private event loop in the calling
 (worker) thread with aiohttp, which gives separate connect and read (stall) timeouts and lets a
 cancel abort a read that is waiting on the network.
+
+With ``LLMParams.grammar`` on, the canvas grammar (GBNF, lengths bounded inside it) goes with the
+request in the field the server takes: llama.cpp's ``grammar``, vLLM's ``structured_outputs.grammar``
+(vLLM 0.12 and later) or ``guided_grammar`` (earlier vLLM). ``grammar_field="auto"`` asks the server
+what it is (``/v1/models`` ``owned_by``, then vLLM's ``/version``) and sends both the llama.cpp and
+the current vLLM field to a server it does not recognise (vLLM, llama.cpp, Ollama and TGI ignore
+fields they do not know). A server that refuses the request because of the field (HTTP 400/422
+naming it, or the grammar) gets the request again without it, once; the backend remembers that,
+and every reply it was not able to constrain carries a note.
 """
 
 from __future__ import annotations
@@ -10,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -24,8 +34,47 @@ from omost_engine.llm.backend import Backend, Generation, Message, OnText
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
 
+if TYPE_CHECKING:
+    from omost_engine.llm.decoding.grammar import GrammarLimits
+
+logger = logging.getLogger(__name__)
+
 RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or a server still loading its model
 CANCEL_POLL_SECONDS = 0.05
+
+GrammarField = Literal["auto", "llama.cpp", "vllm", "vllm-guided", "none"]
+GRAMMAR_FIELDS: tuple[str, ...] = ("auto", "llama.cpp", "vllm", "vllm-guided", "none")
+# The request fields that carry a grammar, per server kind ("unknown": both current ones; servers
+# that do not know a field ignore it, and the strict ones are handled by the fallback).
+_GRAMMAR_REQUEST_FIELDS: dict[str, tuple[str, ...]] = {
+    "llama.cpp": ("grammar",),
+    "vllm": ("structured_outputs",),
+    "vllm-guided": ("guided_grammar",),
+    "unknown": ("grammar", "structured_outputs"),
+    "none": (),
+}
+# ``/v1/models`` ``owned_by`` of the servers whose grammar field is known.
+_OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm"}
+VLLM_STRUCTURED_OUTPUTS_SINCE = (0, 12)  # guided_grammar was removed in vLLM 0.12
+REFUSAL_STATUSES = frozenset({400, 422})
+
+
+def grammar_request_fields(kind: str, grammar: str) -> dict[str, Any]:
+    """The JSON fields that pass ``grammar`` to a server of ``kind`` (see ``_GRAMMAR_REQUEST_FIELDS``)."""
+    values = {"grammar": grammar, "structured_outputs": {"grammar": grammar}, "guided_grammar": grammar}
+    return {name: values[name] for name in _GRAMMAR_REQUEST_FIELDS[kind]}
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    match = re.match(r"\s*v?(\d+)\.(\d+)", text)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+class _GrammarRefused(Exception):
+    """The server answered 400/422 about the grammar field: ask again without it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -64,13 +113,15 @@ class _Reply:
     chunks: int = 0
     usage_tokens: int | None = None
     finish_reason: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 class OpenAIBackend(Backend):
     """Streams ``/v1/chat/completions``; retries connection failures before the reply starts.
 
     ``model`` None asks the server's ``/models`` for its first model (servers that host one model,
-    like llama.cpp's, accept any name anyway).
+    like llama.cpp's, accept any name anyway). ``grammar_field`` says where the canvas grammar goes
+    when ``LLMParams.grammar`` is on (module docstring); "none" never sends it.
     """
 
     def __init__(
@@ -85,7 +136,12 @@ class OpenAIBackend(Backend):
         retry_delay: float = 0.5,
         context_tokens: int = 8192,
         chars_per_token: float = 3.5,
+        grammar_field: GrammarField = "auto",
+        grammar_limits: GrammarLimits | None = None,
     ) -> None:
+        if grammar_field not in GRAMMAR_FIELDS:
+            raise OmostError(f"unknown grammar field kind {grammar_field!r}", parameter="grammar_field",
+                             value=grammar_field, allowed=GRAMMAR_FIELDS)
         self.url = chat_completions_url(base_url)
         self.models_url = self.url.removesuffix("/chat/completions") + "/models"
         self.model = model
@@ -96,6 +152,11 @@ class OpenAIBackend(Backend):
         self.retry_delay = retry_delay
         self.context_tokens = context_tokens
         self.chars_per_token = chars_per_token
+        self.grammar_field = grammar_field
+        self.grammar_limits = grammar_limits
+        self.server_kind: str | None = None if grammar_field == "auto" else grammar_field  # auto: after the probe
+        self.grammar_refusal: str | None = None  # the server's answer once it refused the grammar field
+        self._grammar_text: str | None = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -130,7 +191,8 @@ class OpenAIBackend(Backend):
         stop = "length" if reply.finish_reason == "length" else "end"
         if cancel.cancelled:
             stop = "cancelled"
-        return Generation(text="".join(reply.parts), tokens=tokens, stop_reason=stop, forward_passes=reply.chunks)
+        return Generation(text="".join(reply.parts), tokens=tokens, stop_reason=stop, forward_passes=reply.chunks,
+                          notes=tuple(reply.notes))
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
@@ -145,6 +207,28 @@ class OpenAIBackend(Backend):
     def _where(self) -> str:
         return self.url.removesuffix("/chat/completions")
 
+    def grammar_text(self) -> str:
+        """The canvas grammar as GBNF with string and comment lengths inside it (no guard runs on a
+        server); built once per backend."""
+        if self._grammar_text is None:
+            from omost_engine.llm.decoding.grammar import CanvasNames, canvas_grammar_ebnf
+
+            self._grammar_text = canvas_grammar_ebnf(CanvasNames.from_tables(), self.grammar_limits,
+                                                     bounded_text=True)
+        return self._grammar_text
+
+    async def _grammar_fields(self, session: aiohttp.ClientSession, params: LLMParams,
+                              reply: _Reply) -> dict[str, Any]:
+        if not params.grammar or self.grammar_field == "none":
+            return {}
+        if self.grammar_refusal is not None:
+            reply.notes.append(f"the LLM endpoint refused the canvas grammar earlier ({self.grammar_refusal}), "
+                               "so this reply was not constrained by it")
+            return {}
+        if self.server_kind is None:
+            self.server_kind = await self._detect_kind(session)
+        return grammar_request_fields(self.server_kind, self.grammar_text())
+
     async def _request(self, messages: list[Message], params: LLMParams, on_text: OnText | None,
                        reply: _Reply) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
@@ -155,7 +239,16 @@ class OpenAIBackend(Backend):
                 "model": self.model, "messages": messages, "stream": True, "max_tokens": params.max_new_tokens,
                 "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
             }
-            response = await self._post(session, body)
+            grammar_fields = await self._grammar_fields(session, params, reply)
+            try:
+                response = await self._post(session, body | grammar_fields, refusable=tuple(grammar_fields))
+            except _GrammarRefused as refused:
+                self.grammar_refusal = str(refused)
+                logger.warning("%s refused the canvas grammar (%s); asking again without it, from now on",
+                               self._where(), refused)
+                reply.notes.append(f"the LLM endpoint refused the canvas grammar ({refused}), "
+                                   "so this reply was not constrained by it")
+                response = await self._post(session, body)
             async with response:
                 try:
                     await self._read(response, on_text, reply)
@@ -165,7 +258,9 @@ class OpenAIBackend(Backend):
                     raise OmostError(f"the connection to the LLM endpoint {self._where()} broke: {exc}",
                                      parameter="llm_endpoint", value=self.url) from exc
 
-    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any],
+                    refusable: tuple[str, ...] = ()) -> aiohttp.ClientResponse:
+        """POST with retries; ``refusable`` names the grammar fields whose refusal raises _GrammarRefused."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
@@ -183,6 +278,9 @@ class OpenAIBackend(Backend):
                     return response
                 message = _server_message(await response.read())
                 response.release()
+                if refusable and response.status in REFUSAL_STATUSES and any(
+                        name in message.lower() for name in (*refusable, "grammar")):
+                    raise _GrammarRefused(response.status, message)
                 if last or response.status not in RETRY_STATUSES:
                     raise OmostError(
                         f"the LLM endpoint {self._where()} answered HTTP {response.status}: {message}",
@@ -191,16 +289,34 @@ class OpenAIBackend(Backend):
             await asyncio.sleep(self.retry_delay * 2**attempt)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
-    async def _first_model(self, session: aiohttp.ClientSession) -> str:
+    async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:
+        """A GET's JSON body, or None for anything else (the chat request reports an unreachable server)."""
         try:
-            async with session.get(self.models_url) as response:
-                data = await response.json(content_type=None) if response.status == 200 else {}
-            models = data.get("data") if isinstance(data, dict) else None
-            if models and isinstance(models[0], dict) and isinstance(models[0].get("id"), str):
-                return models[0]["id"]
+            async with session.get(url) as response:
+                return await response.json(content_type=None) if response.status == 200 else None
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            pass  # the chat request itself reports an unreachable server
-        return "omost"
+            return None
+
+    async def _first_listed_model(self, session: aiohttp.ClientSession) -> dict[str, Any]:
+        data = await self._get_json(session, self.models_url)
+        models = data.get("data") if isinstance(data, dict) else None
+        return models[0] if models and isinstance(models[0], dict) else {}
+
+    async def _first_model(self, session: aiohttp.ClientSession) -> str:
+        model_id = (await self._first_listed_model(session)).get("id")
+        return model_id if isinstance(model_id, str) else "omost"
+
+    async def _detect_kind(self, session: aiohttp.ClientSession) -> str:
+        """llama.cpp or vLLM from ``owned_by``; for vLLM, which field its version takes."""
+        kind = _OWNERS.get(str((await self._first_listed_model(session)).get("owned_by")), "unknown")
+        if kind == "vllm":
+            root = re.sub(r"/v\d+$", "", self._where())
+            data = await self._get_json(session, root + "/version")
+            version = _version(str(data.get("version", ""))) if isinstance(data, dict) else None
+            if version is not None and version < VLLM_STRUCTURED_OUTPUTS_SINCE:
+                kind = "vllm-guided"
+        logger.info("%s: sending the canvas grammar as a %s server takes it", self._where(), kind)
+        return kind
 
     async def _read(self, response: aiohttp.ClientResponse, on_text: OnText | None, reply: _Reply) -> None:
         if response.content_type == "application/json":  # a server that ignored "stream": one body

@@ -131,6 +131,7 @@ class ChatService:
         notes = [fitted.note] if fitted.note else []
         if generation.stop_reason == "length":
             notes.append(f"the reply was cut at max_new_tokens={params.max_new_tokens}")
+        notes.extend(generation.notes)
         reply = generation.text
         try:
             layout = parse_reply(reply)

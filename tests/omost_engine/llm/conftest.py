@@ -78,6 +78,9 @@ class FakeOpenAIServer:
         self.headers: list[dict] = []
         self.mode = "ok"
         self.failures_left = 0
+        self.owned_by: str | None = None  # "/v1/models" owned_by: "vllm", "llamacpp", ...
+        self.version: str | None = None  # vLLM's GET /version; None: 404
+        self.refuse_fields: tuple[str, ...] = ()  # answered 400 as a strict server (OpenAI's wording)
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -90,6 +93,7 @@ class FakeOpenAIServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/version", self.server_version)
         self.runner = web.AppRunner(app)
         self._loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -113,7 +117,15 @@ class FakeOpenAIServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "omost-llama-3-8b-q8", "object": "model"}]})
+        model = {"id": "omost-llama-3-8b-q8", "object": "model"}
+        if self.owned_by is not None:
+            model["owned_by"] = self.owned_by
+        return web.json_response({"object": "list", "data": [model]})
+
+    async def server_version(self, request: web.Request) -> web.Response:
+        if self.version is None:
+            return web.json_response({"detail": "Not Found"}, status=404)
+        return web.json_response({"version": self.version})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         self.requests.append(await request.json())
@@ -121,6 +133,9 @@ class FakeOpenAIServer:
         if self.failures_left:
             self.failures_left -= 1
             return web.json_response({"error": {"message": "model is loading"}}, status=503)
+        if refused := [name for name in self.refuse_fields if name in self.requests[-1]]:
+            return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
+                                                "type": "invalid_request_error"}}, status=400)
         if self.mode == "404":
             return web.json_response({"error": {"message": "model 'x' not found", "type": "invalid_request"}},
                                      status=404)
@@ -160,6 +175,8 @@ def openai_server(_openai_server):
     """The loopback chat-completions server, reset to streaming golden 01's reply."""
     server = _openai_server
     server.mode, server.failures_left, server.reply = "ok", 0, server.default_reply
+    server.owned_by = server.version = None
+    server.refuse_fields = ()
     server.requests.clear()
     server.headers.clear()
     return server

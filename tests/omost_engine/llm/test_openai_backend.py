@@ -1,4 +1,6 @@
+import re
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +123,121 @@ async def test_async_stream_from_the_event_loop(server) -> None:
 async def test_blocking_generate_refuses_to_run_on_the_event_loop(server) -> None:
     with pytest.raises(RuntimeError, match="worker thread"):
         OpenAIBackend(server.base, model="m").generate(build_messages([], "a"), PARAMS)
+
+
+# --- the canvas grammar on remote endpoints -------------------------------------------------------
+
+GRAMMAR_FIELDS = {"grammar", "structured_outputs", "guided_grammar"}
+GOLDEN_01_PROGRAM = next((Path(__file__).resolve().parents[2] / "fixtures" / "goldens").glob("01_*.py"))
+
+
+def sent_grammar(body: dict, grammar: str) -> set[str]:
+    """The grammar fields of a request body, after checking that each carries the whole grammar."""
+    fields = GRAMMAR_FIELDS & body.keys()
+    for name in fields:
+        value = body[name]["grammar"] if name == "structured_outputs" else body[name]
+        assert value == grammar
+    return fields
+
+
+@pytest.fixture(scope="module")
+def grammar_text() -> str:
+    return OpenAIBackend("http://h:1").grammar_text()
+
+
+def test_the_remote_grammar_compiles_and_accepts_golden_01(grammar_text: str, golden_reply) -> None:
+    import xgrammar
+    from xgrammar.testing import _is_grammar_accept_string
+
+    grammar = xgrammar.Grammar.from_ebnf(grammar_text)
+    reply = f"```python\n{GOLDEN_01_PROGRAM.read_text().rstrip()}\n```"  # the fence the models write
+    assert reply == golden_reply("01")
+    assert _is_grammar_accept_string(grammar, reply)
+    assert not _is_grammar_accept_string(grammar, reply.replace("'on the left'", "'on the leftish'"))
+    zero_distance = re.sub(r"distance_to_viewer=[\d.]+", "distance_to_viewer=0", reply, count=1)
+    assert zero_distance != reply and not _is_grammar_accept_string(grammar, zero_distance)
+    assert "{0,1000}" in grammar_text  # string lengths are bounded inside the grammar: no guard on a server
+
+
+@pytest.mark.parametrize(("grammar_field", "fields"), [
+    ("llama.cpp", {"grammar"}),
+    ("vllm", {"structured_outputs"}),
+    ("vllm-guided", {"guided_grammar"}),
+    ("none", set()),
+])
+def test_the_grammar_goes_in_the_named_field(server, grammar_text: str, grammar_field, fields: set[str]) -> None:
+    backend = OpenAIBackend(server.base, model="m", grammar_field=grammar_field)
+    generation = backend.generate(build_messages([], "a"), PARAMS)
+    assert generation.text == server.reply and generation.notes == ()
+    assert sent_grammar(server.requests[0], grammar_text) == fields
+
+
+@pytest.mark.parametrize(("owned_by", "version", "fields"), [
+    ("llamacpp", None, {"grammar"}),
+    ("vllm", "0.13.1", {"structured_outputs"}),
+    ("vllm", "0.11.2", {"guided_grammar"}),
+    ("vllm", None, {"structured_outputs"}),
+    ("library", None, {"grammar", "structured_outputs"}),  # Ollama: both, it ignores what it does not know
+    (None, None, {"grammar", "structured_outputs"}),
+])
+def test_auto_asks_the_server_what_it_is(server, grammar_text: str, owned_by, version, fields: set[str]) -> None:
+    server.owned_by, server.version = owned_by, version
+    backend = OpenAIBackend(server.base, model="m")
+    backend.generate(build_messages([], "a"), PARAMS)
+    backend.generate(build_messages([], "b"), PARAMS)
+    assert [sent_grammar(body, grammar_text) for body in server.requests] == [fields, fields]
+
+
+@pytest.mark.parametrize("grammar_field", ["auto", "llama.cpp", "vllm"])
+def test_no_grammar_field_when_the_grammar_is_off(server, grammar_field) -> None:
+    server.owned_by = "vllm"
+    OpenAIBackend(server.base, model="m", grammar_field=grammar_field).generate(
+        build_messages([], "a"), PARAMS.replace(grammar=False))
+    assert not GRAMMAR_FIELDS & server.requests[0].keys()
+
+
+def test_a_refused_grammar_is_dropped_once_and_remembered(server, grammar_text: str, caplog) -> None:
+    from omost_engine.llm.service import ChatService
+
+    server.refuse_fields = ("grammar",)  # as OpenAI's own API answers an unknown field
+    backend = OpenAIBackend(server.base, model="m")
+    with caplog.at_level("WARNING", logger="omost_engine.llm.openai_backend"):
+        generation = backend.generate(build_messages([], "a"), PARAMS)
+    assert generation.text == server.reply
+    assert [sent_grammar(body, grammar_text) for body in server.requests] == [{"grammar", "structured_outputs"},
+                                                                               set()]
+    (note,) = generation.notes
+    assert "refused the canvas grammar (HTTP 400: Unrecognized request argument supplied: grammar)" in note
+    assert "not constrained" in note and "refused the canvas grammar" in caplog.text
+    server.requests.clear()
+    result = ChatService(backend=backend).chat([], "a dragon", PARAMS)  # remembered: one request, no grammar
+    assert len(server.requests) == 1 and not GRAMMAR_FIELDS & server.requests[0].keys()
+    assert any("refused the canvas grammar earlier" in n and "not constrained" in n for n in result.notes)
+    server.requests.clear()
+    assert backend.generate(build_messages([], "a"), PARAMS.replace(grammar=False)).notes == ()
+
+
+def test_a_client_error_about_something_else_is_not_a_grammar_refusal(server) -> None:
+    server.refuse_fields = ("messages",)
+    backend = OpenAIBackend(server.base, model="m", grammar_field="llama.cpp")
+    with pytest.raises(OmostError, match=r"HTTP 400: Unrecognized request argument supplied: messages"):
+        backend.generate(build_messages([], "a"), PARAMS)
+    assert len(server.requests) == 1 and backend.grammar_refusal is None
+
+
+def test_an_unknown_grammar_field_kind_is_refused() -> None:
+    with pytest.raises(OmostError, match="grammar field") as info:
+        OpenAIBackend("http://h:1", grammar_field="sglang")  # type: ignore[arg-type]
+    assert info.value.parameter == "grammar_field" and "llama.cpp" in str(info.value.allowed)
+
+
+@pytest.mark.parametrize(("flags", "fields"), [((), {"grammar"}), (("--no-grammar",), set())])
+def test_compose_no_grammar_turns_the_remote_grammar_off(server, grammar_text: str, tmp_path: Path, capsys,
+                                                         flags: tuple[str, ...], fields: set[str]) -> None:
+    from bot.cli import main
+
+    server.owned_by = "llamacpp"
+    status = main(["compose", "a dragon", "--llm-endpoint", server.base, "--no-render", "--quiet",
+                   "--out", str(tmp_path / "out"), *flags])
+    assert status == 0, capsys.readouterr().err
+    assert sent_grammar(server.requests[-1], grammar_text) == fields
