@@ -22,8 +22,9 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -46,15 +47,15 @@ GrammarField = Literal["auto", "llama.cpp", "vllm", "vllm-guided", "none"]
 GRAMMAR_FIELDS: tuple[str, ...] = ("auto", "llama.cpp", "vllm", "vllm-guided", "none")
 # The request fields that carry a grammar, per server kind ("unknown": both current ones; servers
 # that do not know a field ignore it, and the strict ones are handled by the fallback).
-_GRAMMAR_REQUEST_FIELDS: dict[str, tuple[str, ...]] = {
+_GRAMMAR_REQUEST_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "llama.cpp": ("grammar",),
     "vllm": ("structured_outputs",),
     "vllm-guided": ("guided_grammar",),
     "unknown": ("grammar", "structured_outputs"),
     "none": (),
-}
+})
 # ``/v1/models`` ``owned_by`` of the servers whose grammar field is known.
-_OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm"}
+_OWNERS: Mapping[str, str] = MappingProxyType({"llamacpp": "llama.cpp", "vllm": "vllm"})
 VLLM_STRUCTURED_OUTPUTS_SINCE = (0, 12)  # guided_grammar was removed in vLLM 0.12
 REFUSAL_STATUSES = frozenset({400, 422})
 
