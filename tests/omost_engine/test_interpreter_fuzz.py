@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,12 @@ class AuditRecorder:
     def __init__(self) -> None:
         self.active = False
         self.events: list[tuple[str, tuple[Any, ...]]] = []
+        # The hook is process-wide: threads left by other tests (database, HTTP, tokenizer workers) open
+        # files too. Only the thread that runs the interpreter counts.
+        self.thread_id = threading.get_ident()
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.active or event in self.HARMLESS:
+        if not self.active or event in self.HARMLESS or threading.get_ident() != self.thread_id:
             return
         # CPython looks up the source "file" to quote a SyntaxError line; ours has no file.
         if event == "open" and args and args[0] == SOURCE_NAME:
