@@ -115,7 +115,7 @@ class Failed(JobEvent):
 
 @dataclass(frozen=True)
 class Cancelled(JobEvent):
-    pass
+    """The job stopped because its user (or an admin) cancelled it."""
 
 
 class JobHandler(Protocol):

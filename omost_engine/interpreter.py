@@ -118,11 +118,11 @@ class _CanvasClass:
 
 
 class _Break(Exception):
-    pass
+    """Unwinds a `break` to its loop."""
 
 
 class _Continue(Exception):
-    pass
+    """Unwinds a `continue` to its loop."""
 
 
 def _parse(source: str, limits: Limits) -> ast.Module:
@@ -348,9 +348,7 @@ class Interpreter:
             if len(value) > self.limits.max_string_chars:
                 raise self._error(node, f"a string of {len(value)} characters is too long; allowed: at most "
                                   f"{self.limits.max_string_chars}", "string", value[:40])  # fmt: skip
-        elif isinstance(value, bool | float) or value is None:
-            pass
-        elif isinstance(value, int):
+        elif isinstance(value, int) and not isinstance(value, bool):
             if value.bit_length() > self.limits.max_int_bits:
                 raise self._error(node, f"an integer of {value.bit_length()} bits is too large; allowed: at most "
                                   f"{self.limits.max_int_bits} bits", "integer", "...")  # fmt: skip
@@ -358,7 +356,7 @@ class Interpreter:
             if len(value) > self.limits.max_items:
                 raise self._error(node, f"a collection of {len(value)} items is too large; allowed: at most "
                                   f"{self.limits.max_items}", "collection", len(value))  # fmt: skip
-        elif not isinstance(value, range | Canvas | _CanvasClass | Builtin):
+        elif value is not None and not isinstance(value, bool | float | range | Canvas | _CanvasClass | Builtin):
             raise self._error(node, f"the operation made {self._kind(value)}; allowed: plain values",
                               "value", type(value).__name__)  # fmt: skip
         return value
