@@ -468,7 +468,9 @@ class JobService:
                         f"the {output.chat.trimmed_turns} oldest turns were left out to fit the LLM's context"
                     )
             notes += list(output.layout.warnings)[:5]
-            image = formatting.encode_image(
+            # PNG/JPEG encoding of a full-size image takes tens of milliseconds: keep it off the event loop.
+            image = await asyncio.to_thread(
+                formatting.encode_image,
                 render.image,
                 limit=max(self.upload_limit(tracker) - len(layout_file) - UPLOAD_HEADROOM, 64 * 1024),
             )
