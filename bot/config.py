@@ -27,7 +27,7 @@ class BotConfig:
     llm: str | None = None  # None: the engine's default LLM
     llm_endpoint: str | None = None  # an OpenAI-compatible server instead of a local LLM
     sdxl: str | None = None  # None: the engine's default SDXL checkpoint
-    device: str = "cuda"
+    device: str = "auto"  # auto: cuda, else mps, else cpu (omost_engine.memory.default_device)
     memory: MemoryMode = "offload"
     db: Path = Path("omost-bot.sqlite3")
     owner_ids: tuple[int, ...] = ()  # may run /omost sync; empty: the application's owner
@@ -80,7 +80,7 @@ def _parse(field: str, value: Any, source: str) -> Any:
         return text or None
     if field == "device":
         if not isinstance(text, str) or not text:
-            raise _bad(source, value, "a torch device such as cuda, cuda:1, mps or cpu")
+            raise _bad(source, value, "auto or a torch device such as cuda, cuda:1, mps or cpu")
         return text
     if field in _CHOICES:
         if text not in _CHOICES[field]:

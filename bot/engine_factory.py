@@ -56,7 +56,7 @@ def create_engine(config: BotConfig) -> CombinedEngine:
     from omost_engine.memory import ModelManager
     from omost_engine.render.renderer import Renderer
 
-    manager = ModelManager(device=config.device, mode=config.memory)
+    manager = ModelManager(device=None if config.device == "auto" else config.device, mode=config.memory)
     # An endpoint URL is an LLM id of its own: ChatService talks to it instead of loading a model.
     default_llm = config.llm_endpoint or config.llm or DEFAULT_LLM
     chat = ChatService(manager=manager, default_llm=default_llm)

@@ -49,6 +49,19 @@ def test_engine_factory_wires_chat_and_render_to_one_model_manager() -> None:
     assert engine.renderer.memory is engine.chat_service.manager and engine.renderer.memory.mode == "resident"
 
 
+def test_default_device_is_whatever_this_machine_has() -> None:
+    import torch
+
+    from omost_engine.memory import default_device
+
+    config = BotConfig()
+    assert config.device == "auto"
+    engine = create_engine(config)
+    assert engine.chat_service.manager.device == default_device()
+    if not torch.cuda.is_available():  # a machine without a GPU must not be sent to cuda
+        assert engine.chat_service.manager.device.type in ("cpu", "mps")
+
+
 def test_run_uses_redis_workers_when_a_redis_url_is_configured(tmp_path: Path) -> None:
     from bot.commands import build_bot
     from bot.distributed.backend import RedisJobBackend
