@@ -27,6 +27,9 @@ class BotConfig:
     llm: str | None = None  # None: the engine's default LLM
     llm_endpoint: str | None = None  # an OpenAI-compatible server instead of a local LLM
     sdxl: str | None = None  # None: the engine's default SDXL checkpoint
+    # For a single-file .safetensors checkpoint: the diffusers SDXL folder or hub id with its configs and
+    # tokenizers (None: stabilityai/stable-diffusion-xl-base-1.0).
+    sdxl_config: str | None = None
     device: str = "auto"  # auto: cuda, else mps, else cpu (omost_engine.memory.default_device)
     memory: MemoryMode = "offload"
     db: Path = Path("omost-bot.sqlite3")
@@ -58,7 +61,7 @@ _FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "status_interval_s": (0.0, 60.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"memory": ("offload", "resident")}
-_OPTIONAL_TEXT = ("token", "llm", "llm_endpoint", "sdxl")
+_OPTIONAL_TEXT = ("token", "llm", "llm_endpoint", "sdxl", "sdxl_config")
 
 
 def env_name(field: str) -> str:

@@ -42,10 +42,12 @@ def test_engine_factory_wires_chat_and_render_to_one_model_manager() -> None:
             memory="resident",
             llm_endpoint="http://127.0.0.1:9/v1",
             sdxl="/models/sdxl.safetensors",
+            sdxl_config="/models/sdxl-base-configs",
         )
     )
     assert engine.chat_service.default_llm == "http://127.0.0.1:9/v1"
     assert engine.renderer.default_model == "/models/sdxl.safetensors"
+    assert engine.renderer.single_file_config == "/models/sdxl-base-configs"
     assert engine.renderer.memory is engine.chat_service.manager and engine.renderer.memory.mode == "resident"
 
 
