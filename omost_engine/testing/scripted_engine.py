@@ -5,7 +5,8 @@ parses it with the real ``parse_reply``, and paints a small real image from the 
 sketch. It reports progress like the real engine (regions revealed as the "LLM" writes) and honours
 ``CancelToken``. Used by tests, benchmarks, demos and the distributed worker (``omost-bot worker
 --engine scripted``); it needs no fixtures. For tests it records its calls, can be told to fail a
-stage or to wait at a gate, and can drive a ``FakeClock`` (each progress event moves it on);
+stage or to wait at a gate (until it opens or the job is cancelled; bounded), and can drive a
+``FakeClock`` (each progress event moves it on);
 ``bot.testing`` adds the bot tests' handshake with the event loop.
 
 Prompt directives (scripted engine only, removed from the text before use) let one worker serve
@@ -19,7 +20,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -135,6 +136,8 @@ class ScriptedEngine:
         clock: FakeClock | None = None,
         seconds_per_event: float = 1.0,  # how far each progress event moves ``clock``
         gate: threading.Event | None = None,  # when given and not yet set, stages wait here (or for a cancel)
+        gate_stages: Collection[str] = ("chat", "render"),  # the stages that wait at the gate
+        gate_timeout: float = 30.0,  # a gate left closed fails the stage instead of hanging the caller
     ) -> None:
         self.chat_seconds = chat_seconds
         self.render_seconds = render_seconds
@@ -148,7 +151,11 @@ class ScriptedEngine:
         self.clock = clock
         self.seconds_per_event = seconds_per_event
         self.gate = gate
+        self.gate_stages = frozenset(gate_stages)
+        self.gate_timeout = gate_timeout
         self.entered = threading.Event()  # set when a stage starts
+        self.at_gate = threading.Event()  # set while a stage waits at the closed gate
+        self.cancelled: list[str] = []  # the stages that stopped at their start because of a cancel
         self.failures: deque[tuple[str, Exception]] = deque()  # (stage, error) for coming calls
         self.calls: list[tuple[str, str, int]] = []  # (stage, prompt or first prefix, seed)
         self.histories: list[list[ChatMessage]] = []
@@ -167,11 +174,23 @@ class ScriptedEngine:
         self.entered.set()
         if self.failures and self.failures[0][0] == stage:
             raise self.failures.popleft()[1]
-        while self.gate is not None and not self.gate.is_set():
-            if cancel is not None and cancel.wait(0.005):
-                break
-            self.gate.wait(0.005)
-        if cancel is not None:
+        if self.gate is not None and stage in self.gate_stages:
+            deadline = time.monotonic() + self.gate_timeout
+            try:
+                while not self.gate.is_set():
+                    self.at_gate.set()
+                    if cancel is not None and cancel.wait(0.005):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"scripted engine: the {stage} gate stayed closed for {self.gate_timeout:g} s"
+                        )
+                    self.gate.wait(0.005)
+            finally:
+                self.at_gate.clear()
+        if cancel is not None and cancel.cancelled:
+            with self._lock:
+                self.cancelled.append(stage)
             cancel.raise_if_cancelled()
 
     def _report(self, on_progress: ProgressCallback | None, progress: LLMProgress | RenderProgress) -> None:

@@ -203,3 +203,13 @@ async def test_close_cancels_the_running_job() -> None:
     await asyncio.to_thread(engine.entered.wait, 5)
     await backend.close()
     assert recorder.of(1, Cancelled)
+
+
+async def test_a_gate_left_closed_fails_its_stage_instead_of_hanging() -> None:
+    engine = ScriptedEngine(replies=[DRAGON], gate=threading.Event(), gate_stages={"render"}, gate_timeout=0.05)
+    backend, recorder, _ = make(engine)
+    await backend.submit(Ticket(job_id=1, user_id=1))
+    await backend.join()
+    failed = recorder.of(1, Failed)
+    assert failed and failed[0].stage == "render" and "render gate stayed closed" in failed[0].message
+    assert recorder.of(1, ChatDone) and engine.cancelled == [] and not engine.at_gate.is_set()
