@@ -21,6 +21,7 @@ from simcord.builders import ChannelHandle, GuildHandle
 
 from bot.bot import OmostBot
 from bot.config import BotConfig
+from bot.jobs import InProcessJobBackend
 from bot.testing import FakeClock, ScriptedEngine
 
 GOLDENS = Path(__file__).resolve().parents[1] / "fixtures" / "goldens"
@@ -127,3 +128,24 @@ async def world(sim_env: simcord.Env) -> World:
         admin=admin,
         owner=owner,
     )
+
+
+def run_jobs_beside_the_simulator(world: World) -> None:
+    """Resume the paused queue from the test itself, so that a job may stay running between actions.
+
+    simcord settles each action only when every thread the bot started has returned, so a job held inside
+    the engine would make every click time out. A worker task started here is not the bot's own work in
+    simcord's eyes: actions settle while the job runs. ``finish_jobs`` waits for that worker. What the
+    worker does is not collected by ``env.errors``: such a test checks the outcome (SQLite, messages) itself.
+    """
+    world.bot.backend.resume()
+
+
+async def finish_jobs(world: World) -> None:
+    """Wait until the queue's worker has nothing left, its status edits and deliveries are done, and the
+    bot has settled."""
+    backend = world.bot.backend
+    assert isinstance(backend, InProcessJobBackend)
+    await backend.join()
+    await world.bot.jobs.drain()
+    await world.env.settle()
