@@ -64,6 +64,26 @@ def golden_reply():
     return read
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: more threads only add contention."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def program_tokenizer():
+    """A BPE trained on the goldens' programs: realistic token counts for the transcript."""
+    from omost_engine.llm.decoding.oracle import train_tokenizer
+    from omost_engine.llm.system_prompt import SYSTEM_PROMPT
+
+    return train_tokenizer([p.read_text() for p in sorted(GOLDENS.glob("*.py"))] + [SYSTEM_PROMPT])
+
+
 def sse(data: object) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
 from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, Sampler, decode
-from omost_engine.llm.decoding.oracle import TranscriptOracle, token_bytes, train_tokenizer
+from omost_engine.llm.decoding.oracle import TranscriptOracle, token_bytes
 from omost_engine.llm.decoding.prompt_lookup import PromptLookup
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
 from omost_engine.progress import CancelToken
@@ -19,13 +19,7 @@ GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
 EDIT_REQUEST = "change the dragon to a dinosaur"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core machine: more threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -34,12 +28,6 @@ def tiny() -> tuple:
 
     tokenizer = build_tokenizer()
     return tokenizer, build_model(tokenizer), tokenizer.convert_tokens_to_ids("<|eot_id|>")
-
-
-@pytest.fixture(scope="module")
-def program_tokenizer():
-    """A BPE trained on the goldens' programs: realistic token counts for the transcript."""
-    return train_tokenizer([p.read_text() for p in sorted(GOLDENS.glob("*.py"))] + [SYSTEM_PROMPT])
 
 
 def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:

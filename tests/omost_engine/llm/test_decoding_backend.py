@@ -3,10 +3,7 @@ model end to end (ChatService -> Layout), prompt-state reuse."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 
 from omost_engine.llm.conversation import build_messages
 from omost_engine.llm.service import ChatService
@@ -14,13 +11,7 @@ from omost_engine.llm.transformers_backend import TransformersBackend
 from omost_engine.params import LLMParams
 from omost_engine.reply import parse_reply
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_defaults_give_a_valid_program_from_a_random_model(tiny_backend: TransformersBackend) -> None:

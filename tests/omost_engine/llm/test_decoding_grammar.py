@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from omost_engine.llm.decoding.grammar import CanvasNames, GrammarFactory, GrammarLimits, canvas_grammar_ebnf
 from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, decode
-from omost_engine.llm.decoding.oracle import TranscriptOracle, train_tokenizer
+from omost_engine.llm.decoding.oracle import TranscriptOracle
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
 from omost_engine.reply import parse_reply
 from omost_engine.tables import COLORS, LOCATIONS
@@ -21,12 +20,7 @@ SMALL = GrammarLimits(max_string_bytes=32, max_comment_bytes=16, max_list_items=
                       max_comment_lines=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +33,9 @@ def tiny() -> tuple:
 
 
 @pytest.fixture(scope="module")
-def program_tokenizer():
-    tokenizer = train_tokenizer([p.read_text() for p in sorted(GOLDENS.glob("*.py"))] + [SYSTEM_PROMPT])
-    stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    return tokenizer, stop, GrammarFactory(tokenizer, stop_token_ids=[stop])
+def program_grammar(program_tokenizer):
+    stop = program_tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    return program_tokenizer, stop, GrammarFactory(program_tokenizer, stop_token_ids=[stop])
 
 
 def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
@@ -68,8 +61,8 @@ def test_grammar_lists_every_allowed_name_from_the_tables() -> None:
 
 
 @pytest.mark.parametrize("case", ["01", "02", "03", "04"])
-def test_the_published_format_is_accepted_token_by_token(program_tokenizer, golden_reply, case) -> None:
-    _, _, factory = program_tokenizer
+def test_the_published_format_is_accepted_token_by_token(program_grammar, golden_reply, case) -> None:
+    _, _, factory = program_grammar
     assert feed_text(factory, golden_reply(case))[0]
 
 
@@ -83,8 +76,8 @@ def test_the_published_format_is_accepted_token_by_token(program_tokenizer, gold
     ("canvas = Canvas()", "import os\ncanvas = Canvas()"),
     ("A mighty dragon.", "A mighty\x00dragon."),  # control characters never fit in a string
 ])
-def test_invalid_programs_are_refused(program_tokenizer, golden_reply, change) -> None:
-    _, _, factory = program_tokenizer
+def test_invalid_programs_are_refused(program_grammar, golden_reply, change) -> None:
+    _, _, factory = program_grammar
     old, new = change
     reply = golden_reply("01")
     assert old in reply
@@ -126,8 +119,8 @@ def test_random_tiny_model_always_writes_a_valid_program(tiny) -> None:
     assert tokens / passes > 1.2  # forced runs and accepted drafts
 
 
-def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_tokenizer, golden_reply) -> None:
-    tokenizer, stop, factory = program_tokenizer
+def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_grammar, golden_reply) -> None:
+    tokenizer, stop, factory = program_grammar
     reply = golden_reply("01")
     prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
                                   {"role": "user", "content": "a dragon battle"}])
@@ -144,8 +137,8 @@ def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_tokenizer,
     assert runs["both"].tokens_per_pass >= 1.5
 
 
-def test_both_together_on_the_edit_turn(program_tokenizer, golden_reply) -> None:
-    tokenizer, stop, factory = program_tokenizer
+def test_both_together_on_the_edit_turn(program_grammar, golden_reply) -> None:
+    tokenizer, stop, factory = program_grammar
     first, edit = golden_reply("01"), golden_reply("02")
     prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
                                   {"role": "user", "content": "a dragon battle"},
@@ -165,10 +158,10 @@ def test_both_together_on_the_edit_turn(program_tokenizer, golden_reply) -> None
     assert outputs[0.0, True] == outputs[0.0, False]
 
 
-def test_the_remote_form_bounds_strings_in_the_grammar_itself(program_tokenizer) -> None:
+def test_the_remote_form_bounds_strings_in_the_grammar_itself(program_grammar) -> None:
     import xgrammar as xgr
 
-    _, _, factory = program_tokenizer
+    _, _, factory = program_grammar
     limits = GrammarLimits(max_string_bytes=30)
     ebnf = canvas_grammar_ebnf(CanvasNames.from_tables(), limits, bounded_text=True)
     compiled = xgr.GrammarCompiler(factory.info, max_threads=1).compile_grammar(ebnf)
