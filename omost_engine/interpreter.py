@@ -14,6 +14,7 @@ import ast
 import contextlib
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,20 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 SOURCE_NAME = "<canvas>"  # the file name ast.parse is given
 _LINEAR_CUTS = 3  # complete_prefix: cut points tried one by one before searching by halving
+# CPython 3.11 keeps the AST constructor's recursion depth in state shared by every thread, so two
+# threads parsing at once (the LLM thread streaming, the event loop checking a layout) can fail with
+# a spurious "SystemError: AST constructor recursion depth mismatch" (cpython gh-106905). Parses in
+# this process take turns; one that still fails that way is tried again once.
+_AST_PARSE_TURN = threading.Lock()
+
+
+def parse_python(source: str) -> ast.Module:
+    """``ast.parse`` of a canvas program, safe to call from several threads."""
+    with _AST_PARSE_TURN:
+        try:
+            return ast.parse(source, filename=SOURCE_NAME, mode="exec")
+        except SystemError:
+            return ast.parse(source, filename=SOURCE_NAME, mode="exec")
 
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
@@ -136,7 +151,7 @@ def _parse(source: str, limits: Limits) -> ast.Module:
             allowed=f"at most {limits.max_source_chars} characters",
         )
     try:
-        return ast.parse(source, filename=SOURCE_NAME, mode="exec")
+        return parse_python(source)
     except SyntaxError as exc:
         # The line comes from our own text: exc.text may have been read from a file named like
         # the source (CPython looks one up for some errors).
@@ -149,7 +164,7 @@ def _parse(source: str, limits: Limits) -> ast.Module:
             allowed="Python syntax",
             line=exc.lineno,
         ) from None
-    except (ValueError, RecursionError, MemoryError):  # null bytes; nesting too deep for the parser
+    except (ValueError, RecursionError, MemoryError, SystemError):  # null bytes; nesting too deep; see parse_python
         raise OmostError(
             "the program cannot be parsed (null bytes or nesting too deep); allowed: a plain canvas program",
             parameter="program",
@@ -878,8 +893,8 @@ def complete_prefix(source: str) -> ast.Module | None:
     # A call that has closed at the very end is complete too: nothing a canvas program writes
     # continues a finished canvas.add_local_description(...) call.
     if source.rstrip(" \t").endswith(")"):
-        with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError):
-            tree = ast.parse(source, filename=SOURCE_NAME)
+        with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
+            tree = parse_python(source)
             if tree.body and isinstance(tree.body[-1], ast.Expr) and isinstance(tree.body[-1].value, ast.Call):
                 return tree
     lines = source.splitlines(keepends=True)
@@ -897,8 +912,8 @@ def complete_prefix(source: str) -> ast.Module | None:
 
     def parse(cut: int) -> ast.Module | None:
         try:
-            return ast.parse(source[:cut], filename=SOURCE_NAME)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return parse_python(source[:cut])
+        except (SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
             return None
 
     # Usually the last statement or two are unfinished: try the last few cuts, then search the

@@ -255,3 +255,35 @@ def test_a_deeply_nested_value_in_an_error_message_is_quoted_safely() -> None:
     source = "x = []\nfor i in range(5000):\n    x = [x]\n" + GLOBAL.replace("'A room.'", "x")
     with pytest.raises(OmostError, match=r"line 5: description of the global description must be a string, got \[\[\[\.\.\.\]\]\]"):
         interpret(source)
+
+
+class _SpuriousSystemError:
+    """Stands in for ``ast.parse`` hit by cpython gh-106905: fails ``failures`` times, then parses."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.parse = ast.parse
+
+    def __call__(self, *args: object, **kwargs: object) -> ast.Module:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise SystemError("AST constructor recursion depth mismatch (before=177, after=85)")
+        return self.parse(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_spurious_ast_systemerror_is_parsed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    flaky = _SpuriousSystemError(failures=1)
+    monkeypatch.setattr("omost_engine.interpreter.ast.parse", flaky)
+    canvas = run(GLOBAL)["canvas"]
+    assert isinstance(canvas, Canvas)
+    assert flaky.calls == 2
+
+
+def test_a_persistent_ast_systemerror_is_one_omost_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from omost_engine.interpreter import interpret_partial
+
+    monkeypatch.setattr("omost_engine.interpreter.ast.parse", _SpuriousSystemError(failures=10**6))
+    with pytest.raises(OmostError, match="cannot be parsed"):
+        run(GLOBAL)
+    assert interpret_partial(GLOBAL) == []
