@@ -75,6 +75,9 @@ class OmostBot(commands.Bot):
         if engine is None and backend is None:
             raise ValueError("OmostBot needs an engine (for the in-process queue) or a job backend")
         options.setdefault("intents", bot_intents())
+        # Nothing the bot sends may ping anyone unless a call says so (formatting.notify_only): user text is
+        # echoed in answers and errors, and "@everyone" in a layout file must stay plain text.
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned, tree_cls=OmostTree, help_command=None, **options
         )

@@ -20,6 +20,15 @@ ERROR_COLOR = 0xED4245
 PROMPT_PREVIEW_CHARS = 200
 
 
+def notify_only(user_id: int) -> discord.AllowedMentions:
+    """Mentions for a message meant to notify one user: that user may be pinged, nobody else (no everyone,
+    no roles, no other user named in echoed text). Every other message goes out with the bot-wide default,
+    ``AllowedMentions.none()``."""
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
+    )
+
+
 def progress_bar(fraction: float, width: int = 20) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     filled = round(fraction * width)

@@ -161,6 +161,7 @@ class JobService:
             llm_params=request.llm_params,
             render_params=request.render_params,
             layout_id=layout_id,
+            requester=request.requester,
         )
         self.trackers[job_id] = Tracker(
             job_id=job_id,
@@ -407,11 +408,14 @@ class JobService:
         if not final:
             return None
         kwargs = make_kwargs()
-        # A new message: send() takes files, not attachments, and mentions the requester (edits never ping).
+        # A new message: send() takes files, not attachments, and mentions the requester once (edits never
+        # ping); only the requester may be pinged, whatever else the text echoes.
         kwargs["files"] = kwargs.pop("attachments", None) or None
-        kwargs["content"] = f"<@{tracker.user_id}> {kwargs.get('content') or ''}".strip()
+        content = kwargs.get("content") or ""
+        mention = f"<@{tracker.user_id}>"
+        kwargs["content"] = content if mention in content else f"{mention} {content}".strip()
         try:
-            message = await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions(users=True))
+            message = await channel.send(**kwargs, allowed_mentions=formatting.notify_only(tracker.user_id))
         except discord.HTTPException as exc:
             log.error("job %s: could not deliver to channel %s: %s", tracker.job_id, tracker.channel_id, exc)
             return None
@@ -431,6 +435,15 @@ class JobService:
             return tracker.interaction.filesize_limit
         guild = self.bot.get_guild(tracker.guild_id) if tracker.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    def _requester_name(self, tracker: Tracker) -> str:
+        """The requester's display name: stored with the job (it survives restarts); for jobs from before
+        that, the cached member's name; else their id."""
+        if tracker.requester:
+            return tracker.requester
+        guild = self.bot.get_guild(tracker.guild_id) if tracker.guild_id else None
+        member = guild.get_member(tracker.user_id) if guild is not None else None
+        return member.display_name if member is not None else f"user {tracker.user_id}"
 
     async def _attached(self, tracker: Tracker) -> None:
         """Wait until the status message is known (it may still be on its way when a fast job ends)."""
@@ -485,7 +498,7 @@ class JobService:
                 render_model=render.model,
                 seconds=seconds,
                 image_filename=image.filename,
-                requester=tracker.requester or f"user {tracker.user_id}",
+                requester=self._requester_name(tracker),
                 notes=notes,
             )
 
@@ -593,6 +606,7 @@ class JobService:
             prompt=turn.prompt if turn else "",
             message_id=job.status_message_id,
             phase=phase,
+            requester=job.requester,
         )
         tracker.attached.set()
         self.trackers[job.id] = tracker
