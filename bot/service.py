@@ -4,11 +4,12 @@ up to date and delivers results, also after the 15-minute interaction token expi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from bot.jobs import (
     Requeued,
     Started,
     Ticket,
+    internal_failure,
 )
 from bot.storage import JobKind, JobRecord, Storage
 from bot.views import result_view, status_view
@@ -92,7 +94,17 @@ class Tracker:
     render_started: float | None = None
     last_edit: float = -math.inf
     preview_regions: int = 0
-    requeued_attempt: int | None = None  # set when a lost worker sent the job back to the queue
+    requeued_attempt: int | None = None  # set when a lost worker (or a restart) sent the job back to the queue
+    result_message_id: int | None = None  # set once Discord accepted the result: never overwrite it
+
+
+@contextlib.contextmanager
+def _logged(action: str) -> Iterator[None]:
+    """Log (with the traceback) and swallow an exception: for cleanup steps that must not stop the next."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", action)
 
 
 class JobService:
@@ -300,16 +312,51 @@ class JobService:
                 tracker.render_progress = event.progress
             self._maybe_refresh(tracker)
         elif isinstance(event, ChatDone):
-            self._spawn(self._store_chat(tracker, event))
+            self._spawn(self._store_chat(tracker, event), fails=(tracker.job_id, "the LLM's answer could not be stored"))
         elif isinstance(event, Finished):
-            self._spawn(self._deliver(tracker, event.output))
+            self._spawn(self._deliver(tracker, event.output), fails=(tracker.job_id, "the result could not be delivered"))
         elif isinstance(event, Failed | Cancelled):
-            self._spawn(self._end(tracker, event))
+            self._spawn(self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly"))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str] | None = None) -> None:
+        """Run ``coro`` as a task whose exception is never dropped: it is logged, and with ``fails`` (job id,
+        what went wrong) the job is failed and its user told. Without it (status edits) logging is enough."""
+        task = asyncio.ensure_future(self._guarded(coro, fails))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coro: Awaitable[None], fails: tuple[int, str] | None) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if fails is None:
+                log.exception("a status update failed")
+                return
+            job_id, what = fails
+            log.exception("job %s: %s", job_id, what)
+            await self._fail_after_error(job_id, what)
+
+    async def _fail_after_error(self, job_id: int, what: str) -> None:
+        """A job whose bookkeeping raised: stop it, record it failed and tell the user, each step on its own
+        (the database may be what failed). A result already on screen is never overwritten."""
+        tracker = self.trackers.pop(job_id, None)
+        if tracker is not None and tracker.result_message_id is not None:
+            with _logged(f"job {job_id}: recording the delivered result"):
+                await self.storage.update_job(job_id, state="done", result_message_id=tracker.result_message_id)
+            return
+        with _logged(f"job {job_id}: stopping it"):
+            await self.backend.cancel(job_id)
+        text = f"❌ Job #{job_id} failed: {internal_failure(job_id, what)}."
+        with _logged(f"job {job_id}: recording the failure"):
+            await self.storage.update_job(job_id, state="failed", error=what)
+        if tracker is not None:
+            tracker.phase = "done"
+            with _logged(f"job {job_id}: reporting the failure"):
+                await self._edit(
+                    tracker, lambda: {"content": text, "embed": None, "attachments": [], "view": None}, final=True
+                )
 
     @property
     def idle(self) -> bool:
@@ -513,7 +560,11 @@ class JobService:
                     ],
                 }
 
+            # The intent first: a crash after Discord accepted the result but before "done" is recorded leaves a
+            # running job with this set, and recovery then looks at Discord before touching the job.
+            await self.storage.update_job(tracker.job_id, delivery_started_at=self.storage.clock())
             message_id = await self._edit(tracker, result_kwargs, final=True)
+            tracker.result_message_id = message_id
             await self.storage.update_job(
                 tracker.job_id,
                 state="done",
