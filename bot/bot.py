@@ -113,9 +113,9 @@ class OmostBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
-        interrupted, requeued = await self.jobs.recover()
-        if interrupted or requeued:
-            log.info("recovered jobs: %d interrupted, %d queued again", interrupted, requeued)
+        failed, requeued = await self.jobs.recover()
+        if failed or requeued:
+            log.info("recovered jobs: %d failed, %d queued again", failed, requeued)
 
     def command_tree_hash(self) -> str:
         payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]

@@ -52,8 +52,11 @@ def queued_text(job_id: int, position: int) -> str:
     return f"⏳ Job #{job_id} is queued: position {position}."
 
 
-def requeued_note(attempt: int, *, waiting: bool) -> str:
-    """The line a retried job's status message keeps: a GPU worker died under it and it runs again."""
+def requeued_note(attempt: int, *, waiting: bool, after_restart: bool = False) -> str:
+    """The line a retried job's status message keeps: a GPU worker died under it (or the bot restarted
+    while it ran) and it runs again."""
+    if after_restart:
+        return f"🔁 {'resumes' if waiting else 'resumed'} after a restart (attempt {attempt})"
     if waiting:
         return f"⚠️ worker lost — queued again (attempt {attempt})"
     return f"⚠️ worker lost — running again (attempt {attempt})"

@@ -35,7 +35,7 @@ from bot.jobs import (
     internal_failure,
 )
 from bot.storage import JobKind, JobRecord, Storage
-from bot.views import result_view, status_view
+from bot.views import custom_id, result_view, status_view
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
@@ -95,6 +95,7 @@ class Tracker:
     last_edit: float = -math.inf
     preview_regions: int = 0
     requeued_attempt: int | None = None  # set when a lost worker (or a restart) sent the job back to the queue
+    requeued_after_restart: bool = False  # the bot restarted while the job ran (not a lost worker)
     result_message_id: int | None = None  # set once Discord accepted the result: never overwrite it
 
 
@@ -297,6 +298,7 @@ class JobService:
             self._maybe_refresh(tracker)
         elif isinstance(event, Requeued):
             tracker.phase, tracker.position, tracker.requeued_attempt = "queued", 1, event.attempt
+            tracker.requeued_after_restart = False
             tracker.llm_progress = tracker.render_progress = tracker.render_started = None
             tracker.preview_regions = 0
             self._spawn(self._refresh(tracker, force=True))
@@ -373,7 +375,11 @@ class JobService:
     def _status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
         text, preview = self._phase_status(tracker)
         if tracker.requeued_attempt is not None:  # the user keeps seeing that this is a retry
-            text += "\n" + formatting.requeued_note(tracker.requeued_attempt, waiting=tracker.phase == "queued")
+            text += "\n" + formatting.requeued_note(
+                tracker.requeued_attempt,
+                waiting=tracker.phase == "queued",
+                after_restart=tracker.requeued_after_restart,
+            )
         return text, preview
 
     def _phase_status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
@@ -593,11 +599,14 @@ class JobService:
     # -- restart -----------------------------------------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """After a start: report jobs a crash interrupted, queue again the ones still waiting.
-        Returns (interrupted, requeued).
+        """After a start: resume the jobs a crash stopped, queue again the ones still waiting.
+        Returns (failed, queued again).
 
-        Jobs a backend still holds (Redis workers run on while the bot restarts) are not interrupted:
-        they are tracked again, and the backend is told to deliver their events once that is done.
+        A job that was running resumes at the front of the line as its next attempt, up to
+        ``config.max_attempts`` runs in all; then it fails with its job id. One whose result Discord may
+        have accepted before the crash (delivery intent recorded) is looked up first: a result on screen
+        is recorded as done and never touched. Jobs a backend still holds (Redis workers run on while the
+        bot restarts) are tracked again, and the backend is told to deliver their events once that is done.
         """
         held_jobs = getattr(self.backend, "held_jobs", None)
         held = {ticket.job_id for ticket in await held_jobs()} if held_jobs is not None else set()
@@ -605,47 +614,109 @@ class JobService:
         for job in running:
             if job.id in held:
                 await self._track_again(job, phase="llm")
-        interrupted = [job for job in running if job.id not in held]
-        for job in interrupted:
-            await self.storage.update_job(job.id, state="interrupted", error="interrupted by a restart")
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            text = (
-                f"⚠️ <@{job.user_id}>, job #{job.id} was interrupted when the bot restarted. "
-                "Run it again (for a reply, reply again)."
-            )
-            reference = (
-                discord.MessageReference(
-                    message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
+        resumed: list[int] = []
+        failed = 0
+        for job in running:
+            if job.id in held or await self._delivered_before_crash(job):
+                continue
+            if job.attempt >= self.config.max_attempts:
+                await self._give_up(job)
+                failed += 1
+            else:
+                await self.storage.update_job(
+                    job.id, state="queued", attempt=job.attempt + 1, delivery_started_at=None
                 )
-                if job.status_message_id
-                else None
-            )
-            try:
-                if job.status_message_id:
-                    await channel.get_partial_message(job.status_message_id).edit(
-                        content=f"⚠️ Job #{job.id} was interrupted by a restart.", view=None
-                    )
-                await channel.send(
-                    text, reference=reference, allowed_mentions=discord.AllowedMentions(users=True)
-                )
-            except discord.HTTPException as exc:
-                log.warning("job %s: could not report the interruption: %s", job.id, exc)
+                resumed.append(job.id)
         deliver_held = getattr(self.backend, "deliver_held", None)
         if deliver_held is not None:
             deliver_held()
         waiting = await self.storage.jobs_in_state("queued")
+        # The resumed ones first: they had their turn already and keep it.
+        waiting.sort(key=lambda job: (job.id not in resumed, job.id))
         requeued = 0
         for job in waiting:
-            await self._track_again(job, phase="queued")
+            tracker = await self._track_again(job, phase="queued")
+            if job.id in resumed:
+                tracker.requeued_attempt, tracker.requeued_after_restart = job.attempt, True
             try:
                 await self.backend.submit(Ticket(job_id=job.id, user_id=job.user_id))
                 requeued += 1
             except QueueFullError as exc:
                 self.trackers.pop(job.id, None)
                 await self.storage.update_job(job.id, state="failed", error=str(exc))
-        return len(interrupted), requeued
+                failed += 1
+                continue
+            if job.id in resumed:  # the status message says so at once, not at the next progress report
+                self._spawn(self._refresh(tracker, force=True))
+        return failed, requeued
 
-    async def _track_again(self, job: JobRecord, *, phase: str) -> None:
+    async def _delivered_before_crash(self, job: JobRecord) -> bool:
+        """Whether a running job's result reached Discord before the crash (then it is recorded as done).
+
+        Only a job whose delivery had started can have one: its status message, or else a message of ours
+        after it (a result re-sent as a new message), carries the job's result buttons.
+        """
+        if job.delivery_started_at is None:
+            return False
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        wanted = custom_id("reroll", job.id)
+
+        def shows_result(message: discord.Message) -> bool:
+            return any(
+                getattr(item, "custom_id", None) == wanted
+                for row in message.components
+                for item in getattr(row, "children", ())
+            )
+
+        found: discord.Message | None = None
+        try:
+            if job.status_message_id is not None:
+                with contextlib.suppress(discord.NotFound):
+                    status = await channel.fetch_message(job.status_message_id)
+                    found = status if shows_result(status) else None
+            if found is None:
+                after = discord.Object(job.status_message_id) if job.status_message_id else None
+                async for message in channel.history(limit=50, after=after):
+                    if self.bot.user is not None and message.author.id == self.bot.user.id and shows_result(message):
+                        found = message
+                        break
+        except discord.HTTPException as exc:  # Discord cannot tell now: run it again rather than lose it
+            log.warning("job %s: could not check for a delivered result: %s", job.id, exc)
+            return False
+        if found is None:
+            return False
+        log.info("job %s: its result was delivered before the restart (message %s)", job.id, found.id)
+        await self.storage.update_job(job.id, state="done", result_message_id=found.id)
+        return True
+
+    async def _give_up(self, job: JobRecord) -> None:
+        """A job the bot was running at ``max_attempts`` crashes: failed, and its user told, with the job id."""
+        runs = f"{job.attempt} time{'s' if job.attempt != 1 else ''}"
+        error = f"the bot restarted while it ran, {runs}; it was not run again"
+        await self.storage.update_job(job.id, state="failed", error=error)
+        log.warning("job %s: %s", job.id, error)
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        reference = (
+            discord.MessageReference(
+                message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
+            )
+            if job.status_message_id
+            else None
+        )
+        try:
+            if job.status_message_id:
+                await channel.get_partial_message(job.status_message_id).edit(
+                    content=f"❌ Job #{job.id} failed: {error}.", embed=None, attachments=[], view=None
+                )
+            await channel.send(
+                f"⚠️ <@{job.user_id}>, job #{job.id} failed: {error}. Run it again (for a reply, reply again).",
+                reference=reference,
+                allowed_mentions=formatting.notify_only(job.user_id),
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not report the failure: %s", job.id, exc)
+
+    async def _track_again(self, job: JobRecord, *, phase: str) -> Tracker:
         """A tracker for a job from before a restart: no interaction any more, edits go through the channel."""
         turn = await self.storage.turn(job.turn_id)
         tracker = Tracker(
@@ -661,6 +732,7 @@ class JobService:
         )
         tracker.attached.set()
         self.trackers[job.id] = tracker
+        return tracker
 
 
 def check_layout_size(size: int, *, max_bytes: int) -> None:
