@@ -145,6 +145,8 @@ class OmostBot(commands.Bot):
         return await super().is_owner(user)
 
     async def close(self) -> None:
+        if hasattr(self, "jobs"):
+            self.jobs.shutting_down = True  # the running job is stopped, not cancelled: it resumes on restart
         await self.backend.close()
         if hasattr(self, "jobs"):
             await self.jobs.drain()

@@ -130,6 +130,8 @@ class JobService:
         self._flush_at = math.inf  # the earliest time one of them may be edited again
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0  # results delivered since start (benchmarks, health)
+        self.shutting_down = False  # set by the bot's close(): a job stopped now resumes after the restart
+        self._cancel_requested: set[int] = set()  # cancelled by a user or admin, not by a shutdown
 
     # -- submitting ------------------------------------------------------------------------------------
 
@@ -242,7 +244,11 @@ class JobService:
         return message
 
     async def cancel(self, job_id: int) -> bool:
-        return await self.backend.cancel(job_id)
+        self._cancel_requested.add(job_id)
+        if await self.backend.cancel(job_id):
+            return True
+        self._cancel_requested.discard(job_id)
+        return False
 
     # -- JobHandler --------------------------------------------------------------------------------------
 
@@ -317,7 +323,14 @@ class JobService:
             self._spawn(self._store_chat(tracker, event), fails=(tracker.job_id, "the LLM's answer could not be stored"))
         elif isinstance(event, Finished):
             self._spawn(self._deliver(tracker, event.output), fails=(tracker.job_id, "the result could not be delivered"))
+        elif isinstance(event, Cancelled) and self.shutting_down and event.job_id not in self._cancel_requested:
+            # Stopped by the shutdown, not by its user: the database keeps it running, and the next start
+            # resumes it (recover); its status message is edited then.
+            log.info("job %s: stopped by the shutdown; it resumes after the restart", event.job_id)
+            tracker.phase = "done"
+            self.trackers.pop(event.job_id, None)
         elif isinstance(event, Failed | Cancelled):
+            self._cancel_requested.discard(event.job_id)
             self._spawn(self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly"))
 
     def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str] | None = None) -> None:

@@ -3,8 +3,12 @@ keeps their name (issue 10, items 4, 5 and 14)."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+
 import pytest
-from simenv import World
+from simenv import World, assert_no_mass_mentions, run_jobs_beside_the_simulator
 
 
 async def pause(world: World) -> None:
@@ -55,6 +59,7 @@ async def test_the_running_job_resumes_first_after_a_restart_and_the_waiting_one
     assert "Done" in waiting.response.content
     assert len(world.channel.history()) == before
     assert not [m for m in world.channel.history() if "interrupted" in m.content]
+    assert assert_no_mass_mentions(world, may_ping=set()) >= 6
 
 
 async def test_a_resumed_layout_render_keeps_its_layout_and_seed(world: World) -> None:
@@ -82,6 +87,7 @@ async def test_a_job_that_keeps_crashing_fails_with_its_id_after_max_attempts(wo
     (notice,) = [m for m in world.channel.history() if "job #1 failed" in m.content]
     assert notice.reference is not None and notice.reference.message_id == running.response.id
     assert [u.id for u in notice.mentions] == [world.alice.id] and not notice.mention_everyone
+    assert assert_no_mass_mentions(world, may_ping={world.alice.id}) >= 3  # the restart notice included
 
 
 @pytest.mark.bot_config(max_attempts=1)
@@ -136,3 +142,25 @@ async def test_a_job_whose_delivery_never_reached_discord_runs_again(world: Worl
     job = await world.bot.storage.job(1)
     assert job.state == "done" and job.attempt == 2 and job.result_message_id == status.response.id
     assert "Done" in status.response.content
+
+
+async def test_a_job_stopped_by_a_clean_shutdown_resumes_instead_of_being_cancelled(world: World) -> None:
+    gate = threading.Event()
+    world.engine.gate, world.engine.gate_stages, world.engine.gate_timeout = gate, {"render"}, 30.0
+    await pause(world)
+    status = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", seed=9)
+    run_jobs_beside_the_simulator(world)
+    assert await asyncio.to_thread(world.engine.at_gate.wait, 10), "the render never reached the gate"
+    await world.env.settle()
+    # A clean shutdown (SIGTERM, systemctl restart): the running job is stopped (its token set) ...
+    await world.bot.close()
+    assert world.engine.cancelled == ["render"]
+    # ... and left running in the database, not reported cancelled.
+    with sqlite3.connect(world.config.db) as db:
+        assert db.execute("SELECT state FROM jobs WHERE id = 1").fetchone() == ("running",)
+    assert "cancelled" not in status.response.content
+    gate.set()
+    await world.restart()
+    job = await world.bot.storage.job(1)
+    assert job.state == "done" and job.attempt == 2 and job.render_params.seed == 9
+    assert "Done" in status.response.content and job.result_message_id == status.response.id
