@@ -75,6 +75,9 @@ class OmostBot(commands.Bot):
         if engine is None and backend is None:
             raise ValueError("OmostBot needs an engine (for the in-process queue) or a job backend")
         options.setdefault("intents", bot_intents())
+        # Nothing the bot sends may ping anyone unless a call says so (formatting.notify_only): user text is
+        # echoed in answers and errors, and "@everyone" in a layout file must stay plain text.
+        options.setdefault("allowed_mentions", discord.AllowedMentions.none())
         super().__init__(
             command_prefix=commands.when_mentioned, tree_cls=OmostTree, help_command=None, **options
         )
@@ -110,9 +113,9 @@ class OmostBot(commands.Bot):
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
-        interrupted, requeued = await self.jobs.recover()
-        if interrupted or requeued:
-            log.info("recovered jobs: %d interrupted, %d queued again", interrupted, requeued)
+        failed, requeued = await self.jobs.recover()
+        if failed or requeued:
+            log.info("recovered jobs: %d failed, %d queued again", failed, requeued)
 
     def command_tree_hash(self) -> str:
         payload = [command.to_dict(self.tree) for command in self.tree.get_commands()]
@@ -142,6 +145,8 @@ class OmostBot(commands.Bot):
         return await super().is_owner(user)
 
     async def close(self) -> None:
+        if hasattr(self, "jobs"):
+            self.jobs.shutting_down = True  # the running job is stopped, not cancelled: it resumes on restart
         await self.backend.close()
         if hasattr(self, "jobs"):
             await self.jobs.drain()

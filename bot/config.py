@@ -44,6 +44,7 @@ class BotConfig:
     max_prompt_chars: int = 2000
     max_layout_bytes: int = 512 * 1024
     status_interval_s: float = 1.5  # at least this long between two edits of a status message
+    max_attempts: int = 2  # runs of a job the bot was running when it died (1: never resume, report it failed)
 
 
 # Per field: how to parse a string from the environment, and the allowed range where numeric.
@@ -53,6 +54,7 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "rate_limit": (1, 10_000),
     "max_prompt_chars": (1, 6000),
     "max_layout_bytes": (1024, 25 * 1024 * 1024),
+    "max_attempts": (1, 10),
 }
 _FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "rate_window_s": (1.0, 86_400.0),

@@ -20,6 +20,15 @@ ERROR_COLOR = 0xED4245
 PROMPT_PREVIEW_CHARS = 200
 
 
+def notify_only(user_id: int) -> discord.AllowedMentions:
+    """Mentions for a message meant to notify one user: that user may be pinged, nobody else (no everyone,
+    no roles, no other user named in echoed text). Every other message goes out with the bot-wide default,
+    ``AllowedMentions.none()``."""
+    return discord.AllowedMentions(
+        everyone=False, users=[discord.Object(user_id)], roles=False, replied_user=False
+    )
+
+
 def progress_bar(fraction: float, width: int = 20) -> str:
     fraction = min(max(fraction, 0.0), 1.0)
     filled = round(fraction * width)
@@ -43,8 +52,11 @@ def queued_text(job_id: int, position: int) -> str:
     return f"⏳ Job #{job_id} is queued: position {position}."
 
 
-def requeued_note(attempt: int, *, waiting: bool) -> str:
-    """The line a retried job's status message keeps: a GPU worker died under it and it runs again."""
+def requeued_note(attempt: int, *, waiting: bool, after_restart: bool = False) -> str:
+    """The line a retried job's status message keeps: a GPU worker died under it (or the bot restarted
+    while it ran) and it runs again."""
+    if after_restart:
+        return f"🔁 {'resumes' if waiting else 'resumed'} after a restart (attempt {attempt})"
     if waiting:
         return f"⚠️ worker lost — queued again (attempt {attempt})"
     return f"⚠️ worker lost — running again (attempt {attempt})"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -30,6 +31,14 @@ if TYPE_CHECKING:
     from omost_engine.layout import Layout
 
 Stage = Literal["llm", "render"]
+
+log = logging.getLogger(__name__)
+
+
+def internal_failure(job_id: int | str, what: str) -> str:
+    """The user's sentence for a failure on our side: what failed and the job id the log has it under.
+    Never the exception's own text: it may hold paths, tokens or a CUDA allocator dump."""
+    return f"{what} because of an error on my side; it was logged under job #{job_id}. Please try again"
 
 
 class QueueFullError(OmostError):
@@ -251,16 +260,13 @@ async def execute_job(
         emit(Finished(spec.job_id, JobOutput(chat=chat, render=render, layout=layout)))
     except CancelledError:
         emit(Cancelled(spec.job_id))
-    except OmostError as exc:
+    except OmostError as exc:  # a clear reason meant for the user (a timeout, a bad program); logged too
+        log.warning("job %s: the %s step failed: %s", spec.job_id, stage, exc, exc_info=True)
         emit(Failed(spec.job_id, stage, str(exc)))
-    except Exception as exc:  # an engine bug or a GPU error: tell the user which step failed, keep going
-        emit(
-            Failed(
-                spec.job_id,
-                stage,
-                f"the {'LLM' if stage == 'llm' else 'render'} step failed: {type(exc).__name__}: {exc}",
-            )
-        )
+    except Exception:  # an engine bug or a GPU error: the traceback to the log, one sentence to the user
+        log.exception("job %s: the %s step failed", spec.job_id, stage)
+        step = "the LLM step" if stage == "llm" else "the render step"
+        emit(Failed(spec.job_id, stage, internal_failure(spec.job_id, f"{step} failed")))
 
 
 # -- the waiting line --------------------------------------------------------------------------------------
@@ -510,10 +516,9 @@ class InProcessJobBackend(LineBackend):
                     )
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the bot's own bookkeeping failed (e.g. the database): report and go on
-                self._emit(
-                    Failed(ticket.job_id, None, f"the job could not start: {type(exc).__name__}: {exc}")
-                )
+            except Exception:  # the bot's own bookkeeping failed (e.g. the database): log, report, go on
+                log.exception("job %s: could not start", ticket.job_id)
+                self._emit(Failed(ticket.job_id, None, internal_failure(ticket.job_id, "the job could not start")))
             finally:
                 self._line.done(ticket.job_id)
                 self._token = None

@@ -4,11 +4,12 @@ up to date and delivers results, also after the 15-minute interaction token expi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +32,10 @@ from bot.jobs import (
     Requeued,
     Started,
     Ticket,
+    internal_failure,
 )
 from bot.storage import JobKind, JobRecord, Storage
-from bot.views import result_view, status_view
+from bot.views import custom_id, result_view, status_view
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
@@ -92,7 +94,18 @@ class Tracker:
     render_started: float | None = None
     last_edit: float = -math.inf
     preview_regions: int = 0
-    requeued_attempt: int | None = None  # set when a lost worker sent the job back to the queue
+    requeued_attempt: int | None = None  # set when a lost worker (or a restart) sent the job back to the queue
+    requeued_after_restart: bool = False  # the bot restarted while the job ran (not a lost worker)
+    result_message_id: int | None = None  # set once Discord accepted the result: never overwrite it
+
+
+@contextlib.contextmanager
+def _logged(action: str) -> Iterator[None]:
+    """Log (with the traceback) and swallow an exception: for cleanup steps that must not stop the next."""
+    try:
+        yield
+    except Exception:
+        log.exception("%s failed", action)
 
 
 class JobService:
@@ -117,6 +130,8 @@ class JobService:
         self._flush_at = math.inf  # the earliest time one of them may be edited again
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0  # results delivered since start (benchmarks, health)
+        self.shutting_down = False  # set by the bot's close(): a job stopped now resumes after the restart
+        self._cancel_requested: set[int] = set()  # cancelled by a user or admin, not by a shutdown
 
     # -- submitting ------------------------------------------------------------------------------------
 
@@ -161,6 +176,7 @@ class JobService:
             llm_params=request.llm_params,
             render_params=request.render_params,
             layout_id=layout_id,
+            requester=request.requester,
         )
         self.trackers[job_id] = Tracker(
             job_id=job_id,
@@ -228,7 +244,11 @@ class JobService:
         return message
 
     async def cancel(self, job_id: int) -> bool:
-        return await self.backend.cancel(job_id)
+        self._cancel_requested.add(job_id)
+        if await self.backend.cancel(job_id):
+            return True
+        self._cancel_requested.discard(job_id)
+        return False
 
     # -- JobHandler --------------------------------------------------------------------------------------
 
@@ -284,6 +304,7 @@ class JobService:
             self._maybe_refresh(tracker)
         elif isinstance(event, Requeued):
             tracker.phase, tracker.position, tracker.requeued_attempt = "queued", 1, event.attempt
+            tracker.requeued_after_restart = False
             tracker.llm_progress = tracker.render_progress = tracker.render_started = None
             tracker.preview_regions = 0
             self._spawn(self._refresh(tracker, force=True))
@@ -299,16 +320,58 @@ class JobService:
                 tracker.render_progress = event.progress
             self._maybe_refresh(tracker)
         elif isinstance(event, ChatDone):
-            self._spawn(self._store_chat(tracker, event))
+            self._spawn(self._store_chat(tracker, event), fails=(tracker.job_id, "the LLM's answer could not be stored"))
         elif isinstance(event, Finished):
-            self._spawn(self._deliver(tracker, event.output))
+            self._spawn(self._deliver(tracker, event.output), fails=(tracker.job_id, "the result could not be delivered"))
+        elif isinstance(event, Cancelled) and self.shutting_down and event.job_id not in self._cancel_requested:
+            # Stopped by the shutdown, not by its user: the database keeps it running, and the next start
+            # resumes it (recover); its status message is edited then.
+            log.info("job %s: stopped by the shutdown; it resumes after the restart", event.job_id)
+            tracker.phase = "done"
+            self.trackers.pop(event.job_id, None)
         elif isinstance(event, Failed | Cancelled):
-            self._spawn(self._end(tracker, event))
+            self._cancel_requested.discard(event.job_id)
+            self._spawn(self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly"))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str] | None = None) -> None:
+        """Run ``coro`` as a task whose exception is never dropped: it is logged, and with ``fails`` (job id,
+        what went wrong) the job is failed and its user told. Without it (status edits) logging is enough."""
+        task = asyncio.ensure_future(self._guarded(coro, fails))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(self, coro: Awaitable[None], fails: tuple[int, str] | None) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if fails is None:
+                log.exception("a status update failed")
+                return
+            job_id, what = fails
+            log.exception("job %s: %s", job_id, what)
+            await self._fail_after_error(job_id, what)
+
+    async def _fail_after_error(self, job_id: int, what: str) -> None:
+        """A job whose bookkeeping raised: stop it, record it failed and tell the user, each step on its own
+        (the database may be what failed). A result already on screen is never overwritten."""
+        tracker = self.trackers.pop(job_id, None)
+        if tracker is not None and tracker.result_message_id is not None:
+            with _logged(f"job {job_id}: recording the delivered result"):
+                await self.storage.update_job(job_id, state="done", result_message_id=tracker.result_message_id)
+            return
+        with _logged(f"job {job_id}: stopping it"):
+            await self.backend.cancel(job_id)
+        text = f"❌ Job #{job_id} failed: {internal_failure(job_id, what)}."
+        with _logged(f"job {job_id}: recording the failure"):
+            await self.storage.update_job(job_id, state="failed", error=what)
+        if tracker is not None:
+            tracker.phase = "done"
+            with _logged(f"job {job_id}: reporting the failure"):
+                await self._edit(
+                    tracker, lambda: {"content": text, "embed": None, "attachments": [], "view": None}, final=True
+                )
 
     @property
     def idle(self) -> bool:
@@ -325,7 +388,11 @@ class JobService:
     def _status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
         text, preview = self._phase_status(tracker)
         if tracker.requeued_attempt is not None:  # the user keeps seeing that this is a retry
-            text += "\n" + formatting.requeued_note(tracker.requeued_attempt, waiting=tracker.phase == "queued")
+            text += "\n" + formatting.requeued_note(
+                tracker.requeued_attempt,
+                waiting=tracker.phase == "queued",
+                after_restart=tracker.requeued_after_restart,
+            )
         return text, preview
 
     def _phase_status(self, tracker: Tracker) -> tuple[str, discord.File | None]:
@@ -407,11 +474,14 @@ class JobService:
         if not final:
             return None
         kwargs = make_kwargs()
-        # A new message: send() takes files, not attachments, and mentions the requester (edits never ping).
+        # A new message: send() takes files, not attachments, and mentions the requester once (edits never
+        # ping); only the requester may be pinged, whatever else the text echoes.
         kwargs["files"] = kwargs.pop("attachments", None) or None
-        kwargs["content"] = f"<@{tracker.user_id}> {kwargs.get('content') or ''}".strip()
+        content = kwargs.get("content") or ""
+        mention = f"<@{tracker.user_id}>"
+        kwargs["content"] = content if mention in content else f"{mention} {content}".strip()
         try:
-            message = await channel.send(**kwargs, allowed_mentions=discord.AllowedMentions(users=True))
+            message = await channel.send(**kwargs, allowed_mentions=formatting.notify_only(tracker.user_id))
         except discord.HTTPException as exc:
             log.error("job %s: could not deliver to channel %s: %s", tracker.job_id, tracker.channel_id, exc)
             return None
@@ -431,6 +501,15 @@ class JobService:
             return tracker.interaction.filesize_limit
         guild = self.bot.get_guild(tracker.guild_id) if tracker.guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    def _requester_name(self, tracker: Tracker) -> str:
+        """The requester's display name: stored with the job (it survives restarts); for jobs from before
+        that, the cached member's name; else their id."""
+        if tracker.requester:
+            return tracker.requester
+        guild = self.bot.get_guild(tracker.guild_id) if tracker.guild_id else None
+        member = guild.get_member(tracker.user_id) if guild is not None else None
+        return member.display_name if member is not None else f"user {tracker.user_id}"
 
     async def _attached(self, tracker: Tracker) -> None:
         """Wait until the status message is known (it may still be on its way when a fast job ends)."""
@@ -485,7 +564,7 @@ class JobService:
                 render_model=render.model,
                 seconds=seconds,
                 image_filename=image.filename,
-                requester=tracker.requester or f"user {tracker.user_id}",
+                requester=self._requester_name(tracker),
                 notes=notes,
             )
 
@@ -500,7 +579,11 @@ class JobService:
                     ],
                 }
 
+            # The intent first: a crash after Discord accepted the result but before "done" is recorded leaves a
+            # running job with this set, and recovery then looks at Discord before touching the job.
+            await self.storage.update_job(tracker.job_id, delivery_started_at=self.storage.clock())
             message_id = await self._edit(tracker, result_kwargs, final=True)
+            tracker.result_message_id = message_id
             await self.storage.update_job(
                 tracker.job_id,
                 state="done",
@@ -529,11 +612,14 @@ class JobService:
     # -- restart -----------------------------------------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """After a start: report jobs a crash interrupted, queue again the ones still waiting.
-        Returns (interrupted, requeued).
+        """After a start: resume the jobs a crash stopped, queue again the ones still waiting.
+        Returns (failed, queued again).
 
-        Jobs a backend still holds (Redis workers run on while the bot restarts) are not interrupted:
-        they are tracked again, and the backend is told to deliver their events once that is done.
+        A job that was running resumes at the front of the line as its next attempt, up to
+        ``config.max_attempts`` runs in all; then it fails with its job id. One whose result Discord may
+        have accepted before the crash (delivery intent recorded) is looked up first: a result on screen
+        is recorded as done and never touched. Jobs a backend still holds (Redis workers run on while the
+        bot restarts) are tracked again, and the backend is told to deliver their events once that is done.
         """
         held_jobs = getattr(self.backend, "held_jobs", None)
         held = {ticket.job_id for ticket in await held_jobs()} if held_jobs is not None else set()
@@ -541,47 +627,109 @@ class JobService:
         for job in running:
             if job.id in held:
                 await self._track_again(job, phase="llm")
-        interrupted = [job for job in running if job.id not in held]
-        for job in interrupted:
-            await self.storage.update_job(job.id, state="interrupted", error="interrupted by a restart")
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
-            text = (
-                f"⚠️ <@{job.user_id}>, job #{job.id} was interrupted when the bot restarted. "
-                "Run it again (for a reply, reply again)."
-            )
-            reference = (
-                discord.MessageReference(
-                    message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
+        resumed: list[int] = []
+        failed = 0
+        for job in running:
+            if job.id in held or await self._delivered_before_crash(job):
+                continue
+            if job.attempt >= self.config.max_attempts:
+                await self._give_up(job)
+                failed += 1
+            else:
+                await self.storage.update_job(
+                    job.id, state="queued", attempt=job.attempt + 1, delivery_started_at=None
                 )
-                if job.status_message_id
-                else None
-            )
-            try:
-                if job.status_message_id:
-                    await channel.get_partial_message(job.status_message_id).edit(
-                        content=f"⚠️ Job #{job.id} was interrupted by a restart.", view=None
-                    )
-                await channel.send(
-                    text, reference=reference, allowed_mentions=discord.AllowedMentions(users=True)
-                )
-            except discord.HTTPException as exc:
-                log.warning("job %s: could not report the interruption: %s", job.id, exc)
+                resumed.append(job.id)
         deliver_held = getattr(self.backend, "deliver_held", None)
         if deliver_held is not None:
             deliver_held()
         waiting = await self.storage.jobs_in_state("queued")
+        # The resumed ones first: they had their turn already and keep it.
+        waiting.sort(key=lambda job: (job.id not in resumed, job.id))
         requeued = 0
         for job in waiting:
-            await self._track_again(job, phase="queued")
+            tracker = await self._track_again(job, phase="queued")
+            if job.id in resumed:
+                tracker.requeued_attempt, tracker.requeued_after_restart = job.attempt, True
             try:
                 await self.backend.submit(Ticket(job_id=job.id, user_id=job.user_id))
                 requeued += 1
             except QueueFullError as exc:
                 self.trackers.pop(job.id, None)
                 await self.storage.update_job(job.id, state="failed", error=str(exc))
-        return len(interrupted), requeued
+                failed += 1
+                continue
+            if job.id in resumed:  # the status message says so at once, not at the next progress report
+                self._spawn(self._refresh(tracker, force=True))
+        return failed, requeued
 
-    async def _track_again(self, job: JobRecord, *, phase: str) -> None:
+    async def _delivered_before_crash(self, job: JobRecord) -> bool:
+        """Whether a running job's result reached Discord before the crash (then it is recorded as done).
+
+        Only a job whose delivery had started can have one: its status message, or else a message of ours
+        after it (a result re-sent as a new message), carries the job's result buttons.
+        """
+        if job.delivery_started_at is None:
+            return False
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        wanted = custom_id("reroll", job.id)
+
+        def shows_result(message: discord.Message) -> bool:
+            return any(
+                getattr(item, "custom_id", None) == wanted
+                for row in message.components
+                for item in getattr(row, "children", ())
+            )
+
+        found: discord.Message | None = None
+        try:
+            if job.status_message_id is not None:
+                with contextlib.suppress(discord.NotFound):
+                    status = await channel.fetch_message(job.status_message_id)
+                    found = status if shows_result(status) else None
+            if found is None:
+                after = discord.Object(job.status_message_id) if job.status_message_id else None
+                async for message in channel.history(limit=50, after=after):
+                    if self.bot.user is not None and message.author.id == self.bot.user.id and shows_result(message):
+                        found = message
+                        break
+        except discord.HTTPException as exc:  # Discord cannot tell now: run it again rather than lose it
+            log.warning("job %s: could not check for a delivered result: %s", job.id, exc)
+            return False
+        if found is None:
+            return False
+        log.info("job %s: its result was delivered before the restart (message %s)", job.id, found.id)
+        await self.storage.update_job(job.id, state="done", result_message_id=found.id)
+        return True
+
+    async def _give_up(self, job: JobRecord) -> None:
+        """A job the bot was running at ``max_attempts`` crashes: failed, and its user told, with the job id."""
+        runs = f"{job.attempt} time{'s' if job.attempt != 1 else ''}"
+        error = f"the bot restarted while it ran, {runs}; it was not run again"
+        await self.storage.update_job(job.id, state="failed", error=error)
+        log.warning("job %s: %s", job.id, error)
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        reference = (
+            discord.MessageReference(
+                message_id=job.status_message_id, channel_id=job.channel_id, fail_if_not_exists=False
+            )
+            if job.status_message_id
+            else None
+        )
+        try:
+            if job.status_message_id:
+                await channel.get_partial_message(job.status_message_id).edit(
+                    content=f"❌ Job #{job.id} failed: {error}.", embed=None, attachments=[], view=None
+                )
+            await channel.send(
+                f"⚠️ <@{job.user_id}>, job #{job.id} failed: {error}. Run it again (for a reply, reply again).",
+                reference=reference,
+                allowed_mentions=formatting.notify_only(job.user_id),
+            )
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not report the failure: %s", job.id, exc)
+
+    async def _track_again(self, job: JobRecord, *, phase: str) -> Tracker:
         """A tracker for a job from before a restart: no interaction any more, edits go through the channel."""
         turn = await self.storage.turn(job.turn_id)
         tracker = Tracker(
@@ -593,9 +741,11 @@ class JobService:
             prompt=turn.prompt if turn else "",
             message_id=job.status_message_id,
             phase=phase,
+            requester=job.requester,
         )
         tracker.attached.set()
         self.trackers[job.id] = tracker
+        return tracker
 
 
 def check_layout_size(size: int, *, max_bytes: int) -> None:

@@ -166,6 +166,9 @@ class Policy:
     unfiltered: bool
     max_queued_per_user: int
     rate_limit: int
+    # Whether an explicit LLM choice may name a local model: not when the server has an LLM endpoint
+    # and no local LLM configured (OMOST_LLM_ENDPOINT without OMOST_LLM).
+    local_llms: bool = True
 
     def channel_allowed(self, channel_id: int, parent_id: int | None = None) -> bool:
         if not self.allowed_channels:
@@ -179,7 +182,9 @@ async def resolve_policy(
     storage: Storage, config: BotConfig, *, guild_id: int | None, channel_id: int
 ) -> Policy:
     values: dict[str, Any] = {
-        "llm": config.llm,
+        # None: the engine's default, which is the endpoint when one is configured (engine_factory). The
+        # configured local LLM must not be written into every job, or it would override the endpoint.
+        "llm": None if config.llm_endpoint else config.llm,
         "max_steps": 100,
         "max_megapixels": 4.2,
         "allowed_channels": [],
@@ -213,6 +218,7 @@ async def resolve_policy(
         unfiltered=bool(values["unfiltered"]),
         max_queued_per_user=int(values["max_queued_per_user"]),
         rate_limit=int(values["rate_limit"]),
+        local_llms=config.llm_endpoint is None or config.llm is not None,
     )
 
 
@@ -222,7 +228,17 @@ def with_decoding(policy: Policy, params: LLMParams) -> LLMParams:
 
 
 def require_llm_allowed(policy: Policy, llm: str | None) -> None:
-    """Unfiltered LLMs only where an admin enabled them (checked again for every refinement)."""
+    """Unfiltered LLMs only where an admin enabled them; local models past an LLM endpoint only where the
+    server allows local models (both checked again for every refinement)."""
+    if llm is not None and not policy.local_llms and not llm.startswith(("http://", "https://")):
+        raise OmostError(
+            f"this bot uses its LLM endpoint, and local models such as {llm!r} are not enabled on this server "
+            "(its operator enables them by also setting OMOST_LLM); leave the llm option (and the llm "
+            "setting) empty",
+            parameter="llm",
+            value=llm,
+            allowed="the server's LLM endpoint (no llm option)",
+        )
     if is_unfiltered_model(llm) and not policy.unfiltered:
         raise OmostError(
             f"the model {llm!r} is unfiltered; an admin has to enable it here first "
@@ -254,7 +270,16 @@ def build_params(
     validated and held to the channel's limits. ``seed`` is used where the user gave none."""
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("seed", seed)
-    llm = options.get("llm") or policy.llm
+    chosen = options.get("llm")
+    if isinstance(chosen, str) and chosen.strip().lower().startswith(("http://", "https://")):
+        # An endpoint URL is the operator's to configure: a user's would make the bot call any server.
+        raise OmostError(
+            "the llm option takes a model name or hub id, not a URL",
+            parameter="llm",
+            value=chosen,
+            allowed="a model name or hub id",
+        )
+    llm = chosen or policy.llm
     require_llm_allowed(policy, llm)
     llm_params = policy.llm_params.replace(**{k: options[k] for k in LLM_OPTIONS if k in options})
     render_changes = {k: options[k] for k in RENDER_OPTIONS if k in options}

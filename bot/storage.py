@@ -50,6 +50,9 @@ class JobRecord:
     render_model: str | None
     error: str | None
     created_at: float
+    requester: str  # the requester's display name when the job was made ("" for jobs from before V2)
+    attempt: int  # 1 for the first run; a job resumed after a restart runs again as 2, 3 ...
+    delivery_started_at: float | None  # set before the result is sent to Discord (see recovery)
 
 
 def _record(cls: type[Record], row: aiosqlite.Row, **decoded: Any) -> Record:
@@ -183,10 +186,11 @@ class Storage:
         llm_params: LLMParams,
         render_params: RenderParams,
         layout_id: int | None = None,
+        requester: str = "",
     ) -> int:
         job_id = await self.db.execute(
             "INSERT INTO jobs (kind, user_id, guild_id, channel_id, turn_id, llm, llm_params, render_params,"
-            " layout_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " layout_id, requester, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kind,
                 user_id,
@@ -197,6 +201,7 @@ class Storage:
                 json.dumps(llm_params.to_dict()),
                 json.dumps(render_params.to_dict()),
                 layout_id,
+                requester,
                 self.clock(),
             ),
         )
@@ -228,6 +233,8 @@ class Storage:
             "render_model",
             "error",
             "render_params",
+            "attempt",
+            "delivery_started_at",
         }
         unknown = set(changes) - allowed
         if unknown:

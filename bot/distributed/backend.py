@@ -34,6 +34,7 @@ from bot.jobs import (
     StageTimeouts,
     Started,
     Ticket,
+    internal_failure,
 )
 from omost_engine.engine import ChatResult
 from omost_engine.errors import OmostError
@@ -236,10 +237,15 @@ class RedisJobBackend(LineBackend):
                         continue
                     await self.client.submit(JobMessage(spec=spec, user_id=ticket.user_id, timeouts=self.timeouts,
                                                         max_attempts=self.max_attempts))
-                except Exception as exc:  # the database or Redis failed: tell the user, go on with the rest
+                except Exception as exc:  # the database or Redis failed: log, tell the user, go on with the rest
+                    log.exception("job %s: could not hand it to Redis", ticket.job_id)
                     self._line.done(ticket.job_id)
-                    reason = str(exc) if isinstance(exc, OmostError) else f"{type(exc).__name__}: {exc}"
-                    self._emit(Failed(ticket.job_id, None, f"the job could not start: {reason}"))
+                    reason = (
+                        f"the job could not start: {exc}"
+                        if isinstance(exc, OmostError)
+                        else internal_failure(ticket.job_id, "the job could not start")
+                    )
+                    self._emit(Failed(ticket.job_id, None, reason))
 
     def _tell_requeued(self, job_id: int, attempt: int, reason: str) -> None:
         """One ``Requeued`` per retry, whether the worker, the watchdog or the next run's start says so first."""

@@ -49,6 +49,7 @@ from bot.jobs import (
     Progress,
     Started,
     execute_job,
+    internal_failure,
 )
 from omost_engine.errors import OmostError
 from omost_engine.progress import CancelToken
@@ -300,7 +301,11 @@ class GpuWorker:
             message = JobMessage.from_json(payload)
         except (OmostError, KeyError, TypeError, ValueError) as exc:
             job_id = str(payload.get("job_id", arq_id)) if isinstance(payload, dict) else arq_id
-            await self._emit(job_id, "failed", attempt, message=f"the job message is not valid: {exc}")
+            log.exception("job %s: the job message is not valid", job_id)
+            # An OmostError says what is wrong in words for people (e.g. a version skew); other errors may not.
+            text = (f"the job message is not valid: {exc}" if isinstance(exc, OmostError)
+                    else internal_failure(job_id, "the GPU worker could not read the job"))
+            await self._emit(job_id, "failed", attempt, message=text)
             return "invalid"
         job = RunningJob(message.job_id, attempt, arq_id)
         if attempt > message.max_attempts:
@@ -349,7 +354,11 @@ class GpuWorker:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._stop_outbox(outbox, job))
             raise
-        await outbox.close()
+        try:
+            await outbox.close()
+        except Exception:  # Redis failed under the events: arq retries the job; the log says which
+            log.exception("job %s: could not send its events to the bot", job.job_id)
+            raise
         if "finished" in outcome:
             self.done += 1
         elif "failed" in outcome:

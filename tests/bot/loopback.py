@@ -43,6 +43,7 @@ class FakeDiscord:
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     uploads: dict[int, list[Upload]] = field(default_factory=dict)  # message id -> files of its last write
     requests: list[tuple[str, str]] = field(default_factory=list)
+    bodies: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (method, path, JSON body)
     commands: list[dict[str, Any]] = field(default_factory=list)
     interactions: dict[str, int] = field(default_factory=dict)  # token -> original message id
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -225,6 +226,8 @@ class FakeDiscord:
         self.requests.append((method, path))
         parts = path.split("/")
         body, uploads = await self._body(request)
+        if isinstance(body, dict):
+            self.bodies.append((method, path, body))
         if path == "users/@me":
             return _json(self.user(self.bot_id, "omost", bot=True))
         if path == "oauth2/applications/@me":

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest_asyncio
 import simcord
 from simcord.actors import MemberActor
 from simcord.builders import ChannelHandle, GuildHandle
+from simcord.types import HttpLogEntry
 
 from bot.bot import OmostBot
 from bot.config import BotConfig
@@ -149,3 +150,31 @@ async def finish_jobs(world: World) -> None:
     await backend.join()
     await world.bot.jobs.drain()
     await world.env.settle()
+
+
+def message_bodies(entries: list[HttpLogEntry]) -> Iterator[tuple[HttpLogEntry, dict[str, Any]]]:
+    """Every request that creates or edits a message, with the message part of its body."""
+    for entry in entries:
+        body = entry.json
+        if not isinstance(body, dict):
+            continue
+        if entry.path.startswith("/interactions/"):  # {"type": 4, "data": {message}}
+            body = body.get("data") or {}
+        if any(key in body for key in ("content", "embeds", "components", "attachments")):
+            yield entry, body
+
+
+def assert_no_mass_mentions(world: World, *, may_ping: set[int]) -> int:
+    """Each message body carries allowed_mentions that allow no everyone/roles, and users only from
+    ``may_ping``; returns how many bodies were checked."""
+    checked = 0
+    for entry, body in message_bodies(world.env.http_requests):
+        mentions = body.get("allowed_mentions")
+        where = f"{entry.method} {entry.path}: {str(body.get('content'))[:80]!r}"
+        assert mentions is not None, f"no allowed_mentions (Discord parses everything): {where}"
+        assert mentions.get("parse", []) == [], f"parses mentions: {mentions} in {where}"
+        assert not mentions.get("roles"), f"allows roles: {mentions} in {where}"
+        assert {int(u) for u in mentions.get("users", [])} <= may_ping, f"pings others: {mentions} in {where}"
+        assert not mentions.get("replied_user"), f"pings the replied-to author: {where}"
+        checked += 1
+    return checked

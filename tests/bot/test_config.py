@@ -85,3 +85,11 @@ def test_bad_files(tmp_path: Path) -> None:
     wrong_type.write_text("max_queue = true\n")
     with pytest.raises(OmostError, match="max_queue in type.toml must be a whole number"):
         load_config(environ={}, path=wrong_type)
+
+
+def test_max_attempts_of_a_job_after_restarts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert BotConfig().max_attempts == 2
+    assert load_config(environ={"OMOST_MAX_ATTEMPTS": "3"}).max_attempts == 3
+    with pytest.raises(OmostError, match="OMOST_MAX_ATTEMPTS must be a whole number from 1 to 10"):
+        load_config(environ={"OMOST_MAX_ATTEMPTS": "0"})

@@ -175,12 +175,8 @@ async def test_stage_timeout_stops_the_engine_and_the_worker_goes_on() -> None:
 @pytest.mark.parametrize(
     ("stage", "error", "expected"),
     [
-        ("chat", RuntimeError("weights missing"), "the LLM step failed: RuntimeError: weights missing"),
-        (
-            "render",
-            RuntimeError("CUDA out of memory"),
-            "the render step failed: RuntimeError: CUDA out of memory",
-        ),
+        ("chat", RuntimeError("weights missing"), "the LLM step failed because of an error on my side"),
+        ("render", RuntimeError("CUDA out of memory"), "the render step failed because of an error on my side"),
         ("chat", OmostError("the LLM's reply is not a valid canvas program: line 3: bad"), "line 3: bad"),
     ],
 )
@@ -205,11 +201,54 @@ async def test_close_cancels_the_running_job() -> None:
     assert recorder.of(1, Cancelled)
 
 
-async def test_a_gate_left_closed_fails_its_stage_instead_of_hanging() -> None:
+async def test_a_gate_left_closed_fails_its_stage_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
     engine = ScriptedEngine(replies=[DRAGON], gate=threading.Event(), gate_stages={"render"}, gate_timeout=0.05)
     backend, recorder, _ = make(engine)
-    await backend.submit(Ticket(job_id=1, user_id=1))
-    await backend.join()
+    with caplog.at_level("ERROR", logger="bot.jobs"):
+        await backend.submit(Ticket(job_id=1, user_id=1))
+        await backend.join()
     failed = recorder.of(1, Failed)
-    assert failed and failed[0].stage == "render" and "render gate stayed closed" in failed[0].message
+    assert failed and failed[0].stage == "render" and "render step failed" in failed[0].message
+    assert "render gate stayed closed" in caplog.text  # the engine's own words are in the log
     assert recorder.of(1, ChatDone) and engine.cancelled == [] and not engine.at_gate.is_set()
+
+
+CUDA_DUMP = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total capacity; 21.10 GiB already "
+    "allocated) at /home/omost/.cache/huggingface/hub/models--stabilityai/snapshots/abc/unet.safetensors"
+)
+
+
+@pytest.mark.parametrize("stage", ["chat", "render"])
+async def test_an_engine_crash_is_logged_with_its_traceback_and_the_user_gets_one_sentence(
+    stage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend, recorder, engine = make()
+    engine.fail_next(stage, RuntimeError(CUDA_DUMP))
+    with caplog.at_level("WARNING", logger="bot.jobs"):
+        await backend.submit(Ticket(job_id=7, user_id=1))
+        await backend.join()
+    (failed,) = recorder.of(7, Failed)
+    assert "job #7" in failed.message and "logged" in failed.message
+    assert "CUDA" not in failed.message and "/home" not in failed.message and "RuntimeError" not in failed.message
+    (record,) = [r for r in caplog.records if r.name == "bot.jobs"]
+    assert record.levelname == "ERROR" and "job 7" in record.getMessage()
+    assert record.exc_info is not None and CUDA_DUMP in str(record.exc_info[1])
+
+
+async def test_bookkeeping_that_fails_before_the_start_is_logged_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    backend, recorder, _ = make()
+
+    async def broken(job_id: int) -> JobSpec | None:
+        raise OSError("disk I/O error at /var/lib/omost/bot.sqlite3")
+
+    recorder.prepare = broken  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="bot.jobs"):
+        await backend.submit(Ticket(job_id=3, user_id=1))
+        await backend.join()
+    (failed,) = recorder.of(3, Failed)
+    assert "could not start" in failed.message and "job #3" in failed.message and "/var" not in failed.message
+    (record,) = caplog.records
+    assert "job 3" in record.getMessage() and record.exc_info is not None

@@ -102,3 +102,46 @@ def test_every_setting_has_help_and_a_scope() -> None:
     for key, spec in SETTINGS.items():
         assert spec.help and spec.scopes, key
         assert set(spec.scopes) <= {"guild", "channel"}
+
+
+ENDPOINT = "http://127.0.0.1:9/v1"
+LOCAL = "lllyasviel/omost-phi-3-mini-128k-8bits"
+
+
+async def policy_for(tmp_path: Path, config: BotConfig):  # noqa: ANN201
+    db = await Database.open(tmp_path / "bot.sqlite3")
+    try:
+        return await resolve_policy(Storage(db), config, guild_id=1, channel_id=1)
+    finally:
+        await db.close()
+
+
+async def test_an_llm_endpoint_is_used_even_with_a_local_llm_configured(tmp_path: Path) -> None:
+    from bot.engine_factory import create_engine
+    from omost_engine.llm.openai_backend import OpenAIBackend
+
+    config = BotConfig(device="cpu", llm=LOCAL, llm_endpoint=ENDPOINT)
+    policy = await policy_for(tmp_path, config)
+    llm, _, _ = build_params(policy, {}, seed=1)
+    assert llm is None  # no model is written into the job: the engine's default, the endpoint, runs it
+    backend = create_engine(config).chat_service.backend_for(llm)
+    assert isinstance(backend, OpenAIBackend)  # constructing it calls nothing; a local model would load
+    # A user's explicit choice of a local model is the way past it, here where a local LLM is configured.
+    assert build_params(policy, {"llm": LOCAL}, seed=1)[0] == LOCAL
+
+
+async def test_without_a_local_llm_configured_the_endpoint_is_the_only_llm(tmp_path: Path) -> None:
+    policy = await policy_for(tmp_path, BotConfig(llm_endpoint=ENDPOINT))
+    assert build_params(policy, {}, seed=1)[0] is None
+    with pytest.raises(OmostError, match="local models such as 'some/model' are not enabled on this server"):
+        build_params(policy, {"llm": "some/model"}, seed=1)
+    # Without an endpoint nothing changes: the configured LLM is the default and any model may be chosen.
+    local = await policy_for(tmp_path, BotConfig(llm=LOCAL))
+    assert build_params(local, {}, seed=1)[0] == LOCAL
+    assert build_params(local, {"llm": "some/model"}, seed=1)[0] == "some/model"
+
+
+async def test_a_user_cannot_point_the_bot_at_a_server(tmp_path: Path) -> None:
+    policy = await policy_for(tmp_path, BotConfig())
+    with pytest.raises(OmostError, match="not a URL"):
+        build_params(policy, {"llm": "http://169.254.169.254/latest"}, seed=1)

@@ -54,6 +54,14 @@ async def test_compose_over_the_wire(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert custom_ids == [f"omost:{a}:1" for a in ("reroll", "layout", "edit", "delete")]
         edits = [p for m, p in fake.requests if m == "PATCH" and p.endswith(f"/messages/{message_id}")]
         assert len(edits) >= 2  # progress, then the result
+        # Every message body on the wire forbids pinging anyone (the bot-wide AllowedMentions.none()).
+        messages = [
+            (m, p, b.get("data", b) if p.startswith("interactions/") else b) for m, p, b in fake.bodies
+        ]
+        messages = [(m, p, b) for m, p, b in messages if "content" in b or "embeds" in b]
+        assert len(messages) >= 3
+        for method, path, body in messages:
+            assert body.get("allowed_mentions") == {"parse": []}, (method, path, body.get("allowed_mentions"))
     finally:
         await bot.close()
         await asyncio.wait_for(runner, 10)

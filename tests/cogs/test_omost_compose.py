@@ -100,7 +100,7 @@ async def test_engine_failure_is_reported_and_the_worker_goes_on(world: World) -
     failed = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle")
     assert failed.response is not None
     assert "failed" in failed.response.content and "render step failed" in failed.response.content
-    assert "CUDA out of memory" in failed.response.content and not failed.response.attachments
+    assert "CUDA" not in failed.response.content and not failed.response.attachments  # the log has it
     ok = await world.alice.slash(world.channel, "omost compose", prompt="again")
     assert ok.response is not None and "Done" in ok.response.content
     states = [r["state"] for r in await world.bot.storage.db.fetchall("SELECT state FROM jobs ORDER BY id")]

@@ -1,4 +1,5 @@
-"""Queue position, fairness, caps, cancel, crash recovery, the 15-minute token limit and Discord errors."""
+"""Queue position, fairness, caps, cancel, the 15-minute token limit and Discord errors (crash recovery:
+test_omost_recovery.py)."""
 
 from __future__ import annotations
 
@@ -111,24 +112,6 @@ async def test_sync_command_forces_a_sync(world: World) -> None:
     assert "synced" in result.response.content
     after = sum(1 for e in world.env.http_requests if e.method == "PUT" and e.path.endswith("/commands"))
     assert after == before + 1
-
-
-async def test_crash_recovery_reports_interrupted_and_runs_queued_jobs(world: World) -> None:
-    await pause(world)
-    running = await world.alice.slash(world.channel, "omost compose", prompt="was running")
-    waiting = await world.bob.slash(world.channel, "omost compose", prompt="was waiting")
-    # The process dies while job 1 is on the GPU: its row says running, job 2 is still queued.
-    await world.bot.storage.update_job(1, state="running")
-    await world.restart()
-    job1, job2 = await world.bot.storage.job(1), await world.bot.storage.job(2)
-    assert job1.state == "interrupted" and job2.state == "done"
-    assert "interrupted by a restart" in running.response.content
-    notices = [m for m in world.channel.history() if "was interrupted when the bot restarted" in m.content]
-    assert len(notices) == 1 and str(world.alice.id) in notices[0].content
-    assert notices[0].reference is not None and notices[0].reference.message_id == running.response.id
-    # The queued job ran after the restart; its status message (no interaction any more) became the result.
-    assert "Done" in waiting.response.content and len(waiting.response.attachments) == 2
-    assert [c[1] for c in world.engine.calls if c[0] == "chat"] == ["was waiting"]
 
 
 async def test_result_after_the_interaction_token_expired_goes_through_the_channel(world: World) -> None:

@@ -156,7 +156,10 @@ async def test_stage_time_limit_engine_failure_and_layout_render(redis_url: str,
         await backend.close()
     slow, crash, render = handler.ended(41), handler.ended(42), handler.ended(43)
     assert isinstance(slow, Failed) and slow.stage == "llm" and "longer than 0.5 s" in slow.message
-    assert isinstance(crash, Failed) and crash.stage == "llm" and "RuntimeError" in crash.message
+    assert isinstance(crash, Failed) and crash.stage == "llm" and "LLM step failed" in crash.message
+    assert "job #42" in crash.message and "RuntimeError" not in crash.message  # the traceback is in the log:
+    logs = "".join(worker.output() for worker in workers.values())
+    assert "job 42: the llm step failed" in logs and "Traceback" in logs and "RuntimeError" in logs
     assert isinstance(render, Finished) and render.output.chat is None
     assert render.output.layout.conditions == layout.conditions
     assert [e.stage for e in handler.of(43, Started)] == ["render"]  # type: ignore[attr-defined]
