@@ -203,8 +203,11 @@ class WireEvent:
                 conditions=tuple(condition_from_json(c) for c in self.data.get("conditions", [])),
             )
         if self.type == "render":
+            run_step, run_total = self.data.get("run_step"), self.data.get("run_total")
             return RenderProgress(step=int(self.data["step"]), total=int(self.data["total"]),
-                                  stage=str(self.data.get("stage", "render")))
+                                  stage=str(self.data.get("stage", "render")),
+                                  run_step=None if run_step is None else int(run_step),
+                                  run_total=None if run_total is None else int(run_total))
         return None
 
 
@@ -213,7 +216,8 @@ def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, di
     if isinstance(progress, LLMProgress):
         return "llm", {"tokens": progress.tokens, "tokens_per_second": progress.tokens_per_second,
                        "text": progress.text, "conditions": [c.to_json() for c in progress.conditions]}
-    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage}
+    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage,
+                      "run_step": progress.run_step, "run_total": progress.run_total}
 
 
 def condition_from_json(data: dict[str, Any]) -> Condition:
