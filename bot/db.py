@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 import sysconfig
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -108,8 +109,12 @@ class Database:
         try:
             # WAL with synchronous=NORMAL: a commit survives a crash of the bot (not of the OS) without an
             # fsync per write, which would cost milliseconds on every status change.
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
-                await db._execute(f"PRAGMA {pragma}")
+            try:
+                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+                    await db._execute(f"PRAGMA {pragma}")
+            except sqlite3.DatabaseError as exc:  # the first read of the file: "file is not a database"
+                raise OmostError(f"cannot open the database {str(path)!r}: it is not an SQLite database ({exc})",
+                                 parameter="db", value=str(path), allowed="an SQLite file, or a new path") from exc
             await db.migrate(find_migrations() if migrations is None else list(migrations))
         except BaseException:
             await connection.close()

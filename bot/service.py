@@ -408,9 +408,9 @@ class JobService:
         if tracker.phase == "render":
             progress = tracker.render_progress
             eta = None
-            if progress is not None and tracker.render_started is not None and progress.step:
-                elapsed = self.clock() - tracker.render_started
-                eta = elapsed / progress.step * (progress.total - progress.step)
+            if progress is not None and tracker.render_started is not None:
+                # Over the whole render (base and high-res steps), not this pass alone.
+                eta = progress.seconds_left(self.clock() - tracker.render_started)
             return formatting.render_text(tracker.job_id, progress, eta), None
         return formatting.queued_text(tracker.job_id, tracker.position), None
 

@@ -2,8 +2,38 @@
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from typing import Any
+
+# How much of a bad value an error message quotes.
+QUOTE_CHARS = 60
+# Ints longer than this are described by their size, never printed: printing an int costs time
+# quadratic in its digits, and past 4300 digits Python refuses (ValueError) altogether.
+_PRINTABLE_INT_BITS = 256
+
+
+class _ShortRepr(reprlib.Repr):
+    """``reprlib.Repr`` that never prints a huge int (its own ``repr_int`` calls ``repr`` first)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > _PRINTABLE_INT_BITS:
+            return f"<an integer of {x.bit_length()} bits>"
+        return super().repr_int(x, level)
+
+
+def quote(value: Any) -> str:
+    """``repr`` of a value, shortened for an error message; safe for any value.
+
+    ``reprlib`` stops at a few items and two levels, so a huge or deeply nested value made by a
+    hostile program costs nothing to quote (plain ``repr`` could recurse too deep), and a huge
+    int is named by its size instead of printed.
+    """
+    short = _ShortRepr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 4, 4, 4
+    short.maxstring, short.maxother, short.maxlong = QUOTE_CHARS, QUOTE_CHARS, QUOTE_CHARS
+    text = short.repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 3] + "..."
 
 
 class OmostError(Exception):
@@ -23,7 +53,7 @@ class OmostError(Exception):
         line: int | None = None,
     ) -> None:
         if allowed is not None and not isinstance(allowed, str):
-            allowed = ", ".join(str(a) for a in allowed)
+            allowed = ", ".join(a if isinstance(a, str) else quote(a) for a in allowed)
         self.parameter = parameter
         self.value = value
         self.allowed = allowed

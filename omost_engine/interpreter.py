@@ -157,6 +157,14 @@ def _parse(source: str, limits: Limits) -> ast.Module:
         # the source (CPython looks one up for some errors).
         lines = source.splitlines()
         text = lines[exc.lineno - 1] if exc.lineno and 0 < exc.lineno <= len(lines) else ""
+        if "integer string conversion" in exc.msg:  # a decimal literal past Python's 4300-digit limit
+            raise OmostError(
+                f"an integer constant is too large; allowed: at most {limits.max_int_bits} bits",
+                parameter="integer",
+                value="<an integer of more than 4300 digits>",
+                allowed=f"at most {limits.max_int_bits} bits",
+                line=exc.lineno,
+            ) from None
         raise OmostError(
             f"the program is not valid Python: {exc.msg}; allowed: a canvas program in Python syntax",
             parameter="program",
@@ -270,6 +278,11 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
         fields = _CHILDREN.get(kind)
         special = _SPECIAL.get(kind)
         refused = _refuse_kind(node) if fields is None else special(node) if special is not None else None
+        if kind is ast.Constant and type(node.value) is int and node.value.bit_length() > limits.max_int_bits:  # type: ignore[attr-defined]
+            # A constant is checked like a computed int, before anything can print or convert it.
+            bits = node.value.bit_length()  # type: ignore[attr-defined]
+            refused = (f"an integer constant of {bits} bits is too large; allowed: at most {limits.max_int_bits} bits",
+                       "integer", f"<an integer of {bits} bits>")  # fmt: skip
         if kind in (ast.Break, ast.Continue) and not in_loop:
             what = "break" if kind is ast.Break else "continue"
             refused = f"{what} outside a for loop is not allowed; allowed: {what} inside a for loop", "program", what

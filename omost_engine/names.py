@@ -14,20 +14,17 @@ larger key, as in difflib (``heapq.nlargest`` over (score, key) pairs).
 from __future__ import annotations
 
 import difflib
-import reprlib
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from omost_engine.errors import OmostError
+from omost_engine.errors import OmostError, quote
 from omost_engine.tables import COLORS, TABLES
 
 CUTOFF = 0.5
 
-# How much of a bad value an error message quotes.
-_QUOTE_CHARS = 60
 # What a value of each parameter is called in messages.
 _NOUNS = {"HTML_web_color_name": "HTML colour name"}
 # Colour examples named in the error message (the full list of 149 is in ``OmostError.allowed``).
@@ -88,19 +85,6 @@ def closest_key(word: str, table: Mapping[str, Any]) -> str | None:
         if score >= CUTOFF and (best is None or (score, key) > best):
             best = (score, key)
     return None if best is None else best[1]
-
-
-def quote(value: Any) -> str:
-    """``repr`` of a value, shortened for an error message.
-
-    ``reprlib`` stops at a few items and two levels, so a huge or deeply nested value made by a
-    hostile program costs nothing to quote (plain ``repr`` could recurse too deep).
-    """
-    short = reprlib.Repr()
-    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict = 2, 4, 4, 4
-    short.maxstring, short.maxother, short.maxlong = _QUOTE_CHARS, _QUOTE_CHARS, _QUOTE_CHARS
-    text = short.repr(value)
-    return text if len(text) <= _QUOTE_CHARS else text[: _QUOTE_CHARS - 3] + "..."
 
 
 def describe_allowed(parameter: str, table: Mapping[str, Any]) -> str:

@@ -56,12 +56,37 @@ class LLMProgress:
 
 @dataclass(frozen=True, kw_only=True)
 class RenderProgress:
-    """Diffusion step ``step`` of ``total`` is done (1-based)."""
+    """Diffusion step ``step`` of ``total`` of this pass (``stage``) is done (1-based).
+
+    ``run_step`` of ``run_total`` counts the whole render: the base pass's steps, then the high-res
+    pass's, so the time left is not computed from one pass alone (None: this pass is the whole render).
+    ``preview`` is set only where the renderer was asked for previews.
+    """
 
     step: int
     total: int
     stage: str = "render"  # "render" or "hires"
     preview: Image | None = None
+    run_step: int | None = None
+    run_total: int | None = None
+
+    @property
+    def steps_done(self) -> int:
+        """Steps done in the whole render."""
+        return self.step if self.run_step is None else self.run_step
+
+    @property
+    def steps_in_all(self) -> int:
+        """Steps of the whole render (base and high-res passes)."""
+        return self.total if self.run_total is None else self.run_total
+
+    def seconds_left(self, elapsed: float) -> float | None:
+        """The time left, at the pace of the ``elapsed`` seconds so far over every step of the render;
+        None before the first step."""
+        done = self.steps_done
+        if done <= 0:
+            return None
+        return elapsed / done * max(self.steps_in_all - done, 0)
 
 
 ProgressCallback = Callable[[LLMProgress | RenderProgress], None]

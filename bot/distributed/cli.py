@@ -27,8 +27,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def show_workers(args: argparse.Namespace) -> int:
+    """Exit 2 with one line on stderr for a missing, malformed or unreachable Redis, like every command."""
+    from bot.distributed.protocol import check_redis_url
+    from omost_engine.errors import OmostError
+
     if not args.redis_url:
         print("omost-bot workers: error: a Redis URL is needed (--redis-url or $OMOST_REDIS_URL)", file=sys.stderr)
+        return 2
+    try:
+        check_redis_url(args.redis_url)
+    except OmostError as exc:
+        print(f"omost-bot workers: error: {exc}", file=sys.stderr)
         return 2
     from redis.asyncio import Redis
     from redis.exceptions import RedisError
@@ -45,8 +54,9 @@ def show_workers(args: argparse.Namespace) -> int:
 
     try:
         lines = asyncio.run(read())
-    except (OSError, RedisError) as exc:
-        print(f"omost-bot workers: error: cannot reach Redis at {args.redis_url}: {exc}", file=sys.stderr)
-        return 1
+    except (OSError, RedisError, ValueError) as exc:  # ValueError: a URL redis-py reads otherwise than arq
+        print(f"omost-bot workers: error: cannot reach Redis at {args.redis_url}: {' '.join(str(exc).split())}",
+              file=sys.stderr)
+        return 2
     print("\n".join(lines))
     return 0

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from bot.jobs import JobSpec, StageTimeouts
 from omost_engine.conditions import Condition
@@ -32,6 +33,38 @@ DEFAULT_QUEUE = "default"
 # requeued: the job's worker stopped and the job waits for another one.
 EventType = Literal["started", "stage", "llm", "chat", "render", "result", "failed", "cancelled", "requeued"]
 TERMINAL_EVENTS = frozenset({"result", "failed", "cancelled"})
+
+
+REDIS_URL_FORMS = "redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path/to/socket"
+
+
+def redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Redis URL as arq and redis-py read it, in a few words; None when nothing is."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return "must start with redis://, rediss:// or unix://"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  # the property raises for a port that is not a number in 0..65535
+    except ValueError:
+        port = parts.netloc.rpartition(":")[2]
+        return f"has port {port!r}, not a number from 1 to 65535"
+    if parts.port == 0:
+        return "has port 0, not a number from 1 to 65535"
+    db = (parse_qs(parts.query).get("db") or [""])[0] or (parts.path.lstrip("/") if parts.scheme != "unix" else "")
+    if db and not db.isdigit():
+        return f"names database {db!r}, not a number"
+    if parts.scheme == "unix" and not parts.path:
+        return "names no socket path"
+    return None
+
+
+def check_redis_url(url: str, *, parameter: str = "redis_url") -> str:
+    """``url`` when arq and redis-py can connect with it; else one OmostError saying what is wrong."""
+    problem = redis_url_problem(url)
+    if problem is not None:
+        raise OmostError(f"the Redis URL {url!r} {problem}; allowed: {REDIS_URL_FORMS}", parameter=parameter,
+                         value=url, allowed=REDIS_URL_FORMS)
+    return url
 
 
 @dataclass(frozen=True)
@@ -203,8 +236,11 @@ class WireEvent:
                 conditions=tuple(condition_from_json(c) for c in self.data.get("conditions", [])),
             )
         if self.type == "render":
+            run_step, run_total = self.data.get("run_step"), self.data.get("run_total")
             return RenderProgress(step=int(self.data["step"]), total=int(self.data["total"]),
-                                  stage=str(self.data.get("stage", "render")))
+                                  stage=str(self.data.get("stage", "render")),
+                                  run_step=None if run_step is None else int(run_step),
+                                  run_total=None if run_total is None else int(run_total))
         return None
 
 
@@ -213,7 +249,8 @@ def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, di
     if isinstance(progress, LLMProgress):
         return "llm", {"tokens": progress.tokens, "tokens_per_second": progress.tokens_per_second,
                        "text": progress.text, "conditions": [c.to_json() for c in progress.conditions]}
-    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage}
+    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage,
+                      "run_step": progress.run_step, "run_total": progress.run_total}
 
 
 def condition_from_json(data: dict[str, Any]) -> Condition:

@@ -33,6 +33,7 @@ from bot.distributed.protocol import (
     JobMessage,
     Keys,
     WireEvent,
+    check_redis_url,
     dumps,
     interrupted_message,
     loads,
@@ -89,10 +90,7 @@ class WorkerConfig:
             raise OmostError(f"worker lease_s ({self.lease_s:g}) must be at least twice heartbeat_s "
                              f"({self.heartbeat_s:g}), or a live worker could lose its jobs",
                              parameter="lease_s", value=self.lease_s, allowed=f">= {2 * self.heartbeat_s:g}")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise OmostError(f"the Redis URL must start with redis://, rediss:// or unix://, not {self.redis_url!r}",
-                             parameter="redis_url", value=self.redis_url,
-                             allowed="redis://host:port/db, rediss://..., unix:///path")
+        check_redis_url(self.redis_url)
         return self
 
 

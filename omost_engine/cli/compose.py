@@ -150,6 +150,9 @@ def compose(args: argparse.Namespace) -> int:
     if args.continue_dir:
         history, stored = load_conversation(Path(args.continue_dir) / "conversation.json")
         llm = llm or stored
+    render = None if args.no_render else _render_module()
+    if render is not None:  # a device this machine lacks is refused before the LLM runs, not after
+        render.check_device(getattr(args, "device", None))
     out = _make_out(args.out)
     service = _service(args, llm, endpoint=bool(args.llm_endpoint))
     progress = _ProgressLine(args.quiet)
@@ -169,7 +172,6 @@ def compose(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         print(f"{result.tokens} tokens in {result.seconds:.1f} s from {result.model}; "
               f"{len(result.layout.conditions) - 1} regions -> {out / 'layout.json'}", file=sys.stderr)
-    render = None if args.no_render else _render_module()
     if render is not None:
         del service  # free the LLM before the renderer needs the memory
         gc.collect()

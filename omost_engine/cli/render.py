@@ -57,6 +57,41 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
 
 
+def available_devices() -> list[str]:
+    """The torch devices this machine can render on, as ``--device`` takes them."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device(name: str | None) -> str | None:
+    """``--device`` as given, or None for the default; OmostError when this machine has no such device."""
+    if name is None:
+        return None
+    import torch
+
+    allowed = available_devices()
+    problem = None
+    try:
+        device = torch.device(name.strip())
+    except (RuntimeError, ValueError):
+        problem = "is not a torch device"
+    else:
+        known = device.type in ("cpu", "cuda", "mps")
+        index_ok = device.index is None or device.type != "cuda" or device.index < torch.cuda.device_count()
+        if not known or (device.type != "cpu" and (device.type not in allowed or not index_ok)):
+            problem = "is not available on this machine"
+    if problem is not None:
+        raise OmostError(f"--device {name!r} {problem}; allowed: {', '.join(allowed)}", parameter="device",
+                         value=name, allowed=allowed)
+    return name.strip()
+
+
 def params_from_args(args: argparse.Namespace, layout: Layout | None = None) -> RenderParams:
     """RenderParams from the defaults, then the layout's meta.render.params, then the flags given."""
     stored = (layout.meta.get("render") or {}).get("params") if layout is not None else None
@@ -86,6 +121,7 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
     """
     from omost_engine.render.renderer import Renderer  # torch/diffusers only when rendering
 
+    device = check_device(getattr(args, "device", None))
     params = params_from_args(args, layout)
     model = model_from_args(args, layout)
     out = Path(out_dir)
@@ -94,7 +130,7 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
     except OSError as exc:
         raise OmostError(f"cannot create output folder {str(out)!r}: {exc.strerror}",
                          parameter="out", value=str(out)) from None
-    renderer = Renderer(device=getattr(args, "device", None), memory_mode=getattr(args, "memory", "offload"),
+    renderer = Renderer(device=device, memory_mode=getattr(args, "memory", "offload"),
                         single_file_config=getattr(args, "model_config", None))
 
     def report(progress: Any) -> None:

@@ -21,8 +21,9 @@ import contextlib
 import json
 import logging
 import math
+import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy or a server still loading its model
+# Rate limited, a passing server error, a proxy or a server still loading its model.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_DELAY = 30.0  # seconds: no single wait is longer, and a longer Retry-After is not waited for
 CANCEL_POLL_SECONDS = 0.05
 
 GrammarField = Literal["auto", "llama.cpp", "vllm", "vllm-guided", "none"]
@@ -90,6 +93,18 @@ def chat_completions_url(base_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds; None when absent or not a number (HTTP dates are not used:
+    the servers this talks to send seconds)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
 def _server_message(body: bytes) -> str:
     """The human part of an error body: OpenAI's ``error.message``, other servers' ``detail``, or text."""
     text = body.decode("utf-8", "replace").strip()
@@ -118,7 +133,14 @@ class _Reply:
 
 
 class OpenAIBackend(Backend):
-    """Streams ``/v1/chat/completions``; retries connection failures before the reply starts.
+    """Streams ``/v1/chat/completions``; retries connection failures and HTTP 429/500/502/503/504
+    before the reply starts.
+
+    ``retries`` more attempts at most, each after a jittered exponential backoff
+    (``retry_delay · 2^attempt`` times a random factor in [0.5, 1.5)), or after the server's
+    ``Retry-After`` seconds when it sends them; no wait is longer than ``max_retry_delay``, and a
+    server that asks for more is reported at once. ``sleep`` and ``jitter`` are injectable so tests
+    need not wait.
 
     ``model`` None asks the server's ``/models`` for its first model (servers that host one model,
     like llama.cpp's, accept any name anyway). ``grammar_field`` says where the canvas grammar goes
@@ -135,6 +157,9 @@ class OpenAIBackend(Backend):
         read_timeout: float = 120.0,
         retries: int = 2,
         retry_delay: float = 0.5,
+        max_retry_delay: float = MAX_RETRY_DELAY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] | None = None,
         context_tokens: int = 8192,
         chars_per_token: float = 3.5,
         grammar_field: GrammarField = "auto",
@@ -151,6 +176,9 @@ class OpenAIBackend(Backend):
         self.read_timeout = read_timeout
         self.retries = retries
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._sleep = sleep
+        self._jitter = jitter if jitter is not None else lambda: random.uniform(0.5, 1.5)
         self.context_tokens = context_tokens
         self.chars_per_token = chars_per_token
         self.grammar_field = grammar_field
@@ -259,11 +287,15 @@ class OpenAIBackend(Backend):
                     raise OmostError(f"the connection to the LLM endpoint {self._where()} broke: {exc}",
                                      parameter="llm_endpoint", value=self.url) from exc
 
+    def _backoff(self, attempt: int) -> float:
+        return min(self.retry_delay * 2**attempt * self._jitter(), self.max_retry_delay)
+
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any],
                     refusable: tuple[str, ...] = ()) -> aiohttp.ClientResponse:
         """POST with retries; ``refusable`` names the grammar fields whose refusal raises _GrammarRefused."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            delay = self._backoff(attempt)
             try:
                 response = await session.post(self.url, json=body)
             except aiohttp.SocketTimeoutError as exc:  # connected, but no answer: a stall, not retried
@@ -278,16 +310,28 @@ class OpenAIBackend(Backend):
                 if response.status == 200:
                     return response
                 message = _server_message(await response.read())
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
                 response.release()
                 if refusable and response.status in REFUSAL_STATUSES and any(
                         name in message.lower() for name in (*refusable, "grammar")):
                     raise _GrammarRefused(response.status, message)
-                if last or response.status not in RETRY_STATUSES:
+                retryable = response.status in RETRY_STATUSES
+                if retryable and asked is not None and asked > self.max_retry_delay and not last:
                     raise OmostError(
-                        f"the LLM endpoint {self._where()} answered HTTP {response.status}: {message}",
+                        f"the LLM endpoint {self._where()} answered HTTP {response.status} and asks to retry after "
+                        f"{asked:g} s (longer than the {self.max_retry_delay:g} s this waits): {message}",
                         parameter="llm_endpoint", value=response.status, allowed="HTTP 200",
                     )
-            await asyncio.sleep(self.retry_delay * 2**attempt)
+                if last or not retryable:
+                    tries = f" after {attempt + 1} tries" if retryable and attempt else ""
+                    raise OmostError(
+                        f"the LLM endpoint {self._where()} answered HTTP {response.status}{tries}: {message}",
+                        parameter="llm_endpoint", value=response.status, allowed="HTTP 200",
+                    )
+                if asked is not None:
+                    delay = asked
+                logger.info("%s answered HTTP %d; trying again in %.2f s", self._where(), response.status, delay)
+            await self._sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
     async def _get_json(self, session: aiohttp.ClientSession, url: str) -> Any:

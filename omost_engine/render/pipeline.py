@@ -78,7 +78,7 @@ class RegionalPipeline:
         pooled: PooledKind = "projected",
         keep_suffixes: bool = True,
         max_batch: int = 8,
-        preview: bool = True,
+        preview: bool = False,
     ) -> None:
         self.components = components
         self.memory = memory
@@ -195,7 +195,11 @@ class RegionalPipeline:
         stage: str,
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
+        steps_before: int = 0,
+        run_total: int | None = None,
     ) -> torch.Tensor:
+        """One sampling pass; progress counts its steps after ``steps_before`` of the ``run_total`` in the
+        render (the base pass's steps before the high-res pass's)."""
         width, height = size
         latent_hw = (height // 8, width // 8)
         self.memory.load(self.stage_names["unet"])
@@ -208,8 +212,11 @@ class RegionalPipeline:
 
         def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
             if on_progress is not None:
+                # A preview costs a copy to the CPU every step: made only when asked for.
                 preview = latent_preview(denoised) if self.preview else None
-                on_progress(RenderProgress(step=step, total=total, stage=stage, preview=preview))
+                on_progress(RenderProgress(step=step, total=total, stage=stage, preview=preview,
+                                           run_step=steps_before + step,
+                                           run_total=run_total if run_total is not None else total))
 
         if params.method == "area":
             denoise = self._area_denoiser(prompts, params, time_ids, latent_hw)
@@ -259,19 +266,22 @@ class RegionalPipeline:
         if params.initial_latent_denoise is not None and sketch is not None:
             start = self.encode_image(blurred_sketch(sketch, *size))
             strength = params.initial_latent_denoise
+        hires = params.hr_scale > HR_MIN_SCALE
+        run_total = params.steps + (params.hr_steps if hires else 0)
         latent = self.sample(prompts, params, size=size, steps=params.steps, strength=strength, start=start,
-                             generator=generator, stage="render", on_progress=on_progress, cancel=cancel)
+                             generator=generator, stage="render", on_progress=on_progress, cancel=cancel,
+                             run_total=run_total)
         if cancel is not None:
             cancel.raise_if_cancelled()
         image = self.decode(latent)
-        if params.hr_scale > HR_MIN_SCALE:
+        if hires:
             size = (round(params.width * params.hr_scale / 64) * 64, round(params.height * params.hr_scale / 64) * 64)
             image = image.resize(size, Image.Resampling.LANCZOS)
             pixels = torch.from_numpy(np.array(image)).float().permute(2, 0, 1)[None] / 127.5 - 1
             start = self.encode_image(pixels)
             latent = self.sample(prompts, params, size=size, steps=params.hr_steps, strength=params.hr_denoise,
                                  start=start, generator=generator, stage="hires", on_progress=on_progress,
-                                 cancel=cancel)
+                                 cancel=cancel, steps_before=params.steps, run_total=run_total)
             if cancel is not None:
                 cancel.raise_if_cancelled()
             image = self.decode(latent)

@@ -11,8 +11,9 @@ Two deliberate departures from the original, both documented in ``docs/render.md
   every suffix out and all chunks become the same prefix-only text. Here (``keep_suffixes=True``) the
   prefixes are shortened when they would leave less room than the longest suffix needs (capped at
   ``SUFFIX_ROOM_CAP`` tokens): the last prefix (the region's own description) is kept first and the
-  earlier ones (the global description) lose their tails. A suffix still longer than the room left is
-  split over consecutive chunks instead of being cut, so no suffix token is ever dropped. For prompts
+  earlier ones (the global description) lose their tails. A suffix still longer than the room left
+  (even one longer than 75 tokens, which the original cuts first) is split over consecutive chunks
+  instead of being cut, so no suffix token is ever dropped. For prompts
   where the original loses nothing, the chunks are identical to the original's.
 * Pooled vector. SDXL was trained with CLIP-G's *projected* pooled output as ``text_embeds``; the
   original feeds the unprojected one. ``pooled="projected"`` (default) follows SDXL,
@@ -88,7 +89,9 @@ def greedy_chunks(
         return ids_l, ids_g
 
     prefix_pieces = [tokenize(p) for p in prefixes]
-    items = [(ids_l[:CONTENT_TOKENS], ids_g[:CONTENT_TOKENS]) for ids_l, ids_g in map(tokenize, suffixes)]
+    items = [tokenize(s) for s in suffixes]
+    if not keep_suffixes:  # the original cuts every suffix at 75 tokens before bagging
+        items = [(ids_l[:CONTENT_TOKENS], ids_g[:CONTENT_TOKENS]) for ids_l, ids_g in items]
     if keep_suffixes:
         longest = max((len(ids_l) for ids_l, _ in items), default=0)
         limit = CONTENT_TOKENS - min(longest, SUFFIX_ROOM_CAP)

@@ -41,7 +41,11 @@ def as_layout(layout: HasConditions) -> Layout:
 
 
 class Renderer:
-    """Implements ``Engine.render``. Pipelines are cached by model id; one render runs at a time."""
+    """Implements ``Engine.render``. Pipelines are cached by model id; one render runs at a time.
+
+    ``preview=True`` puts a small picture of the current latent in every ``RenderProgress``; off by
+    default, since nothing shows them and each costs a copy to the CPU per step.
+    """
 
     def __init__(
         self,
@@ -54,7 +58,7 @@ class Renderer:
         pooled: PooledKind = "projected",
         keep_suffixes: bool = True,
         max_batch: int = 8,
-        preview: bool = True,
+        preview: bool = False,
     ) -> None:
         self.memory = memory or ModelManager(device=device, mode=memory_mode)
         self.default_model = default_model

@@ -263,10 +263,13 @@ class ScriptedEngine:
         seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
         stages = [("render", params.steps)] + ([("hires", params.hr_steps)] if params.hr_scale > 1 else [])
         total_steps = sum(steps for _, steps in stages)
+        done = 0
         for stage, steps in stages:
             for step in range(1, steps + 1):
                 _sleep(seconds / total_steps, cancel)
-                self._report(on_progress, RenderProgress(step=step, total=steps, stage=stage))
+                done += 1
+                self._report(on_progress, RenderProgress(step=step, total=steps, stage=stage, run_step=done,
+                                                         run_total=total_steps))
         if self.image_size is not None:
             width, height = self.image_size
         else:

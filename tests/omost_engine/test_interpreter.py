@@ -287,3 +287,50 @@ def test_a_persistent_ast_systemerror_is_one_omost_error(monkeypatch: pytest.Mon
     with pytest.raises(OmostError, match="cannot be parsed"):
         run(GLOBAL)
     assert interpret_partial(GLOBAL) == []
+
+
+HUGE_HEX = "0x" + "f" * 4000  # 16,000 bits: its decimal form is past Python's 4300-digit print limit
+HUGE_DECIMAL = "9" * 4000
+HUGE_USES = [
+    "y = str(x)", "y = float(x)", "y = f'{x}'", "y = f'{x!r:>5}'", "y = [1, 2][x]", "y = x < 3", "y = x == 3",
+    "y = x + 0.5", "y = int(x)", "y = {x: 1}", "y = round(x)",
+    "canvas.set_global_description('A room.', [], 'room', x)",
+    LOCAL_KW.format(loc="on the left", dist=1.0, desc="'a'").replace("'red'", "x"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("literal", [HUGE_HEX, HUGE_DECIMAL, "-" + HUGE_HEX, "9" * 5000],
+                         ids=["hex", "decimal", "negative-hex", "decimal-past-the-parser-limit"])
+@pytest.mark.parametrize("use", HUGE_USES, ids=range(len(HUGE_USES)))
+def test_a_huge_integer_constant_is_one_clear_error_whatever_uses_it(literal: str, use: str) -> None:
+    source = f"canvas = Canvas()\nx = {literal}\n{use}\n"
+    with pytest.raises(OmostError, match=r"^line 2: an integer constant (of \d+ bits )?is too large; allowed: at most 64 bits$") as info:
+        interpret(source)
+    assert info.value.parameter == "integer"
+    assert len(str(info.value)) < 200
+
+
+def test_integer_constants_up_to_the_limit_still_run() -> None:
+    assert run("x = 0xffffffffffffffff\ny = -9223372036854775808\nz = str(x)")["z"] == str(2**64 - 1)
+
+
+@pytest.mark.parametrize("literal", [HUGE_HEX, HUGE_DECIMAL, "9" * 5000], ids=["hex", "decimal", "5000-digits"])
+def test_interpret_partial_does_not_raise_on_a_huge_integer(literal: str) -> None:
+    from omost_engine.interpreter import interpret_partial
+
+    source = GLOBAL + f"x = {literal}\ny = str(x)\ncanvas.add_local_description('on the left', x, 'a', 1, 'a', [], 't', 'a', 's', 'q', 'red')\n"
+    conditions = interpret_partial(source)
+    # The statement with the constant is refused (or does not parse), so the region after it is never
+    # drawn; at most the global description before it is.
+    assert [c.prefixes for c in conditions] in ([], [("A room.",)])
+
+
+@pytest.mark.parametrize("value", [10**5000, -(10**5000), [1, 10**5000], {"k": 2**20000}, (2**70000,)],
+                         ids=["int", "negative", "in-a-list", "in-a-dict", "in-a-tuple"])
+def test_quoting_a_huge_integer_in_an_error_message_is_safe(value: object) -> None:
+    from omost_engine.errors import quote
+
+    text = quote(value)
+    assert "an integer of" in text and len(text) <= 60
+    error = OmostError("bad value", parameter="p", value=value, allowed=[10**5000, "a"])
+    assert "an integer of" in error.allowed  # type: ignore[operator]

@@ -137,7 +137,13 @@ HOSTILE = [
     "x = 10 ** -10**18", "x = 2 ** 64", "x = -(2 ** 63) * 2", "x = f'{10**18!r:>9999}' * 2",
     "\x00", "x = '\ud800'", "canvas = Canvas()\ncanvas.set_global_description('\ud800', [], '', 'red')",
     "x = f'{10 ** 18:c}'", "x = []\nfor i in range(5000):\n    x = [x]\ncanvas = Canvas()\ncanvas.set_global_description(x, x, x, x)", "break", "continue", "if True:\n    break", "x = [1][0:1, 1]", "x = [1][(0, 1)]", "for i in [1]:\n    if i:\n        break", "x = 1 if True else __import__('os')", "x = [__builtins__ for _ in [1]]",
+    *(f"x = {n}\ny = {use}" for n in ("0x" + "f" * 4000, "9" * 4000, "9" * 5000)
+      for use in ("str(x)", "float(x)", "f'{x}'", "[1][x]", "x < 1", "x == 1", "x + 0.5")),
+    "canvas = Canvas()\ncanvas.set_global_description('a', [], '', 0x" + "f" * 4000 + ")",
 ]  # fmt: skip
+
+# Integer literals too large to print (past Python's 4300-digit limit once in decimal) or to parse.
+HUGE_INTS = ["0x" + "f" * 4000, "9" * 4000, "-0x" + "7" * 3000, "9" * 4400, "0b" + "1" * 20000]
 
 NAMES = ["x", "y", "i", "canvas", "Canvas", "len", "range", "enumerate", "zip", "min", "max", "round", "str",
          "int", "float"]  # fmt: skip
@@ -145,7 +151,8 @@ HOSTILE_NAMES = ["os", "open", "eval", "__class__", "__import__", "__builtins__"
 LITERALS = ["0", "1", "-3", "2.5", "1e308", "10**18", "float('nan')", "float('inf')", "True", "False", "None",
             "'a'", "''", "'on the left'", "'a small square area'", "'red'", "'%s'", "'{}'", "[]", "()", "{}",
             "[1, 2, 3]", "('a', 'b')", "{'k': 1}", "range(5)", "'x' * 10", "'\\ud800'", "'é☃ 漢字'", "'\\n\\t'",
-            "'\\x00'", "10 ** 18", "-0.0", "1e-320", "'1e999'", "'nan'"]  # fmt: skip
+            "'\\x00'", "10 ** 18", "-0.0", "1e-320", "'1e999'", "'nan'", "0xffffffffffffffff", "2 ** 63",
+            *HUGE_INTS]  # fmt: skip
 FORMAT_SPECS = [":c", ":>5", ":.2f", ":,", ":x", ":%", ":08.3f", ":e", ":^9", ":+d", ":=10", ":s", "!r", "!a", ""]
 ATTRS = ["add_local_description", "set_global_description", "__class__", "__dict__", "upper", "format", "real"]
 BINOPS = ["+", "-", "*", "/", "//", "%", "**", "==", "<", "in", "not in", "is", "and", "or"]

@@ -68,6 +68,10 @@ def test_wire_event_round_trip_and_progress(layout: Layout) -> None:
     assert back.progress() == llm
     type_, data = progress_data(RenderProgress(step=3, total=20, stage="hires"))
     assert WireEvent(type=type_, job_id="3", data=data).progress() == RenderProgress(step=3, total=20, stage="hires")
+    counted = RenderProgress(step=3, total=10, stage="hires", run_step=23, run_total=30)
+    type_, data = progress_data(counted)
+    encoded = WireEvent(type=type_, job_id="3", data=data).encode()
+    assert WireEvent.decode({k.encode(): v for k, v in encoded.items()}).progress() == counted
     assert WireEvent(type="result", job_id="3").terminal and WireEvent(type="result", job_id="3").progress() is None
 
 

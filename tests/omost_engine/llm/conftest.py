@@ -98,6 +98,8 @@ class FakeOpenAIServer:
         self.headers: list[dict] = []
         self.mode = "ok"
         self.failures_left = 0
+        self.failure_status = 503  # what each of the failures_left is answered with
+        self.retry_after: str | None = None  # the failures' Retry-After header
         self.owned_by: str | None = None  # "/v1/models" owned_by: "vllm", "llamacpp", ...
         self.version: str | None = None  # vLLM's GET /version; None: 404
         self.refuse_fields: tuple[str, ...] = ()  # answered 400 as a strict server (OpenAI's wording)
@@ -152,7 +154,10 @@ class FakeOpenAIServer:
         self.headers.append(dict(request.headers))
         if self.failures_left:
             self.failures_left -= 1
-            return web.json_response({"error": {"message": "model is loading"}}, status=503)
+            headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
+            message = {503: "model is loading", 429: "rate limit reached", 500: "internal error"}.get(
+                self.failure_status, "failed")
+            return web.json_response({"error": {"message": message}}, status=self.failure_status, headers=headers)
         if refused := [name for name in self.refuse_fields if name in self.requests[-1]]:
             return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
                                                 "type": "invalid_request_error"}}, status=400)
@@ -195,6 +200,7 @@ def openai_server(_openai_server):
     """The loopback chat-completions server, reset to streaming golden 01's reply."""
     server = _openai_server
     server.mode, server.failures_left, server.reply = "ok", 0, server.default_reply
+    server.failure_status, server.retry_after = 503, None
     server.owned_by = server.version = None
     server.refuse_fields = ()
     server.requests.clear()

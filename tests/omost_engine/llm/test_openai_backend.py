@@ -86,6 +86,70 @@ def test_a_server_that_is_still_loading_is_retried(server) -> None:
     assert len(server.requests) == 3
 
 
+class RecordedWaits:
+    """An injected sleep: records each backoff wait and returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def test_a_rate_limit_is_retried_after_the_servers_retry_after(server) -> None:
+    server.failures_left, server.failure_status, server.retry_after = 1, 429, "7"
+    waits = RecordedWaits()
+    backend = OpenAIBackend(server.base, model="m", retries=2, retry_delay=0.5, sleep=waits)
+    assert backend.generate(build_messages([], "a"), PARAMS).text == server.reply
+    assert len(server.requests) == 2
+    assert waits.waits == [7.0]  # the server's Retry-After, not the 0.5 s backoff
+
+
+def test_a_server_error_is_retried_with_jittered_exponential_backoff(server) -> None:
+    server.failures_left, server.failure_status = 2, 500
+    waits = RecordedWaits()
+    factors = iter([0.5, 1.25, 1.0])
+    backend = OpenAIBackend(server.base, model="m", retries=3, retry_delay=0.2, sleep=waits,
+                            jitter=lambda: next(factors))
+    assert backend.generate(build_messages([], "a"), PARAMS).text == server.reply
+    assert len(server.requests) == 3
+    assert waits.waits == pytest.approx([0.2 * 1 * 0.5, 0.2 * 2 * 1.25])
+
+
+def test_the_default_jitter_varies_the_wait_within_half_to_one_and_a_half_times(server) -> None:
+    backend = OpenAIBackend(server.base, model="m", retry_delay=1.0)
+    delays = {backend._backoff(2) for _ in range(50)}
+    assert len(delays) > 1 and all(2.0 <= d < 6.0 for d in delays)
+    assert OpenAIBackend(server.base, model="m", retry_delay=10.0, max_retry_delay=3.0)._backoff(5) == 3.0
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(429, "0.01"), (500, None), (503, None)])
+def test_retries_are_bounded_then_one_clear_error(server, status: int, retry_after: str | None) -> None:
+    server.failures_left, server.failure_status, server.retry_after = 10, status, retry_after
+    waits = RecordedWaits()
+    backend = OpenAIBackend(server.base, model="m", retries=2, retry_delay=0.01, sleep=waits)
+    with pytest.raises(OmostError, match=rf"answered HTTP {status} after 3 tries: \w") as info:
+        backend.generate(build_messages([], "a"), PARAMS)
+    assert "\n" not in str(info.value) and info.value.parameter == "llm_endpoint"
+    assert len(server.requests) == 3 and len(waits.waits) == 2
+
+
+def test_a_retry_after_longer_than_the_longest_wait_is_reported_at_once(server) -> None:
+    server.failures_left, server.failure_status, server.retry_after = 1, 429, "3600"
+    waits = RecordedWaits()
+    backend = OpenAIBackend(server.base, model="m", retries=2, max_retry_delay=30, sleep=waits)
+    with pytest.raises(OmostError, match=r"HTTP 429 and asks to retry after 3600 s \(longer than the 30 s"):
+        backend.generate(build_messages([], "a"), PARAMS)
+    assert len(server.requests) == 1 and waits.waits == []
+
+
+def test_the_real_sleep_is_used_by_default(server) -> None:
+    server.failures_left, server.failure_status, server.retry_after = 1, 429, "0.05"
+    backend = OpenAIBackend(server.base, model="m", retries=1)
+    assert backend.generate(build_messages([], "a"), PARAMS).text == server.reply
+    assert len(server.requests) == 2
+
+
 @pytest.mark.parametrize("mode", ["stall", "stall-before-headers"])
 def test_a_stalled_server_times_out(server, mode: str) -> None:
     server.mode = mode

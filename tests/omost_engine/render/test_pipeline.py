@@ -92,14 +92,50 @@ def test_methods_and_sizes(renderer: Renderer, layout: Layout) -> None:
     assert not np.array_equal(pixels(area), pixels(overlay))
 
 
-def test_hr_fix_progress_and_previews(renderer: Renderer, layout: Layout) -> None:
+def test_hr_fix_progress_counts_base_and_hr_steps(renderer: Renderer, layout: Layout) -> None:
     seen: list[RenderProgress] = []
-    result = renderer.render(layout, SMALL.replace(hr_scale=1.5, hr_steps=2, hr_denoise=0.5), on_progress=seen.append)
+    result = renderer.render(layout, SMALL.replace(hr_scale=1.5, hr_steps=3, hr_denoise=0.5), on_progress=seen.append)
     assert result.image.size == (384, 384)
     assert [(p.stage, p.step, p.total) for p in seen] == [
-        ("render", 1, 2), ("render", 2, 2), ("hires", 1, 2), ("hires", 2, 2)]
+        ("render", 1, 2), ("render", 2, 2), ("hires", 1, 3), ("hires", 2, 3), ("hires", 3, 3)]
+    # The whole render is 2 base + 3 high-res steps: the time left is computed over all five.
+    assert [(p.steps_done, p.steps_in_all) for p in seen] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert seen[2].seconds_left(30.0) == pytest.approx(20.0)  # 3 of 5 steps in 30 s: 2 more take 20 s
+    without_hr: list[RenderProgress] = []
+    renderer.render(layout, SMALL, on_progress=without_hr.append)
+    assert [(p.steps_done, p.steps_in_all) for p in without_hr] == [(1, 2), (2, 2)]
+
+
+def test_no_latent_preview_is_made_unless_asked_for(renderer: Renderer, layout: Layout, monkeypatch) -> None:
+    import omost_engine.render.pipeline as pipeline_module
+
+    made: list[tuple[int, ...]] = []
+    real_preview = pipeline_module.latent_preview
+
+    def counting_preview(latent: torch.Tensor):
+        made.append(tuple(latent.shape))
+        return real_preview(latent)
+
+    monkeypatch.setattr(pipeline_module, "latent_preview", counting_preview)
+    params = SMALL.replace(hr_scale=1.5, hr_steps=2, hr_denoise=0.5)
+    seen: list[RenderProgress] = []
+    renderer.render(layout, params, on_progress=seen.append)
+    assert len(seen) == 4 and all(p.preview is None for p in seen)
+    assert made == []  # by default not even computed
+    pipeline = renderer.pipeline()
+    monkeypatch.setattr(pipeline, "preview", True)  # as Renderer(preview=True) sets it
+    seen.clear()
+    renderer.render(layout, params, on_progress=seen.append)
+    assert len(made) == 4
     assert seen[0].preview is not None and seen[0].preview.size == (32, 32)
     assert seen[-1].preview is not None and seen[-1].preview.size == (48, 48)
+
+
+def test_previews_are_off_by_default_and_an_explicit_option() -> None:
+    import inspect
+
+    assert inspect.signature(Renderer).parameters["preview"].default is False
+    assert inspect.signature(RegionalPipeline).parameters["preview"].default is False
 
 
 def test_cancel_between_steps(renderer: Renderer, layout: Layout) -> None:

@@ -148,3 +148,50 @@ def test_negative_chunk_equals_the_standard_tokenizer_call(tiny_components, text
     ids_l, ids_g = encoder.negative_chunk(text)
     assert ids_l == c.tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
     assert ids_g == c.tokenizer_2(text, padding="max_length", max_length=77, truncation=True).input_ids
+
+
+def _words(prefix: str, count: int) -> str:
+    return " ".join(f"{prefix}{i}" for i in range(count))
+
+
+@pytest.mark.parametrize("suffix_tokens", [80, 90, 160])
+@pytest.mark.parametrize("prefix_tokens", [0, 10, 60])
+def test_no_token_of_a_suffix_longer_than_a_chunk_is_dropped(suffix_tokens: int, prefix_tokens: int) -> None:
+    prefix = _words("p", prefix_tokens)
+    long_suffix = _words("s", suffix_tokens)
+    suffixes = ["before it.", long_suffix, "after it."]
+    fixed = chunks([prefix] if prefix else [], suffixes, keep_suffixes=True)
+    kept_prefix = len(_content(fixed[0][0])) - len(
+        [i for i in _content(fixed[0][0]) if i in set(fake_ids(" ".join(suffixes)))])
+    # Every chunk starts with the same (possibly shortened) prefixes; what follows them, in chunk order,
+    # is every suffix token, in order: the tokens that reach the encoder.
+    after_prefix = [i for c in fixed for i in _content(c[0])[kept_prefix:]]
+    assert after_prefix == fake_ids(" ".join(suffixes))
+    assert sum(1 for i in after_prefix if i in set(fake_ids(long_suffix))) == suffix_tokens
+    assert [i for c in fixed for i in _content(c[1])[kept_prefix:]] == after_prefix  # CLIP-G gets the same
+
+
+@pytest.mark.parametrize("suffix_tokens", [80, 90])
+def test_the_encoder_receives_every_token_of_an_80_and_90_token_suffix(tiny_components, suffix_tokens: int) -> None:
+    c = tiny_components
+    encoder = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
+                            text_encoder_2=c.text_encoder_2)
+    long_suffix = " ".join(["x"] * suffix_tokens)  # one token a word in the tiny vocabulary
+    (word,) = c.tokenizer("x", add_special_tokens=False).input_ids
+    assert len(c.tokenizer(long_suffix, add_special_tokens=False).input_ids) == suffix_tokens
+    received: list[torch.Tensor] = []
+    text_encoder = c.text_encoder
+
+    class Recording(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = text_encoder
+
+        def forward(self, ids: torch.Tensor, **kwargs):
+            received.append(ids.clone())
+            return self.inner(ids, **kwargs)
+
+    encoder.text_encoder = Recording()
+    encoder.encode([encoder.chunks(["A wall."], [long_suffix])])
+    (ids,) = received
+    assert int((ids == word).sum()) == suffix_tokens
