@@ -65,7 +65,7 @@ class Declared(BaseModel):
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except OmostError as exc:
-            if where and exc.parameter:
+            if where and exc.parameter and not exc.parameter.startswith(f"{where}."):
                 raise OmostError(f"{where}.{exc.message}", parameter=f"{where}.{exc.parameter}",
                                  value=exc.value, allowed=exc.allowed) from None
             raise
@@ -163,7 +163,7 @@ def constraints(info: FieldInfo) -> dict[str, Any]:
 
 
 def field_kind(cls: type[Any], name: str) -> str:
-    """bool, int, float, text, choice, list or other."""
+    """bool, int, float, text, choice, list, object or other."""
     annotation, _ = _plain(fields_of(cls)[name].annotation)
     if get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
@@ -179,6 +179,8 @@ def field_kind(cls: type[Any], name: str) -> str:
         return "text"
     if get_origin(annotation) in (list, tuple):
         return "list"
+    if annotation is dict or get_origin(annotation) is dict:
+        return "object"
     return "other"
 
 
@@ -229,6 +231,8 @@ def allowed_text(cls: type[Any], name: str, *, say_kind: bool = True) -> str:
         text = "a list"
         if found.get("max_length"):
             text += f" of at most {found['max_length']} items"
+    elif kind == "object":
+        text = "an object"
     else:
         text = "a valid value"
     return text
