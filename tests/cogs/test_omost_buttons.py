@@ -3,10 +3,9 @@ also after a restart: their state is the custom_id plus SQLite."""
 
 from __future__ import annotations
 
-import json
-
 from simenv import DRAGON, World
 
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -26,8 +25,8 @@ async def test_reroll_renders_the_same_layout_with_a_new_seed(world: World) -> N
     assert [c[0] for c in world.engine.calls] == ["chat", "render", "render"]  # no second LLM turn
     files = {a.filename: a for a in message.attachments}
     assert (
-        json.loads(await files["layout.json"].read())["conditions"]
-        == parse_reply(DRAGON).to_json()["conditions"]
+        Layout.loads(await files["layout.json"].read()).to_comfyui()
+        == parse_reply(DRAGON).to_comfyui()
     )
     # The reroll belongs to the same turn: replying to it continues the same conversation.
     await world.alice.send(world.channel, "now a dinosaur", reply_to=message)

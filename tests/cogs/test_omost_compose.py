@@ -8,6 +8,7 @@ import json
 import pytest
 from simenv import DRAGON, World
 
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -35,9 +36,11 @@ async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -
     files = {a.filename: a for a in message.attachments}
     assert set(files) == {"image.png", "layout.json"}
     layout_doc = json.loads(await files["layout.json"].read())
-    assert layout_doc["format"] == "omost-bot-layout"
-    assert layout_doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
-    assert layout_doc["meta"]["seed"] == 7 and layout_doc["meta"]["render"]["steps"] == 4
+    record = layout_doc[0]["omost_bot"]
+    assert record["format"] == "omost-bot-layout" and record["version"] == 2
+    assert Layout.from_json(layout_doc).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+    assert record["render"]["seed"] == 7 and record["render"]["steps"] == 4
+    assert record["program"] and record["program"] in DRAGON and record["prompt"]
     embed = message.embeds[0]
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Seed"] == "7" and fields["Size"] == "896x1152" and fields["LLM"] == "scripted-llm"

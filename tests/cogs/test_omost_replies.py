@@ -6,6 +6,7 @@ import json
 
 from simenv import DINOSAUR, DRAGON, World
 
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -15,7 +16,7 @@ async def compose(world: World, prompt: str = "a dragon battle", **options: obje
     return result.response.message
 
 
-async def layout_of(message) -> dict:
+async def layout_of(message) -> list:
     files = {a.filename: a for a in message.attachments}
     return json.loads(await files["layout.json"].read())
 
@@ -34,9 +35,9 @@ async def test_reply_refines_the_conversation(world: World) -> None:
     # The LLM saw turn 1 (prompt and reply) and answered with the edited program.
     assert world.engine.histories[-1][0].content == "a dragon battle"
     assert world.engine.histories[-1][1].content == DRAGON
-    assert (await layout_of(result))["conditions"] == parse_reply(DINOSAUR).to_json()["conditions"]
+    assert Layout.from_json(await layout_of(result)).to_comfyui() == parse_reply(DINOSAUR).to_comfyui()
     # The refinement keeps the result's settings (same seed), so only the composition changes.
-    assert (await layout_of(result))["meta"]["seed"] == 11
+    assert (await layout_of(result))[0]["omost_bot"]["render"]["seed"] == 11
     # Reply again to the refined result: the history now holds two turns.
     await world.alice.send(world.channel, "and make it night", reply_to=result)
     assert [m.content for m in world.engine.histories[-1]][::2] == [
@@ -75,8 +76,8 @@ async def test_reply_with_our_layout_file_renders_it_without_the_llm(world: Worl
     assert world.engine.calls[-1] == ("render", parse_reply(DRAGON).conditions[0].prefixes[0], 5)
     doc = await layout_of(result)
     assert (
-        doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
-        and doc["meta"]["render"]["steps"] == 6
+        Layout.from_json(doc).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+        and doc[0]["omost_bot"]["render"]["steps"] == 6
     )
 
 
