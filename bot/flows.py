@@ -23,7 +23,6 @@ from bot.service import (
     JobRequest,
     check_layout_size,
     describe_layout,
-    describe_overrides,
     layout_from_upload,
     params_from_layout,
 )
@@ -40,7 +39,7 @@ from bot.storage import JobRecord
 from bot.views import EditModal
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
-from omost_engine.params import MAX_SEED
+from omost_engine.params import MAX_SEED, describe_overrides
 from omost_engine.preview import masks_image, sketch_image
 
 if TYPE_CHECKING:

@@ -611,21 +611,6 @@ def params_from_layout(layout: Layout, base: RenderParams) -> RenderParams:
     return base.replace(**layout.render_settings)
 
 
-def describe_overrides(
-    before: RenderParams, after: RenderParams, given: dict[str, Any], *, source: str
-) -> list[str]:
-    """What the user's options (or flags) changed from the file's settings, for the new result's file."""
-    lines = []
-    for name in RenderParams.model_fields:
-        old, new = getattr(before, name), getattr(after, name)
-        if old != new and (name in given or (name in ("width", "height") and "size" in given)):
-            how = f"--{name.replace('_', '-')}" if source == "flag" else f"the {name} option"
-            if name in ("width", "height") and "size" in given:
-                how = "--size" if source == "flag" else "the size option"
-            lines.append(f"{name}: {old!r} -> {new!r} ({how})")
-    return lines
-
-
 def result_layout(output: JobOutput, *, job_id: int, prompt: str) -> Layout:
     """The layout file attached to a result: everything that reproduces it (docs/canvas.md)."""
     render = output.render

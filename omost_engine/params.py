@@ -7,7 +7,7 @@ of range gets the same clear message everywhere.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -105,3 +105,20 @@ class RenderParams(Declared):
             f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect[:40]!r}",
             parameter="size", value=aspect, allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],
         )
+
+
+def describe_overrides(
+    before: RenderParams, after: RenderParams, given: dict[str, Any], *, source: str
+) -> list[str]:
+    """What options (``source`` "option") or flags ("flag") changed from a file's settings: one line each,
+    e.g. ``steps: 40 -> 12 (--steps)``, for the new result's layout file."""
+    lines = []
+    for name in RenderParams.model_fields:
+        old, new = getattr(before, name), getattr(after, name)
+        by_size = name in ("width", "height") and "size" in given
+        if old == new or not (name in given or by_size):
+            continue
+        flag = "size" if by_size else name
+        how = f"--{flag.replace('_', '-')}" if source == "flag" else f"the {flag} option"
+        lines.append(f"{name}: {old!r} -> {new!r} ({how})")
+    return lines

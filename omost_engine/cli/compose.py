@@ -22,6 +22,7 @@ from omost_engine.engine import ChatMessage
 from omost_engine.errors import CancelledError, OmostError
 from omost_engine.llm.conversation import load_conversation, save_conversation
 from omost_engine.params import LLMParams
+from omost_engine.reply import extract_code
 
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
@@ -161,7 +162,8 @@ def compose(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     (out / "reply.md").write_text(result.reply, encoding="utf-8")
-    (out / "layout.json").write_text(result.layout.dumps() + "\n", encoding="utf-8")
+    layout = result.layout.with_meta(program=extract_code(result.reply), llm=result.model)
+    (out / "layout.json").write_text(layout.dumps() + "\n", encoding="utf-8")
     turn = [ChatMessage("user", args.prompt), ChatMessage("assistant", result.reply)]
     save_conversation(out / "conversation.json", [*history, *turn], model=llm or service.default_llm)
     if not args.quiet:
@@ -174,7 +176,7 @@ def compose(args: argparse.Namespace) -> int:
         del service  # free the LLM before the renderer needs the memory
         gc.collect()
         _empty_cuda_cache()
-        render.render_into(result.layout, out, args)
+        render.render_into(layout, out, args)
     return 0
 
 

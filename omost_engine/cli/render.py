@@ -1,8 +1,9 @@
 """``omost-bot render LAYOUT.json --out DIR``: render a layout with the regional SDXL renderer.
 
-Writes ``image.png``, ``masks.png`` and ``layout.json`` (the layout with ``meta.render`` = model and
-every parameter, so ``omost-bot render DIR/layout.json`` reproduces the image). Parameters not given
-on the command line come from the layout's ``meta.render`` when it has one, else the defaults.
+Writes ``image.png``, ``masks.png`` and ``layout.json`` (the layout file with the model and every
+parameter, so ``omost-bot render DIR/layout.json`` reproduces the image, and so does the bot's
+``/omost render``). Parameters not given on the command line come from the file (ours, in any version),
+else the defaults; flags that change the file's settings are recorded in the new file's ``overrides``.
 ``add_render_arguments`` and ``render_into`` are shared with ``omost-bot compose``.
 """
 
@@ -13,9 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omost_engine.cli.canvas import read_input
 from omost_engine.errors import OmostError
-from omost_engine.layout import MAX_LAYOUT_BYTES, Layout
-from omost_engine.params import RenderParams
+from omost_engine.layout import Layout, LayoutLimits
+from omost_engine.params import RenderParams, describe_overrides
 
 EXIT_INVALID = 2
 
@@ -57,10 +59,21 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The render flags given on the command line (RenderParams fields, plus size)."""
+    given: dict[str, Any] = {flag: getattr(args, flag) for flag in PARAM_FLAGS if getattr(args, flag, None) is not None}
+    if getattr(args, "size", None):
+        given["size"] = args.size
+    return given
+
+
+def file_params(layout: Layout | None) -> RenderParams:
+    """The defaults with the file's own render settings over them."""
+    return RenderParams().replace(**(layout.render_settings if layout is not None else {}))
+
+
 def params_from_args(args: argparse.Namespace, layout: Layout | None = None) -> RenderParams:
-    """RenderParams from the defaults, then the layout's meta.render.params, then the flags given."""
-    stored = (layout.meta.get("render") or {}).get("params") if layout is not None else None
-    base = RenderParams.from_dict(stored) if isinstance(stored, dict) else RenderParams()
+    """RenderParams from the defaults, then the layout file's settings, then the flags given."""
     changes: dict[str, Any] = {}
     size = getattr(args, "size", None)
     if size:
@@ -69,13 +82,13 @@ def params_from_args(args: argparse.Namespace, layout: Layout | None = None) -> 
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = value
-    return base.replace(**changes)
+    return file_params(layout).replace(**changes)
 
 
 def model_from_args(args: argparse.Namespace, layout: Layout | None = None) -> str | None:
     if getattr(args, "model", None):
         return str(args.model)
-    stored = (layout.meta.get("render") or {}).get("model") if layout is not None else None
+    stored = layout.meta.get("sdxl") if layout is not None else None
     return stored if isinstance(stored, str) and stored else None
 
 
@@ -88,6 +101,12 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
 
     params = params_from_args(args, layout)
     model = model_from_args(args, layout)
+    overrides = list(layout.meta.get("overrides") or [])
+    if layout.render_settings:  # flags over a file's own settings are overrides, worth recording
+        overrides += describe_overrides(file_params(layout), params, _given(args), source="flag")
+        stored_model = layout.meta.get("sdxl")
+        if getattr(args, "model", None) and stored_model and stored_model != args.model:
+            overrides.append(f"sdxl: {stored_model!r} -> {str(args.model)!r} (--model)")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -106,8 +125,9 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
         print(f"\rrendered in {result.seconds:.1f} s", file=sys.stderr)
     result.image.save(out / "image.png")
     result.masks.save(out / "masks.png")
-    meta = {"model": result.model, "seconds": round(result.seconds, 3), "params": result.params.to_dict()}
-    (out / "layout.json").write_text(layout.with_meta(render=meta).dumps() + "\n", encoding="utf-8")
+    written = layout.with_meta(render=result.params.to_dict(), sdxl=result.model, seconds=round(result.seconds, 3),
+                               overrides=overrides)
+    (out / "layout.json").write_text(written.dumps() + "\n", encoding="utf-8")
 
 
 def register(subparsers: Any) -> None:
@@ -116,7 +136,8 @@ def register(subparsers: Any) -> None:
         description="Render a layout (omost-bot layout JSON or a bare ComfyUI_omost list) with regional SDXL. "
         "Exit status 2 and one line on stderr for bad input.",
     )
-    parser.add_argument("layout", help="layout JSON file")
+    parser.add_argument("layout", help="layout JSON file (ours in any version, or a ComfyUI_omost list); "
+                        "'-' reads stdin")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_render_arguments(parser)
@@ -125,16 +146,12 @@ def register(subparsers: Any) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     try:
-        path = Path(args.layout)
-        try:
-            data = path.read_bytes() if path.stat().st_size <= MAX_LAYOUT_BYTES else None
-        except OSError as exc:
-            raise OmostError(f"cannot read {args.layout!r}: {exc.strerror}", parameter="layout",
-                             value=args.layout) from None
-        if data is None:
-            raise OmostError(f"{args.layout!r} is too large; allowed: at most {MAX_LAYOUT_BYTES} bytes",
-                             parameter="layout", value=args.layout)
-        render_into(Layout.loads(data), args.out, args)
+        limit = LayoutLimits.from_environ()  # OMOST_MAX_LAYOUT_BYTES, the bot's limit too
+        layout = Layout.loads(read_input(args.layout, limit), max_bytes=limit)
+        if not getattr(args, "quiet", False):
+            for note in layout.notes:
+                print(f"note: {note}", file=sys.stderr)
+        render_into(layout, args.out, args)
     except OmostError as exc:
         print(f"omost-bot render: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_INVALID

@@ -141,3 +141,68 @@ async def test_render_command_refuses_an_oversized_file_before_reading_it(world:
     result = await world.alice.slash(world.channel, "omost render", layout=("big.json", b" " * (600 * 1024)))
     assert result.ephemeral and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
     assert await count(world, "jobs") == 0 and world.engine.calls == []
+
+
+HOSTILE_RENDER = {"width": 2048, "height": 2048, "hr_scale": 2.0, "hr_steps": 100, "steps": 10}
+
+
+def _file_with_render(render: dict, version: int = 2) -> bytes:
+    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a storm"], "suffixes": [], "color": [20, 20, 40]}]
+    if version == 1:
+        return json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": comfy,
+                           "meta": {"render": render}}).encode()
+    comfy[0]["omost_bot"] = {"format": "omost-bot-layout", "version": 2, "render": render}
+    return json.dumps(comfy).encode()
+
+
+async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> None:
+    """Issue 10 item 2: the high-res pass (its size and its steps) is held to the channel's limits, through
+    /omost render and through a reply, in both file versions; nothing is stored."""
+    first = await compose(world)
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="30", scope="channel")
+    await world.admin.slash(world.channel, "omost settings set", key="max_megapixels", value="4.2", scope="channel")
+    jobs, layouts, renders = await count(world, "jobs"), await count(world, "layouts"), len(world.engine.calls)
+    for version in (2, 1):
+        data = _file_with_render(HOSTILE_RENDER, version)
+        result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", data))
+        assert result.ephemeral and "hr_steps must be at most 30 here, not 100" in result.response.content
+        assert "allowed: 1 to 30" in result.response.content
+        await world.bob.send(world.channel, "", reply_to=first, attachments=[("storm.json", data)])
+        answer = world.channel.last_message
+        assert answer.author.bot and "hr_steps must be at most 30 here" in answer.content, answer.content
+        # With the steps fixed, the size of the high-res output is what is refused.
+        sized = _file_with_render({**HOSTILE_RENDER, "hr_steps": 20}, version)
+        result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", sized))
+        assert result.ephemeral and "the high-res output (hr_scale 2) 4096x4096 is 16.78 megapixels" in (
+            result.response.content) and "at most 4.2 are allowed here" in result.response.content
+    assert (await count(world, "jobs"), await count(world, "layouts")) == (jobs, layouts)
+    assert len(world.engine.calls) == renders
+    # An option can bring a file back inside the limits (and the new file records that it did).
+    fits = await world.alice.slash(world.channel, "omost render", layout=("storm.json", _file_with_render(
+        {"width": 1024, "height": 1024, "hr_scale": 2.0, "steps": 40, "hr_steps": 20})), steps=12)
+    assert "Done" in fits.response.content, fits.response.content
+    record = (await layout_of(fits.response.message))[0]["omost_bot"]
+    assert record["render"]["steps"] == 12 and record["overrides"] == ["steps: 40 -> 12 (the steps option)"]
+
+
+async def test_a_file_asking_more_steps_than_allowed_is_refused_not_lowered(world: World) -> None:
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="20")
+    result = await world.alice.slash(world.channel, "omost render", layout=("x.json", _file_with_render({"steps": 50})))
+    assert result.ephemeral and "steps must be at most 20 here, not 50" in result.response.content
+
+
+async def test_bad_render_settings_in_a_file_are_one_ephemeral_line(world: World) -> None:
+    cases = [
+        (_file_with_render({"cfg": float("nan")}).replace(b"NaN", b"NaN"), "NaN"),
+        (_file_with_render({"stepz": 3}), "unknown field 'stepz' in omost_bot.render"),
+        (_file_with_render({"seed": 1}).replace(b'"seed": 1', b'"seed": 1' + b"0" * 5000), "5001-digit number"),
+        (_file_with_render({}).replace(b'"version": 2', b'"version": 9'), "written by a newer omost-bot"),
+        (json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": [
+            {"rect": [0, 90, 0, 90], "prefixes": ["a"], "suffixes": [], "color": [1, 2, 3]}],
+            "meta": {"render": "fast"}}).encode(), "meta.render 'fast' is not valid"),
+    ]
+    for data, expected in cases:
+        result = await world.alice.slash(world.channel, "omost render", layout=("x.json", data))
+        assert result.ephemeral and expected in result.response.content and "\n" not in result.response.content, (
+            result.response.content)
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
