@@ -14,7 +14,7 @@ from pydantic import Field
 
 from bot.config import BotConfig, QueuedPerUser, RateLimit
 from bot.storage import Storage
-from omost_engine.declared import Declared, check_value, choices, field_kind, fields_of
+from omost_engine.declared import Declared, allowed_text, check_value, choices, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.params import (
     Cfg,
@@ -96,6 +96,11 @@ DECODING_SETTINGS = ("prompt_lookup", "prompt_lookup_tokens", "grammar")
 
 _CHANNEL_ID = re.compile(r"<#(\d+)>|(\d{5,20})")
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def setting_allowed(key: str) -> str:
+    """What a setting accepts, in words, from its declaration (for /omost settings show and the docs)."""
+    return allowed_text(ServerSettings, key)
 
 
 def parse_setting(key: str, text: str) -> Any:
