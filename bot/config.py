@@ -75,7 +75,7 @@ class BotConfig:
         1.5, description="least time between two edits of a status message")
 
 
-def _redis_url_ok(url: str) -> bool:
+def redis_url_ok(url: str) -> bool:
     try:
         parts = urlsplit(url)
         if parts.scheme == "unix":
@@ -110,7 +110,7 @@ class RedisConfig:
         3, description="runs of one job when its workers keep dying")
 
     def __post_init__(self) -> None:
-        if not _redis_url_ok(self.url):
+        if not redis_url_ok(self.url):
             raise OmostError(f"the Redis URL must be {REDIS_URL_ALLOWED}, not {self.url[:80]!r}",
                              parameter="url", value=self.url, allowed=REDIS_URL_ALLOWED)
 
