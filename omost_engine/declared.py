@@ -271,3 +271,18 @@ def field_rows(cls: type[Any], names: Iterable[str] | None = None) -> list[tuple
         rows.append((name, allowed_text(cls, name), "—" if default in (None, "", (), []) else str(default),
                      info.description or ""))
     return rows
+
+
+def flag_help(cls: type[Any], name: str, *, default_text: str = "default") -> str:
+    """A command-line flag's help from the declaration: "diffusion steps: a whole number from 1 to 100 (25)"."""
+    info = fields_of(cls)[name]
+    default = info.get_default(call_default_factory=True)
+    shown = "off" if default is None else repr(default) if isinstance(default, str) else str(default)
+    kind = field_kind(cls, name)
+    allowed = f": {allowed_text(cls, name)}" if kind in ("int", "float") else ""
+    return f"{info.description or name}{allowed} ({default_text} {shown})".replace("%", "%%")
+
+
+def flag_type(cls: type[Any], name: str) -> type:
+    """The Python type a command-line flag parses into (the declaration then checks the value)."""
+    return {"int": int, "float": float}.get(field_kind(cls, name), str)

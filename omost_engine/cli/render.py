@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omost_engine.cli.canvas import read_input
+from omost_engine.declared import choices, flag_help, flag_type
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout, LayoutLimits
 from omost_engine.params import RenderParams, describe_overrides
@@ -34,26 +35,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     """The render options (model, method, sampler and HR-fix parameters, memory)."""
     group = parser.add_argument_group("rendering")
     group.add_argument("--model", help="SDXL model: hub id, diffusers folder or .safetensors file "
-                       "(default: the layout's meta.render.model, else SG161222/RealVisXL_V4.0)")
+                       "(default: the layout file's sdxl, else SG161222/RealVisXL_V4.0)")
     group.add_argument("--model-config", help="diffusers SDXL folder or hub id giving the configs and "
                        "tokenizers of a single-file --model (default stabilityai/stable-diffusion-xl-base-1.0)")
-    group.add_argument("--method", choices=("omost", "area"), help="regional method (default omost)")
-    group.add_argument("--global-strength", type=float, help="method area: weight of the global prompt (0.2)")
-    group.add_argument("--region-strength", type=float, help="method area: weight of the regions (0.8)")
-    group.add_argument("--overlap", choices=("overlay", "average"), help="method area: overlapping regions")
-    group.add_argument("--seed", type=int, help="noise seed (12345)")
     group.add_argument("--size", help="WIDTHxHEIGHT or a preset (portrait, square, landscape, ...)")
-    group.add_argument("--width", type=int, help="image width, a multiple of 8 (896)")
-    group.add_argument("--height", type=int, help="image height, a multiple of 8 (1152)")
-    group.add_argument("--steps", type=int, help="sampling steps (25)")
-    group.add_argument("--cfg", type=float, help="classifier-free guidance scale (5)")
-    group.add_argument("--negative", help="negative prompt")
-    group.add_argument("--positive", help="extra text added to every condition")
-    group.add_argument("--hr-scale", type=float, help="HR fix upscale 1..2 (1 = off)")
-    group.add_argument("--hr-steps", type=int, help="HR fix steps (20)")
-    group.add_argument("--hr-denoise", type=float, help="HR fix denoise (0.4)")
-    group.add_argument("--initial-latent-denoise", type=float,
-                       help="start from the blurred colour sketch with this denoise (0.95..0.99; off by default)")
+    # Every parameter flag from its declaration in omost_engine.params: type, choices, range, default.
+    for field in PARAM_FLAGS.values():
+        options = choices(RenderParams, field)
+        group.add_argument(f"--{field.replace('_', '-')}", type=flag_type(RenderParams, field),
+                           choices=options or None,
+                           help=flag_help(RenderParams, field, default_text="default: the file's, else"))
     group.add_argument("--memory", choices=("offload", "resident"), default="offload",
                        help="offload: only the current stage's model on the GPU (8 GB cards); resident: all")
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
