@@ -23,6 +23,7 @@ from pydantic.dataclasses import dataclass
 
 from omost_engine.declared import check_value, field_kind, fields_of
 from omost_engine.errors import OmostError
+from omost_engine.layout import DEFAULT_MAX_LAYOUT_BYTES, LayoutBytes
 
 DEFAULT_CONFIG_FILE = "omost-bot.toml"
 TABLES = ("bot", "redis")  # the config file's one shape: [bot] and [redis]
@@ -34,6 +35,7 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:\d{1,2})?|xpu(:\d{1,2})?)$"
 QueuedPerUser = Annotated[int, Field(ge=1, le=1000)]
 RateLimit = Annotated[int, Field(ge=1, le=10_000)]
 Seconds = Annotated[float, Field(ge=1.0, le=86_400.0)]
+Attempts = Annotated[int, Field(ge=1, le=100)]  # runs of one job (Redis settings and job messages)
 OptionalText = Annotated[str, Field(min_length=1, max_length=4096)] | None
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
@@ -69,8 +71,8 @@ class BotConfig:
     llm_timeout_s: Seconds = Field(900.0, description="an LLM stage running longer is stopped and reported")
     render_timeout_s: Seconds = Field(900.0, description="a render running longer is stopped and reported")
     max_prompt_chars: Annotated[int, Field(ge=1, le=6000)] = Field(2000, description="longest prompt")
-    max_layout_bytes: Annotated[int, Field(ge=1024, le=25 * 1024 * 1024)] = Field(
-        512 * 1024, description="largest layout file accepted (the one limit: bot, CLI and loader)")
+    max_layout_bytes: LayoutBytes = Field(
+        DEFAULT_MAX_LAYOUT_BYTES, description="largest layout file accepted (the one limit: bot, CLI and loader)")
     status_interval_s: Annotated[float, Field(ge=0.0, le=60.0)] = Field(
         1.5, description="least time between two edits of a status message")
 
@@ -106,8 +108,7 @@ class RedisConfig:
         1.0, description="how often lost and orphaned jobs are looked for")
     no_worker_timeout_s: Annotated[float, Field(ge=0.05, le=86_400)] = Field(
         300.0, description="a job waits this long for a worker to come online, then fails")
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = Field(
-        3, description="runs of one job when its workers keep dying")
+    max_attempts: Attempts = Field(3, description="runs of one job when its workers keep dying")
 
     def __post_init__(self) -> None:
         if not redis_url_ok(self.url):

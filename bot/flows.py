@@ -199,7 +199,9 @@ class Flows:
         overrides += describe_overrides(file_params, render_params, given, source="option")
         meta = {k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta}
         meta["render"] = file_params.to_dict() if file_settings else None
-        stored = Layout(list(layout.conditions), warnings=list(layout.warnings), meta={**meta, "overrides": overrides})
+        # What loading assumed (an old file upgraded, a bare ComfyUI list) is shown with the result and kept.
+        warnings = [*layout.notes, *layout.warnings]
+        stored = Layout(list(layout.conditions), warnings=warnings, meta={**meta, "overrides": overrides})
         return JobRequest(
             kind="render",
             user_id=user.id,

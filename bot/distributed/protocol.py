@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field
 
+from bot.config import Attempts
 from bot.jobs import JobSpec, StageTimeouts
 from omost_engine.conditions import Condition
 from omost_engine.declared import Declared, show
@@ -113,7 +114,7 @@ class JobWire(Declared):
     layout: Any = None  # the layout loader checks it
     llm_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
     render_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
-    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    max_attempts: Attempts = 3
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,6 +7,7 @@ from simenv import DRAGON, World
 
 from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
+from omost_engine.testing.comfyui_loader import check_project_file
 
 
 async def compose(world: World, **options: object):
@@ -24,10 +25,9 @@ async def test_reroll_renders_the_same_layout_with_a_new_seed(world: World) -> N
     assert fields["Seed"] != "1" and fields["Steps · CFG"] == "3 · 5"
     assert [c[0] for c in world.engine.calls] == ["chat", "render", "render"]  # no second LLM turn
     files = {a.filename: a for a in message.attachments}
-    assert (
-        Layout.loads(await files["layout.json"].read()).to_comfyui()
-        == parse_reply(DRAGON).to_comfyui()
-    )
+    reroll_file = (await files["layout.json"].read()).decode()
+    assert Layout.loads(reroll_file).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+    assert check_project_file(reroll_file)[0]["omost_bot"]["render"]["seed"] == int(fields["Seed"])
     # The reroll belongs to the same turn: replying to it continues the same conversation.
     await world.alice.send(world.channel, "now a dinosaur", reply_to=message)
     assert world.engine.histories[-1][0].content == "a dragon battle"
@@ -39,6 +39,8 @@ async def test_layout_button_shows_sketch_masks_and_file_to_the_clicker_only(wor
     assert result.ephemeral
     names = sorted(a.filename for a in result.response.attachments)
     assert names == ["layout.json", "masks.png", "sketch.png"]
+    layout_file = next(a for a in result.response.attachments if a.filename == "layout.json")
+    check_project_file((await layout_file.read()).decode())  # the schema and ComfyUI's loader accept it
     assert (
         "region 1" in result.response.content
         and f"{len(parse_reply(DRAGON).regions)} region" in result.response.content

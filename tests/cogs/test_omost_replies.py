@@ -93,6 +93,9 @@ async def test_reply_with_a_comfyui_list_renders_it(world: World) -> None:
     result = world.channel.last_message
     assert "Done" in result.content and result.embeds[0].title == "a quiet harbour"
     assert world.engine.calls[-1][:2] == ("render", "a quiet harbour")
+    # What was assumed for a file without settings is said, and kept in the new result's file.
+    record = (await layout_of(result))[0]["omost_bot"]
+    assert any("bare ComfyUI_omost list" in w for w in record["warnings"])
 
 
 async def test_bad_layout_files_get_one_clear_reply_and_nothing_is_stored(world: World) -> None:
