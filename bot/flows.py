@@ -200,7 +200,7 @@ class Flows:
         meta = {k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta}
         meta["render"] = file_params.to_dict() if file_settings else None
         # What loading assumed (an old file upgraded, a bare ComfyUI list) is shown with the result and kept.
-        warnings = [*layout.notes, *layout.warnings]
+        warnings = [*layout.notes, *layout.warnings]  # the record keeps the first MAX_WARNINGS
         stored = Layout(list(layout.conditions), warnings=warnings, meta={**meta, "overrides": overrides})
         return JobRequest(
             kind="render",

@@ -44,6 +44,7 @@ MAX_REGIONS = 64  # local regions, not counting the global condition
 MAX_TEXTS = 64  # prefixes (or suffixes) of one condition
 MAX_TEXT_CHARS = 2000  # one sub-prompt; the original's are under 75 CLIP tokens
 MAX_WARNINGS = 1000  # a canvas makes at most 4 per region (name corrections) plus 2
+MAX_OVERRIDES = 64  # lines in a record's overrides
 MAX_JSON_DIGITS = 30  # no number in a layout file needs more; Python cannot even print 4300+ digits
 
 LAYOUT_BYTES_ENV = "OMOST_MAX_LAYOUT_BYTES"
@@ -88,7 +89,7 @@ class LayoutRecord(Declared):
         None, description="the canvas program the LLM wrote")
     job: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description="the bot's job number")
     seconds: Annotated[float, Field(ge=0, le=10**7)] | None = Field(None, description="time taken")
-    overrides: Annotated[list[Note], Field(max_length=64)] = Field(
+    overrides: Annotated[list[Note], Field(max_length=MAX_OVERRIDES)] = Field(
         [], description="what the command line or the command's options changed from the file rendered")
     warnings: Annotated[list[Note], Field(max_length=MAX_WARNINGS)] = Field(
         [], description="name corrections and other notes from the canvas")
@@ -119,7 +120,11 @@ class Layout:
     def record(self) -> LayoutRecord:
         """The reproduction record written into the file (validated: a bad meta value fails here)."""
         values = {k: self.meta[k] for k in RECORD_META if self.meta.get(k) is not None}
-        return LayoutRecord(**values, warnings=list(self.warnings))
+        # Lists that grow as a file is rendered again and again keep within their declared length:
+        # the newest overrides, the first warnings.
+        if "overrides" in values:
+            values["overrides"] = list(values["overrides"])[-MAX_OVERRIDES:]
+        return LayoutRecord(**values, warnings=list(self.warnings)[:MAX_WARNINGS])
 
     def to_json(self) -> list[dict[str, Any]]:
         """The file's document: the ComfyUI list, with the record in the first condition."""

@@ -248,3 +248,11 @@ def test_any_json_is_accepted_and_round_trips_or_is_one_clear_error() -> None:
 
     check()
     assert outcomes["accepted"] > 20 and outcomes["refused"] > 100, outcomes
+
+
+def test_a_file_rendered_again_and_again_stays_within_its_declared_lists() -> None:
+    layout = Layout.loads(json.dumps(COMFY)).with_meta(overrides=[f"seed: {i} -> {i + 1} (--seed)" for i in range(70)])
+    layout.warnings.extend(f"w{i}" for i in range(1200))
+    again = Layout.loads(layout.dumps())
+    assert again.meta["overrides"][-1] == "seed: 69 -> 70 (--seed)" and len(again.meta["overrides"]) == 64
+    assert len(again.warnings) == 1000 and again.warnings[0] == "w0"
