@@ -108,3 +108,18 @@ async def test_cancel_button_on_a_queued_job(world: World) -> None:
     assert job is not None and job.state == "cancelled"
     await world.owner.slash(world.channel, "omost resume")
     assert world.engine.calls == []
+
+
+async def test_reroll_and_edit_are_held_to_the_channels_limits_of_today(world: World) -> None:
+    """Issue 10 item 2: every entry point's final parameters go through the one limit check."""
+    first = await compose(world, steps=40)
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="30")
+    reroll = await world.bob.click(first, label="Reroll")
+    assert reroll.ephemeral and "steps must be at most 30 here, not 40" in reroll.response.content
+    shown = await world.alice.click(first, label="Edit")
+    field_id = shown.modal["components"][0]["components"][0]["custom_id"]
+    edited = await world.alice.submit_modal(shown, {field_id: "make it night"})
+    assert edited.ephemeral and "steps must be at most 30 here" in edited.response.content
+    await world.alice.send(world.channel, "make it night", reply_to=first)
+    assert "steps must be at most 30 here" in world.channel.last_message.content
+    assert [c[0] for c in world.engine.calls] == ["chat", "render"]  # nothing more ran
