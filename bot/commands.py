@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Mapping
@@ -35,35 +36,52 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         overrides = {"db": args.db} if args.db else {}
         config = load_config(path=args.config, **overrides)
-        if not config.token and not args.check:
+        if not config.token:  # --check too: "config ok" must mean `run` would start
             raise OmostError(
                 "no Discord bot token: set DISCORD_TOKEN or `token` in the config file",
                 parameter="DISCORD_TOKEN",
             )
         if args.check:
-            return check(config)
+            return check(config, config_path=args.config)
         return start(config, config_path=args.config)
     except OmostError as exc:
         print(f"omost-bot: {exc}", file=sys.stderr)
         return 2
 
 
-def check(config: BotConfig) -> int:
-    """Open (and migrate) the database and report the configuration; no Discord, no models."""
-    import asyncio
+def check(config: BotConfig, *, config_path: Path | None = None) -> int:
+    """Report the configuration, the Redis settings and the database; no Discord, no models, and nothing
+    created or changed on disk (the database is read as immutable, never created or migrated, while checking:
+    a WAL database opened normally would leave -wal/-shm files behind)."""
+    import sqlite3
 
-    from bot.db import Database
+    from bot.config import RedisConfig
+    from bot.db import find_migrations
 
-    async def open_db() -> int:
-        db = await Database.open(config.db)
-        version = await db.version()
-        await db.close()
-        return version
-
-    version = asyncio.run(open_db())
+    redis = RedisConfig.load(path=config_path)
+    newest = max((m.version for m in find_migrations()), default=0)
+    if not config.db.exists():
+        db_text = f"db={config.db} (does not exist yet; created with schema v{newest} at the first start)"
+    else:
+        try:
+            with contextlib.closing(sqlite3.connect(f"{config.db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as connection:
+                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                version = 0
+                if "schema_version" in tables:
+                    version = int(connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+        except sqlite3.DatabaseError as exc:
+            raise OmostError(f"OMOST_DB {str(config.db)!r} is not a SQLite database the bot can open ({exc}); "
+                             "allowed: an omost-bot database file, or a path where one will be created",
+                             parameter="db", value=str(config.db)) from None
+        if version > newest:
+            raise OmostError(f"the database {str(config.db)!r} has schema version {version}, newer than this bot "
+                             f"knows (up to {newest})", parameter="db", value=version)
+        pending = f", migrated to v{newest} at start" if version < newest else ""
+        db_text = f"db={config.db} (schema v{version}{pending})"
     print(
         f"config ok: llm={config.llm_endpoint or config.llm or 'default'} sdxl={config.sdxl or 'default'} "
-        f"device={config.device} memory={config.memory} db={config.db} (schema v{version})"
+        f"device={config.device} memory={config.memory} queue={'redis' if redis else 'in-process'} "
+        f"{db_text}"
     )
     return 0
 

@@ -18,13 +18,28 @@ import discord
 
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
-from bot.service import JobRequest, check_layout_size, describe_layout, layout_from_upload, params_from_layout
-from bot.settings import Policy, build_params, require_llm_allowed, resolve_policy, with_decoding
+from bot.service import (
+    STORED_LAYOUT_BYTES,
+    JobRequest,
+    check_layout_size,
+    describe_layout,
+    layout_from_upload,
+    params_from_layout,
+)
+from bot.settings import (
+    RENDER_OPTIONS,
+    Policy,
+    build_params,
+    enforce_limits,
+    require_llm_allowed,
+    resolve_policy,
+    with_decoding,
+)
 from bot.storage import JobRecord
 from bot.views import EditModal
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
-from omost_engine.params import MAX_SEED
+from omost_engine.params import MAX_SEED, describe_overrides
 from omost_engine.preview import masks_image, sketch_image
 
 if TYPE_CHECKING:
@@ -172,12 +187,21 @@ class Flows:
         base: JobRecord | None = None,
     ) -> JobRequest:
         # Precedence: channel defaults < the source result's settings < the file's own < the user's options.
+        # The file's values count as asked for: held to the channel's limits, never silently lowered.
         render_base = base.render_params if base is not None else policy.render_params
+        file_settings = layout.render_settings
         file_params = params_from_layout(layout, render_base)
-        seed = layout.meta.get("seed") if isinstance(layout.meta.get("seed"), int) else new_seed()
-        _, llm_params, render_params = build_params(
-            replace(policy, render_params=file_params), options, seed=seed
-        )
+        given = {k: v for k, v in options.items() if v is not None}
+        asked = {**{k: getattr(file_params, k) for k in file_settings if k in RENDER_OPTIONS}, **given}
+        seed = file_params.seed if "seed" in file_settings else new_seed()
+        _, llm_params, render_params = build_params(replace(policy, render_params=file_params), asked, seed=seed)
+        overrides = list(layout.meta.get("overrides") or [])
+        overrides += describe_overrides(file_params, render_params, given, source="option")
+        meta = {k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta}
+        meta["render"] = file_params.to_dict() if file_settings else None
+        # What loading assumed (an old file upgraded, a bare ComfyUI list) is shown with the result and kept.
+        warnings = [*layout.notes, *layout.warnings]  # the record keeps the first MAX_WARNINGS
+        stored = Layout(list(layout.conditions), warnings=warnings, meta={**meta, "overrides": overrides})
         return JobRequest(
             kind="render",
             user_id=user.id,
@@ -188,7 +212,7 @@ class Flows:
             llm=None,
             llm_params=llm_params,
             render_params=render_params,
-            layout_json=Layout(list(layout.conditions)).dumps(),
+            layout_json=stored.dumps(),
         )
 
     def _refine_request(
@@ -212,7 +236,7 @@ class Flows:
             prompt=prompt,
             llm=source.llm,
             llm_params=with_decoding(policy, source.llm_params),
-            render_params=source.render_params,
+            render_params=enforce_limits(policy, source.render_params),  # the channel's limits of today
             parent_turn_id=source.turn_id,
         )
 
@@ -294,7 +318,7 @@ class Flows:
             prompt=turn.prompt if turn else "",
             llm=job.llm,
             llm_params=job.llm_params,
-            render_params=job.render_params.replace(seed=new_seed()),
+            render_params=enforce_limits(policy, job.render_params.replace(seed=new_seed())),
             fresh_turn=False,
             turn_id=job.turn_id,
             layout_id=job.layout_id,
@@ -305,7 +329,7 @@ class Flows:
         data = await self.bot.storage.layout(job.layout_id) if job.layout_id is not None else None
         if data is None:
             raise OmostError(f"job #{job.id} has no layout yet", parameter="job", value=job.id)
-        layout = Layout.loads(data)
+        layout = Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES)
         lines = [f"**Job #{job.id}** — {len(layout.regions)} region(s)"]
         for index, condition in enumerate(layout.conditions):
             top, bottom, left, right = condition.rect

@@ -40,6 +40,7 @@ from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import LLMProgress, RenderProgress
+from omost_engine.reply import extract_code
 
 if TYPE_CHECKING:
     from bot.bot import OmostBot
@@ -49,7 +50,8 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit for servers without boosts
 UPLOAD_HEADROOM = 64 * 1024  # room for the layout file and the request's own bytes
 TOKEN_EXPIRED = 10015  # Unknown Webhook: the interaction token is older than 15 minutes
-ATTACH_TIMEOUT_S = 60.0  # a status message still unknown by then is given up on: results go to the channel
+ATTACH_TIMEOUT_S = 60.0
+STORED_LAYOUT_BYTES = 64 * 1024 * 1024  # layouts in the database were checked on the way in (plus our record)  # a status message still unknown by then is given up on: results go to the channel
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,7 +272,7 @@ class JobService:
                 llm=None,
                 llm_params=job.llm_params,
                 render_params=job.render_params,
-                layout=Layout.loads(data),
+                layout=Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES),
                 sdxl=self.config.sdxl,
             )
         history = await self.storage.history(turn.parent_id)
@@ -527,18 +529,7 @@ class JobService:
         async with tracker.lock:
             tracker.phase = "done"
             render = output.render
-            layout_file = (
-                output.layout.with_meta(
-                    job=tracker.job_id,
-                    prompt=tracker.prompt,
-                    seed=render.params.seed,
-                    render=render.params.to_dict(),
-                    llm=output.chat.model if output.chat else None,
-                    sdxl=render.model,
-                )
-                .dumps()
-                .encode("utf-8")
-            )
+            layout_file = result_layout(output, job_id=tracker.job_id, prompt=tracker.prompt).dumps().encode("utf-8")
             notes: list[str] = []
             if output.chat is not None:
                 notes += list(output.chat.notes)
@@ -762,18 +753,28 @@ def check_layout_size(size: int, *, max_bytes: int) -> None:
 def layout_from_upload(data: bytes, *, max_bytes: int) -> Layout:
     """A user's layout file: size-checked, then parsed (ComfyUI_omost lists too); OmostError if bad."""
     check_layout_size(len(data), max_bytes=max_bytes)
-    return Layout.loads(data)
+    return Layout.loads(data, max_bytes=max_bytes)
 
 
 def params_from_layout(layout: Layout, base: RenderParams) -> RenderParams:
-    """The render parameters a layout file carries in its meta (our own files), over ``base``."""
-    stored = layout.meta.get("render")
-    if not isinstance(stored, dict):
-        return base
-    try:
-        return RenderParams.from_dict({**base.to_dict(), **stored})
-    except (OmostError, TypeError) as exc:
-        raise OmostError(f"the layout file's render settings are invalid: {exc}", parameter="layout") from exc
+    """The render parameters a layout file carries (validated by the loader), over ``base``."""
+    return base.replace(**layout.render_settings)
+
+
+def result_layout(output: JobOutput, *, job_id: int, prompt: str) -> Layout:
+    """The layout file attached to a result: everything that reproduces it (docs/canvas.md)."""
+    render = output.render
+    meta: dict[str, Any] = {"job": job_id, "prompt": prompt, "render": render.params.to_dict(), "sdxl": render.model,
+                            "seconds": round(render.seconds + (output.chat.seconds if output.chat else 0.0), 3)}
+    layout = output.layout
+    overrides = list(layout.meta.get("overrides") or [])
+    if output.chat is not None:
+        meta["llm"] = output.chat.model
+        meta["program"] = extract_code(output.chat.reply)
+    elif layout.meta.get("sdxl") and layout.meta.get("sdxl") != render.model:  # a file made elsewhere
+        overrides.append(f"sdxl: {layout.meta['sdxl']!r} -> {render.model!r} (this bot's model)")
+    meta["overrides"] = overrides
+    return layout.with_meta(**meta)
 
 
 def describe_layout(layout: Layout) -> str:

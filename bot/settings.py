@@ -8,118 +8,128 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from bot.config import BotConfig
+from pydantic import Field
+
+from bot.config import BotConfig, QueuedPerUser, RateLimit
 from bot.storage import Storage
+from omost_engine.declared import Declared, allowed_text, check_value, choices, field_kind, fields_of
 from omost_engine.errors import OmostError
-from omost_engine.params import LLMParams, RenderParams
+from omost_engine.params import (
+    Cfg,
+    DraftTokens,
+    LLMParams,
+    MaxNewTokens,
+    Method,
+    PromptText,
+    RenderParams,
+    Steps,
+    Temperature,
+    TopP,
+)
 
 Scope = Literal["guild", "channel"]
 Kind = Literal["bool", "int", "float", "text", "choice", "size", "channels"]
 
+GUILD_ONLY = {"scopes": ["guild"]}
+SettingText = Annotated[PromptText, Field(min_length=1)]
+Megapixels = Annotated[float, Field(ge=0.06, le=4.2)]
+
+
+class ServerSettings(Declared):
+    """Every setting an admin can change with /omost settings: its type and range (shared with the
+    parameter it sets), its help. ``None``: not set here (the bot's default applies)."""
+
+    allowed_channels: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, max_length=100, description="channels where /omost works (mentions or ids), or 'all'",
+        json_schema_extra={**GUILD_ONLY, "allowed": "channel mentions or ids, or all"})
+    unfiltered: bool | None = Field(None, description="allow unfiltered LLMs (e.g. dolphin) here")
+    llm: SettingText | None = Field(None, description="default LLM id")
+    temperature: Temperature | None = Field(None, description="default LLM temperature")
+    top_p: TopP | None = Field(None, description="default LLM top_p")
+    max_new_tokens: MaxNewTokens | None = Field(None, description="default LLM token budget")
+    prompt_lookup: bool | None = Field(None, description="LLM drafts tokens from the conversation (faster edits)")
+    prompt_lookup_tokens: DraftTokens | None = Field(None, description="longest prompt-lookup draft")
+    grammar: bool | None = Field(None, description="LLM output held to the canvas-program grammar (never invalid)")
+    size: Annotated[str, Field(max_length=20)] | None = Field(
+        None, description="default image size: a preset or WIDTHxHEIGHT",
+        json_schema_extra={"kind": "size", "allowed": "a preset (portrait, square, ...) or WIDTHxHEIGHT"})
+    steps: Steps | None = Field(None, description="default diffusion steps")
+    cfg: Cfg | None = Field(None, description="default guidance scale")
+    method: Method | None = Field(None, description="default regional method")
+    negative: SettingText | None = Field(None, description="default negative prompt")
+    max_steps: Steps | None = Field(None, description="most steps a user may ask for (base and high-res pass)")
+    max_megapixels: Megapixels | None = Field(
+        None, description="largest image a user may ask for (the high-res output included)")
+    max_queued_per_user: QueuedPerUser | None = Field(None, description="jobs one user may have waiting")
+    rate_limit: RateLimit | None = Field(None, description="jobs one user may submit per window")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SettingSpec:
+    """A view of one ``ServerSettings`` field for the command's help and choices (derived, not declared)."""
+
     kind: Kind
     help: str
     scopes: tuple[Scope, ...] = ("guild", "channel")
-    low: float = 0
-    high: float = 0
     choices: tuple[str, ...] = ()
 
 
-# Every setting an admin can change with /omost settings, as data.
-SETTINGS: dict[str, SettingSpec] = {
-    "allowed_channels": SettingSpec(
-        kind="channels", scopes=("guild",), help="channels where /omost works (mentions or ids), or 'all'"
-    ),
-    "unfiltered": SettingSpec(kind="bool", help="allow unfiltered LLMs (e.g. dolphin) here"),
-    "llm": SettingSpec(kind="text", help="default LLM id"),
-    "temperature": SettingSpec(kind="float", low=0, high=2, help="default LLM temperature"),
-    "top_p": SettingSpec(kind="float", low=0, high=1, help="default LLM top_p"),
-    "max_new_tokens": SettingSpec(kind="int", low=128, high=4096, help="default LLM token budget"),
-    "prompt_lookup": SettingSpec(kind="bool", help="LLM drafts tokens from the conversation (faster edits)"),
-    "prompt_lookup_tokens": SettingSpec(kind="int", low=1, high=100, help="longest prompt-lookup draft"),
-    "grammar": SettingSpec(kind="bool", help="LLM output held to the canvas-program grammar (never invalid)"),
-    "size": SettingSpec(kind="size", help="default image size: a preset or WIDTHxHEIGHT"),
-    "steps": SettingSpec(kind="int", low=1, high=100, help="default diffusion steps"),
-    "cfg": SettingSpec(kind="float", low=1, high=32, help="default guidance scale"),
-    "method": SettingSpec(kind="choice", choices=("omost", "area"), help="default regional method"),
-    "negative": SettingSpec(kind="text", help="default negative prompt"),
-    "max_steps": SettingSpec(kind="int", low=1, high=100, help="most steps a user may ask for"),
-    "max_megapixels": SettingSpec(kind="float", low=0.06, high=4.2, help="largest image a user may ask for"),
-    "max_queued_per_user": SettingSpec(kind="int", low=1, high=1000, help="jobs one user may have waiting"),
-    "rate_limit": SettingSpec(kind="int", low=1, high=10_000, help="jobs one user may submit per window"),
-}
+def _spec(name: str) -> SettingSpec:
+    info = fields_of(ServerSettings)[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    kind = "channels" if name == "allowed_channels" else extra.get("kind") or field_kind(ServerSettings, name)
+    scopes = tuple(extra.get("scopes", ("guild", "channel")))
+    return SettingSpec(kind=kind, help=info.description or "", scopes=scopes,  # type: ignore[arg-type]
+                       choices=choices(ServerSettings, name))
+
+
+SETTINGS: dict[str, SettingSpec] = {name: _spec(name) for name in fields_of(ServerSettings)}
+
+# The limits' defaults where no server or channel set them.
+DEFAULT_LIMITS = {"max_steps": 100, "max_megapixels": 4.2}
 
 # Decoding switches (speed and validity, not the composition): every job takes them from the channel's settings,
 # refinements of older results included.
 DECODING_SETTINGS = ("prompt_lookup", "prompt_lookup_tokens", "grammar")
 
-_CHANNEL_ID = re.compile(r"<#(\d+)>|(\d{5,})")
+_CHANNEL_ID = re.compile(r"<#(\d+)>|(\d{5,20})")
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def setting_allowed(key: str) -> str:
+    """What a setting accepts, in words, from its declaration (for /omost settings show and the docs)."""
+    return allowed_text(ServerSettings, key)
 
 
 def parse_setting(key: str, text: str) -> Any:
     """A setting's value from what an admin typed; one OmostError naming what is allowed."""
     spec = SETTINGS.get(key)
     if spec is None:
-        raise OmostError(f"unknown setting {key!r}", parameter="key", value=key, allowed=list(SETTINGS))
+        raise OmostError(f"unknown setting {key[:40]!r}", parameter="key", value=key, allowed=list(SETTINGS))
     text = text.strip()
+    value: Any = text
     if spec.kind == "bool":
-        if text.lower() in ("true", "yes", "on", "1"):
-            return True
-        if text.lower() in ("false", "no", "off", "0"):
-            return False
-        raise OmostError(
-            f"{key} must be true or false, not {text!r}", parameter=key, value=text, allowed=("true", "false")
-        )
-    if spec.kind in ("int", "float"):
+        value = True if text.lower() in _TRUE else False if text.lower() in _FALSE else text
+    elif spec.kind == "int":
+        value = int(text) if re.fullmatch(r"[-+]?\d{1,25}", text) else text
+    elif spec.kind == "float":
         try:
-            number: float = int(text) if spec.kind == "int" else float(text)
+            value = float(text) if len(text) < 40 else text
         except ValueError:
-            number = float("nan")
-        if not spec.low <= number <= spec.high:  # nan fails too
-            kind = "a whole number" if spec.kind == "int" else "a number"
-            raise OmostError(
-                f"{key} must be {kind} from {spec.low:g} to {spec.high:g}, not {text!r}",
-                parameter=key,
-                value=text,
-                allowed=f"{spec.low:g}..{spec.high:g}",
-            )
-        return number
-    if spec.kind == "choice":
-        if text.lower() not in spec.choices:
-            raise OmostError(
-                f"{key} must be one of {', '.join(spec.choices)}, not {text!r}",
-                parameter=key,
-                value=text,
-                allowed=spec.choices,
-            )
-        return text.lower()
-    if spec.kind == "size":
+            value = text
+    elif spec.kind == "choice":
+        value = text.lower()
+    elif spec.kind == "size":
         RenderParams().replace(**_size_fields(text))  # validates the preset / WxH and its range
-        return text.lower()
-    if spec.kind == "channels":
+        value = text.lower()
+    elif spec.kind == "channels":
         if text.lower() == "all":
             return []
         ids = [int(a or b) for a, b in _CHANNEL_ID.findall(text)]
-        if not ids:
-            raise OmostError(
-                f"allowed_channels must be channel mentions or ids, or 'all', not {text!r}",
-                parameter=key,
-                value=text,
-                allowed="#channel mentions, channel ids, all",
-            )
-        return ids
-    if not text or len(text) > 1000:
-        raise OmostError(
-            f"{key} must be text of 1 to 1000 characters",
-            parameter=key,
-            value=text,
-            allowed="1..1000 characters",
-        )
-    return text
+        value = ids or text
+    return check_value(ServerSettings, key, value, say_kind=True)
 
 
 def _size_fields(size: str) -> dict[str, int]:
@@ -185,22 +195,24 @@ async def resolve_policy(
         # None: the engine's default, which is the endpoint when one is configured (engine_factory). The
         # configured local LLM must not be written into every job, or it would override the endpoint.
         "llm": None if config.llm_endpoint else config.llm,
-        "max_steps": 100,
-        "max_megapixels": 4.2,
+        **DEFAULT_LIMITS,
         "allowed_channels": [],
         "unfiltered": False,
         "max_queued_per_user": config.max_queued_per_user,
         "rate_limit": config.rate_limit,
     }
+    stored: dict[str, Any] = {}
     if guild_id is not None:
-        values.update(await storage.settings("guild", guild_id))
-    values.update(
+        stored.update(await storage.settings("guild", guild_id))
+    stored.update(
         {
             k: v
             for k, v in (await storage.settings("channel", channel_id)).items()
-            if "channel" in SETTINGS[k].scopes
+            if k in SETTINGS and "channel" in SETTINGS[k].scopes
         }
     )
+    # Stored values were checked when set; checking again keeps a row from an older version honest.
+    values.update({k: v for k, v in ServerSettings.from_dict(stored).to_dict().items() if v is not None})
     llm_fields = {k: values[k] for k in ("temperature", "top_p", "max_new_tokens", *DECODING_SETTINGS) if k in values}
     render_fields: dict[str, Any] = {
         k: values[k] for k in ("steps", "cfg", "method", "negative") if k in values
@@ -210,8 +222,8 @@ async def resolve_policy(
     return Policy(
         values=values,
         llm=values["llm"],
-        llm_params=LLMParams(**llm_fields).validated(),
-        render_params=RenderParams(**render_fields).validated(),
+        llm_params=LLMParams(**llm_fields),
+        render_params=RenderParams(**render_fields),
         max_steps=int(values["max_steps"]),
         max_megapixels=float(values["max_megapixels"]),
         allowed_channels=tuple(values["allowed_channels"]),
@@ -248,7 +260,7 @@ def require_llm_allowed(policy: Policy, llm: str | None) -> None:
         )
 
 
-# User options that go to LLMParams / RenderParams unchanged.
+# User options that go to LLMParams / RenderParams unchanged (the rest of a command's options: llm, size).
 LLM_OPTIONS = ("seed", "temperature", "top_p", "max_new_tokens")
 RENDER_OPTIONS = (
     "seed",
@@ -261,6 +273,42 @@ RENDER_OPTIONS = (
     "negative",
     "positive",
 )
+
+
+def enforce_limits(policy: Policy, params: RenderParams) -> RenderParams:
+    """The channel's limits, applied to the FINAL render parameters of every job, whatever built them
+    (a command's options, a reply, a layout file, a reroll, the edit form).
+
+    ``max_steps`` holds for the base pass and the high-res pass; ``max_megapixels`` for the base size and
+    for the image the high-res pass delivers. Every other number is held to its declared range by
+    ``RenderParams`` itself. Returns ``params`` unchanged when they fit; otherwise one ``OmostError``
+    naming the limit and the range allowed here.
+    """
+    hires = params.output_size != (params.width, params.height)
+    passes = [("steps", params.steps)] + ([("hr_steps", params.hr_steps)] if hires else [])
+    for name, steps in passes:
+        if steps > policy.max_steps:
+            raise OmostError(
+                f"{name} must be at most {policy.max_steps} here, not {steps} "
+                f"(this channel's max_steps; allowed: 1 to {policy.max_steps})",
+                parameter=name,
+                value=steps,
+                allowed=f"1..{policy.max_steps}",
+            )
+    sizes = [("size", (params.width, params.height), "")]
+    if hires:
+        sizes.append(("hr_scale", params.output_size, f"the high-res output (hr_scale {params.hr_scale:g}) "))
+    for name, (width, height), what in sizes:
+        megapixels = width * height / 1e6
+        if megapixels > policy.max_megapixels + 1e-9:
+            raise OmostError(
+                f"{what or 'size '}{width}x{height} is {megapixels:.2f} megapixels; at most "
+                f"{policy.max_megapixels:g} are allowed here (this channel's max_megapixels)",
+                parameter=name,
+                value=f"{width}x{height}",
+                allowed=f"up to {policy.max_megapixels:g} MP",
+            )
+    return params
 
 
 def build_params(
@@ -287,21 +335,5 @@ def build_params(
         render_changes.update(_size_fields(options["size"]))
     if "steps" not in options:  # a default above the channel's limit is lowered, not held against the user
         render_changes["steps"] = min(policy.render_params.steps, policy.max_steps)
-    render_params = policy.render_params.replace(**render_changes)
-    if render_params.steps > policy.max_steps:
-        raise OmostError(
-            f"steps must be at most {policy.max_steps} here, not {render_params.steps}",
-            parameter="steps",
-            value=render_params.steps,
-            allowed=f"1..{policy.max_steps}",
-        )
-    megapixels = render_params.width * render_params.height / 1e6
-    if megapixels > policy.max_megapixels + 1e-9:
-        raise OmostError(
-            f"size {render_params.width}x{render_params.height} is {megapixels:.2f} megapixels; at most "
-            f"{policy.max_megapixels:g} are allowed here",
-            parameter="size",
-            value=f"{render_params.width}x{render_params.height}",
-            allowed=f"up to {policy.max_megapixels:g} MP",
-        )
+    render_params = enforce_limits(policy, policy.render_params.replace(**render_changes))
     return llm, llm_params, render_params

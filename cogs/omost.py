@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import discord
 from discord import app_commands
@@ -13,24 +13,55 @@ from bot.access import is_admin
 from bot.bot import OmostBot
 from bot.distributed.health import status_lines
 from bot.flows import user_errors
-from bot.settings import SETTINGS, is_unfiltered_model, known_llms, parse_setting, resolve_policy
+from bot.settings import (
+    SETTINGS,
+    is_unfiltered_model,
+    known_llms,
+    parse_setting,
+    resolve_policy,
+    setting_allowed,
+)
+from omost_engine.declared import allowed_text, bounds, constraints, field_kind, fields_of
 from omost_engine.errors import OmostError
-from omost_engine.params import ASPECT_PRESETS
+from omost_engine.params import ASPECT_PRESETS, LLMParams, Method, Overlap, RenderParams
 
 Interaction = discord.Interaction[OmostBot]
 
+
+def _range(model: type, name: str) -> Any:
+    """The option type Discord enforces in the client, from the field's declaration (its one range)."""
+    low, high = bounds(model, name)
+    kind = int if field_kind(model, name) == "int" else float
+    return app_commands.Range[kind, kind(low), kind(high)]  # type: ignore[index,misc]
+
+
+def _describe(model: type, name: str, text: str | None = None) -> str:
+    """An option's description: the declaration's help and allowed values (Discord allows 100 characters)."""
+    info = fields_of(model)[name]
+    help_text = text or info.description or name
+    kind = field_kind(model, name)
+    allowed = f" ({allowed_text(model, name, say_kind=False)})" if kind in ("int", "float") else ""
+    return (help_text + allowed)[:100]
+
+
+# Option types and descriptions, all from the declarations in omost_engine.params (nothing restated here).
+SeedOption = _range(RenderParams, "seed")
+StepsOption = _range(RenderParams, "steps")
+CfgOption = _range(RenderParams, "cfg")
+GlobalStrengthOption = _range(RenderParams, "global_strength")
+RegionStrengthOption = _range(RenderParams, "region_strength")
+TemperatureOption = _range(LLMParams, "temperature")
+TopPOption = _range(LLMParams, "top_p")
+MaxNewTokensOption = _range(LLMParams, "max_new_tokens")
+TextOption = app_commands.Range[str, 1, constraints(fields_of(RenderParams)["negative"])["max_length"]]
+
 _RENDER_DESCRIPTIONS = {
-    "seed": "random seed (0 to 4294967295); random if left out",
-    "size": "a preset (portrait, square, landscape, wide, tall, 3:2, 2:3, 16:9, 9:16) or WIDTHxHEIGHT",
-    "steps": "diffusion steps (1 to 100)",
-    "cfg": "guidance scale (1 to 32)",
-    "method": "omost: regional attention (the original); area: ComfyUI-style area conditioning",
-    "global_strength": "area method: weight of the global prompt (0.01 to 1)",
-    "region_strength": "area method: weight of the regions (0 to 1)",
-    "overlap": "area method: how overlapping regions combine",
-    "negative": "negative prompt",
-    "positive": "text added to every region",
+    "seed": _describe(RenderParams, "seed", "random seed; random if left out"),
+    "size": f"a preset ({', '.join(ASPECT_PRESETS)}) or WIDTHxHEIGHT"[:100],
+    **{name: _describe(RenderParams, name) for name in
+       ("steps", "cfg", "method", "global_strength", "region_strength", "overlap", "negative", "positive")},
 }
+_LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
 
 
 def _require_admin(interaction: Interaction) -> None:
@@ -53,9 +84,7 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     @app_commands.describe(
         prompt="what the image should show",
         llm="LLM id (default: the server's)",
-        temperature="LLM temperature (0 to 2)",
-        top_p="LLM top_p (0 to 1)",
-        max_new_tokens="LLM token budget (128 to 4096)",
+        **_LLM_DESCRIPTIONS,
         **_RENDER_DESCRIPTIONS,
     )
     async def compose(
@@ -63,19 +92,19 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         interaction: Interaction,
         prompt: str,
         llm: str | None = None,
-        seed: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        max_new_tokens: int | None = None,
+        seed: SeedOption | None = None,
+        temperature: TemperatureOption | None = None,
+        top_p: TopPOption | None = None,
+        max_new_tokens: MaxNewTokensOption | None = None,
         size: str | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        method: Literal["omost", "area"] | None = None,
-        global_strength: float | None = None,
-        region_strength: float | None = None,
-        overlap: Literal["overlay", "average"] | None = None,
-        negative: str | None = None,
-        positive: str | None = None,
+        steps: StepsOption | None = None,
+        cfg: CfgOption | None = None,
+        method: Method | None = None,
+        global_strength: GlobalStrengthOption | None = None,
+        region_strength: RegionStrengthOption | None = None,
+        overlap: Overlap | None = None,
+        negative: TextOption | None = None,
+        positive: TextOption | None = None,
     ) -> None:
         options = {
             "llm": llm,
@@ -104,16 +133,16 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         self,
         interaction: Interaction,
         layout: discord.Attachment,
-        seed: int | None = None,
+        seed: SeedOption | None = None,
         size: str | None = None,
-        steps: int | None = None,
-        cfg: float | None = None,
-        method: Literal["omost", "area"] | None = None,
-        global_strength: float | None = None,
-        region_strength: float | None = None,
-        overlap: Literal["overlay", "average"] | None = None,
-        negative: str | None = None,
-        positive: str | None = None,
+        steps: StepsOption | None = None,
+        cfg: CfgOption | None = None,
+        method: Method | None = None,
+        global_strength: GlobalStrengthOption | None = None,
+        region_strength: RegionStrengthOption | None = None,
+        overlap: Overlap | None = None,
+        negative: TextOption | None = None,
+        positive: TextOption | None = None,
     ) -> None:
         options = {
             "seed": seed,
@@ -282,7 +311,8 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
                 value = policy.values.get(key)
                 if key == "allowed_channels":
                     value = ", ".join(f"<#{c}>" for c in value) if value else "all"
-                lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}")
+                lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}; "
+                             f"{setting_allowed(key)}")
             await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @settings.command(name="set", description="Change a default or limit for the server or this channel")

@@ -1,19 +1,22 @@
-"""Parameters of the two engine stages, with their ranges and defaults, validated in one place.
+"""Parameters of the two engine stages: each field's type, range, default and help, declared once.
 
-The bot's slash-command options, the CLI flags and the layout JSON all go through these
-classes, so a value out of range gets the same clear message everywhere.
+The bot's slash-command options, the channel settings, the CLI flags, the Redis wire messages and the
+layout file all take their ranges from these declarations (``omost_engine.declared``), so a value out
+of range gets the same clear message everywhere.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal
 
+from pydantic import Field
+
+from omost_engine.declared import Declared
 from omost_engine.errors import OmostError
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 MAX_SEED = 2**32 - 1
+HR_MIN_SCALE = 1.05  # the original's threshold: smaller scales skip the HR fix (omost_engine.render.pipeline)
 
 # Width x height presets (multiples of 64, about one megapixel, as SDXL was trained).
 ASPECT_PRESETS: dict[str, tuple[int, int]] = {
@@ -31,110 +34,63 @@ ASPECT_PRESETS: dict[str, tuple[int, int]] = {
 Method = Literal["omost", "area"]
 Overlap = Literal["overlay", "average"]
 
-
-def _check_range(name: str, value: Any, low: float, high: float, *, integer: bool) -> None:
-    kind = "a whole number" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or (not integer and math.isnan(value)):
-        raise OmostError(
-            f"{name} must be {kind} from {low:g} to {high:g}, not {value!r}",
-            parameter=name, value=value, allowed=f"{low:g}..{high:g}",
-        )
-    if not low <= value <= high:
-        raise OmostError(
-            f"{name} must be from {low:g} to {high:g}, not {value!r}",
-            parameter=name, value=value, allowed=f"{low:g}..{high:g}",
-        )
-
-
-class _Params:
-    """Shared helpers: a dict round trip that ignores unknown keys and validates."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in names}).validated()  # type: ignore[attr-defined]
-
-    def replace(self, **changes: Any) -> Self:
-        return replace(self, **changes).validated()  # type: ignore[type-var,attr-defined]
+# The ranges, written once. Settings and limits that share a range use these types.
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="random seed")]
+Steps = Annotated[int, Field(ge=1, le=100)]
+Side = Annotated[int, Field(ge=256, le=2048, multiple_of=8)]
+Cfg = Annotated[float, Field(ge=1.0, le=32.0)]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+TopP = Annotated[float, Field(ge=0.0, le=1.0)]
+MaxNewTokens = Annotated[int, Field(ge=128, le=4096)]
+DraftTokens = Annotated[int, Field(ge=1, le=100)]
+# A zero global strength leaves pixels outside every region with no prediction at all.
+GlobalStrength = Annotated[float, Field(ge=0.01, le=1.0)]
+RegionStrength = Annotated[float, Field(ge=0.0, le=1.0)]
+PromptText = Annotated[str, Field(max_length=1000)]
+HrScale = Annotated[float, Field(ge=1.0, le=2.0)]
+HrDenoise = Annotated[float, Field(ge=0.1, le=1.0)]
+LatentDenoise = Annotated[float, Field(ge=0.5, le=1.0)]
 
 
-@dataclass(frozen=True, kw_only=True)
-class LLMParams(_Params):
+class LLMParams(Declared):
     """Sampling settings of the Omost LLM (the original app's defaults)."""
 
-    max_new_tokens: int = 4096
-    temperature: float = 0.6  # 0 means greedy decoding
-    top_p: float = 0.9
-    seed: int = 12345
-    prompt_lookup: bool = True  # draft tokens from the conversation (issue: faster LLM step)
-    prompt_lookup_tokens: int = 20
-    grammar: bool = True  # constrain decoding to the canvas program grammar
-
-    def validated(self) -> Self:
-        _check_range("max_new_tokens", self.max_new_tokens, 128, 4096, integer=True)
-        _check_range("temperature", self.temperature, 0.0, 2.0, integer=False)
-        _check_range("top_p", self.top_p, 0.0, 1.0, integer=False)
-        _check_range("seed", self.seed, 0, MAX_SEED, integer=True)
-        _check_range("prompt_lookup_tokens", self.prompt_lookup_tokens, 1, 100, integer=True)
-        return self
+    max_new_tokens: MaxNewTokens = Field(4096, description="LLM token budget")
+    temperature: Temperature = Field(0.6, description="LLM temperature; 0 means greedy decoding")
+    top_p: TopP = Field(0.9, description="LLM top_p")
+    seed: Seed = Field(12345, description="LLM sampling seed")
+    prompt_lookup: bool = Field(True, description="draft tokens from the conversation (faster edits)")
+    prompt_lookup_tokens: DraftTokens = Field(20, description="longest prompt-lookup draft")
+    grammar: bool = Field(True, description="constrain decoding to the canvas program grammar")
 
 
-@dataclass(frozen=True, kw_only=True)
-class RenderParams(_Params):
+class RenderParams(Declared):
     """Settings of the regional SDXL render."""
 
-    width: int = 896
-    height: int = 1152
-    steps: int = 25
-    cfg: float = 5.0
-    seed: int = 12345
-    method: Method = "omost"
-    global_strength: float = 0.2  # method "area" only
-    region_strength: float = 0.8  # method "area" only
-    overlap: Overlap = "average"  # method "area" only
-    negative: str = DEFAULT_NEGATIVE_PROMPT
-    positive: str = ""  # extra text added to every condition (ComfyUI's `positive` input)
-    hr_scale: float = 1.0  # HR fix: 1 (off) to 2
-    hr_steps: int = 20
-    hr_denoise: float = 0.4
-    initial_latent_denoise: float | None = None  # start from the colour sketch: 0.95..0.99, None = off
+    width: Side = Field(896, description="image width in pixels")
+    height: Side = Field(1152, description="image height in pixels")
+    steps: Steps = Field(25, description="diffusion steps")
+    cfg: Cfg = Field(5.0, description="guidance scale")
+    seed: Seed = Field(12345, description="noise seed")
+    method: Method = Field("omost", description="omost: regional attention (the original); "
+                           "area: ComfyUI-style area conditioning")
+    global_strength: GlobalStrength = Field(0.2, description="area method: weight of the global prompt")
+    region_strength: RegionStrength = Field(0.8, description="area method: weight of the regions")
+    overlap: Overlap = Field("average", description="area method: how overlapping regions combine")
+    negative: PromptText = Field(DEFAULT_NEGATIVE_PROMPT, description="negative prompt")
+    positive: PromptText = Field("", description="text added to every region (ComfyUI's positive input)")
+    hr_scale: HrScale = Field(1.0, description="high-res fix upscale (1 = off)")
+    hr_steps: Steps = Field(20, description="high-res fix steps")
+    hr_denoise: HrDenoise = Field(0.4, description="high-res fix denoise")
+    initial_latent_denoise: LatentDenoise | None = Field(
+        None, description="start from the blurred colour sketch with this denoise (0.95..0.99); null = off")
 
-    def validated(self) -> Self:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            _check_range(name, value, 256, 2048, integer=True)
-            if value % 8:
-                raise OmostError(
-                    f"{name} must be a multiple of 8, not {value}", parameter=name, value=value,
-                    allowed="multiples of 8 from 256 to 2048",
-                )
-        _check_range("steps", self.steps, 1, 100, integer=True)
-        _check_range("cfg", self.cfg, 1.0, 32.0, integer=False)
-        _check_range("seed", self.seed, 0, MAX_SEED, integer=True)
-        if self.method not in ("omost", "area"):
-            raise OmostError(f"method must be omost or area, not {self.method!r}",
-                             parameter="method", value=self.method, allowed=("omost", "area"))
-        if self.overlap not in ("overlay", "average"):
-            raise OmostError(f"overlap must be overlay or average, not {self.overlap!r}",
-                             parameter="overlap", value=self.overlap, allowed=("overlay", "average"))
-        # A zero global strength leaves pixels outside every region with no prediction at all.
-        _check_range("global_strength", self.global_strength, 0.01, 1.0, integer=False)
-        _check_range("region_strength", self.region_strength, 0.0, 1.0, integer=False)
-        _check_range("hr_scale", self.hr_scale, 1.0, 2.0, integer=False)
-        _check_range("hr_steps", self.hr_steps, 1, 100, integer=True)
-        _check_range("hr_denoise", self.hr_denoise, 0.1, 1.0, integer=False)
-        if self.initial_latent_denoise is not None:
-            _check_range("initial_latent_denoise", self.initial_latent_denoise, 0.5, 1.0, integer=False)
-        for name in ("negative", "positive"):
-            text = getattr(self, name)
-            if not isinstance(text, str) or len(text) > 1000:
-                raise OmostError(f"{name} must be text of at most 1000 characters",
-                                 parameter=name, value=text, allowed="text up to 1000 characters")
-        return self
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """The size of the image delivered: the high-res pass's when it runs (the pipeline's rule)."""
+        if self.hr_scale > HR_MIN_SCALE:
+            return round(self.width * self.hr_scale / 64) * 64, round(self.height * self.hr_scale / 64) * 64
+        return self.width, self.height
 
     @staticmethod
     def size_from_aspect(aspect: str) -> tuple[int, int]:
@@ -143,9 +99,26 @@ class RenderParams(_Params):
         if key in ASPECT_PRESETS:
             return ASPECT_PRESETS[key]
         parts = key.replace("×", "x").split("x")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
+        if len(parts) == 2 and all(p.strip().isdigit() and len(p.strip()) <= 6 for p in parts):
             return int(parts[0]), int(parts[1])
         raise OmostError(
-            f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect!r}",
+            f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect[:40]!r}",
             parameter="size", value=aspect, allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],
         )
+
+
+def describe_overrides(
+    before: RenderParams, after: RenderParams, given: dict[str, Any], *, source: str
+) -> list[str]:
+    """What options (``source`` "option") or flags ("flag") changed from a file's settings: one line each,
+    e.g. ``steps: 40 -> 12 (--steps)``, for the new result's layout file."""
+    lines = []
+    for name in RenderParams.model_fields:
+        old, new = getattr(before, name), getattr(after, name)
+        by_size = name in ("width", "height") and "size" in given
+        if old == new or not (name in given or by_size):
+            continue
+        flag = "size" if by_size else name
+        how = f"--{flag.replace('_', '-')}" if source == "flag" else f"the {flag} option"
+        lines.append(f"{name}: {old!r} -> {new!r} ({how})")
+    return lines

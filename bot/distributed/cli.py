@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def show_workers(args: argparse.Namespace) -> int:
     """Exit 2 with one line on stderr for a missing, malformed or unreachable Redis, like every command."""
-    from bot.distributed.protocol import check_redis_url
+    from bot.config import check_redis_url
     from omost_engine.errors import OmostError
 
     if not args.redis_url:

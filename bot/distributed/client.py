@@ -10,19 +10,15 @@ delivered the outcome, which lets the watchdog run a job again when it vanished 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
-import tomllib
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bot.config import RedisConfig
 from bot.distributed.health import ClusterHealth, read_health
 from bot.distributed.protocol import (
-    DEFAULT_QUEUE,
     JOB_FUNCTION,
     JobMessage,
     Keys,
@@ -49,76 +45,6 @@ GROUP = "bot"  # the consumer group the bot reads the event stream with
 ARQ_IN_PROGRESS = "arq:in-progress:"
 CANCEL_TTL_S = 86_400
 WATCHDOG = "watchdog"  # the ``worker`` of events the bot itself writes
-
-
-@dataclass(frozen=True, kw_only=True)
-class RedisConfig:
-    """Where the shared Redis is and how the bot uses it. No URL means no Redis: the in-process queue."""
-
-    url: str
-    prefix: str = "omost"
-    queue: str = DEFAULT_QUEUE  # the queue this bot's jobs go to; its workers serve it
-    consumer: str = "bot"
-    watchdog_s: float = 1.0  # how often lost and orphaned jobs are looked for
-    no_worker_timeout_s: float = 300.0  # a job waits this long for a worker to come online, then fails
-    max_attempts: int = 3  # runs of one job when its workers keep dying
-
-    _FIELDS = {"url": str, "prefix": str, "queue": str, "consumer": str, "watchdog_s": float,
-               "no_worker_timeout_s": float, "max_attempts": int}
-
-    @classmethod
-    def load(cls, *, environ: Mapping[str, str] | None = None, path: str | Path | None = None) -> RedisConfig | None:
-        """``[redis]`` of the bot's TOML file (``path`` or ``$OMOST_CONFIG``), then ``OMOST_REDIS_<FIELD>``.
-
-        Returns None when no URL is configured anywhere.
-        """
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        config_path = Path(path) if path else Path(environ["OMOST_CONFIG"]) if environ.get("OMOST_CONFIG") else None
-        if config_path is None and Path("omost-bot.toml").is_file():
-            config_path = Path("omost-bot.toml")
-        if config_path is not None and config_path.is_file():
-            try:
-                section = tomllib.loads(config_path.read_text(encoding="utf-8")).get("redis", {})
-            except tomllib.TOMLDecodeError as exc:
-                raise OmostError(f"the config file {str(config_path)!r} is not valid TOML: {exc}",
-                                 parameter="config", value=str(config_path)) from exc
-            for key, raw in section.items():
-                values[key] = cls._parse(key, raw, f"{key} in [redis] of {config_path.name}")
-        for name in cls._FIELDS:
-            raw = environ.get(f"OMOST_REDIS_{name.upper()}")
-            if raw is not None and raw.strip():
-                values[name] = cls._parse(name, raw.strip(), f"OMOST_REDIS_{name.upper()}")
-        if not values.get("url"):
-            return None
-        return cls(**values)
-
-    @classmethod
-    def _parse(cls, name: str, raw: Any, source: str) -> Any:
-        kind = cls._FIELDS.get(name)
-        if kind is None:
-            raise OmostError(f"unknown Redis setting {source}", parameter=name, allowed=list(cls._FIELDS))
-        if kind is int:
-            value = int(raw) if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()) else 0
-            if isinstance(raw, bool) or not 1 <= value <= 100:
-                raise OmostError(f"{source} must be a whole number from 1 to 100, not {raw!r}",
-                                 parameter=name, value=raw, allowed="1..100")
-            return value
-        if kind is float:
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                value = -1.0
-            if not 0.05 <= value <= 86_400:
-                raise OmostError(f"{source} must be a number of seconds from 0.05 to 86400, not {raw!r}",
-                                 parameter=name, value=raw, allowed="0.05..86400")
-            return value
-        if not isinstance(raw, str) or not raw:
-            raise OmostError(f"{source} must be text, not {raw!r}", parameter=name, value=raw, allowed="text")
-        if name == "url" and not raw.startswith(("redis://", "rediss://", "unix://")):
-            raise OmostError(f"{source} must start with redis://, rediss:// or unix://, not {raw!r}",
-                             parameter=name, value=raw, allowed="redis://host:port/db, rediss://..., unix:///path")
-        return raw
 
 
 @dataclass

@@ -11,11 +11,14 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+from pydantic import BeforeValidator, Field
+
+from bot.config import Attempts
 from bot.jobs import JobSpec, StageTimeouts
 from omost_engine.conditions import Condition
+from omost_engine.declared import Declared, show
 from omost_engine.engine import ChatMessage
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
@@ -33,38 +36,6 @@ DEFAULT_QUEUE = "default"
 # requeued: the job's worker stopped and the job waits for another one.
 EventType = Literal["started", "stage", "llm", "chat", "render", "result", "failed", "cancelled", "requeued"]
 TERMINAL_EVENTS = frozenset({"result", "failed", "cancelled"})
-
-
-REDIS_URL_FORMS = "redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path/to/socket"
-
-
-def redis_url_problem(url: str) -> str | None:
-    """What is wrong with a Redis URL as arq and redis-py read it, in a few words; None when nothing is."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return "must start with redis://, rediss:// or unix://"
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018  # the property raises for a port that is not a number in 0..65535
-    except ValueError:
-        port = parts.netloc.rpartition(":")[2]
-        return f"has port {port!r}, not a number from 1 to 65535"
-    if parts.port == 0:
-        return "has port 0, not a number from 1 to 65535"
-    db = (parse_qs(parts.query).get("db") or [""])[0] or (parts.path.lstrip("/") if parts.scheme != "unix" else "")
-    if db and not db.isdigit():
-        return f"names database {db!r}, not a number"
-    if parts.scheme == "unix" and not parts.path:
-        return "names no socket path"
-    return None
-
-
-def check_redis_url(url: str, *, parameter: str = "redis_url") -> str:
-    """``url`` when arq and redis-py can connect with it; else one OmostError saying what is wrong."""
-    problem = redis_url_problem(url)
-    if problem is not None:
-        raise OmostError(f"the Redis URL {url!r} {problem}; allowed: {REDIS_URL_FORMS}", parameter=parameter,
-                         value=url, allowed=REDIS_URL_FORMS)
-    return url
 
 
 @dataclass(frozen=True)
@@ -121,12 +92,29 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def _number(data: dict[str, Any], name: str, default: float, *, low: float, high: float) -> float:
-    value = data.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise OmostError(f"job field {name} must be a number from {low:g} to {high:g}, not {value!r}",
-                         parameter=name, value=value, allowed=f"{low:g}..{high:g}")
-    return float(value)
+def _pairs(value: Any) -> Any:
+    """JSON has lists, not tuples: [role, text] pairs as tuples, for the declared type to check."""
+    return [tuple(item) if isinstance(item, list) else item for item in value] if isinstance(value, list) else value
+
+
+class JobWire(Declared):
+    """The fields of a job message on the wire: types and ranges declared once, checked on arrival
+    (the message crossed a network). Unknown fields are ignored: a newer bot may send more."""
+
+    v: Literal[1] = Field(description="protocol version")
+    job_id: int = Field(description="the bot's job id")
+    user_id: Annotated[int, Field(ge=0, le=2**64)] = 0
+    prompt: Annotated[str, Field(max_length=100_000)] | None = None
+    history: Annotated[list[tuple[Literal["user", "assistant"], str]], BeforeValidator(_pairs)] = Field(
+        [], json_schema_extra={"allowed": "a list of [role, text] pairs, role user or assistant"})
+    llm: Annotated[str, Field(max_length=4096)] | None = None
+    sdxl: Annotated[str, Field(max_length=4096)] | None = None
+    llm_params: dict[str, Any] | None = None  # LLMParams' own declaration checks the contents
+    render_params: dict[str, Any] | None = None  # RenderParams' own declaration checks the contents
+    layout: Any = None  # the layout loader checks it
+    llm_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
+    render_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
+    max_attempts: Attempts = 3
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,38 +153,25 @@ class JobMessage:
         """Validate a message (it crossed a network); OmostError names the bad field."""
         if not isinstance(data, dict) or data.get("v") != PROTOCOL_VERSION:
             version = data.get("v") if isinstance(data, dict) else None
-            raise OmostError(f"job message version {version!r} is not supported",
+            raise OmostError(f"job message version {show(version)} is not supported",
                              parameter="v", value=version, allowed=str(PROTOCOL_VERSION))
-        history = data.get("history") or []
-        if not isinstance(history, list) or not all(
-            isinstance(m, list) and len(m) == 2 and m[0] in ("user", "assistant") and isinstance(m[1], str)
-            for m in history
-        ):
-            raise OmostError("job history must be a list of [role, text] pairs",
-                             parameter="history", allowed="[['user'|'assistant', text], ...]")
-        for name in ("prompt", "llm", "sdxl"):
-            if data.get(name) is not None and not isinstance(data[name], str):
-                raise OmostError(f"job field {name} must be text", parameter=name, value=data[name])
-        job_id = data.get("job_id")
-        if isinstance(job_id, bool) or not isinstance(job_id, int):
-            raise OmostError(f"job id must be a whole number, not {job_id!r}", parameter="job_id", value=job_id)
+        wire = JobWire.from_dict({k: v for k, v in data.items() if v is not None or k == "layout"})
         layout = None
-        if data.get("layout") is not None:
+        if wire.layout is not None:
             from omost_engine.layout import Layout
 
-            layout = Layout.from_json(data["layout"])
+            layout = Layout.from_json(wire.layout)
         spec = JobSpec(
-            job_id=job_id, prompt=data.get("prompt") or "",
-            history=tuple(ChatMessage(role, content) for role, content in history),
-            llm=data.get("llm"), llm_params=LLMParams.from_dict(data.get("llm_params") or {}),
-            render_params=RenderParams.from_dict(data.get("render_params") or {}), layout=layout,
-            sdxl=data.get("sdxl"),
+            job_id=wire.job_id, prompt=wire.prompt or "",
+            history=tuple(ChatMessage(role, content) for role, content in wire.history),
+            llm=wire.llm, llm_params=LLMParams.from_dict(wire.llm_params or {}),
+            render_params=RenderParams.from_dict(wire.render_params or {}), layout=layout,
+            sdxl=wire.sdxl,
         )
         return cls(
-            spec=spec, user_id=int(_number(data, "user_id", 0, low=0, high=2**64)),
-            timeouts=StageTimeouts(llm=_number(data, "llm_timeout", 900.0, low=0.01, high=86400),
-                                   render=_number(data, "render_timeout", 900.0, low=0.01, high=86400)),
-            max_attempts=int(_number(data, "max_attempts", 3, low=1, high=100)),
+            spec=spec, user_id=wire.user_id,
+            timeouts=StageTimeouts(llm=wire.llm_timeout, render=wire.render_timeout),
+            max_attempts=wire.max_attempts,
         )
 
 

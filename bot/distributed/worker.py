@@ -25,15 +25,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import Field, model_validator
+
+from bot.config import REDIS_URL_FORMS, RedisUrl, check_redis_url
 from bot.distributed.protocol import (
     DEFAULT_QUEUE,
     JOB_FUNCTION,
     JobMessage,
     Keys,
     WireEvent,
-    check_redis_url,
     dumps,
     interrupted_message,
     loads,
@@ -52,6 +54,7 @@ from bot.jobs import (
     execute_job,
     internal_failure,
 )
+from omost_engine.declared import Declared
 from omost_engine.errors import OmostError
 from omost_engine.progress import CancelToken
 
@@ -65,27 +68,28 @@ ARQ_IN_PROGRESS = "arq:in-progress:"  # arq's key prefix; the lease renews these
 RESULT_TTL_S = 86_400  # results wait this long for a bot that is down
 
 
-@dataclass(frozen=True, kw_only=True)
-class WorkerConfig:
-    redis_url: str
-    queue: str = DEFAULT_QUEUE
-    prefix: str = "omost"
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    concurrency: int = 1  # jobs at once; one per GPU is the usual choice
-    heartbeat_s: float = 1.0
-    lease_s: float = 10.0  # a dead worker's job runs again after at most this long
-    poll_s: float = 0.005  # arq's queue polling interval: the start latency of a job on an idle worker
-    progress_interval_s: float = 0.25  # at most one progress event per job this often
-    engine_name: str = "real"
 
-    def validated(self) -> WorkerConfig:
-        checks = (("concurrency", self.concurrency, 1, 64), ("heartbeat_s", self.heartbeat_s, 0.05, 60),
-                  ("lease_s", self.lease_s, 0.5, 3600), ("poll_s", self.poll_s, 0.001, 10),
-                  ("progress_interval_s", self.progress_interval_s, 0.0, 60))
-        for name, value, low, high in checks:
-            if not low <= value <= high:
-                raise OmostError(f"worker {name} must be from {low:g} to {high:g}, not {value!r}",
-                                 parameter=name, value=value, allowed=f"{low:g}..{high:g}")
+class WorkerConfig(Declared):
+    """A GPU worker's settings: types, ranges and defaults declared once (``omost_engine.declared``)."""
+
+    redis_url: RedisUrl = Field(description="the shared Redis", json_schema_extra={"allowed": REDIS_URL_FORMS})
+    queue: Annotated[str, Field(min_length=1, max_length=100)] = Field(DEFAULT_QUEUE, description="queue served")
+    prefix: Annotated[str, Field(min_length=1, max_length=100)] = Field("omost", description="Redis key prefix")
+    worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="this worker's name")
+    concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        1, description="jobs at once; one per GPU is the usual choice")
+    heartbeat_s: Annotated[float, Field(ge=0.05, le=60)] = Field(1.0, description="seconds between heartbeats")
+    lease_s: Annotated[float, Field(ge=0.5, le=3600)] = Field(
+        10.0, description="a dead worker's job runs again after at most this long")
+    poll_s: Annotated[float, Field(ge=0.001, le=10)] = Field(
+        0.005, description="arq's queue polling interval: the start latency of a job on an idle worker")
+    progress_interval_s: Annotated[float, Field(ge=0.0, le=60)] = Field(
+        0.25, description="at most one progress event per job this often")
+    engine_name: Annotated[str, Field(min_length=1, max_length=100)] = "real"
+
+    @model_validator(mode="after")
+    def _rules(self) -> WorkerConfig:
         if self.lease_s < 2 * self.heartbeat_s:
             raise OmostError(f"worker lease_s ({self.lease_s:g}) must be at least twice heartbeat_s "
                              f"({self.heartbeat_s:g}), or a live worker could lose its jobs",

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from omost_engine.errors import OmostError
-from omost_engine.layout import MAX_LAYOUT_BYTES, Layout
+from omost_engine.layout import Layout, LayoutLimits
 from omost_engine.preview import MASKS_SIZE, masks_image, parse_size, sketch_image
 from omost_engine.reply import parse_reply
 
@@ -29,17 +29,22 @@ def register(subparsers: Any) -> None:
 
     layout = subparsers.add_parser(
         "layout",
-        help="draw a layout file: the colour sketch, or with --masks the labelled region boxes",
-        description="Draw a layout JSON file (omost-bot's or a bare ComfyUI_omost list) as a PNG.",
+        help="draw a layout file (the colour sketch, or with --masks the labelled region boxes), or print it "
+        "for ComfyUI",
+        description="Draw a layout JSON file (omost-bot's in any version, or a bare ComfyUI_omost list) as a "
+        "PNG, or with --comfyui print the bare list ComfyUI_omost's Load Canvas Conditioning node takes.",
     )
     layout.add_argument("layout", help="layout JSON file; '-' reads stdin")
-    layout.add_argument("--out", required=True, help="PNG file to write")
+    layout.add_argument("--out", help="PNG file to write (required unless --comfyui)")
+    layout.add_argument("--comfyui", action="store_true",
+                        help="print the bare ComfyUI_omost list (conditions only) on stdout")
     layout.add_argument("--size", help="WxH in pixels (default 90x90 for the sketch, 720x720 with --masks)")
     layout.add_argument("--masks", action="store_true", help="draw the numbered, labelled region boxes")
     layout.set_defaults(func=run_layout)
 
 
-def _read(path: str, limit: int) -> bytes:
+def read_input(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a file, or of stdin for ``-``; one OmostError when there is more."""
     try:
         if path == "-":
             data = sys.stdin.buffer.read(limit + 1)
@@ -62,7 +67,7 @@ def _fail(command: str, exc: OmostError) -> int:
 
 def run_canvas(args: argparse.Namespace) -> int:
     try:
-        data = _read(args.file, MAX_INPUT_BYTES)
+        data = read_input(args.file, MAX_INPUT_BYTES)
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -81,14 +86,25 @@ def _comfyui(layout: Layout) -> str:
 
 def run_layout(args: argparse.Namespace) -> int:
     try:
-        layout = Layout.loads(_read(args.layout, MAX_LAYOUT_BYTES))
-        size = parse_size(args.size) if args.size else (MASKS_SIZE if args.masks else (90, 90))
-        image = masks_image(layout, size) if args.masks else sketch_image(layout, size)
-        try:
-            image.save(args.out, format="PNG")
-        except OSError as exc:
-            raise OmostError(f"cannot write {args.out!r}: {exc.strerror}", parameter="out", value=args.out) from None
+        if not args.out and not args.comfyui:
+            raise OmostError("nothing to do: give --out PREVIEW.png, --comfyui, or both", parameter="out",
+                             allowed="--out FILE.png and/or --comfyui")
+        limit = LayoutLimits.from_environ()
+        layout = Layout.loads(read_input(args.layout, limit), max_bytes=limit)
+        image = None
+        if args.out:
+            size = parse_size(args.size) if args.size else (MASKS_SIZE if args.masks else (90, 90))
+            image = masks_image(layout, size) if args.masks else sketch_image(layout, size)
+            try:
+                image.save(args.out, format="PNG")
+            except OSError as exc:
+                raise OmostError(f"cannot write {args.out!r}: {exc.strerror}", parameter="out",
+                                 value=args.out) from None
     except OmostError as exc:
         return _fail("layout", exc)
-    print(f"wrote {args.out} ({image.width}x{image.height}, {len(layout.conditions) - 1} regions)", file=sys.stderr)
+    if args.comfyui:
+        sys.stdout.write(_comfyui(layout) + "\n")
+    if image is not None:
+        print(f"wrote {args.out} ({image.width}x{image.height}, {len(layout.conditions) - 1} regions)",
+              file=sys.stderr)
     return 0

@@ -18,10 +18,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from omost_engine.declared import flag_help, flag_type
 from omost_engine.engine import ChatMessage
 from omost_engine.errors import CancelledError, OmostError
 from omost_engine.llm.conversation import load_conversation, save_conversation
 from omost_engine.params import LLMParams
+from omost_engine.reply import extract_code
 
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
@@ -54,14 +56,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--llm-model", help="model name to request from --llm-endpoint (default: its first)")
     parser.add_argument("--llm-api-key", help=f"API key for --llm-endpoint (default: ${API_KEY_ENV})")
     parser.add_argument("--allow-cpu", action="store_true", help="run a large LLM without a GPU (very slow)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="0..2, 0 = greedy (0.6)")
-    parser.add_argument("--top-p", type=float, default=0.9, help="0..1 (0.9)")
-    parser.add_argument("--max-new-tokens", type=int, default=4096, help="128..4096 (4096)")
+    for field in ("temperature", "top_p", "max_new_tokens"):  # from the declarations in omost_engine.params
+        parser.add_argument(f"--{field.replace('_', '-')}", type=flag_type(LLMParams, field),
+                            default=getattr(LLMParams(), field), help=flag_help(LLMParams, field))
     decoding = parser.add_argument_group("decoding (local models; both on by default, see docs/decoding.md)")
     decoding.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false",
                           help="no draft tokens copied from the conversation (prompt-lookup decoding)")
     decoding.add_argument("--draft-tokens", type=int, default=LLMParams().prompt_lookup_tokens, metavar="N",
-                          help=f"longest draft per forward pass, 1..100 ({LLMParams().prompt_lookup_tokens})")
+                          help=flag_help(LLMParams, "prompt_lookup_tokens"))
     decoding.add_argument("--no-grammar", dest="grammar", action="store_false",
                           help="no canvas-program grammar while decoding")
     parser.add_argument("--context-tokens", type=int, default=8192,
@@ -164,7 +166,8 @@ def compose(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     (out / "reply.md").write_text(result.reply, encoding="utf-8")
-    (out / "layout.json").write_text(result.layout.dumps() + "\n", encoding="utf-8")
+    layout = result.layout.with_meta(program=extract_code(result.reply), llm=result.model)
+    (out / "layout.json").write_text(layout.dumps() + "\n", encoding="utf-8")
     turn = [ChatMessage("user", args.prompt), ChatMessage("assistant", result.reply)]
     save_conversation(out / "conversation.json", [*history, *turn], model=llm or service.default_llm)
     if not args.quiet:
@@ -176,7 +179,7 @@ def compose(args: argparse.Namespace) -> int:
         del service  # free the LLM before the renderer needs the memory
         gc.collect()
         _empty_cuda_cache()
-        render.render_into(result.layout, out, args)
+        render.render_into(layout, out, args)
     return 0
 
 

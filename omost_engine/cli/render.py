@@ -1,8 +1,9 @@
 """``omost-bot render LAYOUT.json --out DIR``: render a layout with the regional SDXL renderer.
 
-Writes ``image.png``, ``masks.png`` and ``layout.json`` (the layout with ``meta.render`` = model and
-every parameter, so ``omost-bot render DIR/layout.json`` reproduces the image). Parameters not given
-on the command line come from the layout's ``meta.render`` when it has one, else the defaults.
+Writes ``image.png``, ``masks.png`` and ``layout.json`` (the layout file with the model and every
+parameter, so ``omost-bot render DIR/layout.json`` reproduces the image, and so does the bot's
+``/omost render``). Parameters not given on the command line come from the file (ours, in any version),
+else the defaults; flags that change the file's settings are recorded in the new file's ``overrides``.
 ``add_render_arguments`` and ``render_into`` are shared with ``omost-bot compose``.
 """
 
@@ -13,9 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from omost_engine.cli.canvas import read_input
+from omost_engine.declared import choices, flag_help, flag_type
 from omost_engine.errors import OmostError
-from omost_engine.layout import MAX_LAYOUT_BYTES, Layout
-from omost_engine.params import RenderParams
+from omost_engine.layout import Layout, LayoutLimits
+from omost_engine.params import RenderParams, describe_overrides
 
 EXIT_INVALID = 2
 
@@ -32,26 +35,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     """The render options (model, method, sampler and HR-fix parameters, memory)."""
     group = parser.add_argument_group("rendering")
     group.add_argument("--model", help="SDXL model: hub id, diffusers folder or .safetensors file "
-                       "(default: the layout's meta.render.model, else SG161222/RealVisXL_V4.0)")
+                       "(default: the layout file's sdxl, else SG161222/RealVisXL_V4.0)")
     group.add_argument("--model-config", help="diffusers SDXL folder or hub id giving the configs and "
                        "tokenizers of a single-file --model (default stabilityai/stable-diffusion-xl-base-1.0)")
-    group.add_argument("--method", choices=("omost", "area"), help="regional method (default omost)")
-    group.add_argument("--global-strength", type=float, help="method area: weight of the global prompt (0.2)")
-    group.add_argument("--region-strength", type=float, help="method area: weight of the regions (0.8)")
-    group.add_argument("--overlap", choices=("overlay", "average"), help="method area: overlapping regions")
-    group.add_argument("--seed", type=int, help="noise seed (12345)")
     group.add_argument("--size", help="WIDTHxHEIGHT or a preset (portrait, square, landscape, ...)")
-    group.add_argument("--width", type=int, help="image width, a multiple of 8 (896)")
-    group.add_argument("--height", type=int, help="image height, a multiple of 8 (1152)")
-    group.add_argument("--steps", type=int, help="sampling steps (25)")
-    group.add_argument("--cfg", type=float, help="classifier-free guidance scale (5)")
-    group.add_argument("--negative", help="negative prompt")
-    group.add_argument("--positive", help="extra text added to every condition")
-    group.add_argument("--hr-scale", type=float, help="HR fix upscale 1..2 (1 = off)")
-    group.add_argument("--hr-steps", type=int, help="HR fix steps (20)")
-    group.add_argument("--hr-denoise", type=float, help="HR fix denoise (0.4)")
-    group.add_argument("--initial-latent-denoise", type=float,
-                       help="start from the blurred colour sketch with this denoise (0.95..0.99; off by default)")
+    # Every parameter flag from its declaration in omost_engine.params: type, choices, range, default.
+    for field in PARAM_FLAGS.values():
+        options = choices(RenderParams, field)
+        group.add_argument(f"--{field.replace('_', '-')}", type=flag_type(RenderParams, field),
+                           choices=options or None,
+                           help=flag_help(RenderParams, field, default_text="default: the file's, else"))
     group.add_argument("--memory", choices=("offload", "resident"), default="offload",
                        help="offload: only the current stage's model on the GPU (8 GB cards); resident: all")
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
@@ -92,10 +85,21 @@ def check_device(name: str | None) -> str | None:
     return name.strip()
 
 
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The render flags given on the command line (RenderParams fields, plus size)."""
+    given: dict[str, Any] = {flag: getattr(args, flag) for flag in PARAM_FLAGS if getattr(args, flag, None) is not None}
+    if getattr(args, "size", None):
+        given["size"] = args.size
+    return given
+
+
+def file_params(layout: Layout | None) -> RenderParams:
+    """The defaults with the file's own render settings over them."""
+    return RenderParams().replace(**(layout.render_settings if layout is not None else {}))
+
+
 def params_from_args(args: argparse.Namespace, layout: Layout | None = None) -> RenderParams:
-    """RenderParams from the defaults, then the layout's meta.render.params, then the flags given."""
-    stored = (layout.meta.get("render") or {}).get("params") if layout is not None else None
-    base = RenderParams.from_dict(stored) if isinstance(stored, dict) else RenderParams()
+    """RenderParams from the defaults, then the layout file's settings, then the flags given."""
     changes: dict[str, Any] = {}
     size = getattr(args, "size", None)
     if size:
@@ -104,13 +108,13 @@ def params_from_args(args: argparse.Namespace, layout: Layout | None = None) -> 
         value = getattr(args, flag, None)
         if value is not None:
             changes[field] = value
-    return base.replace(**changes)
+    return file_params(layout).replace(**changes)
 
 
 def model_from_args(args: argparse.Namespace, layout: Layout | None = None) -> str | None:
     if getattr(args, "model", None):
         return str(args.model)
-    stored = (layout.meta.get("render") or {}).get("model") if layout is not None else None
+    stored = layout.meta.get("sdxl") if layout is not None else None
     return stored if isinstance(stored, str) and stored else None
 
 
@@ -124,6 +128,12 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
     device = check_device(getattr(args, "device", None))
     params = params_from_args(args, layout)
     model = model_from_args(args, layout)
+    overrides = list(layout.meta.get("overrides") or [])
+    if layout.render_settings:  # flags over a file's own settings are overrides, worth recording
+        overrides += describe_overrides(file_params(layout), params, _given(args), source="flag")
+        stored_model = layout.meta.get("sdxl")
+        if getattr(args, "model", None) and stored_model and stored_model != args.model:
+            overrides.append(f"sdxl: {stored_model!r} -> {str(args.model)!r} (--model)")
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +152,9 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
         print(f"\rrendered in {result.seconds:.1f} s", file=sys.stderr)
     result.image.save(out / "image.png")
     result.masks.save(out / "masks.png")
-    meta = {"model": result.model, "seconds": round(result.seconds, 3), "params": result.params.to_dict()}
-    (out / "layout.json").write_text(layout.with_meta(render=meta).dumps() + "\n", encoding="utf-8")
+    written = layout.with_meta(render=result.params.to_dict(), sdxl=result.model, seconds=round(result.seconds, 3),
+                               overrides=overrides)
+    (out / "layout.json").write_text(written.dumps() + "\n", encoding="utf-8")
 
 
 def register(subparsers: Any) -> None:
@@ -152,7 +163,8 @@ def register(subparsers: Any) -> None:
         description="Render a layout (omost-bot layout JSON or a bare ComfyUI_omost list) with regional SDXL. "
         "Exit status 2 and one line on stderr for bad input.",
     )
-    parser.add_argument("layout", help="layout JSON file")
+    parser.add_argument("layout", help="layout JSON file (ours in any version, or a ComfyUI_omost list); "
+                        "'-' reads stdin")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_render_arguments(parser)
@@ -161,16 +173,12 @@ def register(subparsers: Any) -> None:
 
 def run_render(args: argparse.Namespace) -> int:
     try:
-        path = Path(args.layout)
-        try:
-            data = path.read_bytes() if path.stat().st_size <= MAX_LAYOUT_BYTES else None
-        except OSError as exc:
-            raise OmostError(f"cannot read {args.layout!r}: {exc.strerror}", parameter="layout",
-                             value=args.layout) from None
-        if data is None:
-            raise OmostError(f"{args.layout!r} is too large; allowed: at most {MAX_LAYOUT_BYTES} bytes",
-                             parameter="layout", value=args.layout)
-        render_into(Layout.loads(data), args.out, args)
+        limit = LayoutLimits.from_environ()  # OMOST_MAX_LAYOUT_BYTES, the bot's limit too
+        layout = Layout.loads(read_input(args.layout, limit), max_bytes=limit)
+        if not getattr(args, "quiet", False):
+            for note in layout.notes:
+                print(f"note: {note}", file=sys.stderr)
+        render_into(layout, args.out, args)
     except OmostError as exc:
         print(f"omost-bot render: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_INVALID

@@ -12,28 +12,55 @@ from bot.db import find_migrations
 from bot.engine_factory import create_engine
 
 
-def test_run_check_opens_and_migrates_the_database(
+def test_run_check_reads_the_database_and_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMOST_MEMORY", "resident")
-    assert main(["run", "--check", "--db", str(tmp_path / "bot.sqlite3")]) == 0
+    monkeypatch.setenv("DISCORD_TOKEN", "t")
+    assert main(["run", "--check"]) == 0
     out = capsys.readouterr().out
-    assert "config ok" in out and "memory=resident" in out and f"schema v{len(find_migrations())}" in out
-    assert (tmp_path / "bot.sqlite3").is_file()
+    assert "config ok" in out and "memory=resident" in out and "does not exist yet" in out
+    assert list(tmp_path.iterdir()) == []  # checking creates nothing in the current folder
+
+    import asyncio
+
+    from bot.db import Database
+
+    async def make() -> None:
+        await (await Database.open(tmp_path / "bot.sqlite3")).close()
+
+    asyncio.run(make())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["run", "--check", "--db", str(tmp_path / "bot.sqlite3")]) == 0
+    assert f"schema v{len(find_migrations())}" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_run_without_token_or_with_bad_config_is_one_clear_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("environ", "toml", "expected"), [
+    ({}, "", "no Discord bot token"),
+    ({"DISCORD_TOKEN": "t", "OMOST_DEVICE": "gpu9"}, "", "OMOST_DEVICE must be auto or a torch device"),
+    ({"DISCORD_TOKEN": "t", "OMOST_REDIS_URL": "redis://x:notaport/0"}, "", "OMOST_REDIS_URL: the Redis URL 'redis://x:notaport/0' has port 'notaport'"),
+    ({"DISCORD_TOKEN": "t"}, '[redis]\nurl = "redis://x:6379/0"\nspeed = 3\n', "unknown key 'speed' in [redis]"),
+    ({"DISCORD_TOKEN": "t"}, 'token = "t"\n', "'token' is at the top level"),
+])
+def test_run_check_reports_each_problem_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str], toml: str, expected: str,
 ) -> None:
+    """Issue 10, item 16: each problem is one line and exit 2, and nothing is created while checking."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
-    assert main(["run"]) == 2
-    assert "no Discord bot token" in capsys.readouterr().err
-    monkeypatch.setenv("OMOST_MAX_QUEUE", "lots")
-    assert main(["run", "--check"]) == 2
+    for name in ("DISCORD_TOKEN", "OMOST_CONFIG", "OMOST_DEVICE", "OMOST_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "conf" / "omost-bot.toml"
+    config.parent.mkdir()
+    config.write_text(toml)
+    assert main(["run", "--check", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "OMOST_MAX_QUEUE must be a whole number" in err and "Traceback" not in err
+    assert expected in err and err.count("\n") == 1 and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["conf"]
 
 
 def test_engine_factory_wires_chat_and_render_to_one_model_manager() -> None:

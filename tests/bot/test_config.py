@@ -76,13 +76,13 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(OmostError, match="not valid TOML"):
         load_config(environ={}, path=broken)
     unknown = tmp_path / "unknown.toml"
-    unknown.write_text('tokn = "x"\n')
+    unknown.write_text('[bot]\ntokn = "x"\n')
     with pytest.raises(OmostError, match="unknown key 'tokn'"):
         load_config(environ={}, path=unknown)
     with pytest.raises(OmostError, match="cannot read the config file"):
         load_config(environ={}, path=tmp_path / "missing.toml")
     wrong_type = tmp_path / "type.toml"
-    wrong_type.write_text("max_queue = true\n")
+    wrong_type.write_text("[bot]\nmax_queue = true\n")
     with pytest.raises(OmostError, match="max_queue in type.toml must be a whole number"):
         load_config(environ={}, path=wrong_type)
 
@@ -91,5 +91,39 @@ def test_max_attempts_of_a_job_after_restarts(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(tmp_path)
     assert BotConfig().max_attempts == 2
     assert load_config(environ={"OMOST_MAX_ATTEMPTS": "3"}).max_attempts == 3
-    with pytest.raises(OmostError, match="OMOST_MAX_ATTEMPTS must be a whole number from 1 to 10"):
+    with pytest.raises(OmostError, match="OMOST_MAX_ATTEMPTS must be a whole number from 1 to 100"):
         load_config(environ={"OMOST_MAX_ATTEMPTS": "0"})
+
+
+def test_the_one_documented_file_shape_is_accepted_exactly(tmp_path: Path) -> None:
+    """[bot] and [redis] tables (docs/bot.md); keys at the top level or unknown [redis] keys are refused
+    in one line saying where they belong (issue 10, item 16)."""
+    path = tmp_path / "omost-bot.toml"
+    path.write_text('[bot]\ntoken = "t"\nmax_queue = 4\n\n[redis]\nurl = "redis://127.0.0.1:6379/0"\n')
+    config = load_config(environ={}, path=path)
+    assert config.token == "t" and config.max_queue == 4
+    cases = {
+        'token = "t"\n\n[redis]\nurl = "redis://x:6379/0"\n': "'token' is at the top level of omost-bot.toml; "
+        "it belongs under [bot]",
+        '[bot]\ntoken = "t"\n[redis]\nurl = "redis://x:6379/0"\nspeed = 3\n': "unknown key 'speed' in [redis]",
+        '[bot]\ntoken = "t"\n[worker]\nname = "x"\n': "unknown key 'worker' at the top level",
+        'redis = 5\n': "'redis' is at the top level of omost-bot.toml; it belongs under a [redis] table",
+    }
+    for text, expected in cases.items():
+        path.write_text(text)
+        with pytest.raises(OmostError) as error:
+            load_config(environ={}, path=path)
+        assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"OMOST_DEVICE": "gpu9"}, "OMOST_DEVICE must be auto or a torch device such as cuda, cuda:1, mps or cpu"),
+    ({"OMOST_MAX_LAYOUT_BYTES": "1" + "0" * 5000}, "OMOST_MAX_LAYOUT_BYTES must be a whole number from 1024"),
+])
+def test_device_and_huge_numbers_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OmostError) as error:
+        load_config(environ=environ)
+    assert expected in str(error.value) and len(str(error.value)) < 300

@@ -39,7 +39,7 @@ def test_parse_setting(key: str, text: str, value: object) -> None:
         ("colour", "red", "unknown setting 'colour'"),
         ("steps", "0", "from 1 to 100"),
         ("cfg", "nan", "from 1 to 32"),
-        ("method", "magic", "one of omost, area"),
+        ("method", "magic", "method must be omost or area"),
         ("size", "7x7", "width must be from 256"),
         ("allowed_channels", "#general", "channel mentions or ids"),
         ("negative", "", "1 to 1000 characters"),

@@ -17,6 +17,7 @@ from simenv import DINOSAUR, DRAGON
 from bot.bot import OmostBot
 from bot.config import BotConfig
 from bot.testing import ScriptedEngine
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -44,8 +45,8 @@ async def test_compose_over_the_wire(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert Image.open(io.BytesIO(files["image.png"])).size == engine.image_size
         layout = json.loads(files["layout.json"])
         assert (
-            layout["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
-            and layout["meta"]["seed"] == 21
+            Layout.from_json(layout).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+            and layout[0]["omost_bot"]["render"]["seed"] == 21
         )
         message = fake.messages[message_id]
         fields = {f["name"]: f["value"] for f in message["embeds"][0]["fields"]}

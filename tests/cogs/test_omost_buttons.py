@@ -3,11 +3,11 @@ also after a restart: their state is the custom_id plus SQLite."""
 
 from __future__ import annotations
 
-import json
-
 from simenv import DRAGON, World
 
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
+from omost_engine.testing.comfyui_loader import check_project_file
 
 
 async def compose(world: World, **options: object):
@@ -25,10 +25,9 @@ async def test_reroll_renders_the_same_layout_with_a_new_seed(world: World) -> N
     assert fields["Seed"] != "1" and fields["Steps · CFG"] == "3 · 5"
     assert [c[0] for c in world.engine.calls] == ["chat", "render", "render"]  # no second LLM turn
     files = {a.filename: a for a in message.attachments}
-    assert (
-        json.loads(await files["layout.json"].read())["conditions"]
-        == parse_reply(DRAGON).to_json()["conditions"]
-    )
+    reroll_file = (await files["layout.json"].read()).decode()
+    assert Layout.loads(reroll_file).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+    assert check_project_file(reroll_file)[0]["omost_bot"]["render"]["seed"] == int(fields["Seed"])
     # The reroll belongs to the same turn: replying to it continues the same conversation.
     await world.alice.send(world.channel, "now a dinosaur", reply_to=message)
     assert world.engine.histories[-1][0].content == "a dragon battle"
@@ -40,6 +39,8 @@ async def test_layout_button_shows_sketch_masks_and_file_to_the_clicker_only(wor
     assert result.ephemeral
     names = sorted(a.filename for a in result.response.attachments)
     assert names == ["layout.json", "masks.png", "sketch.png"]
+    layout_file = next(a for a in result.response.attachments if a.filename == "layout.json")
+    check_project_file((await layout_file.read()).decode())  # the schema and ComfyUI's loader accept it
     assert (
         "region 1" in result.response.content
         and f"{len(parse_reply(DRAGON).regions)} region" in result.response.content
@@ -107,3 +108,18 @@ async def test_cancel_button_on_a_queued_job(world: World) -> None:
     assert job is not None and job.state == "cancelled"
     await world.owner.slash(world.channel, "omost resume")
     assert world.engine.calls == []
+
+
+async def test_reroll_and_edit_are_held_to_the_channels_limits_of_today(world: World) -> None:
+    """Issue 10 item 2: every entry point's final parameters go through the one limit check."""
+    first = await compose(world, steps=40)
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="30")
+    reroll = await world.bob.click(first, label="Reroll")
+    assert reroll.ephemeral and "steps must be at most 30 here, not 40" in reroll.response.content
+    shown = await world.alice.click(first, label="Edit")
+    field_id = shown.modal["components"][0]["components"][0]["custom_id"]
+    edited = await world.alice.submit_modal(shown, {field_id: "make it night"})
+    assert edited.ephemeral and "steps must be at most 30 here" in edited.response.content
+    await world.alice.send(world.channel, "make it night", reply_to=first)
+    assert "steps must be at most 30 here" in world.channel.last_message.content
+    assert [c[0] for c in world.engine.calls] == ["chat", "render"]  # nothing more ran

@@ -8,6 +8,8 @@ import json
 import pytest
 from simenv import DRAGON, World
 
+from omost_engine.errors import OmostError
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -35,9 +37,11 @@ async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -
     files = {a.filename: a for a in message.attachments}
     assert set(files) == {"image.png", "layout.json"}
     layout_doc = json.loads(await files["layout.json"].read())
-    assert layout_doc["format"] == "omost-bot-layout"
-    assert layout_doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
-    assert layout_doc["meta"]["seed"] == 7 and layout_doc["meta"]["render"]["steps"] == 4
+    record = layout_doc[0]["omost_bot"]
+    assert record["format"] == "omost-bot-layout" and record["version"] == 2
+    assert Layout.from_json(layout_doc).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+    assert record["render"]["seed"] == 7 and record["render"]["steps"] == 4
+    assert record["program"] and record["program"] in DRAGON and record["prompt"]
     embed = message.embeds[0]
     fields = {f.name: f.value for f in embed.fields}
     assert fields["Seed"] == "7" and fields["Size"] == "896x1152" and fields["LLM"] == "scripted-llm"
@@ -78,12 +82,9 @@ async def test_status_message_shows_each_stage_and_is_throttled(world: World) ->
     [
         ({"prompt": "   "}, "prompt is empty"),
         ({"prompt": "x" * 2001}, "at most 2000"),
-        ({"prompt": "cat", "steps": 500}, "steps must be from 1 to 100"),
-        ({"prompt": "cat", "cfg": 0.5}, "cfg must be from 1 to 32"),
         ({"prompt": "cat", "size": "huge"}, "size must be WIDTHxHEIGHT"),
         ({"prompt": "cat", "size": "1001x1000"}, "multiple of 8"),
-        ({"prompt": "cat", "temperature": 3.0}, "temperature must be from 0 to 2"),
-        ({"prompt": "cat", "seed": -1}, "seed must be from 0"),
+        ({"prompt": "cat", "size": "4096x4096"}, "width must be from 256 to 2048"),
     ],
 )
 async def test_bad_input_gets_one_ephemeral_message_and_nothing_is_stored(
@@ -148,3 +149,42 @@ async def test_unexpected_errors_become_one_generic_ephemeral_message(world: Wor
     assert "database is on fire" not in result.response.content and "Traceback" not in result.response.content
     errors = world.env.errors  # the error was logged (and reached the tree's handler), not shown
     assert len(errors) == 1 and "database is on fire" in str(errors[0].__cause__ or errors[0])
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"steps": 500}, "steps"), ({"cfg": 0.5}, "cfg"), ({"temperature": 3.0}, "temperature"), ({"seed": -1}, "seed"),
+    ({"global_strength": 0.0}, "global_strength"), ({"max_new_tokens": 10}, "max_new_tokens"),
+])
+async def test_option_ranges_come_from_the_declarations_and_the_client_enforces_them(
+    world: World, options: dict, expected: str
+) -> None:
+    """Issue 11: the options' ranges are the declarations' (app_commands.Range), so Discord refuses first."""
+    import simcord
+
+    from omost_engine.declared import bounds
+    from omost_engine.params import LLMParams, RenderParams
+
+    command = world.bot.tree.get_command("omost").get_command("compose")  # type: ignore[union-attr]
+    payload = {o["name"]: o for o in command.to_dict(world.bot.tree)["options"]}
+    for name in ("steps", "cfg", "seed", "global_strength", "region_strength", "temperature", "top_p",
+                 "max_new_tokens"):
+        model = LLMParams if name in ("temperature", "top_p", "max_new_tokens") else RenderParams
+        assert (payload[name]["min_value"], payload[name]["max_value"]) == bounds(model, name), name
+    assert [c["value"] for c in payload["method"]["choices"]] == ["omost", "area"]
+    with pytest.raises(simcord.backend.errors.OptionError, match=expected):
+        await world.alice.slash(world.channel, "omost compose", prompt="cat", **options)
+    assert await jobs_in_db(world) == 0 and world.engine.calls == []
+
+
+async def test_out_of_range_values_past_the_client_get_the_declarations_message(world: World) -> None:
+    """A request that skips the client's checks (another client, a stale command) meets the same ranges."""
+    from bot.settings import build_params, resolve_policy
+
+    policy = await resolve_policy(world.bot.storage, world.bot.config, guild_id=world.guild.id,
+                                  channel_id=world.channel.id)
+    for options, expected in [({"steps": 500}, "steps must be from 1 to 100, not 500"),
+                              ({"cfg": 0.5}, "cfg must be from 1 to 32, not 0.5"),
+                              ({"temperature": 3.0}, "temperature must be from 0 to 2, not 3.0"),
+                              ({"seed": -1}, "seed must be from 0 to 4294967295, not -1")]:
+        with pytest.raises(OmostError, match=expected):
+            build_params(policy, options, seed=1)

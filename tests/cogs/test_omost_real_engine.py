@@ -15,6 +15,7 @@ from simenv import DRAGON, simulate
 from bot.bot import OmostBot
 from bot.config import BotConfig
 from bot.engine_factory import CombinedEngine
+from omost_engine.layout import Layout
 from omost_engine.llm.scripted import ScriptedBackend
 from omost_engine.llm.service import ChatService
 from omost_engine.render.renderer import Renderer
@@ -48,7 +49,7 @@ async def test_compose_and_reroll_with_the_real_engine(tmp_path: Path, tiny_sdxl
         image = Image.open(io.BytesIO(await files["image.png"].read()))
         assert image.size == (256, 256)
         layout = json.loads(await files["layout.json"].read())
-        assert layout["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
+        assert Layout.from_json(layout).to_comfyui() == parse_reply(DRAGON).to_comfyui()
         fields = {f.name: f.value for f in message.embeds[0].fields}
         assert fields["LLM"] == "scripted-omost" and fields["Seed"] == "3" and fields["Size"] == "256x256"
         reroll = await alice.click(message.message, label="Reroll")

@@ -6,6 +6,7 @@ import json
 
 from simenv import DINOSAUR, DRAGON, World
 
+from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
 
 
@@ -15,7 +16,7 @@ async def compose(world: World, prompt: str = "a dragon battle", **options: obje
     return result.response.message
 
 
-async def layout_of(message) -> dict:
+async def layout_of(message) -> list:
     files = {a.filename: a for a in message.attachments}
     return json.loads(await files["layout.json"].read())
 
@@ -34,9 +35,9 @@ async def test_reply_refines_the_conversation(world: World) -> None:
     # The LLM saw turn 1 (prompt and reply) and answered with the edited program.
     assert world.engine.histories[-1][0].content == "a dragon battle"
     assert world.engine.histories[-1][1].content == DRAGON
-    assert (await layout_of(result))["conditions"] == parse_reply(DINOSAUR).to_json()["conditions"]
+    assert Layout.from_json(await layout_of(result)).to_comfyui() == parse_reply(DINOSAUR).to_comfyui()
     # The refinement keeps the result's settings (same seed), so only the composition changes.
-    assert (await layout_of(result))["meta"]["seed"] == 11
+    assert (await layout_of(result))[0]["omost_bot"]["render"]["seed"] == 11
     # Reply again to the refined result: the history now holds two turns.
     await world.alice.send(world.channel, "and make it night", reply_to=result)
     assert [m.content for m in world.engine.histories[-1]][::2] == [
@@ -75,8 +76,8 @@ async def test_reply_with_our_layout_file_renders_it_without_the_llm(world: Worl
     assert world.engine.calls[-1] == ("render", parse_reply(DRAGON).conditions[0].prefixes[0], 5)
     doc = await layout_of(result)
     assert (
-        doc["conditions"] == parse_reply(DRAGON).to_json()["conditions"]
-        and doc["meta"]["render"]["steps"] == 6
+        Layout.from_json(doc).to_comfyui() == parse_reply(DRAGON).to_comfyui()
+        and doc[0]["omost_bot"]["render"]["steps"] == 6
     )
 
 
@@ -92,6 +93,9 @@ async def test_reply_with_a_comfyui_list_renders_it(world: World) -> None:
     result = world.channel.last_message
     assert "Done" in result.content and result.embeds[0].title == "a quiet harbour"
     assert world.engine.calls[-1][:2] == ("render", "a quiet harbour")
+    # What was assumed for a file without settings is said, and kept in the new result's file.
+    record = (await layout_of(result))[0]["omost_bot"]
+    assert any("bare ComfyUI_omost list" in w for w in record["warnings"])
 
 
 async def test_bad_layout_files_get_one_clear_reply_and_nothing_is_stored(world: World) -> None:
@@ -139,4 +143,69 @@ async def test_render_command_with_a_bad_file_answers_ephemerally(world: World) 
 async def test_render_command_refuses_an_oversized_file_before_reading_it(world: World) -> None:
     result = await world.alice.slash(world.channel, "omost render", layout=("big.json", b" " * (600 * 1024)))
     assert result.ephemeral and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
+
+
+HOSTILE_RENDER = {"width": 2048, "height": 2048, "hr_scale": 2.0, "hr_steps": 100, "steps": 10}
+
+
+def _file_with_render(render: dict, version: int = 2) -> bytes:
+    comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a storm"], "suffixes": [], "color": [20, 20, 40]}]
+    if version == 1:
+        return json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": comfy,
+                           "meta": {"render": render}}).encode()
+    comfy[0]["omost_bot"] = {"format": "omost-bot-layout", "version": 2, "render": render}
+    return json.dumps(comfy).encode()
+
+
+async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> None:
+    """Issue 10 item 2: the high-res pass (its size and its steps) is held to the channel's limits, through
+    /omost render and through a reply, in both file versions; nothing is stored."""
+    first = await compose(world)
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="30", scope="channel")
+    await world.admin.slash(world.channel, "omost settings set", key="max_megapixels", value="4.2", scope="channel")
+    jobs, layouts, renders = await count(world, "jobs"), await count(world, "layouts"), len(world.engine.calls)
+    for version in (2, 1):
+        data = _file_with_render(HOSTILE_RENDER, version)
+        result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", data))
+        assert result.ephemeral and "hr_steps must be at most 30 here, not 100" in result.response.content
+        assert "allowed: 1 to 30" in result.response.content
+        await world.bob.send(world.channel, "", reply_to=first, attachments=[("storm.json", data)])
+        answer = world.channel.last_message
+        assert answer.author.bot and "hr_steps must be at most 30 here" in answer.content, answer.content
+        # With the steps fixed, the size of the high-res output is what is refused.
+        sized = _file_with_render({**HOSTILE_RENDER, "hr_steps": 20}, version)
+        result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", sized))
+        assert result.ephemeral and "the high-res output (hr_scale 2) 4096x4096 is 16.78 megapixels" in (
+            result.response.content) and "at most 4.2 are allowed here" in result.response.content
+    assert (await count(world, "jobs"), await count(world, "layouts")) == (jobs, layouts)
+    assert len(world.engine.calls) == renders
+    # An option can bring a file back inside the limits (and the new file records that it did).
+    fits = await world.alice.slash(world.channel, "omost render", layout=("storm.json", _file_with_render(
+        {"width": 1024, "height": 1024, "hr_scale": 2.0, "steps": 40, "hr_steps": 20})), steps=12)
+    assert "Done" in fits.response.content, fits.response.content
+    record = (await layout_of(fits.response.message))[0]["omost_bot"]
+    assert record["render"]["steps"] == 12 and record["overrides"] == ["steps: 40 -> 12 (the steps option)"]
+
+
+async def test_a_file_asking_more_steps_than_allowed_is_refused_not_lowered(world: World) -> None:
+    await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="20")
+    result = await world.alice.slash(world.channel, "omost render", layout=("x.json", _file_with_render({"steps": 50})))
+    assert result.ephemeral and "steps must be at most 20 here, not 50" in result.response.content
+
+
+async def test_bad_render_settings_in_a_file_are_one_ephemeral_line(world: World) -> None:
+    cases = [
+        (_file_with_render({"cfg": float("nan")}).replace(b"NaN", b"NaN"), "NaN"),
+        (_file_with_render({"stepz": 3}), "unknown field 'stepz' in omost_bot.render"),
+        (_file_with_render({"seed": 1}).replace(b'"seed": 1', b'"seed": 1' + b"0" * 5000), "5001-digit number"),
+        (_file_with_render({}).replace(b'"version": 2', b'"version": 9'), "written by a newer omost-bot"),
+        (json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": [
+            {"rect": [0, 90, 0, 90], "prefixes": ["a"], "suffixes": [], "color": [1, 2, 3]}],
+            "meta": {"render": "fast"}}).encode(), "meta.render 'fast' is not valid"),
+    ]
+    for data, expected in cases:
+        result = await world.alice.slash(world.channel, "omost render", layout=("x.json", data))
+        assert result.ephemeral and expected in result.response.content and "\n" not in result.response.content, (
+            result.response.content)
     assert await count(world, "jobs") == 0 and world.engine.calls == []

@@ -131,3 +131,24 @@ def test_the_commands_are_registered_with_help() -> None:
 
     help_text = build_parser().format_help()
     assert "canvas" in help_text and "layout" in help_text
+
+
+def test_layout_comfyui_prints_the_bare_list_of_any_layout_file(layout_file: Path, capsys) -> None:
+    """Issue 11: `omost-bot layout FILE --comfyui` gives the bare list ComfyUI_omost's loader takes."""
+    from omost_engine.testing.comfyui_loader import comfyui_conditions
+
+    assert main(["layout", str(layout_file), "--comfyui"]) == 0
+    out = capsys.readouterr().out
+    assert comfyui_conditions(out) == Layout.loads(layout_file.read_bytes()).conditions
+    assert "omost_bot" not in out and isinstance(json.loads(out), list)
+    assert main(["layout", str(layout_file)]) == 2
+    assert "give --out PREVIEW.png, --comfyui, or both" in capsys.readouterr().err
+
+
+def test_canvas_writes_a_file_the_schema_and_comfyui_accept(tmp_path: Path, golden, capsys) -> None:
+    from omost_engine.testing.comfyui_loader import check_project_file
+
+    reply = tmp_path / "reply.md"
+    reply.write_text(golden("01")["bot_response"], encoding="utf-8")
+    assert main(["canvas", str(reply)]) == 0
+    check_project_file(capsys.readouterr().out)

@@ -10,7 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omost_engine.errors import OmostError
-from omost_engine.layout import FORMAT, MAX_LAYOUT_BYTES, MAX_REGIONS, MAX_TEXT_CHARS, Layout
+from omost_engine.layout import (
+    DEFAULT_MAX_LAYOUT_BYTES,
+    FORMAT,
+    MAX_REGIONS,
+    MAX_TEXT_CHARS,
+    META_KEY,
+    VERSION,
+    Layout,
+)
+from omost_engine.params import RenderParams
 from omost_engine.reply import parse_reply
 
 # The example from ComfyUI_omost's documentation of its canvas JSON.
@@ -27,22 +36,105 @@ def test_a_bare_comfyui_list_loads_and_writes_back_unchanged() -> None:
     layout = Layout.loads(json.dumps(COMFY))
     assert layout.to_comfyui() == COMFY and layout.warnings == [] and layout.meta == {}
     assert layout.conditions[1].rect == (30, 90, 15, 75) and layout.regions == layout.conditions[1:]
+    assert layout.notes and "bare ComfyUI_omost list" in layout.notes[0]  # what was assumed is said
 
 
-def test_the_wrapped_form_round_trips_with_meta_and_warnings() -> None:
-    layout = Layout.loads(json.dumps(COMFY)).with_meta(seed=12345, size=[896, 1152], models={"sdxl": "x"})
+def test_the_file_is_a_comfyui_list_carrying_the_record_in_its_first_condition() -> None:
+    render = RenderParams(seed=12345, steps=12, method="area").to_dict()
+    layout = Layout.loads(json.dumps(COMFY)).with_meta(render=render, sdxl="x", prompt="a cat", program="p")
     layout.warnings.append("location 'left' -> 'on the left'")
     doc = layout.to_json()
-    assert doc["format"] == FORMAT and doc["version"] == 1 and doc["conditions"] == COMFY
+    assert isinstance(doc, list) and [{k: v for k, v in c.items() if k != META_KEY} for c in doc] == COMFY
+    record = doc[0][META_KEY]
+    assert record["format"] == FORMAT and record["version"] == VERSION == 2 and record["render"] == render
+    assert record["warnings"] == ["location 'left' -> 'on the left'"] and META_KEY not in doc[1]
     again = Layout.loads(layout.dumps().encode("utf-8"))
-    assert again == layout and again.meta["seed"] == 12345
+    assert again == layout and again.meta["render"]["seed"] == 12345 and again.notes == []
     assert '"rect": [30, 90, 15, 75]' in layout.dumps()  # number lists stay on one line for editing
 
 
 def test_with_meta_does_not_change_the_original() -> None:
     layout = Layout.loads(json.dumps(COMFY))
-    other = layout.with_meta(seed=1)
-    assert layout.meta == {} and other.meta == {"seed": 1} and other.conditions == layout.conditions
+    other = layout.with_meta(sdxl="m")
+    assert layout.meta == {} and other.meta == {"sdxl": "m"} and other.conditions == layout.conditions
+
+
+OLD = {"format": FORMAT, "version": 1, "conditions": COMFY, "warnings": []}
+BOT_V1 = {**OLD, "meta": {"job": 6, "prompt": "a cat", "seed": 77, "llm": "omost-llama", "sdxl": "realvis",
+                          "render": RenderParams(seed=77, steps=9, width=512, height=768).to_dict()}}
+CLI_V1 = {**OLD, "meta": {"llm": "omost-llama", "prompt": "a cat", "llm_params": {"seed": 3, "temperature": 0.2},
+                          "render": {"model": "realvis", "seconds": 2.5,
+                                     "params": RenderParams(seed=3, cfg=6.5).to_dict()}}}
+DOCS_V1 = {**OLD, "meta": {"seed": 12345, "size": [896, 1152]}}
+
+
+@pytest.mark.parametrize(("doc", "render", "meta", "note"), [
+    (BOT_V1, {"seed": 77, "steps": 9, "width": 512}, {"sdxl": "realvis", "job": 6, "llm": "omost-llama"},
+     "the bot's shape"),
+    (CLI_V1, {"seed": 3, "cfg": 6.5}, {"sdxl": "realvis", "seconds": 2.5, "llm_params": {"seed": 3, "temperature": 0.2}},
+     "the CLI's shape"),
+    (DOCS_V1, {"seed": 12345, "width": 896, "height": 1152}, {}, "the documentation's shape"),
+])
+def test_version_1_files_are_upgraded_with_a_note(doc: dict, render: dict, meta: dict, note: str) -> None:
+    layout = Layout.loads(json.dumps(doc))
+    assert layout.to_comfyui() == COMFY
+    assert {k: layout.meta["render"][k] for k in render} == render
+    assert {k: layout.meta[k] for k in meta} == meta
+    assert len(layout.notes) == 1 and "upgraded from layout format version 1" in layout.notes[0] and note in layout.notes[0]
+    written = Layout.loads(layout.dumps())  # written back in the new format, nothing lost
+    assert written == layout and written.to_json()[0][META_KEY]["version"] == VERSION
+
+
+def _record(**fields: object) -> str:
+    return json.dumps([{**COMFY[0], META_KEY: {"format": FORMAT, "version": 2, **fields}}, COMFY[1]])
+
+
+RECORD_BAD = [
+    (_record(version=3), "written by a newer omost-bot (format version 3)"),
+    (_record(render={"steps": 1000}), "omost_bot.render.steps must be from 1 to 100, not 1000"),
+    (_record(render={"stepz": 10}), "unknown field 'stepz' in omost_bot.render"),
+    (_record(render={"cfg": "high"}), "omost_bot.render.cfg must be a number from 1 to 32"),
+    (_record(render={"method": "magic"}), "omost_bot.render.method must be omost or area"),
+    (_record(render=5), "omost_bot.render must be an object"),
+    (_record(seed=5), "unknown field 'seed' in omost_bot"),
+    (_record(job=True), "omost_bot.job must be"),
+    (_record(render={"seed": 1.5}), "omost_bot.render.seed must be a whole number"),
+    (_record(format="x"), "omost_bot.format 'x'"),
+    (json.dumps([COMFY[0], {**COMFY[1], META_KEY: {}}]), "only in the first condition"),
+    (json.dumps({**OLD, "meta": {"render": 5}}), "meta.render 5 is not valid"),
+    (json.dumps({**OLD, "meta": {"render": "fast"}}), "meta.render 'fast' is not valid"),
+    (json.dumps({**OLD, "meta": {"render": {"params": 5}}}), "meta.render.params 5"),
+    (json.dumps({**OLD, "meta": {"seed": -4}}), "meta.render.seed must be from 0 to 4294967295, not -4"),
+    (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, 2" + "0" * 5000 + "]"), "a 5001-digit number"),
+    (json.dumps(COMFY).replace("[30, 90, 15, 75]", "[30, 90, 15, 7" + "5" * 4999 + "]"), "a 5000-digit number"),
+    (json.dumps({**OLD, "meta": {"seed": 7}}).replace('"seed": 7', '"seed": 1' + "0" * 4999), "a 5000-digit number"),
+    (_record(render={"seed": 10**400}), "a 401-digit number"),
+    (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, 1e999]"), "digit number|finite"),
+    (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, Infinity]"), "no NaN or Infinity"),
+]
+
+
+@pytest.mark.parametrize(("data", "fragment"), RECORD_BAD, ids=[f"record{i}" for i in range(len(RECORD_BAD))])
+def test_every_bad_record_or_number_is_one_clear_line(data: str, fragment: str) -> None:
+    """Issue 11's "Bad input", and issue 10 item 3: a 5000-digit number is one line, never a ValueError."""
+    with pytest.raises(OmostError) as info:
+        Layout.loads(data)
+    message = str(info.value)
+    assert __import__("re").search(fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\["), message)
+    assert "\n" not in message and len(message) < 400 and info.value.parameter
+
+
+def test_the_size_limit_is_the_one_given() -> None:
+    """Issue 10 item 10: OMOST_MAX_LAYOUT_BYTES is THE limit; no hard cap below it in the loader."""
+    big = json.dumps([{**COMFY[0], "suffixes": ["x" * 1900] * 60}] + [COMFY[1]] * 3)
+    assert 256 * 1024 > len(big) > 100_000
+    huge = json.dumps([{**COMFY[0], "suffixes": ["x" * 1900] * 60}] + [{**COMFY[1], "suffixes": ["y" * 1900] * 60}] * 5)
+    assert len(huge) > 600 * 1024 > DEFAULT_MAX_LAYOUT_BYTES
+    assert Layout.loads(huge, max_bytes=1024 * 1024).conditions[5].suffixes[0] == "y" * 1900
+    with pytest.raises(OmostError, match=f"allowed: at most {DEFAULT_MAX_LAYOUT_BYTES} bytes"):
+        Layout.loads(huge)
+    with pytest.raises(OmostError, match="allowed: at most 2048 bytes"):
+        Layout.loads(big, max_bytes=2048)
 
 
 def test_a_golden_layout_loaded_from_comfyui_json_sketches_like_the_original(golden) -> None:
@@ -74,11 +166,13 @@ BAD = [
     (b"\xff\xfe[]", "not UTF-8"),
     (b"[{", "not valid JSON"),
     (b"[" * 100000 + b"]" * 100000, "nests JSON too deeply|not valid JSON"),
-    (b"x" * (MAX_LAYOUT_BYTES + 1), f"too large: {MAX_LAYOUT_BYTES + 1} bytes; allowed: at most {MAX_LAYOUT_BYTES}"),
+    (b"x" * (DEFAULT_MAX_LAYOUT_BYTES + 1),
+     f"too large: {DEFAULT_MAX_LAYOUT_BYTES + 1} bytes; allowed: at most {DEFAULT_MAX_LAYOUT_BYTES}"),
     (b"42", "layout 42 is not valid"),
     (b"[]", "conditions [] is not valid"),
     (json.dumps({"format": "other", "version": 1, "conditions": COMFY}), "format 'other'"),
-    (json.dumps({"format": FORMAT, "version": 2, "conditions": COMFY}), "newer omost-bot"),
+    (json.dumps({"format": FORMAT, "version": 2, "conditions": COMFY}), "files are a JSON list"),
+    (json.dumps({"format": FORMAT, "version": 3, "conditions": COMFY}), "newer omost-bot"),
     (json.dumps({"format": FORMAT, "version": "1", "conditions": COMFY}), "version '1'"),
     (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "extra": 1}), "key 'extra'"),
     (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": []}), "meta []"),
@@ -103,7 +197,7 @@ BAD = [
     (json.dumps([{"prefixes": ["x"], "suffixes": []}]), "rect, prefixes and suffixes are required"),
     (json.dumps(_with(1, prefixes=["\ud800"])), "no lone surrogates"),
     ('{"format": "omost-bot-layout", "version": 1, "conditions": ' + json.dumps(COMFY) + ', "meta": {"x": NaN}}',
-     "no NaN or Infinity"),
+     "NaN"),
     (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": {"k": "\udc00"}}), "no lone surrogates"),
 ]
 
@@ -154,3 +248,11 @@ def test_any_json_is_accepted_and_round_trips_or_is_one_clear_error() -> None:
 
     check()
     assert outcomes["accepted"] > 20 and outcomes["refused"] > 100, outcomes
+
+
+def test_a_file_rendered_again_and_again_stays_within_its_declared_lists() -> None:
+    layout = Layout.loads(json.dumps(COMFY)).with_meta(overrides=[f"seed: {i} -> {i + 1} (--seed)" for i in range(70)])
+    layout.warnings.extend(f"w{i}" for i in range(1200))
+    again = Layout.loads(layout.dumps())
+    assert again.meta["overrides"][-1] == "seed: 69 -> 70 (--seed)" and len(again.meta["overrides"]) == 64
+    assert len(again.warnings) == 1000 and again.warnings[0] == "w0"

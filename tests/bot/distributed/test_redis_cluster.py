@@ -207,7 +207,7 @@ async def delivered_result(storage: Storage, message: discord.Message, prompt: s
     files = {a.filename: a for a in message.attachments}
     assert set(files) == {"image.png", "layout.json"}
     layout = json.loads(await files["layout.json"].read())
-    assert layout["conditions"][0]["prefixes"][0].startswith(prompt)
+    assert layout[0]["prefixes"][0].startswith(prompt) and layout[0]["omost_bot"]["version"] == 2
     job = await storage.job_by_message(message.id)
     assert job is not None and job.state == "done"
     return job

@@ -69,7 +69,7 @@ async def test_a_job_from_arq_to_the_result_hash(served: tuple[GpuWorker, ArqRed
         "started", "stage", "chat", "stage", "result"]
     stored = await pool.hgetall(keys.result("a1"))
     meta = loads(stored[b"meta"])
-    assert meta["worker"] == "local" and meta["attempt"] == 1 and len(meta["layout"]["conditions"]) == 3
+    assert meta["worker"] == "local" and meta["attempt"] == 1 and len(meta["layout"]) == 3
     assert stored[b"image"].startswith(b"\x89PNG") and stored[b"masks"].startswith(b"\x89PNG")
     assert not await pool.exists(keys.running("a1"))  # cleared when the job ended
     await wait_until(lambda: worker.done == 1, what="the done counter")

@@ -7,6 +7,7 @@ import pytest
 from bot.cli import main
 from omost_engine.layout import Layout
 from omost_engine.reply import parse_reply
+from omost_engine.testing.comfyui_loader import check_project_file
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -95,7 +96,9 @@ def test_compose_then_render_with_the_renderers_options(openai_server, tiny_sdxl
     assert status == 0, err
     assert Image.open(out / "image.png").size == (256, 256)
     layout = Layout.loads((out / "layout.json").read_bytes())
-    assert layout.meta["render"]["params"]["seed"] == 9  # one seed for the LLM and the render
+    assert layout.meta["render"]["seed"] == 9  # one seed for the LLM and the render
+    assert layout.meta["program"] and layout.meta["prompt"] == "a dragon fighting warriors"
+    check_project_file((out / "layout.json").read_text())
     assert layout.meta["llm_params"]["seed"] == 9 == openai_server.requests[-1]["seed"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 from bot.cli import main
 from omost_engine.layout import Layout
 from omost_engine.params import RenderParams
+from omost_engine.testing.comfyui_loader import check_project_file
 from omost_engine.testing.tiny_sdxl import TinySDXLPaths
 
 GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
@@ -45,9 +47,9 @@ def test_render_writes_image_masks_and_a_reproducible_layout(golden_layout_file:
     assert Image.open(out / "masks.png").size == (256, 256)
     saved = Layout.loads((out / "layout.json").read_bytes())
     assert saved.conditions == Layout.loads(golden_layout_file.read_bytes()).conditions
-    render_meta = saved.meta["render"]
-    assert render_meta["model"] == str(tiny_sdxl.folder)
-    params = RenderParams.from_dict(render_meta["params"])
+    assert saved.meta["sdxl"] == str(tiny_sdxl.folder)
+    check_project_file((out / "layout.json").read_text())  # the schema, ComfyUI's loader, our loader
+    params = RenderParams.from_dict(saved.meta["render"])
     assert (params.width, params.height, params.steps, params.seed) == (256, 256, 2, 7)
     assert (params.method, params.overlap, params.region_strength, params.positive) == ("area", "overlay", 0.7,
                                                                                           "photo")
@@ -83,3 +85,47 @@ def test_bad_layout_files_are_exit_2(tmp_path: Path, capsys) -> None:
     assert status == 2 and "not valid JSON" in err and err.count("\n") == 1
     status, err = run(capsys, str(tmp_path / "missing.json"), "--out", str(tmp_path / "o"))
     assert status == 2 and "cannot read" in err
+
+
+def test_flags_override_the_file_and_the_override_is_recorded(golden_layout_file: Path, tiny_sdxl: TinySDXLPaths,
+                                                               tmp_path: Path, capsys, monkeypatch) -> None:
+    first = tmp_path / "first"
+    status, err = run(capsys, str(golden_layout_file), "--out", str(first), "--model", str(tiny_sdxl.folder),
+                      "--size", "256x256", "--steps", "2", "--seed", "7", "--device", "cpu")
+    assert status == 0 and "note: a bare ComfyUI_omost list" in err  # what was assumed is said
+    # From stdin, with one flag over the file's settings: the new file says what was overridden.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO((first / "layout.json").read_bytes())))
+    second = tmp_path / "second"
+    status, err = run(capsys, "-", "--out", str(second), "--seed", "8", "--quiet", "--device", "cpu")
+    assert status == 0, err
+    saved = Layout.loads((second / "layout.json").read_bytes())
+    assert saved.meta["render"]["seed"] == 8 and saved.meta["render"]["steps"] == 2
+    assert saved.meta["overrides"] == ["seed: 7 -> 8 (--seed)"] and saved.meta["sdxl"] == str(tiny_sdxl.folder)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (lambda doc: {"format": "omost-bot-layout", "version": 1, "conditions": doc, "meta": {"render": 5}},
+     "meta.render 5 is not valid"),
+    (lambda doc: {"format": "omost-bot-layout", "version": 1, "conditions": doc, "meta": {"render": "x"}},
+     "meta.render 'x' is not valid"),
+    (lambda doc: [{**doc[0], "omost_bot": {"format": "omost-bot-layout", "version": 2, "render": {"hr_steps": 500}}}],
+     "omost_bot.render.hr_steps must be from 1 to 100, not 500"),
+])
+def test_bad_render_settings_in_the_file_are_exit_2(content, message: str, golden_layout_file: Path, tmp_path: Path,
+                                                    capsys) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content(json.loads(golden_layout_file.read_text()))))
+    status, err = run(capsys, str(path), "--out", str(tmp_path / "o"))
+    assert status == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_the_file_is_read_up_to_the_configured_limit_only(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Issue 10 item 15: no unbounded read (render /dev/zero), and OMOST_MAX_LAYOUT_BYTES is the limit."""
+    status, err = run(capsys, "/dev/zero", "--out", str(tmp_path / "o"))
+    assert status == 2 and "too large; allowed: at most 524288 bytes" in err
+    monkeypatch.setenv("OMOST_MAX_LAYOUT_BYTES", "2048")
+    status, err = run(capsys, "/dev/zero", "--out", str(tmp_path / "o"))
+    assert status == 2 and "at most 2048 bytes" in err
+    monkeypatch.setenv("OMOST_MAX_LAYOUT_BYTES", "lots")
+    status, err = run(capsys, "/dev/zero", "--out", str(tmp_path / "o"))
+    assert status == 2 and "OMOST_MAX_LAYOUT_BYTES must be a whole number from 1024" in err
