@@ -7,10 +7,21 @@ classes, so a value out of range gets the same clear message everywhere.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, Self
 
 from omost_engine.errors import OmostError
+
+_WIDTH_HEIGHT = re.compile(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*")
+
+
+def parse_width_height(text: str) -> tuple[int, int] | None:
+    """``"WxH"`` (also ``W×H``, ``W X H``, spaces around) -> (W, H); None when it is not that shape.
+    The one parser of sizes: callers check the range they allow."""
+    match = _WIDTH_HEIGHT.fullmatch(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 MAX_SEED = 2**32 - 1
@@ -142,9 +153,9 @@ class RenderParams(_Params):
         key = aspect.strip().lower()
         if key in ASPECT_PRESETS:
             return ASPECT_PRESETS[key]
-        parts = key.replace("×", "x").split("x")
-        if len(parts) == 2 and all(p.strip().isdigit() for p in parts):
-            return int(parts[0]), int(parts[1])
+        size = parse_width_height(key)
+        if size is not None:
+            return size
         raise OmostError(
             f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect!r}",
             parameter="size", value=aspect, allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],
