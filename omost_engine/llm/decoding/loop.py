@@ -16,6 +16,10 @@ With a grammar every row is masked on a copy (the raw logits are never written),
 rolled back to the accepted prefix after each check, and where plain decoding would append a forced
 run the draft is compared with that run instead of being sampled, so drafting changes no token. The
 end of the token budget is kept for closing the program (``GrammarState.completion``).
+
+``decode`` drives three parts, each readable and tested alone: planning (``planning.py``: the forced
+run, the draft, or the end without a pass), verification (``verification.py``: the draft against the
+pass's logits) and commit/rewind (``commit.py``: tokens handed out one by one, the cache cut back).
 """
 
 from __future__ import annotations
