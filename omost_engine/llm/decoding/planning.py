@@ -27,7 +27,7 @@ from omost_engine.llm.decoding.prompt_lookup import PromptLookup
 CLOSING_MARGIN = 16
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Ending:
     """Generation ends without another pass: commit ``closing`` (the program's ending, accepted by
     the matcher, counted as forced) and ``end`` (the end token, if one follows), then stop with
@@ -42,7 +42,7 @@ class Ending:
         return [*self.closing, *self.end]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ForcedRun:
     """Tokens the grammar determines next (accepted by the matcher; to commit and feed in the coming
     pass), and how many tokens the pass may add after them (``limit``; none left: no pass now)."""

@@ -28,7 +28,7 @@ LogitsHook = Callable[[list[int], torch.Tensor], torch.Tensor]
 Pick = Callable[[torch.Tensor], int]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Verdict:
     """What one pass decided. ``accepted``: draft positions kept (fed already, the cache keeps them);
     ``tail``: a forced run past the kept draft and ``new_token``: the token picked where the draft
@@ -55,7 +55,7 @@ class Verdict:
         return self.accepted + self.unfed
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class _Tally:
     """The check in progress."""
 
