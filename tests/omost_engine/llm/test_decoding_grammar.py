@@ -266,5 +266,5 @@ def test_completion_names_the_same_colour_whatever_the_hash_seed(tiny) -> None:
     # On the set-based code, PYTHONHASHSEED=2 closed with 'tan'.
     env = {**os.environ, "PYTHONHASHSEED": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run([sys.executable, "-c", _CLOSE_A_COLOUR], env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
+                          timeout=300, check=False, cwd=Path(__file__).resolve().parents[3])
     assert done.stdout.strip() == "red',", (done.stdout, done.stderr[-2000:])
