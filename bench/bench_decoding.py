@@ -19,11 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from omost_engine.llm.decoding import loop
 from omost_engine.llm.decoding.grammar import CanvasNames, GrammarFactory, GrammarLimits
 from omost_engine.llm.decoding.loop import CausalLMStepper, DecodeConfig, decode
 from omost_engine.llm.decoding.oracle import TranscriptOracle, token_bytes, train_tokenizer
+from omost_engine.llm.decoding.prompt_lookup import PromptLookup
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
 from omost_engine.progress import CancelToken
 
@@ -49,6 +52,25 @@ def transcript(tokenizer: Any) -> dict[str, tuple[list[int], str]]:
     return {"first turn": (_chat_ids(tokenizer, turn1), first), "edit turn": (_chat_ids(tokenizer, turn2), edit)}
 
 
+class TransformersDraftRule(PromptLookup):
+    """The draft rule of transformers' ``PromptLookupCandidateGenerator`` (``generate(...,
+    prompt_lookup_num_tokens=K)``): the earliest earlier occurrence of the last two tokens, else of the
+    last one, that has something after it; no cursor. For comparison with this project's rule."""
+
+    def draft(self, max_tokens: int) -> list[int]:
+        seq = self.tokens
+        for size in (2, 1):
+            if len(seq) <= size:
+                continue
+            windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], size)
+            for start in np.flatnonzero((windows == seq[-size:]).all(axis=1)) + size:
+                proposal = seq[start: start + max_tokens].tolist()
+                if proposal:
+                    ends = [i for i, token in enumerate(proposal) if token in self.stop_ids]
+                    return proposal[: ends[0] + 1] if ends else proposal
+        return []
+
+
 MODES: list[tuple[str, dict[str, Any]]] = [
     ("plain", dict(prompt_lookup=False, grammar=False)),
     ("prompt lookup K=10", dict(prompt_lookup=True, draft_tokens=10, grammar=False)),
@@ -57,6 +79,10 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("grammar, forced runs", dict(prompt_lookup=False, grammar=True)),
     ("both K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=True)),
     ("both K=20, T=0.6 top_p=0.9", dict(prompt_lookup=True, draft_tokens=20, grammar=True, temperature=0.6)),
+    ("transformers' draft rule K=10", dict(prompt_lookup=True, draft_tokens=10, grammar=False,
+                                           drafter=TransformersDraftRule)),
+    ("transformers' draft rule K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=False,
+                                           drafter=TransformersDraftRule)),
 ]
 
 
@@ -78,7 +104,12 @@ def forward_pass_table(names: CanvasNames) -> None:
             config = DecodeConfig(max_new_tokens=4096, temperature=options.get("temperature", 0.0), top_p=0.9,
                                   prompt_lookup=options["prompt_lookup"],
                                   draft_tokens=options.get("draft_tokens", 20), stop_ids=(stop,))
-            result = decode(oracle, prompt, config, grammar=factory.matcher() if options["grammar"] else None)
+            # The loop builds its drafter by this name; the comparison rows swap the rule in.
+            loop.PromptLookup = options.get("drafter", PromptLookup)  # type: ignore[misc]
+            try:
+                result = decode(oracle, prompt, config, grammar=factory.matcher() if options["grammar"] else None)
+            finally:
+                loop.PromptLookup = PromptLookup  # type: ignore[misc]
             same = tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
             cells.append(f"{result.stats.tokens_per_pass:>14.2f}" + (" " * 6 if same else " WRONG"))
         print(f"{label:30} " + " ".join(cells))

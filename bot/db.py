@@ -213,6 +213,17 @@ class Transaction:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (comments dropped); our SQL has no ';' inside strings."""
-    lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [statement.strip() for statement in "\n".join(lines).split(";") if statement.strip()]
+    """The statements of a migration script, in order. A ';' ends a statement only where SQLite says
+    the statement is complete (``sqlite3.complete_statement``): not inside a string, a quoted name, a
+    comment or a ``CREATE TRIGGER ... BEGIN ... END`` body. Comments stay with their statement (a
+    comment alone is a no-op); a last statement may omit its ';'."""
+    statements: list[str] = []
+    current = ""
+    pieces = script.split(";")
+    for index, piece in enumerate(pieces):
+        current += piece if index == len(pieces) - 1 else piece + ";"
+        if sqlite3.complete_statement(current) or index == len(pieces) - 1:
+            if current.strip() not in ("", ";"):
+                statements.append(current.strip())
+            current = ""
+    return statements

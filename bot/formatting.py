@@ -12,6 +12,7 @@ from PIL import Image
 from omost_engine.conditions import Condition
 from omost_engine.layout import Layout
 from omost_engine.params import RenderParams
+from omost_engine.png import png_bytes
 from omost_engine.preview import masks_image
 from omost_engine.progress import LLMProgress, RenderProgress
 
@@ -93,12 +94,6 @@ class EncodedImage:
     data: bytes
     filename: str
     note: str | None  # set when the picture had to be re-encoded or shrunk to fit
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def encode_image(image: Image.Image, *, limit: int, stem: str = "image") -> EncodedImage:

@@ -555,43 +555,16 @@ class Interpreter:
     def _arith(self, op: ast.operator, left: Any, right: Any, node: ast.AST) -> Any:
         fn = _BINOPS[type(op)]  # check() refused every other operator
         if type(left) in _NUMBERS and type(right) in _NUMBERS and fn is not operator.pow:
-            # The common case, kept short: + - * / // % on numbers.
-            try:
-                result = fn(left, right)
-            except (ZeroDivisionError, OverflowError) as exc:
-                raise self._error(node, f"cannot compute {quote(left)} {_OP_TEXT[type(op)]} {quote(right)}: {exc}",
-                                  "operand", f"{quote(left)} {_OP_TEXT[type(op)]} {quote(right)}") from None  # fmt: skip
-            return result if type(result) is not int else self._value(result, node)
+            return self._number_arith(fn, op, left, right, node)  # the common case, kept short
         for side in (left, right):
             if isinstance(side, Canvas | _CanvasClass | range | dict | Builtin):
                 raise self._error(node, f"cannot compute with {self._kind(side)}; allowed: numbers, strings, "
                                   "lists and tuples", "operand", type(side).__name__)  # fmt: skip
         sized = [s for s in (left, right) if isinstance(s, str | list | tuple)]
         if sized:
-            if isinstance(op, ast.Mod) and isinstance(left, str):
-                raise self._error(node, "string % formatting is not allowed; allowed: f-strings", "operator", "%")
-            if isinstance(op, ast.Mult):
-                count = right if isinstance(left, str | list | tuple) else left
-                if isinstance(count, int) and not isinstance(count, bool):
-                    size = len(sized[0]) * max(count, 0)
-                    limit = self.limits.max_string_chars if isinstance(sized[0], str) else self.limits.max_items
-                    if size > limit:
-                        raise self._error(node, f"repeating makes {size} items; allowed: at most {limit}",
-                                          "size", size)  # fmt: skip
-            elif isinstance(op, ast.Add) and len(sized) == 2:
-                size = len(sized[0]) + len(sized[1])
-                limit = self.limits.max_string_chars if isinstance(sized[0], str) else self.limits.max_items
-                if size > limit:
-                    raise self._error(node, f"joining makes {size} items; allowed: at most {limit}", "size", size)
-        elif (
-            isinstance(op, ast.Pow)
-            and isinstance(left, int)
-            and isinstance(right, int)
-            and abs(left) > 1
-            and right * (abs(left).bit_length() - 1) > self.limits.max_int_bits
-        ):
-                raise self._error(node, f"{left} ** {right} is too large; allowed: integers of at most "
-                                  f"{self.limits.max_int_bits} bits", "integer", f"{left} ** {right}")  # fmt: skip
+            self._check_sequence_arith(op, left, right, sized, node)
+        else:
+            self._check_power(op, left, right, node)
         try:
             result = fn(left, right)
         except (TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
@@ -604,6 +577,45 @@ class Interpreter:
         elif isinstance(result, list | tuple):
             self._charge(len(result))
         return self._value(result, node)
+
+    def _number_arith(self, fn: Callable[[Any, Any], Any], op: ast.operator, left: Any, right: Any,
+                      node: ast.AST) -> Any:
+        """+ - * / // % on two numbers."""
+        try:
+            result = fn(left, right)
+        except (ZeroDivisionError, OverflowError) as exc:
+            raise self._error(node, f"cannot compute {quote(left)} {_OP_TEXT[type(op)]} {quote(right)}: {exc}",
+                              "operand", f"{quote(left)} {_OP_TEXT[type(op)]} {quote(right)}") from None  # fmt: skip
+        return result if type(result) is not int else self._value(result, node)
+
+    def _check_sequence_arith(self, op: ast.operator, left: Any, right: Any, sized: list[Any],
+                              node: ast.AST) -> None:
+        """Refuse %-formatting, and a repeat or join whose result would pass the size limits."""
+        if isinstance(op, ast.Mod) and isinstance(left, str):
+            raise self._error(node, "string % formatting is not allowed; allowed: f-strings", "operator", "%")
+        if isinstance(op, ast.Mult):
+            count = right if isinstance(left, str | list | tuple) else left
+            if isinstance(count, int) and not isinstance(count, bool):
+                self._check_result_size(len(sized[0]) * max(count, 0), sized[0], "repeating", node)
+        elif isinstance(op, ast.Add) and len(sized) == 2:
+            self._check_result_size(len(sized[0]) + len(sized[1]), sized[0], "joining", node)
+
+    def _check_result_size(self, size: int, sample: Any, verb: str, node: ast.AST) -> None:
+        limit = self.limits.max_string_chars if isinstance(sample, str) else self.limits.max_items
+        if size > limit:
+            raise self._error(node, f"{verb} makes {size} items; allowed: at most {limit}", "size", size)
+
+    def _check_power(self, op: ast.operator, left: Any, right: Any, node: ast.AST) -> None:
+        """Refuse an integer power whose result would pass the integer size limit, before computing it."""
+        if (
+            isinstance(op, ast.Pow)
+            and isinstance(left, int)
+            and isinstance(right, int)
+            and abs(left) > 1
+            and right * (abs(left).bit_length() - 1) > self.limits.max_int_bits
+        ):
+            raise self._error(node, f"{left} ** {right} is too large; allowed: integers of at most "
+                              f"{self.limits.max_int_bits} bits", "integer", f"{left} ** {right}")  # fmt: skip
 
     def _unary(self, node: ast.UnaryOp) -> Any:
         value = self._eval(node.operand)

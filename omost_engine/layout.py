@@ -368,9 +368,9 @@ def _upgrade_v1(doc: dict[str, Any]) -> tuple[Any, list[str], dict[str, Any], li
     return doc.get("conditions"), warnings, meta, notes
 
 
-def _upgrade_meta(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    meta: dict[str, Any] = {}
-    notes: list[str] = []
+def _old_render_params(old: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The render parameters of a version-1 meta (any of its three shapes) and which shape it was;
+    the CLI shape's model and time go into ``meta``."""
     render = old.get("render")
     params: dict[str, Any] = {}
     if render is None:
@@ -396,6 +396,23 @@ def _upgrade_meta(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if not (isinstance(size, list) and len(size) == 2):
             raise _bad("meta.size", size, "[width, height]")
         params["width"], params["height"] = size
+    return params, shape
+
+
+def _upgrade_note(shape: str, params: dict[str, Any], ignored: list[str]) -> str:
+    note = f"upgraded from layout format version 1, {shape}"
+    missing = [k for k in ("seed", "width", "steps") if k not in params]
+    if missing:
+        note += "; not in the file, so the defaults were used: " + ", ".join(
+            {"seed": "seed", "width": "size", "steps": "the other render settings"}[k] for k in missing)
+    if ignored:
+        note += "; ignored: meta." + ", meta.".join(ignored[:8])
+    return note
+
+
+def _upgrade_meta(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    meta: dict[str, Any] = {}
+    params, shape = _old_render_params(old, meta)
     dropped = sorted(k for k in params if k not in RenderParams.model_fields)
     for key in dropped:
         del params[key]
@@ -411,15 +428,7 @@ def _upgrade_meta(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     # The record's declarations check every value carried over (one clear line for a bad one).
     record = LayoutRecord.from_dict({**meta, "render": meta.get("render")}, where="meta")
     meta = {k: getattr(record, k) for k in RECORD_META if getattr(record, k) not in (None, [])}
-    note = f"upgraded from layout format version 1, {shape}"
-    missing = [k for k in ("seed", "width", "steps") if k not in params]
-    if missing:
-        note += "; not in the file, so the defaults were used: " + ", ".join(
-            {"seed": "seed", "width": "size", "steps": "the other render settings"}[k] for k in missing)
-    if ignored:
-        note += "; ignored: meta." + ", meta.".join(ignored[:8])
-    notes.append(note)
-    return meta, notes
+    return meta, [_upgrade_note(shape, params, ignored)]
 
 
 # -- conditions -----------------------------------------------------------------------------------------

@@ -7,12 +7,23 @@ of range gets the same clear message everywhere.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from omost_engine.declared import Declared
 from omost_engine.errors import OmostError
+
+_WIDTH_HEIGHT = re.compile(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*")  # 6 digits: never a number too long to read
+
+
+def parse_width_height(text: str) -> tuple[int, int] | None:
+    """``"WxH"`` (also ``W×H``, ``W X H``, spaces around) -> (W, H); None when it is not that shape.
+    The one parser of sizes: callers check the range they allow."""
+    match = _WIDTH_HEIGHT.fullmatch(text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 MAX_SEED = 2**32 - 1
@@ -98,9 +109,9 @@ class RenderParams(Declared):
         key = aspect.strip().lower()
         if key in ASPECT_PRESETS:
             return ASPECT_PRESETS[key]
-        parts = key.replace("×", "x").split("x")
-        if len(parts) == 2 and all(p.strip().isdigit() and len(p.strip()) <= 6 for p in parts):
-            return int(parts[0]), int(parts[1])
+        size = parse_width_height(key)
+        if size is not None:
+            return size
         raise OmostError(
             f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect[:40]!r}",
             parameter="size", value=aspect, allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],

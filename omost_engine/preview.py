@@ -8,13 +8,12 @@ user can say "make region 2 bigger" and edit the layout file.
 
 from __future__ import annotations
 
-import re
-
 from PIL import Image, ImageDraw, ImageFont
 
 from omost_engine.conditions import GRID
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
+from omost_engine.params import parse_width_height
 
 MIN_SIDE, MAX_SIDE = 16, 2048
 MASKS_SIZE = (720, 720)  # default for the labelled map: labels need room
@@ -23,13 +22,9 @@ LABEL_CHARS = 32
 OUTLINES = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (255, 96, 255), (0, 230, 230),
             (255, 140, 0), (160, 120, 255))  # fmt: skip
 
-_SIZE = re.compile(r"\s*(\d{1,5})\s*[xX×]\s*(\d{1,5})\s*")
-
-
 def parse_size(text: str) -> tuple[int, int]:
     """``"WxH"`` -> (W, H), each from 16 to 2048."""
-    match = _SIZE.fullmatch(text)
-    width, height = (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+    width, height = parse_width_height(text) or (0, 0)
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise OmostError(
             f"size {text!r} is not valid; allowed: WxH with each side from {MIN_SIDE} to {MAX_SIDE}, e.g. 90x90 or 512x768",

@@ -18,7 +18,6 @@ Works from the repository root with any Python that has the project's dependenci
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -94,6 +93,7 @@ def main(argv: list[str]) -> int:
               "scripts/demo_tiny.py OUT_DIR (bash scripts/test or scripts/run creates .venv)", file=sys.stderr)
         return 2
     from bot.cli import main as cli_main
+    from omost_engine.layout import Layout
     from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
 
     models = out / "models"
@@ -107,8 +107,7 @@ def main(argv: list[str]) -> int:
     ])
     if status != 0:
         return status
-    layout = json.loads((turn / "layout.json").read_text(encoding="utf-8"))
-    regions = len(layout["conditions"]) - 1
+    regions = len(Layout.loads((turn / "layout.json").read_text(encoding="utf-8")).regions)
     print(f"\nThe demo wrote {turn.resolve()}:", file=sys.stderr)
     for name, what in [("reply.md", "the LLM's reply (a canvas program)"),
                        ("layout.json", f"the layout: the global description and {regions} regions"),

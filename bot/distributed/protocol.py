@@ -22,6 +22,7 @@ from omost_engine.declared import Declared, show
 from omost_engine.engine import ChatMessage
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
+from omost_engine.png import png_bytes as encode_png
 from omost_engine.progress import LLMProgress, RenderProgress
 
 if TYPE_CHECKING:
@@ -236,9 +237,7 @@ def condition_from_json(data: dict[str, Any]) -> Condition:
 
 def png_bytes(image: Image) -> bytes:
     # Fast, light compression: the bytes cross a LAN once and the bot re-encodes for Discord anyway.
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return encode_png(image, compress_level=1)
 
 
 def png_image(data: bytes) -> Image:

@@ -18,6 +18,7 @@ from omost_engine.errors import OmostError
 from omost_engine.llm.backend import Backend, Generation, Message, OnText
 from omost_engine.llm.decoding import CausalLMStepper, DecodeConfig, GrammarFactory, decode
 from omost_engine.llm.decoding.loop import processors_hook
+from omost_engine.llm.decoding.sequences import common_prefix_length
 from omost_engine.llm.models import MANAGER_NAME
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
@@ -80,14 +81,6 @@ def _fast_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], st
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
         return lambda ids: backend.decode(ids, skip_special_tokens=True)
     return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class TransformersBackend(Backend):
@@ -187,7 +180,7 @@ class TransformersBackend(Backend):
             return None, 0
         cached_ids, cache = self._state
         self._state = None  # the cache is modified in place by the next generation
-        shared = min(_common_prefix(cached_ids, input_ids), len(input_ids) - 1)
+        shared = min(common_prefix_length(cached_ids, input_ids), len(input_ids) - 1)
         if shared < MIN_REUSED_PREFIX:
             return None, 0
         surplus = cache.get_seq_length() - shared

@@ -67,6 +67,24 @@ def _trim_prefixes(pieces: list[Chunk], limit: int) -> list[Chunk]:
     return list(reversed(kept))
 
 
+def _pack(items: list[Chunk], budget: int) -> list[list[Chunk]]:
+    """Suffixes in order, greedily into bags of at most ``budget`` tokens (one empty bag if none)."""
+    bags: list[list[Chunk]] = []
+    current: list[Chunk] = []
+    total = 0
+    for item in items:
+        if total + len(item[0]) > budget:
+            if current:
+                bags.append(current)
+            current, total = [item], len(item[0])
+        else:
+            current.append(item)
+            total += len(item[0])
+    if current:
+        bags.append(current)
+    return bags or [[]]
+
+
 def greedy_chunks(
     prefixes: Sequence[str],
     suffixes: Sequence[str],
@@ -101,22 +119,7 @@ def greedy_chunks(
     prefix_g = [i for _, ids_g in prefix_pieces for i in ids_g]
     budget = CONTENT_TOKENS - len(prefix_l)
 
-    bags: list[list[Chunk]] = []
-    current: list[Chunk] = []
-    total = 0
-    for item in items:
-        if total + len(item[0]) > budget:
-            if current:
-                bags.append(current)
-            current, total = [item], len(item[0])
-        else:
-            current.append(item)
-            total += len(item[0])
-    if current:
-        bags.append(current)
-    if not bags:
-        bags = [[]]
-
+    bags = _pack(items, budget)
     if keep_suffixes:  # a lone suffix longer than the room is split over chunks, not cut
         split: list[list[Chunk]] = []
         for bag in bags:

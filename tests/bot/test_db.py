@@ -125,3 +125,62 @@ def test_the_wheel_ships_every_migration_where_the_runner_looks(tmp_path: Path) 
     found = default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[prefix])
     assert found == prefix / INSTALLED_DIR
     assert find_migrations(found) == find_migrations(CHECKOUT_DIR)
+
+
+def test_statements_split_only_where_sqlite_says_they_end() -> None:
+    from bot.db import _split_sql
+
+    script = (
+        "-- notes; the first table\n"
+        "CREATE TABLE notes (text TEXT); INSERT INTO notes VALUES ('a; b -- c');\n"
+        "/* a; block */ CREATE TRIGGER t AFTER INSERT ON notes BEGIN\n"
+        "  UPDATE notes SET text = text || ';';\n"
+        "  SELECT 1;\n"
+        "END;\n"
+        "SELECT 'last; without a semicolon'\n"
+        "-- trailing; comment\n"
+    )
+    assert _split_sql(script) == [
+        "-- notes; the first table\nCREATE TABLE notes (text TEXT);",
+        "INSERT INTO notes VALUES ('a; b -- c');",
+        "/* a; block */ CREATE TRIGGER t AFTER INSERT ON notes BEGIN\n  UPDATE notes SET text = text || ';';\n"
+        "  SELECT 1;\nEND;",
+        "SELECT 'last; without a semicolon'\n-- trailing; comment",
+    ]
+    assert _split_sql(" ;\n;; -- nothing\n") == ["-- nothing"]
+
+
+async def test_a_migration_with_semicolons_in_strings_and_a_trigger_applies(tmp_path: Path) -> None:
+    migrations = [Migration(1, "triggers", (
+        "CREATE TABLE notes (text TEXT NOT NULL);\n"
+        "CREATE TABLE audit (note TEXT NOT NULL, seen TEXT NOT NULL);\n"
+        "INSERT INTO notes VALUES ('keep; this -- whole');\n"
+        "CREATE TRIGGER note_audit AFTER INSERT ON notes BEGIN\n"
+        "  INSERT INTO audit VALUES (new.text, 'first;');\n"
+        "  INSERT INTO audit VALUES (new.text, 'second');\n"
+        "END;\n"
+    ))]
+    db = await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
+    try:
+        assert [r["text"] for r in await db.fetchall("SELECT text FROM notes")] == ["keep; this -- whole"]
+        await db.execute("INSERT INTO notes VALUES ('x')")
+        rows = await db.fetchall("SELECT note, seen FROM audit ORDER BY rowid")
+        assert [tuple(r) for r in rows] == [("x", "first;"), ("x", "second")]
+    finally:
+        await db.close()
+
+
+async def test_a_failure_after_a_trigger_still_rolls_the_whole_migration_back(tmp_path: Path) -> None:
+    migrations = [Migration(1, "bad", (
+        "CREATE TABLE notes (text TEXT);\n"
+        "CREATE TRIGGER t AFTER INSERT ON notes BEGIN UPDATE notes SET text = 'a;b'; END;\n"
+        "INSERT INTO missing VALUES (1);\n"
+    ))]
+    with pytest.raises(OmostError, match="migration V1__bad failed: no such table: missing"):
+        await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
+    db = await Database.open(tmp_path / "bot.sqlite3", migrations=[Migration(1, "empty", "SELECT 1;")])
+    try:
+        names = {r["name"] for r in await db.fetchall("SELECT name FROM sqlite_master")}
+        assert "notes" not in names and "t" not in names
+    finally:
+        await db.close()

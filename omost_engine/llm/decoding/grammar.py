@@ -212,9 +212,10 @@ class GrammarFactory:
         self.ebnf = canvas_grammar_ebnf(names, self.limits)
         compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.compiled: xgrammar.CompiledGrammar = compiler.compile_grammar(self.ebnf)
-        # Endings of allowed names, closing quote included: how completion() finishes a name.
+        # Endings of allowed names, closing quote included: how completion() finishes a name. Shortest
+        # first, ties in the tables' order (a set here made the closing name depend on the hash seed).
         every = (*names.locations, *names.offsets, *names.areas, *names.colors)
-        self.name_endings = sorted({n[i:] + "'" for n in every for i in range(len(n))}, key=len)
+        self.name_endings = sorted(dict.fromkeys(n[i:] + "'" for n in every for i in range(len(n))), key=len)
         # Tokens a completion can grow by in one step: a whole minimal local call (the model may
         # open one), measured from the point where a call has just been closed.
         opened = self.matcher()

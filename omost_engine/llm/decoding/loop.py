@@ -16,27 +16,29 @@ With a grammar every row is masked on a copy (the raw logits are never written),
 rolled back to the accepted prefix after each check, and where plain decoding would append a forced
 run the draft is compared with that run instead of being sampled, so drafting changes no token. The
 end of the token budget is kept for closing the program (``GrammarState.completion``).
+
+``decode`` drives three parts, each readable and tested alone: planning (``planning.py``: the forced
+run, the draft, or the end without a pass), verification (``verification.py``: the draft against the
+pass's logits) and commit/rewind (``commit.py``: tokens handed out one by one, the cache cut back).
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import torch
 
+from omost_engine.llm.decoding.commit import Output, StopReason, TokenCallback, next_feed, trim_cache
 from omost_engine.llm.decoding.grammar import GrammarState
+from omost_engine.llm.decoding.planning import Ending, Planner
 from omost_engine.llm.decoding.prompt_lookup import PromptLookup
+from omost_engine.llm.decoding.verification import LogitsHook, Verdict, Verifier
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
-
-StopReason = Literal["stop", "length", "grammar", "cancelled"]
-TokenCallback = Callable[[int], None]
-# (every id before the position, that position's raw logits) -> logits; e.g. transformers processors.
-LogitsHook = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 class Stepper(Protocol):
@@ -218,174 +220,86 @@ def decode(
     sampling (extra logits processors); it must see every position, so forced runs are off while it
     is set."""
     started = time.perf_counter()
-    # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
-    stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
-    sampler = Sampler(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
-    lookup = (PromptLookup(prompt_ids, stop_ids=config.stop_ids)
-              if config.prompt_lookup and config.draft_tokens > 0 else None)
-    forcing = grammar is not None and config.forced_runs and logits_hook is None
-    reserve = grammar.factory.call_tokens + 16 if grammar is not None else 0
-    stats = DecodeStats()
-    generated: list[int] = []
-    pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
-
-    def commit(tokens: list[int]) -> bool:
-        """Hand ``tokens`` out one by one; False (and the rest dropped) once cancelled."""
-        for count, token in enumerate(tokens):
-            if cancel is not None and cancel.cancelled:
-                tokens = tokens[:count]
-                break
-            generated.append(token)
-            if on_token is not None:
-                on_token(token)
-        if lookup is not None:
-            lookup.extend(tokens)
-        return not (cancel is not None and cancel.cancelled)
-
-    reason: StopReason = "length"
-    while True:
-        if cancel is not None and cancel.cancelled:
-            reason = "cancelled"
-            break
-        budget = config.max_new_tokens - len(generated)
-        if budget <= 0:
-            break
-        limit = budget  # tokens this iteration may add
-        if grammar is not None:
-            if grammar.terminated:
-                reason = "stop"
-                break
-            limit = budget - reserve
-            if limit <= 0:
-                closing = grammar.completion()
-                if closing is not None:
-                    reason = _close(grammar, closing[:budget], budget, commit, config, stats, stops)
-                    break
-                limit = 1  # in the middle of a character: one more token, then close
-            forced = _accept_prefix(grammar, grammar.forced_tokens()[:limit], stops) if forcing else []
-            stats.forced += len(forced)
-            pending.extend(forced)
-            if not commit(forced):
-                reason = "cancelled"
-                break
-            limit -= len(forced)
-            if limit <= 0:
-                continue
-            only_stop = _only_stop_allowed(grammar, stops)
-            if len(only_stop) == 1:
-                # The program is complete and only the end token may follow: no pass needed for it.
-                reason = "stop" if commit(list(only_stop)) else "cancelled"
-                break
-        draft = lookup.draft(min(config.draft_tokens, limit)) if lookup is not None else []
-        if grammar is not None and draft:
-            draft = _accept_prefix(grammar, draft, stops)
-            grammar.rollback(len(draft))
-        base = stepper.length
-        logits = stepper.feed(pending + draft, keep=len(draft) + 1)
-        stats.forward_passes += 1
-        stats.drafted += len(draft)
-
-        # Check the draft position by position, as plain decoding would have gone: a forced run
-        # where plain decoding would have appended one, else a sampled token.
-        accepted: list[int] = []  # draft tokens kept (all fed already)
-        tail: list[int] = []  # forced tokens past the end of the kept draft (not fed yet)
-        new_token: int | None = None
-        context = list(prompt_ids) + generated if logits_hook is not None else []
-        index, after_forced = 0, True  # the run before the pass was this position's forced run
-        while True:
-            if forcing and not after_forced and grammar is not None:
-                run = _accept_prefix(grammar, grammar.forced_tokens()[: limit - len(accepted)], stops)
-                if run:
-                    same = _common_prefix(run, draft[index:])
-                    accepted += run[:same]
-                    stats.forced += len(run)
-                    index += same
-                    if same < len(run):
-                        tail = run[same:]
-                        break
-                    after_forced = True
-                    continue
-            after_forced = False
-            if len(accepted) + len(tail) >= limit:
-                break
-            row = logits[index] if logits_hook is None else logits_hook(context + draft[:index], logits[index])
-            row = row if grammar is None else grammar.mask_logits(row)
-            choice = sampler.pick(row)
-            if index == len(draft) or choice != draft[index]:
-                new_token = choice
-                stats.sampled += 1
-                break
-            accepted.append(choice)
-            index += 1
-            if grammar is not None:
-                grammar.accept(choice)
-            if choice in stops:
-                break
-        stats.accepted += index
-        stepper.truncate(base + len(pending) + index)
-        if new_token is not None and grammar is not None and not grammar.accept(new_token):
-            # Only when the grammar allowed nothing at all (every logit masked): end cleanly.
-            new_token, reason = None, "grammar"
-        step = accepted + tail + ([new_token] if new_token is not None else [])
-        if not commit(step):
-            reason = "cancelled"
-            break
-        if step and step[-1] in stops:
-            reason = "stop"
-            break
-        if reason == "grammar":
-            break
-        pending = tail + ([new_token] if new_token is not None else [])
-        if not pending:  # the pass ended on a kept draft token: step back one to get its logits again
-            stepper.truncate(stepper.length - 1)
-            pending = [generated[-1]]
-
-    # A cancel inside a run leaves tokens in the cache that the reply does not have.
-    stepper.truncate(min(stepper.length, len(prompt_ids) + len(generated)))
-    stats.tokens = len(generated)
+    generation = _Generation(stepper, prompt_ids, config, grammar=grammar, on_token=on_token, cancel=cancel,
+                             logits_hook=logits_hook)
+    reason = generation.run()
+    output, stats = generation.output, generation.stats
+    trim_cache(stepper, len(prompt_ids) + len(output.tokens))
+    stats.tokens = len(output.tokens)
     stats.seconds = time.perf_counter() - started
-    return LoopResult(token_ids=generated, stop_reason=reason, stats=stats)
+    return LoopResult(token_ids=output.tokens, stop_reason=reason, stats=stats)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    count = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        count += 1
-    return count
+class _Generation:
+    """One call of ``decode``: plan a pass (planning.py), run it, verify the draft (verification.py),
+    commit and rewind (commit.py), until an ending."""
 
+    def __init__(self, stepper: Stepper, prompt_ids: Sequence[int], config: DecodeConfig, *,
+                 grammar: GrammarState | None, on_token: TokenCallback | None, cancel: CancelToken | None,
+                 logits_hook: LogitsHook | None) -> None:
+        # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
+        self.stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
+        lookup = (PromptLookup(prompt_ids, stop_ids=config.stop_ids)
+                  if config.prompt_lookup and config.draft_tokens > 0 else None)
+        forcing = config.forced_runs and logits_hook is None  # a hook must see every position
+        sampler = Sampler(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
+        self.planner = Planner(grammar=grammar, lookup=lookup, draft_tokens=config.draft_tokens,
+                               forcing=forcing, stop_ids=config.stop_ids, stops=self.stops)
+        self.verifier = Verifier(pick=sampler.pick, grammar=grammar, forcing=forcing, stops=self.stops,
+                                 hook=logits_hook)
+        self.output = Output(on_token=on_token, cancel=cancel, lookup=lookup)
+        self.stats = DecodeStats()
+        self.stepper = stepper
+        self.prompt_ids = prompt_ids
+        self.max_new_tokens = config.max_new_tokens
+        self.pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
 
-def _close(grammar: GrammarState, ending: list[int], budget: int, commit: Callable[[list[int]], bool],
-           config: DecodeConfig, stats: DecodeStats, stops: frozenset[int]) -> StopReason:
-    """Append the program's ending and the end token without sampling."""
-    ending = _accept_prefix(grammar, ending, stops)
-    stats.forced += len(ending)
-    if not commit(ending):
+    def run(self) -> StopReason:
+        while not self.output.cancelled:
+            before = self.planner.before_pass(self.max_new_tokens - len(self.output.tokens))
+            if isinstance(before, Ending):
+                return self._end(before)
+            self.stats.forced += len(before.tokens)
+            self.pending.extend(before.tokens)
+            if not self.output.commit(before.tokens):
+                return "cancelled"
+            if before.limit <= 0:
+                continue
+            ending = self.planner.end_without_pass()
+            if ending is not None:
+                return self._end(ending)
+            reason = self._pass(before.limit)
+            if reason is not None:
+                return reason
         return "cancelled"
-    allowed = _only_stop_allowed(grammar, stops)
-    end = [t for t in (*config.stop_ids, *sorted(allowed)) if t in allowed][:1]
-    if not end or len(ending) >= budget:
-        return "length"
-    return "stop" if commit(end) else "cancelled"
 
+    def _end(self, ending: Ending) -> StopReason:
+        self.stats.forced += len(ending.closing)
+        return self.output.finish(ending.tokens, ending.reason)
 
-def _accept_prefix(grammar: GrammarState, tokens: Sequence[int], stops: frozenset[int]) -> list[int]:
-    """Feed ``tokens`` to the matcher until one is refused; return the accepted prefix (kept accepted).
-    Stops after a stop token, since nothing follows it."""
-    kept: list[int] = []
-    for token in tokens:
-        if not grammar.accept(token):
-            break
-        kept.append(int(token))
-        if token in stops:
-            break
-    return kept
+    def _pass(self, limit: int) -> StopReason | None:
+        """One forward pass over the pending tokens and a draft; the reason to stop, if any."""
+        draft = self.planner.draft(limit)
+        base = self.stepper.length
+        logits = self.stepper.feed(self.pending + draft, keep=len(draft) + 1)
+        context = [*self.prompt_ids, *self.output.tokens] if self.verifier.hook is not None else []
+        verdict = self.verifier.check(logits, draft, limit=limit, context=context)
+        self.stats.forward_passes += 1
+        self.stats.drafted += len(draft)
+        self.stats.accepted += len(verdict.accepted)
+        self.stats.forced += verdict.forced
+        self.stats.sampled += verdict.sampled
+        return self._commit(verdict, kept_length=base + len(self.pending) + len(verdict.accepted))
 
-
-def _only_stop_allowed(grammar: GrammarState, stops: frozenset[int]) -> set[int]:
-    """The allowed tokens when the program is complete and only stop tokens may follow, else empty."""
-    if not grammar.matcher.is_completed():
-        return set()
-    allowed = grammar.allowed_tokens()
-    return allowed if allowed <= stops else set()
+    def _commit(self, verdict: Verdict, *, kept_length: int) -> StopReason | None:
+        self.stepper.truncate(kept_length)
+        tokens = verdict.tokens
+        if not self.output.commit(tokens):
+            return "cancelled"
+        if tokens and tokens[-1] in self.stops:
+            return "stop"
+        if verdict.refused:
+            return "grammar"
+        self.pending = next_feed(self.stepper, kept_length=kept_length, unfed=verdict.unfed,
+                                 reply=self.output.tokens)
+        return None

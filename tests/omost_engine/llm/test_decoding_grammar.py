@@ -234,3 +234,37 @@ def test_a_small_token_budget_still_ends_in_a_valid_program(tiny) -> None:
         result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher())
         assert result.stop_reason == "stop" and len(result.token_ids) <= budget
         parse_reply(tokenizer.decode(result.token_ids, skip_special_tokens=True))
+
+
+_COLOUR_HEAD = ("```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
+                "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='")
+_CLOSE_A_COLOUR = f"""
+from omost_engine.llm.decoding.grammar import GrammarFactory
+from omost_engine.testing.tiny_llm import build_tokenizer
+
+tokenizer = build_tokenizer()
+factory = GrammarFactory(tokenizer, stop_token_ids=[tokenizer.convert_tokens_to_ids("<|eot_id|>")])
+state = factory.matcher()
+for token in tokenizer.encode({_COLOUR_HEAD!r}, add_special_tokens=False):
+    assert state.accept(token)
+print(tokenizer.decode(state.completion()).splitlines()[0])
+"""
+
+
+def test_completion_names_the_same_colour_whatever_the_hash_seed(tiny) -> None:
+    """The closing picks the shortest name that fits, ties in the tables' order ('red' before 'tan'):
+    the same program under every PYTHONHASHSEED (the endings were once kept in a set)."""
+    import os
+    import subprocess
+    import sys
+
+    tokenizer, _, _, factory = tiny
+    state = factory.matcher()
+    for token in tokenizer.encode(_COLOUR_HEAD, add_special_tokens=False):
+        assert state.accept(token)
+    assert tokenizer.decode(state.completion()).startswith("red',\n)")
+    # On the set-based code, PYTHONHASHSEED=2 closed with 'tan'.
+    env = {**os.environ, "PYTHONHASHSEED": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run([sys.executable, "-c", _CLOSE_A_COLOUR], env=env, capture_output=True, text=True,
+                          timeout=300, check=False, cwd=Path(__file__).resolve().parents[3])
+    assert done.stdout.strip() == "red',", (done.stdout, done.stderr[-2000:])
