@@ -44,6 +44,8 @@ class BotConfig:
     max_prompt_chars: int = 2000
     max_layout_bytes: int = 512 * 1024
     status_interval_s: float = 1.5  # at least this long between two edits of a status message
+    status_edits_per_s: float = 5.0  # progress edits of status messages, all jobs together (results never wait)
+    download_timeout_s: float = 10.0  # reading a layout file from Discord's CDN
 
 
 # Per field: how to parse a string from the environment, and the allowed range where numeric.
@@ -59,6 +61,8 @@ _FLOAT_RANGES: dict[str, tuple[float, float]] = {
     "llm_timeout_s": (1.0, 86_400.0),
     "render_timeout_s": (1.0, 86_400.0),
     "status_interval_s": (0.0, 60.0),
+    "status_edits_per_s": (0.1, 50.0),
+    "download_timeout_s": (0.1, 120.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {"memory": ("offload", "resident")}
 _OPTIONAL_TEXT = ("token", "llm", "llm_endpoint", "sdxl", "sdxl_config")
