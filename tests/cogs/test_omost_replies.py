@@ -123,8 +123,10 @@ async def test_render_command_takes_a_layout_attachment(world: World) -> None:
         seed=99,
         size="square",
     )
-    message = result.response
-    assert message is not None and "Done" in message.content
+    # Acknowledged privately before the file was read; the status message (now the result) follows for all.
+    assert result.ephemeral and result.response.content == "📥 Job #1 is queued."
+    message = result.followups[0]
+    assert not message.ephemeral and "Done" in message.content
     fields = {f.name: f.value for f in message.embeds[0].fields}
     assert fields["Seed"] == "99" and fields["Size"] == "1024x1024" and fields["LLM"].startswith("—")
     assert [c[0] for c in world.engine.calls] == ["render"]
@@ -140,3 +142,25 @@ async def test_render_command_refuses_an_oversized_file_before_reading_it(world:
     result = await world.alice.slash(world.channel, "omost render", layout=("big.json", b" " * (600 * 1024)))
     assert result.ephemeral and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
     assert await count(world, "jobs") == 0 and world.engine.calls == []
+
+
+async def test_reply_with_a_picture_and_no_text_says_only_json_files_can_be_attached(world: World) -> None:
+    first = await compose(world)
+    jobs = await count(world, "jobs")
+    await world.alice.send(world.channel, "", reply_to=first, attachments=[("cat.png", b"\x89PNG\r\n\x1a\n")])
+    answer = world.channel.last_message
+    assert answer.author.bot and answer.reference is not None
+    assert answer.content.startswith("⚠️ only `.json` layout files can be attached; `cat.png` is not one")
+    assert "prompt is empty" not in answer.content and await count(world, "jobs") == jobs
+    # With text, a picture beside it is no layout: the text refines as usual.
+    await world.alice.send(world.channel, "make it night", reply_to=first, attachments=[("cat.png", b"x")])
+    assert "Done" in world.channel.last_message.content
+
+
+async def test_render_command_refuses_a_file_that_is_not_json_with_the_same_words(world: World) -> None:
+    result = await world.alice.slash(world.channel, "omost render", layout=("cat.png", b"\x89PNG\r\n\x1a\n"))
+    assert result.ephemeral and result.response.content.startswith(
+        "⚠️ only `.json` layout files can be attached; `cat.png` is not one"
+    )
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
+
