@@ -111,7 +111,7 @@ class EditBudget:
 
     def __init__(self, per_second: float, clock: Callable[[], float]) -> None:
         self.per_second = per_second
-        self.burst = max(1.0, per_second)
+        self.burst = max(1.0, 2 * per_second)  # two seconds' worth may go at once
         self.tokens = self.burst
         self.at = clock()
 
