@@ -540,6 +540,8 @@ class JobService:
 
     async def _attached(self, tracker: Tracker) -> None:
         """Wait until the status message is known (it may still be on its way when a fast job ends)."""
+        if tracker.attached.is_set():  # the usual case: no timer needed
+            return
         try:
             await asyncio.wait_for(tracker.attached.wait(), ATTACH_TIMEOUT_S)
         except TimeoutError:
