@@ -4,8 +4,12 @@ Everything runs in one process on simcord (the Discord simulator the tests use),
 the bot's own cost: validation, SQLite, the queue, status edits, image encoding and uploads.
 The baseline, measured in the same process, is a bare discord.py bot whose slash command answers
 with the same PNG: the floor any bot pays for one interaction and one upload. Ratios are against it.
+It also counts the Discord requests each job costs (acknowledgement, status edits, result): with the
+queue full, status edits are held to the bot-wide budget (``status_edits_per_s``), so the cost of a
+job does not grow with the length of the queue.
 
     python bench/bench_bot.py [--users 40] [--jobs-per-user 5]
+    python bench/bench_bot.py --users 1000 --jobs-per-user 10   # 10,000 queued jobs
 """
 
 from __future__ import annotations
@@ -28,8 +32,26 @@ from bot.config import BotConfig
 from bot.jobs import Finished, JobEvent, Started
 from bot.testing import ScriptedEngine
 
+AIMS = {"bot time per job p99 (ms)": 50.0, "Discord requests per job": 5.0}
+
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+
+
+def count_requests(entries: list) -> dict[str, int]:  # type: ignore[type-arg]
+    """simcord's request log, by what each request was for."""
+    counts = {"acknowledgements": 0, "results": 0, "status edits": 0, "other": 0}
+    for entry in entries:
+        content = str((entry.json or {}).get("content") or (entry.json or {}).get("data", {}).get("content") or "")
+        if entry.method == "POST" and entry.path.endswith("/callback"):
+            counts["acknowledgements"] += 1
+        elif content.startswith("✅"):
+            counts["results"] += 1
+        elif entry.method == "PATCH":
+            counts["status edits"] += 1
+        else:
+            counts["other"] += 1
+    return counts
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -114,12 +136,17 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         max_queue=users * jobs_per_user + 10,
         max_queued_per_user=jobs_per_user,
         rate_limit=10_000,
+        # The instant engine needs milliseconds. Short stage timeouts because simcord keeps a cancelled timer
+        # until it would have fired and scans them all while settling: with the default 900 s, two per job
+        # pile up and slow the simulator (not the bot) as a long drain goes on.
+        llm_timeout_s=10.0,
+        render_timeout_s=10.0,
     )
     bot = OmostBot(config=config, engine=engine)
     started: dict[int, float] = {}
     engine_done: dict[int, float] = {}
     finished: dict[int, float] = {}
-    async with simcord.run(bot, settle_timeout=300) as env:
+    async with simcord.run(bot, settle_timeout=3600) as env:
         original = bot.jobs.on_event
 
         def timed(event: JobEvent) -> None:
@@ -147,14 +174,17 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         #    request that loads fonts and fills caches).
         await members[0].slash(channel, "omost compose", prompt="warm-up", steps=2)
         idle = []
+        idle_first = len(env.http_requests)
         for i in range(min(100, users * jobs_per_user)):
             member = members[i % users]
             start = time.perf_counter()
             await member.slash(channel, "omost compose", prompt=f"idle request {i}", steps=2)
             idle.append(time.perf_counter() - start)
+        idle_requests = count_requests(env.http_requests[idle_first:])
 
         # 2. Busy queue: everyone submits while the queue is held, then it drains.
         await owner.slash(channel, "omost pause")
+        busy_first = len(env.http_requests)
         acks = []
         submitted = 0
         for round_index in range(jobs_per_user):
@@ -168,6 +198,7 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         drain_start = time.perf_counter()
         await owner.slash(channel, "omost resume")
         drain_seconds = time.perf_counter() - drain_start
+        busy_requests = count_requests(env.http_requests[busy_first:])
         delivered = bot.jobs.delivered - before
         drained = [j for j in finished if j in started and finished[j] > drain_start]
         # What the bot adds to a job: its whole time on the GPU worker's turn minus the engine's own work.
@@ -185,7 +216,22 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
         "drain_seconds": drain_seconds,
         "per_job": per_job,
         "not_done": int(lost["n"]),
+        "idle_requests": idle_requests,
+        "idle_jobs": len(idle),
+        "busy_requests": busy_requests,
+        "drain_tenths": drain_tenths(sorted(finished[j] for j in drained), drain_start),
     }
+
+
+def drain_tenths(done_at: list[float], start: float) -> list[float]:
+    """Jobs per second in each tenth of the drain (the first tenth with the longest queue)."""
+    rates, previous = [], start
+    for tenth in range(1, 11):
+        chunk = done_at[(tenth - 1) * len(done_at) // 10 : tenth * len(done_at) // 10]
+        if chunk:
+            rates.append(len(chunk) / max(chunk[-1] - previous, 1e-9))
+            previous = chunk[-1]
+    return rates
 
 
 async def main() -> None:
@@ -212,10 +258,24 @@ async def main() -> None:
     print(
         f"throughput while draining: {delivered / seconds:.1f} jobs/s ({delivered} jobs in {seconds:.2f} s)"
     )  # type: ignore[operator]
+    tenths = " ".join(f"{rate:.0f}" for rate in result["drain_tenths"])  # type: ignore[attr-defined]
+    print(f"throughput by tenth of the drain, longest queue first (jobs/s): {tenths}")
     print(
         f"requests submitted {submitted}, results delivered {delivered}, jobs not done {result['not_done']}"
         f" -> {'no request lost' if submitted == delivered and result['not_done'] == 0 else 'REQUESTS LOST'}"
     )
+    for name, counts, jobs in (
+        ("idle queue", result["idle_requests"], result["idle_jobs"]),
+        ("full queue", result["busy_requests"], submitted),
+    ):
+        total = sum(counts.values())  # type: ignore[attr-defined]
+        parts = ", ".join(f"{k} {v / jobs:.2f}" for k, v in counts.items())  # type: ignore[attr-defined,operator]
+        print(f"Discord requests per job, {name}: {total / jobs:.2f} ({parts})")  # type: ignore[operator]
+    per_job_p99 = percentile(result["per_job"], 0.99) * 1000  # type: ignore[arg-type]
+    busy_per_job = sum(result["busy_requests"].values()) / submitted  # type: ignore[attr-defined,operator]
+    for name, value in (("bot time per job p99 (ms)", per_job_p99), ("Discord requests per job", busy_per_job)):
+        verdict = "ok" if value <= AIMS[name] else "OVER THE AIM"
+        print(f"aim: {name} <= {AIMS[name]:g}: {value:.2f} {verdict}")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class BotConfig:
         1.5, description="least time between two edits of a status message")
     max_attempts: Attempts = Field(
         2, description="runs of a job the bot was running when it died (1: never resume, report it failed)")
+    status_edits_per_s: Annotated[float, Field(ge=0.1, le=50.0)] = Field(
+        5.0, description="progress edits of status messages per second, all jobs together (results never wait)")
+    download_timeout_s: Annotated[float, Field(ge=0.1, le=120.0)] = Field(
+        10.0, description="longest wait for a layout file from Discord's CDN")
 
 
 REDIS_URL_FORMS = "redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path/to/socket"

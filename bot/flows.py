@@ -6,6 +6,7 @@ one ephemeral message (or a reply, for message replies).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import discord
 
 from bot import formatting
@@ -70,6 +72,64 @@ async def user_errors(interaction: discord.Interaction[Any]) -> AsyncIterator[No
         yield
     except OmostError as exc:
         await send_error(interaction, str(exc))
+
+
+def is_layout_file(attachment: discord.Attachment) -> bool:
+    """A ``.json`` file by its name or its content type."""
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    return attachment.filename.lower().endswith(".json") or content_type == "application/json"
+
+
+def require_layout_file(attachment: discord.Attachment) -> None:
+    if not is_layout_file(attachment):
+        raise OmostError(
+            f"only `.json` layout files can be attached; `{formatting.shorten(attachment.filename, 80)}` "
+            "is not one (reply with text to change the picture, or with a layout .json to render it)",
+            parameter="layout",
+            value=attachment.filename,
+            allowed=".json layout files (ours or ComfyUI_omost's)",
+        )
+
+
+async def download_layout(attachment: discord.Attachment, *, max_bytes: int, timeout_s: float) -> bytes:
+    """The bytes of a user's layout file from Discord's CDN: the one way every path reads an attachment.
+
+    Refused before downloading when the attachment says it is over ``max_bytes``, and after when more
+    arrived; the download stops after ``timeout_s``. Every failure (404, 403, another status, a timeout,
+    a dropped connection) is one ``OmostError`` for the user; nothing else escapes.
+    """
+    check_layout_size(attachment.size, max_bytes=max_bytes)
+    name = formatting.shorten(attachment.filename, 80)
+    try:
+        async with asyncio.timeout(timeout_s):
+            data = await attachment.read()
+    except TimeoutError:
+        log.warning("attachment %s: no answer from the CDN within %g s", attachment.id, timeout_s)
+        raise OmostError(
+            f"Discord did not hand over `{name}` within {timeout_s:g} s; please try again in a moment",
+            parameter="layout",
+        ) from None
+    except discord.NotFound:
+        raise OmostError(
+            f"`{name}` is no longer on Discord (was the message deleted?); attach it again",
+            parameter="layout",
+        ) from None
+    except discord.Forbidden:
+        raise OmostError(f"Discord refused to hand over `{name}`; attach it again", parameter="layout") from None
+    except discord.HTTPException as exc:
+        log.warning("attachment %s: the CDN answered %s", attachment.id, exc.status)
+        raise OmostError(
+            f"Discord could not hand over `{name}` (HTTP {exc.status}); please try again in a moment",
+            parameter="layout",
+        ) from None
+    except (aiohttp.ClientError, OSError) as exc:
+        log.warning("attachment %s: the download failed: %s", attachment.id, type(exc).__name__)
+        raise OmostError(
+            f"the download of `{name}` from Discord was cut off; please try again in a moment",
+            parameter="layout",
+        ) from None
+    check_layout_size(len(data), max_bytes=max_bytes)
+    return data
 
 
 class Flows:
@@ -132,6 +192,10 @@ class Flows:
         job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
+            if interaction.response.is_done():  # deferred (privately) while a file was read: answer, then
+                # the status message follows for everyone
+                await interaction.edit_original_response(content=f"📥 Job #{job_id} is queued.")
+                return await interaction.followup.send(content, view=view, wait=True)
             callback = await interaction.response.send_message(content, view=view)
             if isinstance(callback.resource, discord.InteractionMessage):
                 return callback.resource  # saves fetching the message again
@@ -162,9 +226,13 @@ class Flows:
         self, interaction: discord.Interaction[Any], attachment: discord.Attachment, options: dict[str, Any]
     ) -> None:
         limit = self.bot.config.max_layout_bytes
+        require_layout_file(attachment)
         check_layout_size(attachment.size, max_bytes=limit)
         policy = await self._admit_interaction(interaction)
-        layout = layout_from_upload(await attachment.read(), max_bytes=limit)
+        # Acknowledge before downloading: the CDN may be slow, and Discord waits 3 seconds for an answer.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        data = await download_layout(attachment, max_bytes=limit, timeout_s=self.bot.config.download_timeout_s)
+        layout = layout_from_upload(data, max_bytes=limit)
         request = self._render_request(
             layout,
             policy,
@@ -250,20 +318,24 @@ class Flows:
         try:
             await self._reply_job(message, source)
         except OmostError as exc:
-            try:
-                await message.reply(f"⚠️ {exc}", mention_author=False)
-            except discord.HTTPException as send_error_:
-                log.warning("could not answer a reply: %s", send_error_)
+            await self._answer_reply(message, str(exc))
+        except Exception:  # a bug: logged with its traceback; the user still gets an answer
+            log.exception("the reply %s to job #%s failed", message.id, source.id)
+            await self._answer_reply(message, "something went wrong on my side; the error was logged. Please try again")
+
+    async def _answer_reply(self, message: discord.Message, text: str) -> None:
+        try:
+            await message.reply(f"⚠️ {text}", mention_author=False)
+        except discord.HTTPException as exc:
+            log.warning("could not answer a reply: %s", exc)
 
     async def _reply_job(self, message: discord.Message, source: JobRecord) -> None:
         guild = message.guild
         if guild is None:
             return
-        files = [
-            a
-            for a in message.attachments
-            if a.filename.lower().endswith(".json") or (a.content_type or "").startswith("application/json")
-        ]
+        files = [a for a in message.attachments if is_layout_file(a)]
+        if not files and message.attachments and not message.content.strip():  # a picture, say, and no text
+            require_layout_file(message.attachments[0])
         limit = self.bot.config.max_layout_bytes
         if files:
             check_layout_size(files[0].size, max_bytes=limit)
@@ -276,7 +348,8 @@ class Flows:
             bot_permissions=channel.permissions_for(guild.me),
         )  # type: ignore[union-attr,arg-type]
         if files:
-            layout = layout_from_upload(await files[0].read(), max_bytes=limit)
+            data = await download_layout(files[0], max_bytes=limit, timeout_s=self.bot.config.download_timeout_s)
+            layout = layout_from_upload(data, max_bytes=limit)
             request = self._render_request(
                 layout, policy, {}, user=message.author, guild_id=guild.id, channel_id=channel.id, base=source
             )

@@ -272,6 +272,13 @@ async def execute_job(
 # -- the waiting line --------------------------------------------------------------------------------------
 
 
+# Positions a waiting job is told exactly, on every move of the line; beyond them only on reaching a
+# milestone of POSITION_MILESTONES, so that a job costs a bounded number of status edits however long the
+# line is (each announcement is one edit of a status message on Discord).
+EXACT_POSITIONS = 5
+POSITION_MILESTONES = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
+
+
 class FairWaitingLine:
     """The jobs a backend holds, shared by every backend so positions and caps read the same with each.
 
@@ -279,19 +286,29 @@ class FairWaitingLine:
     turn order (a user whose job was taken goes to the back). A taken job counts as running (position 0,
     and against its user's cap) until the backend calls ``done``. The line also owns the pause switch and
     the position announcements; how a job runs is the backend's business.
+
+    Taking the next job moves every waiting job up by exactly one place, so the run order is kept as a
+    list once computed and updated in place (take, add); announcing costs the same however long the line.
     """
 
-    def __init__(self, *, max_queue: int = 50, emit: Callable[[JobEvent], None]) -> None:
+    def __init__(
+        self, *, max_queue: int = 50, emit: Callable[[JobEvent], None], exact_positions: int = EXACT_POSITIONS
+    ) -> None:
         self.max_queue = max_queue
         self.emit = emit
+        self.exact_positions = exact_positions
         self.paused = False  # maintenance: jobs wait, submitting still works
         self.closed = False  # shutting down: no more jobs in or out
         self._queues: OrderedDict[int, deque[Ticket]] = OrderedDict()  # user -> jobs, in turn order
         self.running: dict[int, Ticket] = {}  # taken and not yet done, in the order they started
+        self._waiting = 0
+        # The run order, from _order[_order_start] on; None until needed (and after a cancel).
+        self._order: list[Ticket] | None = None
+        self._order_start = 0
 
     def __len__(self) -> int:
         """Waiting jobs (running ones not counted)."""
-        return sum(len(q) for q in self._queues.values())
+        return self._waiting
 
     def __bool__(self) -> bool:
         return bool(self._queues)
@@ -301,13 +318,22 @@ class FairWaitingLine:
         """A job may start now."""
         return bool(self._queues) and not (self.paused or self.closed)
 
-    def order(self) -> list[Ticket]:
-        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+    def _compute_order(self) -> list[Ticket]:
         queues = [list(q) for q in self._queues.values()]
         order: list[Ticket] = []
         for round_index in range(max((len(q) for q in queues), default=0)):
             order += [q[round_index] for q in queues if round_index < len(q)]
         return order
+
+    def _ordered(self) -> list[Ticket]:
+        """The run order (shared list: callers read from ``_order_start`` on and never change it)."""
+        if self._order is None:
+            self._order, self._order_start = self._compute_order(), 0
+        return self._order
+
+    def order(self) -> list[Ticket]:
+        """Waiting jobs in the order they will run: one per user per round, users in turn order."""
+        return self._ordered()[self._order_start :]
 
     def positions(self) -> list[tuple[Ticket, int]]:
         """Waiting jobs with their positions (1 = next), in the order they will run."""
@@ -317,11 +343,26 @@ class FairWaitingLine:
         """Every held job with its position: running ones (0) first, then the waiting ones in order."""
         return [(ticket, 0) for ticket in self.running.values()] + self.positions()
 
+    def _position_in_queue(self, user_id: int, index: int) -> int:
+        """The position of the user's job at ``index`` of their queue, without building the order: every
+        job of an earlier round, plus those of this round whose users come first in turn order."""
+        ahead = 0
+        before = True
+        for other, queue in self._queues.items():
+            if other == user_id:
+                before = False
+            ahead += min(len(queue), index + 1 if before else index)
+        return ahead + 1
+
     def position(self, job_id: int) -> int | None:
         """0 while running, 1.. while waiting, None when the line does not hold the job."""
         if job_id in self.running:
             return 0
-        return next((i for ticket, i in self.positions() if ticket.job_id == job_id), None)
+        for user_id, queue in self._queues.items():
+            for index, ticket in enumerate(queue):
+                if ticket.job_id == job_id:
+                    return self._position_in_queue(user_id, index)
+        return None
 
     def held_by(self, user_id: int) -> int:
         """The user's jobs, running or waiting."""
@@ -355,9 +396,12 @@ class FairWaitingLine:
                 value=held,
                 allowed=f"up to {user_cap}",
             )
-        self._queues.setdefault(ticket.user_id, deque()).append(ticket)
-        position = self.position(ticket.job_id)
-        assert position is not None
+        queue = self._queues.setdefault(ticket.user_id, deque())
+        queue.append(ticket)
+        self._waiting += 1
+        position = self._position_in_queue(ticket.user_id, len(queue) - 1)
+        if self._order is not None:
+            self._order.insert(self._order_start + position - 1, ticket)
         return position
 
     def take(self) -> Ticket | None:
@@ -369,6 +413,12 @@ class FairWaitingLine:
         del self._queues[user_id]
         if queue:  # this user goes to the back of the round
             self._queues[user_id] = queue
+        self._waiting -= 1
+        if self._order is not None:  # the head of the order was taken: everyone else moves up by one
+            self._order_start += 1
+            if self._order_start > 1024 and self._order_start * 2 > len(self._order):
+                del self._order[: self._order_start]
+                self._order_start = 0
         self.running[ticket.job_id] = ticket
         return ticket
 
@@ -388,6 +438,8 @@ class FairWaitingLine:
                     queue.remove(ticket)
                     if not queue:
                         del self._queues[user_id]
+                    self._waiting -= 1
+                    self._order = None  # the user's later jobs change rounds: computed again when needed
                     self.emit(Cancelled(job_id))
                     self.announce()
                     return True
@@ -397,12 +449,23 @@ class FairWaitingLine:
         """Empty the line; the jobs it held, in the order they would have run."""
         tickets = self.order()
         self._queues.clear()
+        self._waiting = 0
+        self._order, self._order_start = None, 0
         return tickets
 
     def announce(self) -> None:
-        """Tell every waiting job its position."""
-        for ticket, position in self.positions():
-            self.emit(Queued(ticket.job_id, position))
+        """Tell waiting jobs their positions after the line moved: the first ``exact_positions`` jobs always,
+        the others when they reach a position of ``POSITION_MILESTONES`` (a bounded number of updates per
+        job, whatever the length of the line)."""
+        order, start = self._ordered(), self._order_start
+        waiting = len(order) - start
+        for position in range(1, min(self.exact_positions, waiting) + 1):
+            self.emit(Queued(order[start + position - 1].job_id, position))
+        for position in POSITION_MILESTONES:
+            if position > waiting:
+                break
+            if position > self.exact_positions:
+                self.emit(Queued(order[start + position - 1].job_id, position))
 
 
 class LineBackend:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import io
 import logging
 import math
@@ -50,8 +51,11 @@ log = logging.getLogger(__name__)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024  # Discord's limit for servers without boosts
 UPLOAD_HEADROOM = 64 * 1024  # room for the layout file and the request's own bytes
 TOKEN_EXPIRED = 10015  # Unknown Webhook: the interaction token is older than 15 minutes
-ATTACH_TIMEOUT_S = 60.0
-STORED_LAYOUT_BYTES = 64 * 1024 * 1024  # layouts in the database were checked on the way in (plus our record)  # a status message still unknown by then is given up on: results go to the channel
+ATTACH_TIMEOUT_S = 60.0  # a status message still unknown by then is given up on: results go to the channel
+# A progress edit still unanswered after this long is abandoned (discord.py would go on retrying a 5xx for
+# 25 s); the message shows the latest state on a later attempt. Results and errors are never abandoned.
+PROGRESS_EDIT_TIMEOUT_S = 5.0
+STORED_LAYOUT_BYTES = 64 * 1024 * 1024  # layouts in the database were checked on the way in (plus our record)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +103,13 @@ class Tracker:
     requeued_attempt: int | None = None  # set when a lost worker (or a restart) sent the job back to the queue
     requeued_after_restart: bool = False  # the bot restarted while the job ran (not a lost worker)
     result_message_id: int | None = None  # set once Discord accepted the result: never overwrite it
+    # Progress edits (best effort): the status message is behind the job's state (``dirty``), a stage change
+    # is waiting (``urgent``: not held back by status_interval_s), the one edit of it in flight, and the key
+    # under which it waits in JobService's queue of edits.
+    dirty: bool = False
+    urgent: bool = False
+    edit_task: asyncio.Task[None] | None = None
+    edit_key: tuple[int, int] | None = None
 
 
 @contextlib.contextmanager
@@ -108,6 +119,29 @@ def _logged(action: str) -> Iterator[None]:
         yield
     except Exception:
         log.exception("%s failed", action)
+
+
+class EditBudget:
+    """A token bucket: progress edits of all status messages together, ``per_second`` on average."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float]) -> None:
+        self.per_second = per_second
+        self.burst = max(1.0, 2 * per_second)  # two seconds' worth may go at once
+        self.tokens = self.burst
+        self.at = clock()
+
+    def take(self, now: float) -> bool:
+        if now > self.at:
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.per_second)
+            self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def ready_at(self) -> float:
+        """When the next edit may go."""
+        return self.at + max(0.0, 1.0 - self.tokens) / self.per_second
 
 
 class JobService:
@@ -128,8 +162,11 @@ class JobService:
         self.config = config
         self.clock = clock
         self.trackers: dict[int, Tracker] = {}
-        self._stale: set[int] = set()  # jobs whose status message is behind their state
-        self._flush_at = math.inf  # the earliest time one of them may be edited again
+        # Status messages behind their job's state, best first: running jobs, then waiting ones by position.
+        # (rank, position, job id); stale entries (the tracker's edit_key differs) are skipped.
+        self._edits: list[tuple[int, int, int]] = []
+        self._budget = EditBudget(config.status_edits_per_s, clock)
+        self._flush_at = math.inf  # the earliest time a held-back edit may go
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivered = 0  # results delivered since start (benchmarks, health)
         self.shutting_down = False  # set by the bot's close(): a job stopped now resumes after the restart
@@ -243,6 +280,9 @@ class JobService:
         if message is not None:
             await self.storage.update_job(job_id, status_message_id=message.id)
         tracker.attached.set()
+        if tracker.dirty:  # the job moved while its status message was on its way
+            self._queue_edit(tracker)
+            self._pump_edits()
         return message
 
     async def cancel(self, job_id: int) -> bool:
@@ -290,40 +330,35 @@ class JobService:
         tracker = self.trackers.get(event.job_id)
         if tracker is not None:
             self._apply(tracker, event)
-        # Updates held back by the throttle go out on a later event (the running job reports often).
-        if self._stale and self.clock() >= self._flush_at:
-            self._flush_at = math.inf
-            for job_id in list(self._stale):
-                stale = self.trackers.get(job_id)
-                if stale is None or stale.phase == "done":
-                    self._stale.discard(job_id)
-                elif stale is not tracker:
-                    self._maybe_refresh(stale)
+        # Edits held back by the throttle or the budget go out on a later event (the running job reports often).
+        if self._edits and self.clock() >= self._flush_at:
+            self._pump_edits()
 
     def _apply(self, tracker: Tracker, event: JobEvent) -> None:
         if isinstance(event, Queued):
             tracker.position = event.position
-            self._maybe_refresh(tracker)
+            self._request_edit(tracker)
         elif isinstance(event, Requeued):
             tracker.phase, tracker.position, tracker.requeued_attempt = "queued", 1, event.attempt
             tracker.requeued_after_restart = False
             tracker.llm_progress = tracker.render_progress = tracker.render_started = None
             tracker.preview_regions = 0
-            self._spawn(self._refresh(tracker, force=True))
+            self._request_edit(tracker, urgent=True)
         elif isinstance(event, Started):
             tracker.phase = event.stage
             if event.stage == "render":
                 tracker.render_started = self.clock()
-            self._spawn(self._refresh(tracker, force=True))
+            self._request_edit(tracker, urgent=True)
         elif isinstance(event, Progress):
             if isinstance(event.progress, LLMProgress):
                 tracker.llm_progress = event.progress
             else:
                 tracker.render_progress = event.progress
-            self._maybe_refresh(tracker)
+            self._request_edit(tracker)
         elif isinstance(event, ChatDone):
             self._spawn(self._store_chat(tracker, event), fails=(tracker.job_id, "the LLM's answer could not be stored"))
         elif isinstance(event, Finished):
+            tracker.phase = "done"  # from now on only the result is shown: no progress edit starts
             self._spawn(self._deliver(tracker, event.output), fails=(tracker.job_id, "the result could not be delivered"))
         elif isinstance(event, Cancelled) and self.shutting_down and event.job_id not in self._cancel_requested:
             # Stopped by the shutdown, not by its user: the database keeps it running, and the next start
@@ -332,15 +367,17 @@ class JobService:
             tracker.phase = "done"
             self.trackers.pop(event.job_id, None)
         elif isinstance(event, Failed | Cancelled):
+            tracker.phase = "done"
             self._cancel_requested.discard(event.job_id)
             self._spawn(self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly"))
 
-    def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str] | None = None) -> None:
+    def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str] | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` as a task whose exception is never dropped: it is logged, and with ``fails`` (job id,
         what went wrong) the job is failed and its user told. Without it (status edits) logging is enough."""
         task = asyncio.ensure_future(self._guarded(coro, fails))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _guarded(self, coro: Awaitable[None], fails: tuple[int, str] | None) -> None:
         try:
@@ -416,35 +453,104 @@ class JobService:
             return formatting.render_text(tracker.job_id, progress, eta), None
         return formatting.queued_text(tracker.job_id, tracker.position), None
 
-    def _maybe_refresh(self, tracker: Tracker) -> None:
-        # Throttled: progress arrives far faster than Discord lets a message be edited; stale states are dropped.
-        if tracker.message_id is None:
+    # -- progress edits: best effort, within one bot-wide budget, never in the way of a result -------------
+    #
+    # Each status message has at most one progress edit in flight; newer states meanwhile only mark it
+    # dirty, and the edit that follows shows the latest state (coalesced). Edits wait for
+    # ``status_interval_s`` since the message's last edit (stage changes do not) and for a token of the
+    # bot-wide ``status_edits_per_s`` budget, running jobs first, then waiting jobs by position. A progress
+    # edit that fails or times out is dropped (the message stays dirty); delivering a result or an error
+    # cancels the message's progress edit instead of waiting for it.
+
+    def _request_edit(self, tracker: Tracker, *, urgent: bool = False) -> None:
+        if tracker.phase == "done":
             return
-        if tracker.lock.locked() or self.clock() - tracker.last_edit < self.config.status_interval_s:
-            self._stale.add(tracker.job_id)
-            self._flush_at = min(self._flush_at, tracker.last_edit + self.config.status_interval_s)
-            return
-        self._stale.discard(tracker.job_id)
-        self._spawn(self._refresh(tracker, force=False))
+        tracker.dirty = True
+        tracker.urgent = tracker.urgent or urgent
+        self._queue_edit(tracker)
+        self._pump_edits()
 
-    async def _refresh(self, tracker: Tracker, *, force: bool) -> None:
-        async with tracker.lock:
-            if tracker.message_id is None or tracker.phase == "done":
-                return
-            if not force and self.clock() - tracker.last_edit < self.config.status_interval_s:
-                return
-            content, preview = self._status(tracker)
-            tracker.last_edit = self.clock()
-            self._stale.discard(tracker.job_id)
+    def _queue_edit(self, tracker: Tracker) -> None:
+        key = (0, 0) if tracker.phase in ("llm", "render") else (1, tracker.position)
+        if tracker.edit_key != key:
+            tracker.edit_key = key
+            heapq.heappush(self._edits, (*key, tracker.job_id))
 
-            def edit_kwargs() -> dict[str, Any]:
-                if preview is None:
-                    return {"content": content}
-                preview.reset()
-                embed = discord.Embed(description="Layout so far").set_image(url="attachment://preview.png")
-                return {"content": content, "embed": embed, "attachments": [preview]}
+    def _pump_edits(self) -> None:
+        """Start the progress edits that may go now, best first."""
+        now = self.clock()
+        self._flush_at = math.inf
+        held_back: list[tuple[int, int, int]] = []
+        while self._edits:
+            entry = self._edits[0]
+            tracker = self.trackers.get(entry[2])
+            if tracker is None or tracker.edit_key != entry[:2]:  # gone, or queued again under a new key
+                heapq.heappop(self._edits)
+                continue
+            if not tracker.dirty or tracker.phase == "done" or tracker.message_id is None or tracker.edit_task:
+                # Up to date, finished, or not shown yet (announce queues it again); or an edit is in flight
+                # (queued again when it ends).
+                heapq.heappop(self._edits)
+                tracker.edit_key = None
+                continue
+            ready_at = now if tracker.urgent else tracker.last_edit + self.config.status_interval_s
+            if ready_at > now:
+                held_back.append(heapq.heappop(self._edits))
+                self._flush_at = min(self._flush_at, ready_at)
+                continue
+            if not self._budget.take(now):
+                self._flush_at = min(self._flush_at, self._budget.ready_at())
+                break
+            heapq.heappop(self._edits)
+            tracker.edit_key = None
+            self._start_edit(tracker, now)
+        for entry in held_back:
+            heapq.heappush(self._edits, entry)
 
-            await self._edit(tracker, edit_kwargs, final=False)
+    def _start_edit(self, tracker: Tracker, now: float) -> None:
+        tracker.last_edit = now
+        task = self._spawn(self._progress_edit(tracker))
+        tracker.edit_task = task
+        task.add_done_callback(lambda _: self._edit_ended(tracker))
+
+    def _edit_ended(self, tracker: Tracker) -> None:
+        tracker.edit_task = None
+        if tracker.dirty and tracker.phase != "done" and tracker.job_id in self.trackers:
+            self._queue_edit(tracker)
+            self._pump_edits()
+
+    async def _progress_edit(self, tracker: Tracker) -> None:
+        # The state is read when the task runs: events that came in since it was started are shown too.
+        tracker.dirty = tracker.urgent = False
+        tracker.last_edit = self.clock()
+        content, preview = self._status(tracker)
+
+        def edit_kwargs() -> dict[str, Any]:
+            if preview is None:
+                return {"content": content}
+            preview.reset()
+            embed = discord.Embed(description="Layout so far").set_image(url="attachment://preview.png")
+            return {"content": content, "embed": embed, "attachments": [preview]}
+
+        try:
+            shown = await asyncio.wait_for(self._edit(tracker, edit_kwargs, final=False), PROGRESS_EDIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("job %s: a status edit took over %g s; dropped", tracker.job_id, PROGRESS_EDIT_TIMEOUT_S)
+            shown = None
+        if shown is None and tracker.phase != "done":  # not shown: a later edit brings the latest state
+            tracker.dirty = True
+            if preview is not None:
+                tracker.preview_regions = 0
+
+    async def _stop_progress(self, tracker: Tracker) -> None:
+        """No more progress edits of this job; one in flight is cancelled, not waited for (it may be stuck in
+        discord.py's retries of a failing request)."""
+        tracker.phase = "done"
+        tracker.dirty = False
+        task = tracker.edit_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _edit(
         self, tracker: Tracker, make_kwargs: Callable[[], dict[str, Any]], *, final: bool
@@ -515,6 +621,8 @@ class JobService:
 
     async def _attached(self, tracker: Tracker) -> None:
         """Wait until the status message is known (it may still be on its way when a fast job ends)."""
+        if tracker.attached.is_set():  # the usual case: no timer needed
+            return
         try:
             await asyncio.wait_for(tracker.attached.wait(), ATTACH_TIMEOUT_S)
         except TimeoutError:
@@ -525,9 +633,9 @@ class JobService:
             )
 
     async def _deliver(self, tracker: Tracker, output: JobOutput) -> None:
+        await self._stop_progress(tracker)
         await self._attached(tracker)
         async with tracker.lock:
-            tracker.phase = "done"
             render = output.render
             layout_file = result_layout(output, job_id=tracker.job_id, prompt=tracker.prompt).dumps().encode("utf-8")
             notes: list[str] = []
@@ -586,9 +694,9 @@ class JobService:
             self.delivered += 1
 
     async def _end(self, tracker: Tracker, event: Failed | Cancelled) -> None:
+        await self._stop_progress(tracker)
         await self._attached(tracker)
         async with tracker.lock:
-            tracker.phase = "done"
             if isinstance(event, Cancelled):
                 state, error, text = "cancelled", None, f"✖️ Job #{tracker.job_id} was cancelled."
             else:
@@ -651,7 +759,7 @@ class JobService:
                 failed += 1
                 continue
             if job.id in resumed:  # the status message says so at once, not at the next progress report
-                self._spawn(self._refresh(tracker, force=True))
+                self._request_edit(tracker, urgent=True)
         return failed, requeued
 
     async def _delivered_before_crash(self, job: JobRecord) -> bool:

@@ -118,3 +118,53 @@ def test_drain_and_announce() -> None:
     assert events == [Queued(1, 1), Queued(3, 2), Queued(2, 3)]
     assert [t.job_id for t in line.drain()] == [1, 3, 2]
     assert not line and line.order() == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "take", "cancel", "announce"]), st.integers(min_value=1, max_value=5)),
+        max_size=60,
+    )
+)
+def test_the_kept_run_order_matches_the_queues_through_any_changes(steps: list[tuple[str, int]]) -> None:
+    # The order is computed once and then updated in place by take() and add(); positions come from a
+    # formula over the queues. All three must agree with an order rebuilt from scratch after every change.
+    line, events = make(max_queue=1000)
+    next_job = 1
+    for action, number in steps:
+        if action == "add":
+            position = line.add(Ticket(job_id=next_job, user_id=number))
+            assert position == line.position(next_job)
+            next_job += 1
+        elif action == "take":
+            line.take()
+        elif action == "cancel":
+            line.cancel(number * 3)
+        else:
+            line.announce()
+        rebuilt = FairWaitingLine(emit=events.append, max_queue=1000)
+        rebuilt._queues = line._queues
+        expected = rebuilt._compute_order()
+        assert line.order() == expected and len(line) == len(expected)
+        assert [line.position(t.job_id) for t in expected] == list(range(1, len(expected) + 1))
+
+
+def test_announce_costs_the_same_however_long_the_line() -> None:
+    # 2,500 waiting jobs of 250 users: each move of the line tells the first five their exact positions
+    # and only the jobs that reached a milestone (10, 20, 50, ...) theirs; every told position is true.
+    line, events = make(max_queue=20_000)
+    fill(line, [(job, job % 250) for job in range(2_500)])
+    line.take()
+    line.announce()
+    told = [(e.job_id, e.position) for e in events if isinstance(e, Queued)]
+    assert [p for _, p in told] == [1, 2, 3, 4, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]
+    assert all(line.position(job) == position for job, position in told)
+    # Over the whole drain a job is told its position at most 5 + 8 times (the milestones below 2,500),
+    # not once per job ahead of it.
+    events.clear()
+    while line.take() is not None:
+        line.announce()
+    per_job: dict[int, int] = {}
+    for event in events:
+        per_job[event.job_id] = per_job.get(event.job_id, 0) + 1
+    assert max(per_job.values()) == 13 and len(events) < 13 * 2_500

@@ -67,11 +67,13 @@ async def test_status_message_shows_each_stage_and_is_throttled(world: World) ->
     assert any("regions so far" in t for t in texts)
     render_texts = [t for t in texts if "diffusion step" in t]
     assert render_texts and "█" in render_texts[-1] and "left" in render_texts[-1]  # bar and ETA
-    # 3 LLM events + 10 render events happen 1 s apart: throttling at 1.5 s keeps every second one.
+    # 3 LLM events + 10 render events happen 1 s apart: throttling at 1.5 s keeps every second one. The
+    # stage change is shown at once ("rendering…", step 0), so step 1 is held back and step 2 goes.
     progress_edits = [t for t in texts if "diffusion step" in t or "tokens" in t]
     assert len(progress_edits) == 6
     steps = [int(t.split("step ")[1].split("/")[0]) for t in progress_edits if "diffusion step" in t]
-    assert steps == [1, 3, 5, 7, 9]
+    assert steps == [2, 4, 6, 8, 10]
+    assert texts.index(next(t for t in texts if "rendering…" in t)) < texts.index(progress_edits[1])
     # The layout preview is uploaded while the LLM works.
     assert any(any(a.get("filename") == "preview.png" for a in b.get("attachments", [])) for b in bodies)
     assert texts[-1].startswith("✅ Done")

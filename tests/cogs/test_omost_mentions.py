@@ -33,7 +33,7 @@ async def test_compose_reply_render_and_errors_allow_no_mass_mentions(world: Wor
         [{"rect": [0, 90, 0, 90], "prefixes": [HOSTILE], "suffixes": [], "color": [0, 0, 200]}]
     ).encode()
     rendered = await world.alice.slash(world.channel, "omost render", layout=("sea.json", comfy))
-    assert "Done" in rendered.response.content
+    assert "Done" in rendered.followups[0].content  # acknowledged privately; the status message follows
     refused = await world.alice.slash(world.channel, "omost render", layout=("bad.json", bad))
     assert refused.ephemeral and "@everyone free nitro" in refused.response.content
     # an engine failure

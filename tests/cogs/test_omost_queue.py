@@ -203,3 +203,32 @@ async def test_status_is_for_admins_and_shows_the_queue_and_the_local_worker(wor
         "workers: this process (in-process queue)",
     ]
     await resume(world)
+
+
+@pytest.mark.parametrize(
+    "per_second",
+    [pytest.param(r, marks=pytest.mark.bot_config(max_queue=100, status_edits_per_s=r)) for r in (1.0, 0.25)],
+)
+async def test_status_edits_stay_within_one_bot_wide_budget_however_long_the_queue(
+    world: World, per_second: float
+) -> None:
+    # 30 users wait; each started job moves everyone up. Status edits other than results (positions, stages,
+    # progress) go out at most `per_second` a second on the bot's clock (the engine moves it 1 s per progress
+    # event; 0.25 is less than the running jobs alone would use), and every result is delivered.
+    world.engine.loop, world.engine.settled = asyncio.get_running_loop(), lambda: world.bot.jobs.idle
+    members = [world.guild.add_member(world.env.create_user(f"user{i}")) for i in range(30)]
+    await pause(world)
+    results = [await m.slash(world.channel, "omost compose", prompt=f"job {i}", steps=8) for i, m in enumerate(members)]
+    assert "position 30" in results[-1].response.content
+    before, start = len(world.env.http_requests), world.clock()
+    await resume(world)
+    elapsed = world.clock() - start
+    edits = [e for e in world.env.http_requests[before:] if e.method == "PATCH"]
+    progress = [e for e in edits if not ((e.json or {}).get("content") or "").startswith("✅")]
+    assert len(edits) - len(progress) == 30 and all("Done" in r.response.content for r in results)
+    assert elapsed >= 30 * 11 and len(progress) <= per_second * elapsed + 2 * per_second + 1
+    # Positions that went out were true when sent: the first five in line, and milestones beyond.
+    texts = [(e.json or {}).get("content") or "" for e in progress]
+    told = [int(t.split("position ")[1].rstrip(".")) for t in texts if "queued: position" in t]
+    assert all(p <= 5 or p in (10, 20) for p in told)
+    assert told or per_second < 1  # with room in the budget, waiting jobs hear of their place

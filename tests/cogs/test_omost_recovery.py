@@ -71,7 +71,7 @@ async def test_a_resumed_layout_render_keeps_its_layout_and_seed(world: World) -
     job = await world.bot.storage.job(1)
     assert job.state == "done" and job.attempt == 2
     assert world.engine.calls == [("render", "a calm sea", 5)]  # no LLM turn: the stored layout
-    assert "Done" in status.response.content
+    assert "Done" in status.followups[0].content
 
 
 @pytest.mark.bot_config(max_attempts=2)

@@ -127,8 +127,10 @@ async def test_render_command_takes_a_layout_attachment(world: World) -> None:
         seed=99,
         size="square",
     )
-    message = result.response
-    assert message is not None and "Done" in message.content
+    # Acknowledged privately before the file was read; the status message (now the result) follows for all.
+    assert result.ephemeral and result.response.content == "📥 Job #1 is queued."
+    message = result.followups[0]
+    assert not message.ephemeral and "Done" in message.content
     fields = {f.name: f.value for f in message.embeds[0].fields}
     assert fields["Seed"] == "99" and fields["Size"] == "1024x1024" and fields["LLM"].startswith("—")
     assert [c[0] for c in world.engine.calls] == ["render"]
@@ -183,8 +185,8 @@ async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> 
     # An option can bring a file back inside the limits (and the new file records that it did).
     fits = await world.alice.slash(world.channel, "omost render", layout=("storm.json", _file_with_render(
         {"width": 1024, "height": 1024, "hr_scale": 2.0, "steps": 40, "hr_steps": 20})), steps=12)
-    assert "Done" in fits.response.content, fits.response.content
-    record = (await layout_of(fits.response.message))[0]["omost_bot"]
+    assert "Done" in fits.followups[0].content, fits.followups
+    record = (await layout_of(fits.followups[0].message))[0]["omost_bot"]
     assert record["render"]["steps"] == 12 and record["overrides"] == ["steps: 40 -> 12 (the steps option)"]
 
 
@@ -209,3 +211,25 @@ async def test_bad_render_settings_in_a_file_are_one_ephemeral_line(world: World
         assert result.ephemeral and expected in result.response.content and "\n" not in result.response.content, (
             result.response.content)
     assert await count(world, "jobs") == 0 and world.engine.calls == []
+
+
+async def test_reply_with_a_picture_and_no_text_says_only_json_files_can_be_attached(world: World) -> None:
+    first = await compose(world)
+    jobs = await count(world, "jobs")
+    await world.alice.send(world.channel, "", reply_to=first, attachments=[("cat.png", b"\x89PNG\r\n\x1a\n")])
+    answer = world.channel.last_message
+    assert answer.author.bot and answer.reference is not None
+    assert answer.content.startswith("⚠️ only `.json` layout files can be attached; `cat.png` is not one")
+    assert "prompt is empty" not in answer.content and await count(world, "jobs") == jobs
+    # With text, a picture beside it is no layout: the text refines as usual.
+    await world.alice.send(world.channel, "make it night", reply_to=first, attachments=[("cat.png", b"x")])
+    assert "Done" in world.channel.last_message.content
+
+
+async def test_render_command_refuses_a_file_that_is_not_json_with_the_same_words(world: World) -> None:
+    result = await world.alice.slash(world.channel, "omost render", layout=("cat.png", b"\x89PNG\r\n\x1a\n"))
+    assert result.ephemeral and result.response.content.startswith(
+        "⚠️ only `.json` layout files can be attached; `cat.png` is not one"
+    )
+    assert await count(world, "jobs") == 0 and world.engine.calls == []
+

@@ -93,13 +93,14 @@ async def test_a_cli_file_attached_to_omost_render_gives_the_clis_pixels(
         channel = guild.create_text_channel("studio")
         alice = guild.add_member(env.create_user("alice"))
         result = await alice.slash(channel, "omost render", layout=("layout.json", cli_file))
-        assert result.response is not None and "Done" in result.response.content, result.response
-        files = await _attachments(result.response.message)
-        fields = {f.name: f.value for f in result.response.embeds[0].fields}
+        shown = result.followups[0]  # acknowledged privately first; the status message becomes the result
+        assert "Done" in shown.content, result
+        files = await _attachments(shown.message)
+        fields = {f.name: f.value for f in shown.embeds[0].fields}
         # An option overrides the file, and the new file records it.
         other = await alice.slash(channel, "omost render", layout=("layout.json", cli_file), seed=99)
-        assert other.response is not None and "Done" in other.response.content, other.response
-        other_files = await _attachments(other.response.message)
+        assert "Done" in other.followups[0].content, other
+        other_files = await _attachments(other.followups[0].message)
         await bot.storage.db.close()
     assert fields["Seed"] == "1234" and fields["Size"] == "320x256"
     assert np.array_equal(_pixels(files["image.png"]), _pixels((out / "image.png").read_bytes()))
