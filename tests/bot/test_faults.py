@@ -125,6 +125,13 @@ async def held_in_render(w: Wired) -> str:
     return token
 
 
+def report_delay(w: Wired, fault: str) -> float:
+    """Seconds from the job's end to its result accepted by Discord (printed with ``pytest -s``)."""
+    delay = result_writes(w.fake)[0].at - w.finished_at[1]
+    print(f"\n{fault}: the result went out {delay * 1000:.0f} ms after the job finished")
+    return delay
+
+
 async def next_command_is_served(w: Wired) -> None:
     token = await compose(w, "a quiet lake")
     message = await delivered(w, token)
@@ -150,6 +157,7 @@ async def test_429_on_the_result_is_waited_out_and_delivered_once(
     assert {a["filename"] for a in message["attachments"]} == {"image.png", "layout.json"}
     refused = next(e for e in wired.fake.exchanges if e.status == 429)
     assert result_writes(wired.fake)[0].at - refused.at >= 0.2  # the wait Discord asked for was kept
+    report_delay(wired, "429 on the result")
     assert tracebacks() == []
     await next_command_is_served(wired)
 
@@ -162,6 +170,7 @@ async def test_5xx_on_the_result_is_retried_and_delivered_once(
     wired.gate.set()
     await delivered(wired, token)
     assert fault.hits == 1 and len(result_writes(wired.fake)) == 1
+    report_delay(wired, "502 on the result")
     assert tracebacks() == []
     await next_command_is_served(wired)
 
@@ -182,6 +191,7 @@ async def test_an_expired_interaction_token_at_delivery_sends_the_result_through
     writes = result_writes(wired.fake)
     assert len(writes) == 1 and writes[0].path == f"channels/{wired.fake.channel_id}/messages/{status_id}"
     assert sorted(writes[0].files) == ["image.png", "layout.json"]
+    report_delay(wired, f"{status} on the interaction token")
     assert tracebacks() == []
     wired.fake.clear_faults()
     await next_command_is_served(wired)
@@ -204,6 +214,7 @@ async def test_a_gateway_drop_mid_job_resumes_and_the_result_is_delivered_once(
     wired.gate.set()
     await delivered(wired, token)
     assert len(result_writes(wired.fake)) == 1
+    report_delay(wired, f"gateway {fault}")
     assert tracebacks() == []
     await next_command_is_served(wired)  # the interaction comes over the resumed connection
 
@@ -338,8 +349,7 @@ async def test_a_status_edit_outage_does_not_hold_back_the_result(
         if e.status == 200 and e.at >= outage_over and e.path.endswith(f"/messages/{status_id}")
     ]
     assert accepted == writes
-    delay = writes[0].at - wired.finished_at[1]
-    print(f"\nstatus-edit outage: the result went out {delay * 1000:.0f} ms after the job finished")
+    report_delay(wired, "status-edit outage")
     assert message["content"].startswith("✅")
     assert tracebacks() == []
     await next_command_is_served(wired)

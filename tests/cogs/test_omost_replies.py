@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from simenv import DINOSAUR, DRAGON, World
 
 from omost_engine.layout import Layout
@@ -233,3 +234,20 @@ async def test_render_command_refuses_a_file_that_is_not_json_with_the_same_word
     )
     assert await count(world, "jobs") == 0 and world.engine.calls == []
 
+
+
+async def test_an_unexpected_failure_of_a_reply_is_logged_and_answered(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = await compose(world)
+
+    async def broken(message: object, source: object) -> None:
+        raise RuntimeError("database is on fire")
+
+    world.bot.flows._reply_job = broken  # type: ignore[method-assign]
+    await world.alice.send(world.channel, "make it blue", reply_to=first)
+    answer = world.channel.last_message
+    assert answer.author.bot and answer.content.startswith("⚠️ something went wrong on my side")
+    assert "fire" not in answer.content and world.env.errors == []  # nothing reached on_message's handler
+    logged = [r for r in caplog.records if r.exc_info and "database is on fire" in str(r.exc_info[1])]
+    assert len(logged) == 1 and "the reply" in logged[0].getMessage()
