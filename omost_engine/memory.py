@@ -115,6 +115,14 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.device.type != "meta" and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (oneDNN's check: AVX-512 BF16, AMX or similar)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def default_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")

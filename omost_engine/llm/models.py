@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from omost_engine.errors import OmostError
+from omost_engine.noise import quiet_library_noise
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from omost_engine.memory import ModelManager
 
 log = logging.getLogger(__name__)
+quiet_library_noise()
 
 Family = Literal["llama-3", "phi-3"]
 Quantization = Literal["4bit", "8bit", "none"]
@@ -143,20 +145,12 @@ class LoadedLLM:
         move_module(self.model, device)
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (oneDNN's check: AVX-512 BF16, AMX or similar)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _compute_dtype(device: torch.device, parameters: float = 0.0) -> torch.dtype:
     """bf16 on a GPU that has it, else fp16; on the CPU bf16 for a large model where the CPU supports
     it (half the memory of fp32), fp32 otherwise."""
     import torch
+
+    from omost_engine.memory import cpu_supports_bf16
 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -30,6 +30,11 @@ def _quiet_libraries() -> None:
     diffusers_logging.set_verbosity_error()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ.setdefault("OMOST_CACHE", str(tmp_path_factory.mktemp("omost-cache")))
+
+
 @pytest.fixture(scope="session")
 def real_formats() -> Path:
     from omost_engine.testing.real_formats import ensure_real_formats
