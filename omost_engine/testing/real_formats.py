@@ -176,3 +176,57 @@ def save_real_llm(folder: str | Path, family: RealFamily, *, formats: Path,
         saved.pop("rope_parameters", None)
         (folder / "config.json").write_text(json.dumps(saved, indent=1))
     return folder
+
+
+def share_random_weights(module: Any, *, seed: int = 0, scale: float = 0.02, dtype: Any = None) -> Any:
+    """Give a module built on the meta device random weights that all share one buffer (the size of
+    its largest tensor): the real architecture and shapes, ~30 MB instead of 5 GB for SDXL's UNet, and
+    built in a second. Modules with buffers (whose values matter) are refused."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    buffers = [name for name, _ in module.named_buffers()]
+    if buffers:
+        raise ValueError(f"{type(module).__name__} has buffers ({buffers[:3]}); build it normally")
+    largest = max(p.numel() for p in module.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    pool = (torch.randn(largest, generator=generator) * scale).to(dtype)
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                sub._parameters[name] = torch.nn.Parameter(pool[: param.numel()].view(param.shape),
+                                                           requires_grad=False)
+    return module.eval()
+
+
+def real_sdxl_components(*, text_layers: int = 2, unet_config: dict[str, Any] | None = None, seed: int = 0,
+                         dtype: Any = None) -> Any:
+    """SDXL with the shipped base configurations: the real UNet (2.57B parameters, random weights shared
+    through ``share_random_weights``) and VAE, the real CLIP tokenizers, and both text encoders at their
+    real widths (768, 1280 + 1280 projection) with ``text_layers`` layers each (of 12 and 32)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from omost_engine.render.configs import sdxl_base_config_dir
+    from omost_engine.render.loading import SDXLComponents
+
+    dtype = dtype or torch.bfloat16
+    folder = sdxl_base_config_dir()
+    config = unet_config or dict(UNet2DConditionModel.load_config(folder, subfolder="unet"))
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config)
+    share_random_weights(unet, seed=seed, dtype=dtype)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae")).to(dtype).eval()
+    encoders = []
+    for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+        text_config = CLIPTextConfig.from_pretrained(folder, subfolder=name)
+        text_config.num_hidden_layers = text_layers
+        encoders.append(cls(text_config).to(dtype).eval())
+    return SDXLComponents(
+        model="sdxl-base-1.0 (real configuration, random weights)", unet=unet, vae=vae,
+        text_encoder=encoders[0], text_encoder_2=encoders[1],
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
+    )
