@@ -13,7 +13,6 @@ from omost_engine.errors import OmostError
 from omost_engine.llm.models import LLMLoader
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
 from omost_engine.llm.transformers_backend import IncrementalDecoder
-from omost_engine.memory import module_tensors
 from omost_engine.params import LLMParams
 from omost_engine.reply import parse_reply
 
@@ -119,6 +118,8 @@ def test_moving_an_8bit_model_moves_its_int8_state(real_llm_dir) -> None:
     """After a forward, Linear8bitLt keeps its int8 weights in state.CB/SCB; a move must take every
     tensor of the model and its quantisation state along (here to the meta device: the CPU has no
     second device, and nn.Module.to cannot even move Int8Params there)."""
+    from omost_engine.memory import module_tensors
+
     llm = LLMLoader().get(str(real_llm_dir("phi-3", quantization="8bit", rope="su")))
     with torch.inference_mode():
         llm.model(torch.tensor([[1, 32010, 264]]))
@@ -131,7 +132,7 @@ def test_moving_an_8bit_model_moves_its_int8_state(real_llm_dir) -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_offloading_an_8bit_model_frees_the_gpu(real_llm_dir) -> None:
-    from omost_engine.memory import ModelManager
+    from omost_engine.memory import ModelManager, module_tensors
 
     manager = ModelManager(device="cuda", mode="offload")
     loader = LLMLoader(manager=manager, allow_cpu=True)
