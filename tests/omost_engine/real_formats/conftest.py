@@ -70,12 +70,13 @@ def real_backend(real_llm_dir):
     from omost_engine.llm.transformers_backend import TransformersBackend
 
     backends: dict[str, TransformersBackend] = {}
-    setups = {"llama-3": {}, "dolphin": {}, "phi-3": {"quantization": "8bit", "rope": "su"}}
+    setups = {"llama-3": {}, "dolphin": {}, "phi-3": {}, "phi-3 8bit su": {"quantization": "8bit", "rope": "su"}}
 
     def get(family: str) -> TransformersBackend:
         if family not in backends:
             loader = LLMLoader(keep_loaded=1)
-            backends[family] = TransformersBackend(loader.get(str(real_llm_dir(family, **setups[family]))))
+            folder = real_llm_dir(family.split()[0], **setups[family])
+            backends[family] = TransformersBackend(loader.get(str(folder)))
         return backends[family]
 
     return get

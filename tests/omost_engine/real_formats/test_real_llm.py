@@ -85,7 +85,7 @@ def test_phi3_su_config_loads_and_writes_a_program_in_8bit(real_backend, real_ll
     """Configs published before mid-2024 say rope_scaling type "su"; transformers 5 raised KeyError."""
     config = json.loads((real_llm_dir("phi-3", quantization="8bit", rope="su") / "config.json").read_text())
     assert config["rope_scaling"]["type"] == "su"
-    backend = real_backend("phi-3")
+    backend = real_backend("phi-3 8bit su")
     assert backend.llm.quantization == "8bit"
     assert backend.llm.model.config.rope_parameters["rope_type"] == "longrope"
     result = backend.generate(MESSAGES, LLMParams(max_new_tokens=300, seed=3, prompt_lookup=False))
