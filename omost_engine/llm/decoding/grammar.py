@@ -113,7 +113,7 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
     server, where no guard runs beside the matcher).
 
     ``leading_space`` admits one space before the fence: a SentencePiece tokenizer that prepends a
-    space marker (Phi-3's) starts every reply with the token ``▁```"``, which is how the model was
+    space marker (Phi-3's) starts every reply with the token "▁```", which is how the model was
     trained to begin."""
     lim = limits or GrammarLimits()
     text_bound = f"{{0,{lim.max_string_bytes}}}" if bounded_text else "*"
