@@ -108,6 +108,11 @@ def test_the_dtype_can_be_forced(tiny_llm_dir: Path) -> None:
     assert LLMLoader(dtype="bf16").get(str(tiny_llm_dir)).model.dtype == torch.bfloat16
     with pytest.raises(OmostError, match="unknown dtype 'fp8'"):
         LLMLoader(dtype="fp8")
+    from bot.cli import build_parser
+    from omost_engine.cli.compose import _service
+
+    args = build_parser().parse_args(["compose", "a cat", "--out", "unused", "--llm-dtype", "bf16"])
+    assert _service(args, None, endpoint=False).loader.dtype == torch.bfloat16
 
 
 def test_keep_loaded_evicts_the_oldest(tiny_llm_dir: Path, tiny_phi3_dir: Path) -> None:
