@@ -71,23 +71,24 @@ def sdxl_steps(args: argparse.Namespace) -> None:
     cases = {"no regions (global only)": (Layout(conditions=dragon.conditions[:1]), "omost"),
              f"omost, {len(dragon.conditions) - 1} regions": (dragon, "omost"),
              f"area, {len(dragon.conditions) - 1} regions": (dragon, "area")}
-    results: dict[str, float] = {}
+    results: dict[str, tuple[float, float]] = {}
     for label, (layout, method) in cases.items():
-        stamps: list[float] = []
+        stamps: list[tuple[float, float]] = []  # (wall, process CPU time) at each step's callback
 
-        def on_progress(progress: object, stamps: list[float] = stamps) -> None:
+        def on_progress(progress: object, stamps: list[tuple[float, float]] = stamps) -> None:
             if getattr(progress, "stage", "") == "render":
-                stamps.append(time.perf_counter())
+                stamps.append((time.perf_counter(), time.process_time()))
 
         params = RenderParams(width=width, height=height, steps=args.steps, method=method, seed=1)
         whole = time.perf_counter()
         pipeline(layout.conditions, params, on_progress=on_progress)
         whole = time.perf_counter() - whole
-        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
-        results[label] = min(gaps) if gaps else whole / args.steps
-    base = next(iter(results.values()))
-    for label, seconds in results.items():
-        print(f"  {label:28} {seconds:7.2f} s a step   x{seconds / base:.2f}")
+        gaps = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(stamps, stamps[1:], strict=False)]
+        results[label] = min(gaps) if gaps else (whole / args.steps, float("nan"))
+    base_wall, base_cpu = next(iter(results.values()))
+    print("  seconds a step (fastest step after the first): wall, and CPU time of all threads")
+    for label, (wall, cpu) in results.items():
+        print(f"  {label:28} wall {wall:7.2f} s x{wall / base_wall:.2f}   cpu {cpu:7.2f} s x{cpu / base_cpu:.2f}")
 
 
 def _linear_and_other(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
