@@ -5,9 +5,15 @@ as the assistant's reply and "change the dragon to a dinosaur", reply = golden 0
 oracle that puts all its probability on the transcript's next token (on a byte-level BPE trained
 here on the canvas programs of the goldens), so the counts measure the decoding scheme alone.
 Then the per-token cost of the grammar constraint on the tiny random Llama, against plain decoding
-in the same process.
+in the same process, and the per-token cost of sampling + grammar with a real 128k vocabulary
+(the real Llama-3 tokenizer from scripts/fetch_real_formats.py): the top-p sampler against the
+full-sort one it replaced.
 
-    python bench/bench_decoding.py [--device cuda]
+    python bench/bench_decoding.py [--device cuda] [--model PATH] [--only-sampler]
+
+``--model PATH`` takes any local model folder (config, weights, tokenizer with a chat template): the
+sampler + grammar cost is then measured on that model's own logits for the transcript (one
+teacher-forced forward pass), with its tokenizer and vocabulary.
 """
 
 from __future__ import annotations
@@ -200,16 +206,111 @@ def wall_clock(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
         print(f"{label:30} " + " ".join(f"{cell:>16}" for cell in cells))
 
 
+def _full_sort_pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """The sampler before omost_engine.llm.decoding.sampling: a full sort of the vocabulary per token."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    ordered, order = torch.sort(probs, descending=True)
+    cumulative = torch.cumsum(ordered, dim=-1)
+    kept = max(1, int(torch.count_nonzero(cumulative - ordered < top_p)))
+    ordered, order, cumulative = ordered[:kept], order[:kept], cumulative[:kept]
+    threshold = torch.rand(1, generator=generator) * cumulative[-1]
+    return int(order[torch.searchsorted(cumulative, threshold, right=True).clamp_(max=kept - 1)])
+
+
+def sampler_cost(tokenizer: Any, vocab: int, stop_ids: list[int], rows: torch.Tensor, tokens: list[int], *,
+                 label: str, repeats: int = 3) -> None:
+    """Per token: grammar mask + top-p pick + accept, for each row of ``rows`` (the logits before each
+    transcript token); the transcript token is accepted whatever is drawn, so every row is used."""
+    from omost_engine.llm.decoding.sampling import Sampler
+
+    factory = GrammarFactory(tokenizer, vocab_size=vocab, stop_token_ids=stop_ids)
+    results: dict[str, list[float]] = {"grammar + top-p (topk)": [], "grammar + top-p (full sort)": [],
+                                       "grammar mask + accept only": []}
+    for _ in range(repeats):
+        for name in results:
+            state = factory.matcher()
+            sampler = Sampler(temperature=0.6, top_p=0.9, seed=1)
+            generator = torch.Generator().manual_seed(1)
+            started = time.thread_time()
+            for row, token in zip(rows, tokens, strict=True):
+                masked = state.mask_logits(row)
+                if name == "grammar + top-p (topk)":
+                    sampler.pick(masked)
+                elif name == "grammar + top-p (full sort)":
+                    _full_sort_pick(masked, 0.6, 0.9, generator)
+                if not state.accept(token):
+                    raise RuntimeError(f"the grammar refused transcript token {token}")
+            results[name].append((time.thread_time() - started) / len(tokens))
+    print(f"sampling + grammar per token, {label} ({vocab} tokens, 1 thread, {len(tokens)} tokens, "
+          f"CPU time, fastest of {repeats}):")
+    base = min(results["grammar + top-p (full sort)"])
+    for name, values in results.items():
+        print(f"  {name:30} {min(values) * 1e3:7.3f} ms   x{min(values) / base:.3f} of the full sort")
+
+
+def _reply_ids(tokenizer: Any, stop_ids: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt ids, reply ids up to the end-of-turn token) of the first transcript turn."""
+    prompt, reply = transcript(tokenizer)["first turn"]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": FIRST_REQUEST},
+                {"role": "assistant", "content": reply}]
+    encoded = tokenizer.apply_chat_template(messages, tokenize=True)
+    full = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    rest = full[len(prompt):]
+    end = next(i for i, t in enumerate(rest) if t in stop_ids)
+    return prompt, rest[: end + 1]
+
+
+def sampler_cost_real_vocab(repeats: int) -> None:
+    """The real Llama-3 tokenizer (128,256 tokens); logits shaped like a trained model's: N(0, 2.5)
+    over the vocabulary with the transcript token at 25 (random weights give a flat distribution
+    instead, the worst case: see --model)."""
+    from omost_engine.testing.real_formats import ensure_real_formats, llama3_tokenizer
+
+    folder, why = ensure_real_formats(fetch=True)
+    if folder is None:
+        print(f"sampling + grammar with a 128k vocabulary: skipped ({why})")
+        return
+    tokenizer = llama3_tokenizer(folder)
+    stops = [tokenizer.convert_tokens_to_ids("<|eot_id|>")]
+    _, tokens = _reply_ids(tokenizer, stops)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(len(tokens), 128_256, generator=generator) * 2.5
+    rows[torch.arange(len(tokens)), torch.tensor(tokens)] = 25.0
+    sampler_cost(tokenizer, 128_256, stops, rows, tokens, label="real Llama-3 tokenizer, confident logits",
+                 repeats=repeats)
+
+
+def sampler_cost_model(path: str, repeats: int) -> None:
+    """Sampling + grammar on a local model's own logits for golden 01 (one teacher-forced pass)."""
+    from omost_engine.llm.models import LLMLoader
+    from omost_engine.llm.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(LLMLoader(allow_cpu=True).get(path))
+    vocab = max(len(backend.tokenizer), int(backend.llm.model.config.vocab_size))
+    prompt, tokens = _reply_ids(backend.tokenizer, backend.eos_token_ids)
+    ids = torch.tensor([prompt + tokens[:-1]], device=backend.llm.device)
+    with torch.inference_mode():
+        logits = backend.llm.model(input_ids=ids, logits_to_keep=len(tokens)).logits[0].float().cpu()
+    sampler_cost(backend.tokenizer, vocab, backend.eos_token_ids, logits, tokens, label=f"model {path}",
+                 repeats=repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--model", help="a local model folder: measure sampling + grammar on its logits")
+    parser.add_argument("--only-sampler", action="store_true", help="only the sampling + grammar cost")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one core per generation: the timings compare like with like
     names = CanvasNames.from_tables()
-    forward_pass_table(names)
-    grammar_overhead(names, device=args.device, repeats=args.repeats)
-    wall_clock(names, device=args.device)
+    if not args.only_sampler:
+        forward_pass_table(names)
+        grammar_overhead(names, device=args.device, repeats=args.repeats)
+        wall_clock(names, device=args.device)
+    sampler_cost_real_vocab(repeats=3)
+    if args.model:
+        sampler_cost_model(args.model, repeats=3)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ class BotConfig:
     sdxl: OptionalText = Field(None, description="SDXL checkpoint: hub id, diffusers folder or .safetensors")
     sdxl_config: OptionalText = Field(
         None, description="for a single .safetensors checkpoint: the diffusers SDXL folder or hub id with its "
-        "configs and tokenizers (default stabilityai/stable-diffusion-xl-base-1.0)")
+        "configs and tokenizers (default: SDXL base 1.0's, shipped with omost-bot)")
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = Field(
         "auto", description="torch device; auto picks cuda, else mps, else cpu",
         json_schema_extra={"allowed": "auto or a torch device such as cuda, cuda:1, mps or cpu"})

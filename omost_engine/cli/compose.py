@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--llm-model", help="model name to request from --llm-endpoint (default: its first)")
     parser.add_argument("--llm-api-key", help=f"API key for --llm-endpoint (default: ${API_KEY_ENV})")
     parser.add_argument("--allow-cpu", action="store_true", help="run a large LLM without a GPU (very slow)")
+    parser.add_argument("--llm-dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                        help="local LLM compute dtype (auto: bf16/fp16 on a GPU; on a CPU bf16 for 1B+ parameters "
+                        "where supported, else fp32)")
     for field in ("temperature", "top_p", "max_new_tokens"):  # from the declarations in omost_engine.params
         parser.add_argument(f"--{field.replace('_', '-')}", type=flag_type(LLMParams, field),
                             default=getattr(LLMParams(), field), help=flag_help(LLMParams, field))
@@ -98,7 +101,8 @@ def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> An
                                 context_tokens=args.context_tokens)
         return ChatService(backend=backend, context_tokens=args.context_tokens)
     kwargs = {"default_llm": llm} if llm else {}
-    return ChatService(loader=LLMLoader(allow_cpu=args.allow_cpu), context_tokens=args.context_tokens, **kwargs)
+    loader = LLMLoader(allow_cpu=args.allow_cpu, dtype=getattr(args, "llm_dtype", None))
+    return ChatService(loader=loader, context_tokens=args.context_tokens, **kwargs)
 
 
 class _ProgressLine:

@@ -37,7 +37,7 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="SDXL model: hub id, diffusers folder or .safetensors file "
                        "(default: the layout file's sdxl, else SG161222/RealVisXL_V4.0)")
     group.add_argument("--model-config", help="diffusers SDXL folder or hub id giving the configs and "
-                       "tokenizers of a single-file --model (default stabilityai/stable-diffusion-xl-base-1.0)")
+                       "tokenizers of a single-file --model (default: SDXL base 1.0's, shipped with omost-bot)")
     group.add_argument("--size", help="WIDTHxHEIGHT or a preset (portrait, square, landscape, ...)")
     # Every parameter flag from its declaration in omost_engine.params: type, choices, range, default.
     for field in PARAM_FLAGS.values():
@@ -48,6 +48,8 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--memory", choices=("offload", "resident"), default="offload",
                        help="offload: only the current stage's model on the GPU (8 GB cards); resident: all")
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
+    group.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                       help="SDXL weights' dtype (auto: fp16 on a GPU; bf16 on a CPU that has it for a large model)")
 
 
 def available_devices() -> list[str]:
@@ -141,7 +143,7 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
         raise OmostError(f"cannot create output folder {str(out)!r}: {exc.strerror}",
                          parameter="out", value=str(out)) from None
     renderer = Renderer(device=device, memory_mode=getattr(args, "memory", "offload"),
-                        single_file_config=getattr(args, "model_config", None))
+                        single_file_config=getattr(args, "model_config", None), dtype=getattr(args, "dtype", None))
 
     def report(progress: Any) -> None:
         if not getattr(args, "quiet", False):

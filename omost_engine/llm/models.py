@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from omost_engine.errors import OmostError
+from omost_engine.noise import quiet_library_noise
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from omost_engine.memory import ModelManager
 
 log = logging.getLogger(__name__)
+quiet_library_noise()
 
 Family = Literal["llama-3", "phi-3"]
 Quantization = Literal["4bit", "8bit", "none"]
@@ -32,6 +34,8 @@ MANAGER_NAME = "llm"
 DEFAULT_LLM = "lllyasviel/omost-llama-3-8b-4bits"
 # Above this many parameters a model is refused on a machine without a GPU, unless forced.
 CPU_PARAMETER_LIMIT = 2.0e9
+# From this many parameters a model loads in bf16 on a CPU that supports it (fp32 would double its memory).
+CPU_BF16_MIN_PARAMETERS = 1.0e9
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,19 +137,86 @@ class LoadedLLM:
         return next(self.model.parameters()).device
 
     def move(self, device: torch.device) -> None:
-        """Move the weights; bitsandbytes models are moved with the plain Module.to, which
-        transformers' override would refuse on older versions (the original removed an attribute)."""
-        import torch
+        """Move the weights and every bitsandbytes quantisation tensor (``memory.move_module``):
+        ``Module.to`` would leave an 8-bit model's int8 weights (``CB``/``SCB``) on the GPU, and
+        transformers' own ``.to`` refuses quantised models on some versions."""
+        from omost_engine.memory import move_module
 
-        torch.nn.Module.to(self.model, device)
+        move_module(self.model, device)
 
 
-def _compute_dtype(device: torch.device) -> torch.dtype:
+def _compute_dtype(device: torch.device, parameters: float = 0.0) -> torch.dtype:
+    """bf16 on a GPU that has it, else fp16; on the CPU bf16 for a large model where the CPU supports
+    it (half the memory of fp32), fp32 otherwise."""
     import torch
+
+    from omost_engine.memory import cpu_supports_bf16
 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and parameters >= CPU_BF16_MIN_PARAMETERS and cpu_supports_bf16():
+        return torch.bfloat16
     return torch.float32
+
+
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """``"bf16"``/``"bfloat16"``, ``"fp16"``/``"float16"``, ``"fp32"``/``"float32"`` -> a torch dtype; None or
+    ``"auto"`` -> None (the loader decides); OmostError for anything else."""
+    import torch
+
+    if name is None or name == "auto":
+        return None
+    key = DTYPES.get(str(name).strip().lower())
+    if key is None:
+        raise OmostError(f"unknown dtype {name!r}", parameter="dtype", value=str(name),
+                         allowed=["auto", "bf16", "fp16", "fp32"])
+    return getattr(torch, key)
+
+
+def _rope_fixed(config: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with the pre-mid-2024 Phi-3 rope scaling ``{"type": "su"}`` rewritten as
+    ``longrope`` with the keys transformers 5 checks before renaming it itself (it raised KeyError)."""
+    for key in ("rope_scaling", "rope_parameters"):
+        rope = config.get(key)
+        if not isinstance(rope, dict) or "su" not in (rope.get("type"), rope.get("rope_type")):
+            continue
+        fixed = {k: v for k, v in rope.items() if k != "type"}
+        fixed["rope_type"] = "longrope"
+        original = config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        if original:
+            fixed["original_max_position_embeddings"] = original
+        config = {**config, key: fixed}
+    return config
+
+
+def _load_config(location: str, common: dict[str, Any]) -> Any:
+    """The model's config, read as a dict and repaired (``_rope_fixed``) before transformers checks it."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    data, _ = PretrainedConfig.get_config_dict(location, **common)
+    fixed = _rope_fixed(data)
+    if fixed is data:
+        return AutoConfig.from_pretrained(location, **common)
+    log.info("%s: rope scaling 'su' read as 'longrope'", location)
+    model_type = fixed.get("model_type")
+    if not model_type:
+        raise ValueError("config.json has no model_type")
+    return AutoConfig.for_model(**{k: v for k, v in fixed.items() if k != "model_type"}, model_type=model_type)
+
+
+def _cause(exc: BaseException) -> str:
+    """One line naming what went wrong in a library error (its first line, its type if it has none)."""
+    text = str(exc).strip().strip('"').splitlines()
+    first = " ".join(text[0].split()) if text else ""
+    if len(first) > 300:
+        first = first[:297] + "..."
+    if isinstance(exc, OSError | ValueError) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _quantization_of(config: Any) -> Quantization:
@@ -174,7 +245,10 @@ class LLMLoader:
         allow_cpu: bool = False,
         keep_loaded: int = 1,
         cache_dir: str | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
+        """``dtype`` forces the compute dtype (``"bf16"``, ``"fp32"``, a torch dtype); None picks it."""
+        self.dtype = parse_dtype(dtype) if isinstance(dtype, str) or dtype is None else dtype
         self.manager = manager
         self.allow_cpu = allow_cpu
         self.keep_loaded = max(1, keep_loaded)
@@ -225,25 +299,45 @@ class LLMLoader:
             )
 
     def _load(self, source: ModelSource) -> LoadedLLM:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self._device()
         if source.known is not None:  # refuse before any download
             self._check_fits(source, None, device)
         common: dict[str, Any] = {"cache_dir": self.cache_dir} if self.cache_dir and not source.local else {}
         try:
-            config = AutoConfig.from_pretrained(source.location, **common)
+            config = _load_config(source.location, common)
             self._check_fits(source, config, device)
-            log.info("loading LLM %s (%s) on %s", source.name, _quantization_of(config), device)
-            tokenizer = AutoTokenizer.from_pretrained(source.location, **common)
+            parameters = source.known.parameters * 1e9 if source.known else estimated_parameters(config)
+            dtype = self.dtype or _compute_dtype(device, parameters)
+            log.info("loading LLM %s (%s, %s) on %s", source.name, _quantization_of(config), dtype, device)
+            tokenizer = AutoTokenizer.from_pretrained(source.location, config=config, **common)
             model = AutoModelForCausalLM.from_pretrained(
-                source.location, dtype=_compute_dtype(device), device_map={"": str(device)}, **common,
+                source.location, config=config, dtype=dtype, device_map={"": str(device)}, **common,
             )
-        except (OSError, ValueError) as exc:  # missing files, no network, an unsupported architecture
+        except OmostError:
+            raise
+        except Exception as exc:  # missing files, no network, an unsupported architecture, a config
+            # the library cannot read (KeyError, TypeError...): one clear line, never a traceback
             raise OmostError(
-                f"cannot load the LLM {source.name}: {str(exc).strip().splitlines()[0]}",
+                f"cannot load the LLM {source.name}: {_cache_hint(source, exc) or _cause(exc)}",
                 parameter="llm", value=source.name, allowed="a downloadable hub id or a local model folder",
             ) from exc
         model.eval()
         return LoadedLLM(name=source.name, model=model, tokenizer=tokenizer, quantization=_quantization_of(config),
                          known=source.known)
+
+
+def hub_offline() -> bool:
+    import os
+
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _cache_hint(source: ModelSource, exc: BaseException) -> str:
+    """For a hub id that is not downloaded while the hub is off: how to get it."""
+    if source.local or not hub_offline() or not isinstance(exc, OSError):
+        return ""
+    return (f"it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first with "
+            f"`hf download {source.location}` where the hub is reachable, or unset HF_HUB_OFFLINE")

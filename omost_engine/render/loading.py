@@ -2,13 +2,15 @@
 
 * A hub id (``SG161222/RealVisXL_V4.0``, the default) or a local diffusers folder: each component
   from its subfolder (no scheduler: the renderer samples itself).
+  Where a component has an ``fp16`` variant (``*.fp16.safetensors``, as the original app asked for
+  with ``variant="fp16"``: half the download) it is preferred; without one the plain files load.
 * A single checkpoint in the original SDXL layout (what model sites distribute):
   ``StableDiffusionXLPipeline.from_single_file``, which needs the SDXL configs and tokenizers: from
-  ``config`` (a diffusers SDXL folder or hub id; default ``stabilityai/stable-diffusion-xl-base-1.0``,
-  which must be in the Hugging Face cache when offline).
+  ``config`` (a diffusers SDXL folder or hub id); by default SDXL base 1.0's, which ship with this
+  package (``omost_engine/render/configs``), so such a file loads offline with no extra flag.
 * A single ``.safetensors`` in diffusers key layout (``unet.*``, ``vae.*``, ``text_encoder.*``,
   ``text_encoder_2.*``; what ``omost_engine.testing.tiny_sdxl`` writes): the weights from the file,
-  configs and tokenizers from ``config``.
+  configs and tokenizers from ``config`` (default: the shipped SDXL base configs).
 
 Every failure becomes one ``OmostError`` naming the model and what is needed.
 """
@@ -25,9 +27,15 @@ from typing import Any
 import torch
 
 from omost_engine.errors import OmostError
+from omost_engine.memory import cpu_supports_bf16
+from omost_engine.noise import quiet_library_noise
+
+quiet_library_noise()
 
 DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"
-DEFAULT_SINGLE_FILE_CONFIG = "stabilityai/stable-diffusion-xl-base-1.0"
+# The configs a single file gets without --model-config: SDXL base 1.0's, shipped in the package.
+DEFAULT_SINGLE_FILE_CONFIG = "sdxl-base-1.0 (shipped)"
+PREFERRED_VARIANT = "fp16"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".sft")
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
@@ -61,6 +69,53 @@ def _no_progress_bars() -> Iterator[None]:
             diffusers_logging.enable_progress_bar()
 
 
+# From this size of weights a model counts as large: on a CPU with bf16 it loads in bf16, as fp32
+# would double its memory (SDXL: ~14 GB in fp32, ~7 GB in bf16).
+LARGE_MODEL_BYTES = 1 << 30
+DTYPE_NAMES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+               "fp32": torch.float32, "float32": torch.float32}
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """``bf16``/``fp16``/``fp32`` (or the long names) -> a dtype; None or ``auto`` -> None (chosen per device)."""
+    if name is None or str(name).strip().lower() == "auto":
+        return None
+    dtype = DTYPE_NAMES.get(str(name).strip().lower())
+    if dtype is None:
+        raise OmostError(f"unknown dtype {name!r}", parameter="dtype", value=str(name),
+                         allowed=["auto", "bf16", "fp16", "fp32"])
+    return dtype
+
+
+def weight_bytes(model: str) -> int | None:
+    """The size of a local model's weight files (None for a hub id: not known before the download)."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.suffix in (".safetensors", ".bin", ".ckpt"))
+    return None
+
+
+def dtypes_for(device: torch.device, model: str | None = None,
+               forced: torch.dtype | None = None) -> tuple[torch.dtype, torch.dtype]:
+    """(UNet/text encoders, VAE) dtypes. ``forced`` wins (the VAE stays out of fp16, where SDXL's VAE
+    overflows). Otherwise fp16 on accelerators with the VAE in bf16 where it exists; on a CPU bf16
+    for a large model (a hub id, or 1 GB of weights and more) where the CPU supports it, else fp32."""
+    if forced is not None:
+        vae = forced if forced != torch.float16 else (
+            torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float32)
+        return forced, vae
+    if device.type == "cuda":
+        return torch.float16, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    if device.type == "mps":
+        return torch.float16, torch.float32
+    size = weight_bytes(model) if model else None
+    if device.type == "cpu" and (size is None or size >= LARGE_MODEL_BYTES) and model and cpu_supports_bf16():
+        return torch.bfloat16, torch.bfloat16
+    return torch.float32, torch.float32
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -80,6 +135,16 @@ def _tokenizers(source: str) -> tuple[Any, Any]:
             CLIPTokenizer.from_pretrained(source, subfolder="tokenizer_2"))
 
 
+def _from_pretrained_preferring_fp16(cls: Any, source: str, name: str, kwargs: dict[str, Any]) -> Any:
+    """The component's ``fp16`` variant where the folder or repository has one, else its plain files."""
+    try:
+        return cls.from_pretrained(source, subfolder=name, variant=PREFERRED_VARIANT, **kwargs)
+    except (OSError, ValueError) as exc:  # no such variant files (diffusers: ValueError, transformers: OSError)
+        if PREFERRED_VARIANT not in str(exc) and "variant" not in str(exc):
+            raise
+    return cls.from_pretrained(source, subfolder=name, **kwargs)
+
+
 def _from_folder_or_hub(source: str, *, dtype: torch.dtype, vae_dtype: torch.dtype) -> SDXLComponents:
     classes = _classes()
     parts: dict[str, Any] = {}
@@ -87,7 +152,7 @@ def _from_folder_or_hub(source: str, *, dtype: torch.dtype, vae_dtype: torch.dty
         cls = classes[name]
         want = vae_dtype if name == "vae" else dtype
         kwargs = {"torch_dtype": want} if name in ("unet", "vae") else {"dtype": want}
-        parts[name] = cls.from_pretrained(source, subfolder=name, **kwargs).eval()
+        parts[name] = _from_pretrained_preferring_fp16(cls, source, name, kwargs).eval()
     tokenizer, tokenizer_2 = _tokenizers(source)
     return SDXLComponents(model=source, tokenizer=tokenizer, tokenizer_2=tokenizer_2, **parts)
 
@@ -169,7 +234,7 @@ def load_components(
             f"folder {model} is not a diffusers SDXL model: it needs unet/, vae/, text_encoder/, "
             "text_encoder_2/, tokenizer/ and tokenizer_2/", parameter="model", value=model,
         )
-    config_source = config or DEFAULT_SINGLE_FILE_CONFIG
+    config_source = config or (str(_shipped_config()) if is_file else DEFAULT_SINGLE_FILE_CONFIG)
     try:
         with _no_progress_bars():
             return _load(model, path, is_file, config_source, dtype=dtype, vae_dtype=vae_dtype)
@@ -177,6 +242,12 @@ def load_components(
         raise
     except Exception as exc:  # library errors of every kind: one clear message instead of a traceback
         raise _load_error(model, path, is_file, config_source, exc) from exc
+
+
+def _shipped_config() -> Path:
+    from omost_engine.render.configs import sdxl_base_config_dir
+
+    return sdxl_base_config_dir()
 
 
 def _load(model: str, path: Path, is_file: bool, config_source: str, *, dtype: torch.dtype,
@@ -200,7 +271,21 @@ def _load_error(model: str, path: Path, is_file: bool, config_source: str, exc: 
                 + ")")
     elif path.is_dir():
         need = "a diffusers SDXL folder needs unet/, vae/, text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/"
+    elif offline and isinstance(exc, OSError | ValueError) and _missing_files(text):
+        return OmostError(
+            f"model {model} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
+            f"with `hf download {model}` where the hub is reachable, or unset HF_HUB_OFFLINE",
+            parameter="model", value=model)
     else:
         need = ("the hub id must name a diffusers SDXL repository"
                 + (" already in the Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else ""))
     return OmostError(f"could not load model {model}: {reason}; {need}", parameter="model", value=model)
+
+
+def _missing_files(text: str) -> bool:
+    """Whether a library error says the files are not there (rather than that they are broken)."""
+    lowered = text.lower()
+    return any(marker in lowered for marker in (
+        "does not appear to have a file named", "couldn't connect", "cannot find the requested files",
+        "local_files_only", "offline mode", "not found in the cache", "couldn't find",
+    ))

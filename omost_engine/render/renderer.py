@@ -16,23 +16,13 @@ from omost_engine.memory import MemoryMode, ModelManager
 from omost_engine.params import RenderParams
 from omost_engine.preview import masks_image
 from omost_engine.progress import CancelToken, ProgressCallback
-from omost_engine.render.loading import DEFAULT_MODEL, load_components
+from omost_engine.render.loading import DEFAULT_MODEL, dtypes_for, load_components, parse_dtype
 from omost_engine.render.pipeline import RegionalPipeline
 from omost_engine.render.prompt_encoding import PooledKind
 
 
 class HasConditions(Protocol):
     conditions: list[Condition]
-
-
-def dtypes_for(device: torch.device) -> tuple[torch.dtype, torch.dtype]:
-    """(UNet/text encoders, VAE) dtypes: fp16 on accelerators, the VAE in bf16 where it exists (SDXL's
-    VAE overflows in fp16), everything fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.float16, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
-    if device.type == "mps":
-        return torch.float16, torch.float32
-    return torch.float32, torch.float32
 
 
 def as_layout(layout: HasConditions) -> Layout:
@@ -59,7 +49,11 @@ class Renderer:
         keep_suffixes: bool = True,
         max_batch: int = 8,
         preview: bool = False,
+        dtype: torch.dtype | str | None = None,
     ) -> None:
+        """``dtype`` forces the models' dtype (``"bf16"``, ``"fp32"``, ...); by default it is chosen per
+        device and model size (``loading.dtypes_for``)."""
+        self.dtype = parse_dtype(dtype) if dtype is None or isinstance(dtype, str) else dtype
         self.memory = memory or ModelManager(device=device, mode=memory_mode)
         self.default_model = default_model
         self.single_file_config = single_file_config
@@ -74,7 +68,7 @@ class Renderer:
         cached = self._pipelines.get(name)
         if cached is not None:
             return cached
-        dtype, vae_dtype = dtypes_for(self.memory.device)
+        dtype, vae_dtype = dtypes_for(self.memory.device, name, self.dtype)
         components = load_components(name, dtype=dtype, vae_dtype=vae_dtype, config=self.single_file_config)
         pipeline = RegionalPipeline(components, memory=self.memory, **self._pipeline_options)
         self._pipelines[name] = pipeline

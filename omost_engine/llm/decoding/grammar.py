@@ -21,6 +21,7 @@ other quote, as ``repr`` writes it.
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,6 +30,39 @@ import torch
 
 if TYPE_CHECKING:
     import xgrammar
+
+log = logging.getLogger(__name__)
+
+# xgrammar's masking backends to try, per device type, best first. On CUDA the default is a Triton
+# kernel (ImportError where Triton is missing, a C compiler needed on first use); its torch_native
+# backend works on every device.
+MASK_BACKENDS: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "torch_native"), "cuda": ("triton", "torch_native")}
+_DEFAULT_BACKENDS = ("auto", "torch_native")
+_failed_backends: set[tuple[str, str]] = set()  # (device type, backend) that raised once: not tried again
+
+
+def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int,
+                  backends: Sequence[str] | None = None) -> str:
+    """Mask ``logits`` (2-D, in place) with an xgrammar token bitmask on the same device, with the first
+    of ``backends`` that works on this machine (default ``MASK_BACKENDS`` for the device); returns its name."""
+    device = logits.device.type
+    order = tuple(backends or MASK_BACKENDS.get(device, _DEFAULT_BACKENDS))
+    last_error: Exception | None = None
+    for backend in order:
+        if (device, backend) in _failed_backends and backend != order[-1]:
+            continue
+        try:
+            import xgrammar as xgr
+
+            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, backend=backend)  # type: ignore[arg-type]
+            return backend
+        except Exception as exc:  # ImportError (no Triton), a failed kernel compile, an unsupported device
+            _failed_backends.add((device, backend))
+            log.warning("grammar masking: xgrammar's %s backend failed on %s (%s: %s); using the next one",
+                        backend, device, type(exc).__name__, " ".join(str(exc).split())[:200])
+            last_error = exc
+    raise RuntimeError(f"no xgrammar masking backend works on {device}") from last_error
+
 
 # Characters never allowed inside a string or comment: C0/C1 controls, DEL and the Unicode line
 # separators (str.splitlines breaks on them, so line numbers in error messages would drift).
@@ -71,12 +105,16 @@ def _choice(values: Sequence[str]) -> str:
 
 
 def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None, *,
-                        bounded_text: bool = False) -> str:
+                        bounded_text: bool = False, leading_space: bool = False) -> str:
     """The EBNF of one reply: a fenced canvas program, nothing before or after. It is GBNF-compatible,
     so a remote llama.cpp server (``grammar``) or vLLM (``guided_grammar``) can take it as well.
 
     String and comment lengths are left to ``LengthGuard`` unless ``bounded_text`` (for a remote
-    server, where no guard runs beside the matcher)."""
+    server, where no guard runs beside the matcher).
+
+    ``leading_space`` admits one space before the fence: a SentencePiece tokenizer that prepends a
+    space marker (Phi-3's) starts every reply with the token "▁```", which is how the model was
+    trained to begin."""
     lim = limits or GrammarLimits()
     text_bound = f"{{0,{lim.max_string_bytes}}}" if bounded_text else "*"
     comment_bound = f"{{0,{lim.max_comment_bytes}}}" if bounded_text else "*"
@@ -94,7 +132,7 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
         return f'"canvas.{method}(\\n" {lines} ")"'
 
     rules = [
-        'root ::= "```python\\n" program "\\n```"',
+        ('root ::= " "? ' if leading_space else 'root ::= ') + '"```python\\n" program "\\n```"',
         # Statements are separated by a blank line, as the models write them; one without is fine too.
         'program ::= comments "canvas = Canvas()\\n" "\\n"? comments global_call local_block'
         f"{{0,{lim.max_locals}}}",
@@ -209,7 +247,9 @@ class GrammarFactory:
         longest = max(len(n.encode()) for n in (*names.locations, *names.offsets, *names.areas, *names.colors))
         if self.limits.max_string_bytes < longest:  # the guard would cut an allowed name short
             raise ValueError(f"max_string_bytes must be at least {longest}, the longest allowed name")
-        self.ebnf = canvas_grammar_ebnf(names, self.limits)
+        # A tokenizer that prepends a space marker (SentencePiece: Phi-3) begins replies with "▁```".
+        self.leading_space = bool(self.info.add_prefix_space)
+        self.ebnf = canvas_grammar_ebnf(names, self.limits, leading_space=self.leading_space)
         compiler = xgr.GrammarCompiler(self.info, max_threads=2)
         self.compiled: xgrammar.CompiledGrammar = compiler.compile_grammar(self.ebnf)
         # Endings of allowed names, closing quote included: how completion() finishes a name. Shortest
@@ -339,7 +379,7 @@ class GrammarState:
             return masked
         self.matcher.fill_next_token_bitmask(self._bitmask)
         bitmask = self._bitmask.to(masked.device, non_blocking=True)
-        self._xgr.apply_token_bitmask_inplace(masked.unsqueeze(0), bitmask, vocab_size=self.factory.vocab_size)
+        apply_bitmask(masked.unsqueeze(0), bitmask, self.factory.vocab_size)
         if masked.shape[-1] > self.factory.vocab_size:  # padded embedding rows are never valid
             masked[self.factory.vocab_size:] = float("-inf")
         return masked

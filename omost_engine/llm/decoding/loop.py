@@ -36,6 +36,7 @@ from omost_engine.llm.decoding.commit import Output, StopReason, TokenCallback, 
 from omost_engine.llm.decoding.grammar import GrammarState
 from omost_engine.llm.decoding.planning import Ending, Planner
 from omost_engine.llm.decoding.prompt_lookup import PromptLookup
+from omost_engine.llm.decoding.sampling import Sampler
 from omost_engine.llm.decoding.verification import LogitsHook, Verdict, Verifier
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
@@ -110,51 +111,6 @@ def processors_hook(processors: Sequence[Any]) -> LogitsHook | None:
         return scores[0]
 
     return hook
-
-
-class Sampler:
-    """Temperature and top-p sampling (or greedy at temperature 0) with its own seeded generator."""
-
-    def __init__(self, *, temperature: float, top_p: float, seed: int) -> None:
-        self.temperature = temperature
-        self.top_p = top_p
-        self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return self._generators[device]
-
-    def _nucleus(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Probabilities in descending order, their token ids, and their running sum cut to the top-p
-        nucleus: a token is kept while the mass strictly before it is below top_p (the first always)."""
-        probs = torch.softmax(logits.float() / self.temperature, dim=-1)
-        ordered, order = torch.sort(probs, descending=True)
-        cumulative = torch.cumsum(ordered, dim=-1)
-        if self.top_p < 1.0:
-            kept = max(1, int(torch.count_nonzero(cumulative - ordered < self.top_p)))
-            ordered, order, cumulative = ordered[:kept], order[:kept], cumulative[:kept]
-        return ordered, order, cumulative
-
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """The distribution ``pick`` samples from, as a dense vector."""
-        ordered, order, cumulative = self._nucleus(logits)
-        return torch.zeros_like(logits, dtype=torch.float32).scatter_(0, order, ordered / cumulative[-1])
-
-    def pick(self, logits: torch.Tensor) -> int:
-        if self.greedy:
-            return int(torch.argmax(logits))
-        ordered, order, cumulative = self._nucleus(logits)
-        # Inverse-CDF sampling on the sorted nucleus: a third of the cost of torch.multinomial here.
-        generator = self._generator(logits.device)
-        threshold = torch.rand(1, generator=generator, device=logits.device) * cumulative[-1]
-        index = torch.searchsorted(cumulative, threshold, right=True).clamp_(max=len(order) - 1)
-        return int(order[index])
 
 
 @dataclass(frozen=True, kw_only=True)

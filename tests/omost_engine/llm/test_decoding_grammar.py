@@ -268,3 +268,26 @@ def test_completion_names_the_same_colour_whatever_the_hash_seed(tiny) -> None:
     done = subprocess.run([sys.executable, "-c", _CLOSE_A_COLOUR], env=env, capture_output=True, text=True,
                           timeout=300, check=False, cwd=Path(__file__).resolve().parents[3])
     assert done.stdout.strip() == "red',", (done.stdout, done.stderr[-2000:])
+
+
+def test_masking_falls_back_to_a_backend_that_works_here() -> None:
+    """xgrammar's Triton kernel (its CUDA default) fails where Triton or CUDA is missing; the mask is
+    then applied by its torch_native backend, with the same result as the CPU one."""
+    import xgrammar as xgr
+
+    from omost_engine.llm.decoding.grammar import apply_bitmask
+
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0))
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (1, 32), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
+    expected = logits.clone()
+    xgr.apply_token_bitmask_inplace(expected, bitmask, vocab_size=1000, backend="cpu")
+    masked = logits.clone()
+    assert apply_bitmask(masked, bitmask, 1000, ("triton", "torch_native")) == "torch_native"
+    assert torch.equal(masked, expected)
+    assert torch.isinf(masked).any() and not torch.isinf(masked).all()
+
+
+def test_a_leading_space_is_admitted_only_where_the_tokenizer_adds_one() -> None:
+    names = CanvasNames.from_tables()
+    assert canvas_grammar_ebnf(names, leading_space=True).startswith('root ::= " "? "```python')
+    assert canvas_grammar_ebnf(names).startswith('root ::= "```python')

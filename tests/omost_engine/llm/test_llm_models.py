@@ -90,9 +90,29 @@ def test_prequantized_checkpoints_load_with_their_own_config(tmp_path: Path, fam
     llm = LLMLoader().get(str(folder))
     assert llm.quantization == quantization
     assert any(type(m).__name__ == layer for m in llm.model.modules())
-    llm.move(torch.device("cpu"))  # bitsandbytes models move with Module.to
+    llm.move(torch.device("cpu"))  # bitsandbytes models move with memory.move_module
     generation = TransformersBackend(llm).generate(build_messages([], "a cat"), LLMParams(max_new_tokens=128))
     assert generation.tokens > 0
+    # After a forward the quantisation state is populated; a move takes every tensor of the model and
+    # of its quant state along (to "meta" here: the CPU has no second device; nn.Module.to raised there).
+    from omost_engine.memory import module_tensors
+
+    quant = {name.rsplit(".", 1)[-1] for name, _ in module_tensors(llm.model)}
+    assert ({"CB", "SCB"} if quantization == "8bit" else {"absmax", "code"}) <= quant
+    llm.move(torch.device("meta"))
+    assert [name for name, tensor in module_tensors(llm.model) if tensor.device.type != "meta"] == []
+
+
+def test_the_dtype_can_be_forced(tiny_llm_dir: Path) -> None:
+    assert LLMLoader().get(str(tiny_llm_dir)).model.dtype == torch.float32  # small model on the CPU: fp32
+    assert LLMLoader(dtype="bf16").get(str(tiny_llm_dir)).model.dtype == torch.bfloat16
+    with pytest.raises(OmostError, match="unknown dtype 'fp8'"):
+        LLMLoader(dtype="fp8")
+    from bot.cli import build_parser
+    from omost_engine.cli.compose import _service
+
+    args = build_parser().parse_args(["compose", "a cat", "--out", "unused", "--llm-dtype", "bf16"])
+    assert _service(args, None, endpoint=False).loader.dtype == torch.bfloat16
 
 
 def test_keep_loaded_evicts_the_oldest(tiny_llm_dir: Path, tiny_phi3_dir: Path) -> None:
@@ -135,6 +155,8 @@ def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch: pytest.Mo
     with pytest.raises(OmostError, match="cannot load the LLM someone/omost-finetune") as info:
         LLMLoader(allow_cpu=True, cache_dir=str(tmp_path)).get("someone/omost-finetune")
     assert info.value.parameter == "llm"
+    assert "not in the local Hugging Face cache" in str(info.value)
+    assert "`hf download someone/omost-finetune`" in str(info.value)
 
 
 def test_a_folder_without_weights_is_a_clear_error(tmp_path: Path, tiny_llm_dir: Path) -> None:

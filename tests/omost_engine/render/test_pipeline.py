@@ -253,8 +253,9 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path, tiny_sdxl: TinySDXLPat
         (str(tmp_path / "missing.safetensors"), "does not exist"),
         (str(tmp_path), "not a diffusers SDXL model"),
         ("no-such-model", "neither a folder"),
-        ("nobody/not-a-cached-model", "could not load model"),
-        (str(tiny_sdxl.single_file), "configs and tokenizers"),  # no config given, none cached offline
+        ("nobody/not-a-cached-model", r"not in the local Hugging Face cache .*`hf download nobody/not-a-cached-model`"),
+        # no config given: the shipped SDXL base configs are used (offline), and the tiny weights do not fit them
+        (str(tiny_sdxl.single_file), r"weights do not fit the config in .*sdxl-base-1\.0"),
     ]
     for model, match in cases:
         with pytest.raises(OmostError, match=match) as info:
