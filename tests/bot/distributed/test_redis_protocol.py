@@ -85,7 +85,7 @@ def test_png_round_trip() -> None:
 def test_keys_share_one_prefix() -> None:
     keys = Keys("bot2")
     names = [keys.queue(), keys.queue("sdxl-turbo"), keys.events, keys.cancel_channel, keys.cancelled("1"),
-             keys.result("1"), keys.running("1"), keys.worker("w"), keys.workers, keys.jobs]
+             keys.result("1"), keys.worker("w"), keys.workers, keys.jobs]
     assert all(name.startswith("bot2:") for name in names) and len(set(names)) == len(names)
 
 
