@@ -152,9 +152,9 @@ class RedisJobClient:
         now_ns = time.time_ns()
         record = _Record(job_id=message.job_id, run_id=f"{now_ns:016x}.{message.job_id}", entry_id="",
                          queue=queue or self.config.queue, request=message.to_json(), submitted_ns=now_ns)
-        self._records[record.job_id] = record
         entry_id = await self.redis.xadd(self.keys.queue(record.queue), job_entry(record.run_id, record.request))  # type: ignore[arg-type]
         record.entry_id = _text(entry_id)
+        self._records[record.job_id] = record
         await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))
 
     async def cancel(self, job_id: str) -> bool:
