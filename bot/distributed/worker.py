@@ -69,13 +69,14 @@ log = logging.getLogger("omost.worker")
 RESULT_TTL_S = 86_400  # results wait this long for a bot that is down
 GIVEN_BACK_IDLE_MS = 10**9  # a stopping worker's entries look idle this long: any worker claims them at once
 
-# Renew the lease of the entries this worker still owns (their idle time starts again); the others
-# were claimed by another worker while this one stalled. Atomic, so a claim cannot slip in between.
-RENEW_SCRIPT = """
+# Set the idle time of the entries this worker still owns: 0 renews their lease, a long one gives
+# them back. The others were claimed by another worker while this one stalled, and stay that
+# worker's. Atomic, so a claim cannot slip in between; returns the entries still owned.
+OWN_ENTRIES_SCRIPT = """
 local kept = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
     kept[#kept + 1] = ARGV[i]
   end
 end
@@ -306,10 +307,8 @@ class GpuWorker:
         for task in jobs:
             task.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
-        if given:
-            with contextlib.suppress(Exception):
-                await self.redis.xclaim(self.stream, WORKER_GROUP, self.config.worker_id, min_idle_time=0,
-                                        message_ids=given, idle=GIVEN_BACK_IDLE_MS, justid=True)
+        with contextlib.suppress(Exception):
+            await self._set_idle(given, GIVEN_BACK_IDLE_MS)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -332,14 +331,20 @@ class GpuWorker:
             await pipe.execute()
         if not jobs:
             return
-        kept = await self.redis.eval(RENEW_SCRIPT, 1, self.stream, WORKER_GROUP, self.config.worker_id,
-                                     *(entry_id for entry_id, _ in jobs))
-        owned = {_text(entry_id) for entry_id in kept}
+        owned = await self._set_idle([entry_id for entry_id, _ in jobs], 0)
         for entry_id, job in jobs:
             if entry_id not in owned and self.running.get(entry_id) is job:
                 # The lease ran out (this process stalled) and another worker claimed the job, or it was delivered.
                 log.warning("lease of job %s lost; stopping it here", job.job_id)
                 job.stop("lost")
+
+    async def _set_idle(self, entry_ids: list[str], idle_ms: int) -> set[str]:
+        """Renew (0) or give back (long) those of ``entry_ids`` this worker still owns; returns those."""
+        if not entry_ids:
+            return set()
+        kept = await self.redis.eval(OWN_ENTRIES_SCRIPT, 1, self.stream,  # type: ignore[misc]
+                                     WORKER_GROUP, self.config.worker_id, str(idle_ms), *entry_ids)
+        return {_text(entry_id) for entry_id in kept}
 
     async def _heartbeat_loop(self) -> None:
         while True:
