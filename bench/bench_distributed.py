@@ -27,6 +27,9 @@ import time
 import uuid
 from pathlib import Path
 
+# This checkout's packages, as in the worker processes it starts (cwd=REPO), not an installed copy.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bot.distributed.backend import RedisJobBackend
 from bot.distributed.client import RedisConfig
 from bot.jobs import Cancelled, Failed, Finished, InProcessJobBackend, JobEvent, JobSpec, Ticket
@@ -65,10 +68,10 @@ class Recorder:
             raise RuntimeError(f"jobs failed: {self.failures[:3]}")
 
 
-def start_workers(url: str, prefix: str, count: int, seconds: float, poll: float) -> list[subprocess.Popen[bytes]]:
+def start_workers(url: str, prefix: str, count: int, seconds: float) -> list[subprocess.Popen[bytes]]:
     return [subprocess.Popen(
         [sys.executable, "-m", "bot.distributed.worker", "--redis-url", url, "--prefix", prefix, "--name", f"w{i}",
-         "--engine", "scripted", "--scripted-seconds", str(seconds), "--poll", str(poll)],
+         "--engine", "scripted", "--scripted-seconds", str(seconds)],
         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for i in range(count)]
 
@@ -92,9 +95,9 @@ async def redis_backend(url: str, prefix: str, workers: int) -> tuple[RedisJobBa
     return backend, recorder
 
 
-async def throughput(url: str, workers: int, jobs: int, seconds: float, poll: float) -> float:
+async def throughput(url: str, workers: int, jobs: int, seconds: float) -> float:
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    processes = start_workers(url, prefix, workers, seconds, poll)
+    processes = start_workers(url, prefix, workers, seconds)
     try:
         backend, recorder = await redis_backend(url, prefix, workers)
         started = time.perf_counter()
@@ -118,14 +121,14 @@ async def one_at_a_time(backend: RedisJobBackend | InProcessJobBackend, recorder
     return latencies[1:]  # the first run pays one-off costs (connections, imports)
 
 
-async def latency(url: str, rounds: int, seconds: float, poll: float) -> tuple[list[float], list[float]]:
+async def latency(url: str, rounds: int, seconds: float) -> tuple[list[float], list[float]]:
     engine = ScriptedEngine(chat_seconds=seconds / 2, render_seconds=seconds / 2)
     local, recorder = InProcessJobBackend(engine), Recorder()
     local.bind(recorder)
     in_process = await one_at_a_time(local, recorder, rounds)
     await local.close()
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    processes = start_workers(url, prefix, 1, seconds, poll)
+    processes = start_workers(url, prefix, 1, seconds)
     try:
         backend, recorder = await redis_backend(url, prefix, 1)
         remote = await one_at_a_time(backend, recorder, rounds)
@@ -155,16 +158,16 @@ def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    print(f"fake engine: {args.seconds:g} s per job; {args.jobs} jobs per throughput run; worker poll "
-          f"{args.poll * 1000:g} ms; cpus: {os.cpu_count()}")
+    print(f"fake engine: {args.seconds:g} s per job; {args.jobs} jobs per throughput run; "
+          f"cpus: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     base = None
     for workers in () if args.latency_only else (1, 2, 4):
-        rate = await throughput(url, workers, args.jobs, args.seconds, args.poll)
+        rate = await throughput(url, workers, args.jobs, args.seconds)
         base = base or rate
         ideal = workers / args.seconds
         print(f"throughput  {workers} worker(s): {rate:6.2f} jobs/s  = {rate / base:4.2f}x one worker "
               f"({rate / ideal:5.1%} of {ideal:g} jobs/s ideal)")
-    in_process, remote = await latency(url, args.rounds, args.seconds, args.poll)
+    in_process, remote = await latency(url, args.rounds, args.seconds)
     local_ms, remote_ms = statistics.median(in_process) * 1000, statistics.median(remote) * 1000
     print(f"latency per job (median of {len(remote)}): in-process {local_ms:6.1f} ms, Redis {remote_ms:6.1f} ms "
           f"-> Redis adds {remote_ms - local_ms:5.1f} ms ({remote_ms / local_ms:4.2f}x); "
@@ -177,7 +180,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.2, help="fake engine time per job")
     parser.add_argument("--jobs", type=int, default=48, help="jobs per throughput run")
     parser.add_argument("--rounds", type=int, default=15, help="sequential jobs for the latency figure")
-    parser.add_argument("--poll", type=float, default=0.005, help="the workers' queue polling interval (its default)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     args = parser.parse_args()
     server = None

@@ -87,7 +87,7 @@ REDIS_URL_FORMS = "redis://[:password@]host[:port][/db], rediss://... (TLS) or u
 
 
 def redis_url_problem(url: str) -> str | None:
-    """What is wrong with a Redis URL as arq and redis-py read it, in a few words; None when nothing is."""
+    """What is wrong with a Redis URL as redis-py reads it, in a few words; None when nothing is."""
     if not url.startswith(("redis://", "rediss://", "unix://")):
         return "must start with redis://, rediss:// or unix://"
     parts = urlsplit(url)
@@ -107,7 +107,7 @@ def redis_url_problem(url: str) -> str | None:
 
 
 def check_redis_url(url: str, *, parameter: str = "redis_url") -> str:
-    """``url`` when arq and redis-py can connect with it; else one OmostError saying what is wrong."""
+    """``url`` when redis-py can connect with it; else one OmostError saying what is wrong."""
     problem = redis_url_problem(url)
     if problem is not None:
         raise OmostError(f"the Redis URL {url!r} {problem}; allowed: {REDIS_URL_FORMS}", parameter=parameter,

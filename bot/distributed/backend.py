@@ -301,13 +301,12 @@ def backend_from_config(
 ) -> RedisJobBackend | None:
     """The Redis backend when a Redis URL is configured (``[redis] url`` or ``OMOST_REDIS_URL``), else None.
 
-    arq and redis are imported only when a URL is set: the in-process queue needs neither.
+    redis is imported only when a URL is set: the in-process queue does not need it.
     """
     redis_config = RedisConfig.load(environ=environ, path=path)
     if redis_config is None:
         return None
     try:
-        import arq  # noqa: F401
         import redis  # noqa: F401
     except ModuleNotFoundError as exc:
         raise OmostError("a Redis URL is configured but the Redis extra is not installed; "

@@ -54,7 +54,7 @@ def show_workers(args: argparse.Namespace) -> int:
 
     try:
         lines = asyncio.run(read())
-    except (OSError, RedisError, ValueError) as exc:  # ValueError: a URL redis-py reads otherwise than arq
+    except (OSError, RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot read
         print(f"omost-bot workers: error: cannot reach Redis at {args.redis_url}: {' '.join(str(exc).split())}",
               file=sys.stderr)
         return 2

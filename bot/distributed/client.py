@@ -1,10 +1,12 @@
 """The bot's side of the Redis job path: submit, cancel, read events, fetch results, watch for lost jobs.
 
-Jobs go into arq's queue (a sorted set by submit time, so first in, first out across all workers).
-Workers answer through one Redis stream that the bot reads with a consumer group: events not yet
-acknowledged are read again after a bot restart, so results that arrive while the bot is down are
-still delivered. A record per job (``<prefix>:jobs``) keeps what was submitted until the bot has
-delivered the outcome, which lets the watchdog run a job again when it vanished with its worker.
+Jobs go into a stream per queue (first in, first out across all workers), read by the workers'
+consumer group; a job a worker took stays in the group's pending entries until that worker
+acknowledges it, and is claimed by another worker when its worker dies (see ``bot.distributed.worker``).
+Workers answer through one event stream that the bot reads with its own consumer group: events not
+yet acknowledged are read again after a bot restart, so results that arrive while the bot is down
+are still delivered. A record per job (``<prefix>:jobs``) keeps what was submitted until the bot has
+delivered the outcome.
 """
 
 from __future__ import annotations
@@ -13,18 +15,17 @@ import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bot.config import RedisConfig
 from bot.distributed.health import ClusterHealth, read_health
 from bot.distributed.protocol import (
-    JOB_FUNCTION,
+    WORKER_GROUP,
     JobMessage,
     Keys,
     WireEvent,
     dumps,
-    interrupted_message,
+    job_entry,
     loads,
     png_image,
 )
@@ -34,7 +35,7 @@ from omost_engine.errors import OmostError
 from omost_engine.params import RenderParams
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
+    from redis.asyncio import Redis
 
 try:  # the redis package is the optional extra; without it this module is never used
     from redis.exceptions import RedisError
@@ -42,40 +43,47 @@ except ModuleNotFoundError:  # pragma: no cover
     RedisError = OSError  # type: ignore[misc,assignment]
 
 GROUP = "bot"  # the consumer group the bot reads the event stream with
-ARQ_IN_PROGRESS = "arq:in-progress:"
 CANCEL_TTL_S = 86_400
 WATCHDOG = "watchdog"  # the ``worker`` of events the bot itself writes
+
+# Delete a job's entry only while no worker has taken it (it is not pending): 1 when it was waiting.
+CANCEL_WAITING_SCRIPT = """
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0 then return 0 end
+return redis.call('XDEL', KEYS[1], ARGV[2])
+"""
 
 
 @dataclass
 class _Watch:
     """What the watchdog remembers about one job between two looks."""
 
-    missing_since: float | None = None  # neither queued nor running nor finished
+    missing_since: float | None = None  # its entry is gone from the stream, and no outcome arrived
     no_worker_since: float | None = None
+    lost_noted: int = 0  # the attempt whose worker the watchdog saw gone
     requeue_noted: int = 0  # the attempt whose loss the user was already told about
 
 
 @dataclass
 class _Record:
     job_id: str
-    arq_id: str
+    run_id: str  # names the job's result and cancel flag
+    entry_id: str  # the job's entry in its queue's stream
     queue: str
     request: dict[str, Any]
     submitted_ns: int
-    runs: int = 1  # times put into arq's queue (the watchdog puts vanished jobs back)
     attempt: int = 0  # highest attempt a worker started
     watch: _Watch = field(default_factory=_Watch)
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "arq_id": self.arq_id, "queue": self.queue, "request": self.request,
-                "submitted_ns": self.submitted_ns, "runs": self.runs, "attempt": self.attempt}
+        return {"job_id": self.job_id, "run_id": self.run_id, "entry_id": self.entry_id, "queue": self.queue,
+                "request": self.request, "submitted_ns": self.submitted_ns, "attempt": self.attempt}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Record:
-        return cls(job_id=data["job_id"], arq_id=data["arq_id"], queue=data["queue"], request=data["request"],
-                   submitted_ns=int(data["submitted_ns"]), runs=int(data.get("runs", 1)),
-                   attempt=int(data.get("attempt", 0)))
+        # "arq_id": the run id in records written before the jobs moved to a stream.
+        return cls(job_id=data["job_id"], run_id=data.get("run_id") or data.get("arq_id", ""),
+                   entry_id=data.get("entry_id", ""), queue=data["queue"], request=data["request"],
+                   submitted_ns=int(data["submitted_ns"]), attempt=int(data.get("attempt", 0)))
 
 
 class RedisJobClient:
@@ -84,31 +92,27 @@ class RedisJobClient:
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
         self.keys = Keys(config.prefix)
-        self._redis: ArqRedis | None = None
+        self._redis: Redis | None = None
         self._records: dict[str, _Record] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()  # recently finished jobs: drop late events
         self._pending_first = True  # after a (re)start, first read what was delivered but not acknowledged
         self._pending_cursor = "0"
 
     @property
-    def redis(self) -> ArqRedis:
+    def redis(self) -> Redis:
         if self._redis is None:
             raise RuntimeError("the Redis job client is not connected")
         return self._redis
 
     async def connect(self) -> None:
-        from arq.connections import RedisSettings, create_pool
-        from redis.exceptions import RedisError, ResponseError
+        from redis.asyncio import Redis
 
-        settings = RedisSettings.from_dsn(self.config.url)
-        settings.conn_retries, settings.conn_retry_delay = 1, 0.5  # type: ignore[assignment]  # a user is waiting
+        self._redis = Redis.from_url(self.config.url, socket_connect_timeout=5)
         try:
-            self._redis = await create_pool(settings, job_serializer=dumps, job_deserializer=loads,
-                                            default_queue_name=self.keys.queue(self.config.queue))
-            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                await self._redis.xgroup_create(self.keys.events, GROUP, id="0", mkstream=True)
+            await self._create_groups()
             stored = await self._redis.hgetall(self.keys.jobs)
         except (OSError, RedisError) as exc:
+            await self.close()
             raise OmostError(f"cannot reach Redis at {self.config.url}: {exc}", parameter="redis_url",
                              value=self.config.url, allowed="a reachable Redis server") from exc
         self._records = {}
@@ -117,6 +121,14 @@ class RedisJobClient:
             self._records[record.job_id] = record
         self._pending_first = True
         self._pending_cursor = "0"
+
+    async def _create_groups(self) -> None:
+        """The event stream's group and our queue's worker group (again after Redis lost its data)."""
+        from redis.exceptions import ResponseError
+
+        for stream, group in ((self.keys.events, GROUP), (self.keys.queue(self.config.queue), WORKER_GROUP)):
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                await self.redis.xgroup_create(stream, group, id="0", mkstream=True)
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -138,23 +150,12 @@ class RedisJobClient:
         if message.job_id in self._records:
             raise OmostError(f"job {message.job_id} is already queued", parameter="job_id", value=message.job_id)
         now_ns = time.time_ns()
-        # arq breaks score ties by member name: a time prefix keeps same-millisecond jobs in order.
-        record = _Record(job_id=message.job_id, arq_id=f"{now_ns:016x}.{message.job_id}",
+        record = _Record(job_id=message.job_id, run_id=f"{now_ns:016x}.{message.job_id}", entry_id="",
                          queue=queue or self.config.queue, request=message.to_json(), submitted_ns=now_ns)
-        await self._enqueue(record)
-
-    async def _enqueue(self, record: _Record) -> None:
+        entry_id = await self.redis.xadd(self.keys.queue(record.queue), job_entry(record.run_id, record.request))  # type: ignore[arg-type]
+        record.entry_id = _text(entry_id)
         self._records[record.job_id] = record
         await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))
-        job = await self.redis.enqueue_job(
-            JOB_FUNCTION, record.request, _job_id=record.arq_id, _queue_name=self.keys.queue(record.queue),
-            # A job put back keeps its place at the front: its score is its first submit time.
-            _defer_until=datetime.fromtimestamp(record.submitted_ns / 1e9, tz=UTC) if record.runs > 1 else None,
-            _job_try=record.attempt + 1 if record.runs > 1 else None,
-        )
-        if job is None:
-            raise OmostError(f"job {record.job_id} could not be queued: its id is taken", parameter="job_id",
-                             value=record.job_id)
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job wherever it is. True when it was still waiting (it will never start)."""
@@ -162,22 +163,20 @@ class RedisJobClient:
         if record is None:
             return False
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.cancelled(record.arq_id), b"1", ex=CANCEL_TTL_S)
-            pipe.publish(self.keys.cancel_channel, record.arq_id)
+            pipe.set(self.keys.cancelled(record.run_id), b"1", ex=CANCEL_TTL_S)
+            pipe.publish(self.keys.cancel_channel, record.run_id)
             await pipe.execute()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.exists(ARQ_IN_PROGRESS + record.arq_id)
-            pipe.zrem(self.keys.queue(record.queue), record.arq_id)
-            in_progress, removed = await pipe.execute()
-        if removed and not in_progress:
+        removed = record.entry_id and await self.redis.eval(  # type: ignore[misc]
+            CANCEL_WAITING_SCRIPT, 1, self.keys.queue(record.queue), WORKER_GROUP, record.entry_id)
+        if removed:
             await self._say(record, "cancelled", reason="cancelled before a worker took it")
             return True
         return False
 
     def run_id(self, job_id: str) -> str | None:
-        """The arq id of the job's current run (the key of its result, lease and cancel flag)."""
+        """The id of the job's run (the key of its result and cancel flag)."""
         record = self._records.get(job_id)
-        return record.arq_id if record else None
+        return record.run_id if record else None
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -192,8 +191,14 @@ class RedisJobClient:
             else:
                 self._pending_first = False
         if not self._pending_first:
-            reply = await self.redis.xreadgroup(GROUP, self.config.consumer, {self.keys.events: ">"}, count=count,
-                                                block=max(1, int(block_s * 1000)))
+            try:
+                reply = await self.redis.xreadgroup(GROUP, self.config.consumer, {self.keys.events: ">"},
+                                                    count=count, block=max(1, int(block_s * 1000)))
+            except RedisError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._create_groups()  # Redis was flushed: the watchdog tells the users of lost jobs
+                reply = []
             entries = reply[0][1] if reply else []
         events, stale = [], []
         for stream_id, fields in entries:
@@ -245,7 +250,7 @@ class RedisJobClient:
         from omost_engine.layout import Layout
 
         record = self._records.get(job_id)
-        data = await self.redis.hgetall(self.keys.result(record.arq_id)) if record else {}
+        data = await self.redis.hgetall(self.keys.result(record.run_id)) if record else {}
         if not data or b"meta" not in data or b"image" not in data:
             raise OmostError(f"the result of job {job_id} is no longer in Redis", parameter="job_id", value=job_id)
         meta = loads(data[b"meta"])
@@ -262,14 +267,17 @@ class RedisJobClient:
         return JobOutput(chat=chat, render=render, layout=Layout.from_json(meta["layout"]))
 
     async def forget(self, job_id: str) -> None:
-        """The outcome was delivered: drop the job's record and result; stop any stray copy of it."""
+        """The outcome was delivered: drop the job's record, result and entry; stop any stray copy of it."""
         record = self._records.pop(job_id, None)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hdel(self.keys.jobs, job_id)
             if record is not None:
-                pipe.delete(self.keys.result(record.arq_id))
-                pipe.set(self.keys.cancelled(record.arq_id), b"1", ex=CANCEL_TTL_S)
-                pipe.publish(self.keys.cancel_channel, record.arq_id)
+                pipe.delete(self.keys.result(record.run_id))
+                pipe.set(self.keys.cancelled(record.run_id), b"1", ex=CANCEL_TTL_S)
+                pipe.publish(self.keys.cancel_channel, record.run_id)
+                if record.entry_id:  # no worker may claim it any more (a worker that held it stops silently)
+                    pipe.xack(self.keys.queue(record.queue), WORKER_GROUP, record.entry_id)
+                    pipe.xdel(self.keys.queue(record.queue), record.entry_id)
             await pipe.execute()
 
     # -- watchdog --------------------------------------------------------------------------------
@@ -278,61 +286,49 @@ class RedisJobClient:
         return await read_health(self.redis, self.keys)
 
     async def watch(self) -> None:
-        """Look for jobs whose worker died or that no worker can take; call it between event reads.
+        """Tell users about jobs whose worker died or that no worker can take; call it between event reads.
 
-        A job that is neither queued, taken, nor finished on two looks in a row (with the events
-        read in between, so a result cannot be in flight) vanished with its worker: it is queued
-        again until it used up its attempts, then failed. A job that waits while no worker serves
-        its queue fails after ``no_worker_timeout_s``. Either way the user hears of it.
+        Running jobs again is the workers' part (they claim a dead worker's pending entries); the bot
+        only says so when it sees the job's worker gone. A job waiting while no worker serves its
+        queue fails after ``no_worker_timeout_s``. A job whose entry left the stream without an
+        outcome (Redis flushed or evicted it), on two looks with the events read in between, fails.
         """
         records = [r for r in self._records.values() if r.job_id not in self._finished]
         if not records:
             return
         health = await self.health()
+        alive = {w.worker_id for w in health.alive}
         now = time.time()
         async with self.redis.pipeline(transaction=False) as pipe:
             for r in records:
-                pipe.exists(self.keys.running(r.arq_id), ARQ_IN_PROGRESS + r.arq_id)
-                pipe.zscore(self.keys.queue(r.queue), r.arq_id)
-            replies = await pipe.execute()
-        for r, taken, score in zip(records, replies[0::2], replies[1::2], strict=True):
+                stream, entry = self.keys.queue(r.queue), r.entry_id or "0-0"
+                pipe.xrange(stream, entry, entry, count=1)
+                pipe.xpending_range(stream, WORKER_GROUP, entry, entry, 1)
+            replies = await pipe.execute(raise_on_error=False)  # NOGROUP: the stream is gone, so is the entry
+        replies = [[] if isinstance(reply, Exception) else reply for reply in replies]
+        for r, entry, pending in zip(records, replies[0::2], replies[1::2], strict=True):
             if r.job_id not in self._records or r.job_id in self._finished:
                 continue
             w = r.watch
-            if taken:
-                w.missing_since = w.no_worker_since = None
-            elif score is not None:
-                w.missing_since = None
-                if r.attempt > w.requeue_noted:  # it had started: its worker stopped, it waits again
-                    w.requeue_noted = r.attempt
-                    await self._say(r, "requeued", reason="the GPU worker running it stopped")
-                if health.serving(r.queue):
-                    w.no_worker_since = None
-                elif w.no_worker_since is None:
-                    w.no_worker_since = now
-                elif now - w.no_worker_since >= self.config.no_worker_timeout_s:
-                    await self.redis.zrem(self.keys.queue(r.queue), r.arq_id)
-                    await self._say(r, "failed",
-                                    message=f"no GPU worker is online for queue {r.queue!r} "
-                                            f"(waited {now - w.no_worker_since:.0f} s); try again later")
-            elif w.missing_since is None:
-                w.missing_since = now
-            else:
-                await self._requeue_or_fail(r)
-
-    async def _requeue_or_fail(self, r: _Record) -> None:
-        r.watch.missing_since = None
-        max_attempts = int(r.request.get("max_attempts", 3))
-        if r.attempt >= max_attempts:
-            await self._say(r, "failed",
-                            message=interrupted_message(r.attempt))
-            return
-        r.runs += 1
-        r.arq_id = f"{r.submitted_ns:016x}.{r.job_id}.{r.runs}"
-        await self._enqueue(r)
-        if r.attempt > r.watch.requeue_noted:
-            r.watch.requeue_noted = r.attempt
-            await self._say(r, "requeued", reason="the GPU worker running it stopped")
+            if not entry:
+                if w.missing_since is None:
+                    w.missing_since = now
+                else:
+                    await self._say(r, "failed", message="the job was lost from Redis (flushed or evicted) "
+                                                         "before it ended; try again")
+                continue
+            w.missing_since = None
+            owner = _text(pending[0]["consumer"]) if pending else None
+            if owner is not None and owner not in alive and r.attempt > w.lost_noted:
+                w.lost_noted = r.attempt  # it waits for the next free worker to claim it
+                await self._say(r, "requeued", reason="the GPU worker running it stopped")
+            if health.serving(r.queue):
+                w.no_worker_since = None
+            elif w.no_worker_since is None:
+                w.no_worker_since = now
+            elif now - w.no_worker_since >= self.config.no_worker_timeout_s:
+                await self._say(r, "failed", message=f"no GPU worker is online for queue {r.queue!r} "
+                                                     f"(waited {now - w.no_worker_since:.0f} s); try again later")
 
     async def _say(self, record: _Record, type_: str, **data: Any) -> None:
         """Write an event of the bot's own into the stream, so it is handled like a worker's."""

@@ -93,9 +93,9 @@ async def read_health(redis: Redis, keys: Keys) -> ClusterHealth:
     queues = sorted({w.queue for w in workers if w.queue})
     queued: dict[str, int] = {}
     for queue in queues:
-        total = await redis.zcard(keys.queue(queue))
+        total = await redis.xlen(keys.queue(queue))
         busy = sum(len(w.running) for w in workers if w.alive and w.queue == queue)
-        queued[queue] = max(0, total - busy)  # arq keeps running jobs in its queue until they finish
+        queued[queue] = max(0, total - busy)  # a running job's entry stays in the stream until it ends
     return ClusterHealth(workers=tuple(workers), queued=queued)
 
 

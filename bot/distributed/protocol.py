@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 PROTOCOL_VERSION = 1
-JOB_FUNCTION = "omost.run_job"  # the one arq function every worker registers
+WORKER_GROUP = "workers"  # the consumer group every worker reads a queue's job stream with
 DEFAULT_QUEUE = "default"
 
 # started: a worker took the job (``attempt`` counts the runs); stage: the LLM or render step began;
@@ -45,8 +45,8 @@ class Keys:
 
     prefix: str = "omost"
 
-    def queue(self, name: str = DEFAULT_QUEUE) -> str:
-        return f"{self.prefix}:queue:{name}"
+    def queue(self, name: str = DEFAULT_QUEUE) -> str:  # a stream of jobs, read by the workers' consumer group
+        return f"{self.prefix}:stream:{name}"
 
     @property
     def events(self) -> str:  # one stream for all jobs, read by the bot through a consumer group
@@ -56,16 +56,13 @@ class Keys:
     def cancel_channel(self) -> str:
         return f"{self.prefix}:cancel"
 
-    # Keyed by the run's arq id (submit time + job id), which never repeats, unlike the bot's job ids
+    # Keyed by the run id (submit time + job id), which never repeats, unlike the bot's job ids
     # (a fresh database starts at 1 again).
     def cancelled(self, run_id: str) -> str:
         return f"{self.prefix}:cancelled:{run_id}"
 
     def result(self, run_id: str) -> str:
         return f"{self.prefix}:result:{run_id}"
-
-    def running(self, run_id: str) -> str:  # which worker runs the job now, and which attempt
-        return f"{self.prefix}:running:{run_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
@@ -246,3 +243,18 @@ def png_image(data: bytes) -> Image:
     image = PILImage.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def job_entry(run_id: str, request: dict[str, Any]) -> dict[str, bytes]:
+    """The fields of a job's entry in its queue's stream: the run id and the job message."""
+    return {"run": run_id.encode(), "job": dumps(request)}
+
+
+def read_job_entry(fields: dict[bytes, bytes]) -> tuple[str, Any]:
+    """The run id and the (not yet validated) job message of a stream entry."""
+    run = fields.get(b"run", b"")
+    try:
+        payload = loads(fields[b"job"])
+    except (KeyError, ValueError):
+        payload = None
+    return run.decode(errors="replace"), payload

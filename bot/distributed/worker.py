@@ -1,14 +1,15 @@
-"""``omost-bot worker``: a GPU worker process that takes jobs from Redis through arq.
+"""``omost-bot worker``: a GPU worker process that takes jobs from a Redis stream.
 
-The worker loads its engine once, then runs arq's worker loop on one queue. Each job reports
-``started``, throttled progress, ``chat`` (the layout, before the render) and one terminal event
-(``result``, ``failed`` or ``cancelled``) to the shared event stream. Images go to a result hash.
+The worker loads its engine once, then reads its queue's job stream through the workers' consumer
+group. Each job reports ``started``, throttled progress, ``chat`` (the layout, before the render) and
+one terminal event (``result``, ``failed`` or ``cancelled``) to the shared event stream. Images go
+to a result hash.
 
-Recovery: arq keeps a job in its queue until it finishes and marks it taken with an "in progress"
-key. The worker shortens that key to a lease of a few seconds and renews it with every heartbeat,
-so when a worker dies (power, OOM, SIGKILL) its job is free again within one lease and the next
-free worker runs it, with arq's try counter as the attempt number. A stopping worker (SIGTERM)
-gives its jobs back at once.
+Recovery is the stream's own: a job read by a worker stays in the group's pending entries until
+the worker acknowledges it at the end. The worker renews its pending entries with every heartbeat
+(their idle time starts again); when a worker dies (power, OOM, SIGKILL) its entries go idle, and
+after one lease the next free worker claims them, with the entry's delivery count as the attempt
+number. A stopping worker (SIGTERM) marks its entries idle at once, so another worker takes them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 import time
@@ -32,15 +34,15 @@ from pydantic import Field, model_validator
 from bot.config import REDIS_URL_FORMS, RedisUrl, check_redis_url
 from bot.distributed.protocol import (
     DEFAULT_QUEUE,
-    JOB_FUNCTION,
+    WORKER_GROUP,
     JobMessage,
     Keys,
     WireEvent,
     dumps,
     interrupted_message,
-    loads,
     png_bytes,
     progress_data,
+    read_job_entry,
 )
 from bot.jobs import (
     Cancelled,
@@ -59,14 +61,27 @@ from omost_engine.errors import OmostError
 from omost_engine.progress import CancelToken
 
 if TYPE_CHECKING:
-    from arq.connections import ArqRedis
+    from redis.asyncio import Redis
 
     from omost_engine.engine import ChatResult, Engine
 
 log = logging.getLogger("omost.worker")
-ARQ_IN_PROGRESS = "arq:in-progress:"  # arq's key prefix; the lease renews these keys
 RESULT_TTL_S = 86_400  # results wait this long for a bot that is down
+GIVEN_BACK_IDLE_MS = 10**9  # a stopping worker's entries look idle this long: any worker claims them at once
 
+# Set the idle time of the entries this worker still owns: 0 renews their lease, a long one gives
+# them back. The others were claimed by another worker while this one stalled, and stay that
+# worker's. Atomic, so a claim cannot slip in between; returns the entries still owned.
+OWN_ENTRIES_SCRIPT = """
+local kept = {}
+for i = 4, #ARGV do
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2]) > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'IDLE', ARGV[3], 'JUSTID')
+    kept[#kept + 1] = ARGV[i]
+  end
+end
+return kept
+"""
 
 
 class WorkerConfig(Declared):
@@ -81,9 +96,7 @@ class WorkerConfig(Declared):
         1, description="jobs at once; one per GPU is the usual choice")
     heartbeat_s: Annotated[float, Field(ge=0.05, le=60)] = Field(1.0, description="seconds between heartbeats")
     lease_s: Annotated[float, Field(ge=0.5, le=3600)] = Field(
-        10.0, description="a dead worker's job runs again after at most this long")
-    poll_s: Annotated[float, Field(ge=0.001, le=10)] = Field(
-        0.005, description="arq's queue polling interval: the start latency of a job on an idle worker")
+        10.0, description="a dead worker's job runs again after at most this long (plus one heartbeat)")
     progress_interval_s: Annotated[float, Field(ge=0.0, le=60)] = Field(
         0.25, description="at most one progress event per job this often")
     engine_name: Annotated[str, Field(min_length=1, max_length=100)] = "real"
@@ -101,8 +114,9 @@ class WorkerConfig(Declared):
 @dataclass
 class RunningJob:
     job_id: str  # the bot's id, in every event
-    attempt: int
-    arq_id: str = ""  # this run's id: the keys of its lease, cancel flag and result
+    attempt: int  # the stream entry's delivery count
+    run_id: str = ""  # this run's id: the keys of its cancel flag and result
+    entry_id: str = ""  # the job's entry in the queue's stream (its lease is the entry's idle time)
     started: float = field(default_factory=time.time)
     stage: str = "starting"
     token: CancelToken = field(default_factory=CancelToken)
@@ -176,66 +190,125 @@ class EventOutbox:
 
 
 class GpuWorker:
-    """One worker process: an engine, an arq worker loop, a heartbeat and a cancel listener."""
+    """One worker process: an engine, a reader of its queue's job stream, a heartbeat and a cancel listener."""
 
     def __init__(self, engine: Engine, config: WorkerConfig, *, models: dict[str, str] | None = None) -> None:
         self.engine = engine
         self.config = config.validated()
         self.keys = Keys(config.prefix)
+        self.stream = self.keys.queue(config.queue)
         self.models = models or {}
-        self.running: dict[str, RunningJob] = {}
+        self.running: dict[str, RunningJob] = {}  # by stream entry id
         self.done = 0
         self.failed = 0
         self.started_at = time.time()
-        self._redis: ArqRedis | None = None
+        self._redis: Redis | None = None
+        self._jobs: set[asyncio.Task[str]] = set()
 
     @property
-    def redis(self) -> ArqRedis:
+    def redis(self) -> Redis:
         assert self._redis is not None, "the worker is not connected"
         return self._redis
 
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve jobs until cancelled, or until SIGTERM/SIGINT with ``handle_signals`` (the CLI)."""
-        from arq.connections import RedisSettings, create_pool
-        from arq.worker import Worker, func
+        from redis.asyncio import Redis
 
-        self._redis = await create_pool(RedisSettings.from_dsn(self.config.redis_url),
-                                        job_serializer=dumps, job_deserializer=loads,
-                                        default_queue_name=self.keys.queue(self.config.queue))
-        worker = Worker(
-            # arq may retry freely: JobMessage.max_attempts decides, with a clear message (see _run_job).
-            functions=[func(self._run_job, name=JOB_FUNCTION, max_tries=1000)],
-            queue_name=self.keys.queue(self.config.queue),
-            redis_pool=self._redis,
-            max_jobs=self.config.concurrency,
-            job_timeout=7 * 86_400,  # execute_job enforces the stage time limits
-            keep_result=3600,
-            poll_delay=self.config.poll_s,
-            max_tries=1000,
-            health_check_interval=max(self.config.heartbeat_s, 1.0),
-            health_check_key=self.keys.worker(self.config.worker_id) + ":arq",
-            handle_signals=handle_signals,
-            on_shutdown=self._signed_off,
-            job_serializer=dumps,
-            job_deserializer=loads,
-            log_results=False,
-        )
-        side_tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._cancel_listener())]
-        await self._beat()
-        log.info("worker %s serving queue %r with %d slot(s)", self.config.worker_id, self.config.queue,
-                 self.config.concurrency)
+        self._redis = Redis.from_url(self.config.redis_url, socket_connect_timeout=5)
+        main = asyncio.current_task()
+        if handle_signals and main is not None:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, main.cancel)
+        side_tasks: list[asyncio.Task[None]] = []
         try:
-            await worker.async_run()
+            await self._create_group()
+            await self._beat()
+            side_tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._cancel_listener())]
+            log.info("worker %s serving queue %r with %d slot(s)", self.config.worker_id, self.config.queue,
+                     self.config.concurrency)
+            await self._serve()
         except asyncio.CancelledError:
             log.info("worker %s stopping", self.config.worker_id)
         finally:
             for task in side_tasks:
                 task.cancel()
-            # Cancels the running jobs (they give themselves back to the queue), then closes the pool.
-            await worker.close()
+            await self._give_back()
+            with contextlib.suppress(Exception):
+                await self.redis.delete(self.keys.worker(self.config.worker_id))
+            await self.redis.aclose(close_connection_pool=True)
+            self._redis = None
 
-    async def _signed_off(self, ctx: dict[str, Any]) -> None:
-        await self.redis.delete(self.keys.worker(self.config.worker_id))
+    async def _create_group(self) -> None:
+        from redis.exceptions import ResponseError
+
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+            await self.redis.xgroup_create(self.stream, WORKER_GROUP, id="0", mkstream=True)
+
+    async def _serve(self) -> None:
+        """Fill free slots until cancelled."""
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import ResponseError
+
+        while True:
+            free = self.config.concurrency - len(self._jobs)
+            if free <= 0:
+                await asyncio.wait(self._jobs, timeout=self.config.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                await self._take(free)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._create_group()  # Redis lost its data (flushed): serve the new stream
+            except RedisConnectionError as exc:  # Redis restarting: the jobs wait in Redis; try again shortly
+                log.warning("Redis: %s; retrying in 1 s", exc)
+                await asyncio.sleep(1.0)
+
+    async def _take(self, free: int) -> None:
+        """Start up to ``free`` jobs: first those whose worker died (claimed), then new ones (read, blocking)."""
+        block_ms = max(1, int(self.config.heartbeat_s * 1000))  # claims are looked for at least this often
+        taken = await self._claim_stale(free)
+        if len(taken) < free:
+            reply = await self.redis.xreadgroup(WORKER_GROUP, self.config.worker_id, {self.stream: ">"},
+                                                count=free - len(taken), block=block_ms)
+            taken += [(_text(entry_id), fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
+        for entry_id, fields, attempt in taken:
+            task = asyncio.create_task(self._run_job(entry_id, fields, attempt))
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
+
+    async def _claim_stale(self, count: int) -> list[tuple[str, dict[bytes, bytes], int]]:
+        """Pending entries idle for a lease (their worker died or stopped), claimed by this worker."""
+        lease_ms = int(self.config.lease_s * 1000)
+        stale = await self.redis.xpending_range(self.stream, WORKER_GROUP, min="-", max="+", count=count,
+                                                idle=lease_ms)
+        taken = []
+        for pending in stale:
+            entry_id = _text(pending["message_id"])
+            if entry_id in self.running:
+                continue
+            claimed = await self.redis.xclaim(self.stream, WORKER_GROUP, self.config.worker_id,
+                                              min_idle_time=lease_ms, message_ids=[entry_id])
+            if not claimed:
+                continue  # another worker was quicker
+            _, fields = claimed[0]
+            if not fields:  # the entry was deleted meanwhile (cancelled, delivered): nothing to run
+                await self.redis.xack(self.stream, WORKER_GROUP, entry_id)
+                continue
+            log.info("claimed job entry %s from %s", entry_id, _text(pending["consumer"]))
+            taken.append((entry_id, fields, int(pending["times_delivered"]) + 1))
+        return taken
+
+    async def _give_back(self) -> None:
+        """Stop the running jobs; their entries look idle at once, so the next free worker claims them."""
+        given = [job.entry_id for job in self.running.values() if job.stop_reason != "lost"]
+        jobs = list(self._jobs)
+        for task in jobs:
+            task.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self._set_idle(given, GIVEN_BACK_IDLE_MS)
 
     # -- health --------------------------------------------------------------------------------
 
@@ -251,20 +324,27 @@ class GpuWorker:
 
     async def _beat(self) -> None:
         ttl_ms = int(max(3 * self.config.heartbeat_s, self.config.lease_s) * 1000)
-        lease_ms = int(self.config.lease_s * 1000)
         jobs = list(self.running.items())
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.worker(self.config.worker_id), dumps(self.health()), px=ttl_ms)
             pipe.zadd(self.keys.workers, {self.config.worker_id: time.time()})
-            for arq_id, _job in jobs:
-                pipe.pexpire(ARQ_IN_PROGRESS + arq_id, lease_ms)
-                pipe.pexpire(self.keys.running(arq_id), lease_ms)
-            replies = await pipe.execute()
-        for (arq_id, job), renewed in zip(jobs, replies[2::2], strict=True):
-            if not renewed and arq_id in self.running:
-                # The lease ran out (this process stalled): another worker may run the job now.
+            await pipe.execute()
+        if not jobs:
+            return
+        owned = await self._set_idle([entry_id for entry_id, _ in jobs], 0)
+        for entry_id, job in jobs:
+            if entry_id not in owned and self.running.get(entry_id) is job:
+                # The lease ran out (this process stalled) and another worker claimed the job, or it was delivered.
                 log.warning("lease of job %s lost; stopping it here", job.job_id)
                 job.stop("lost")
+
+    async def _set_idle(self, entry_ids: list[str], idle_ms: int) -> set[str]:
+        """Renew (0) or give back (long) those of ``entry_ids`` this worker still owns; returns those."""
+        if not entry_ids:
+            return set()
+        kept = await self.redis.eval(OWN_ENTRIES_SCRIPT, 1, self.stream,  # type: ignore[misc]
+                                     WORKER_GROUP, self.config.worker_id, str(idle_ms), *entry_ids)
+        return {_text(entry_id) for entry_id in kept}
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -281,11 +361,11 @@ class GpuWorker:
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
-                job_id = message["data"].decode() if isinstance(message["data"], bytes) else str(message["data"])
-                job = self.running.get(job_id)  # the message names the run (arq's id), not the bot's job
-                if job is not None:
-                    log.info("job %s cancelled by the bot", job.job_id)
-                    job.stop("cancel")
+                run_id = _text(message["data"])  # the message names the run, not the bot's job
+                for job in list(self.running.values()):
+                    if job.run_id == run_id:
+                        log.info("job %s cancelled by the bot", job.job_id)
+                        job.stop("cancel")
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -297,44 +377,49 @@ class GpuWorker:
                           worker=self.config.worker_id, data=data)
         await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
 
-    async def _run_job(self, ctx: dict[str, Any], payload: dict[str, Any]) -> str:
-        arq_id, attempt = str(ctx["job_id"]), int(ctx["job_try"])
+    async def _done_with(self, entry_id: str) -> None:
+        """The job ended here: its entry leaves the pending list and the stream."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, WORKER_GROUP, entry_id)
+            pipe.xdel(self.stream, entry_id)
+            await pipe.execute()
+
+    async def _run_job(self, entry_id: str, fields: dict[bytes, bytes], attempt: int) -> str:
+        run_id, payload = read_job_entry(fields)
         try:
             message = JobMessage.from_json(payload)
         except (OmostError, KeyError, TypeError, ValueError) as exc:
-            job_id = str(payload.get("job_id", arq_id)) if isinstance(payload, dict) else arq_id
+            job_id = str(payload.get("job_id", run_id)) if isinstance(payload, dict) else run_id
             log.exception("job %s: the job message is not valid", job_id)
             # An OmostError says what is wrong in words for people (e.g. a version skew); other errors may not.
             text = (f"the job message is not valid: {exc}" if isinstance(exc, OmostError)
                     else internal_failure(job_id, "the GPU worker could not read the job"))
             await self._emit(job_id, "failed", attempt, message=text)
+            await self._done_with(entry_id)
             return "invalid"
-        job = RunningJob(message.job_id, attempt, arq_id)
+        job = RunningJob(message.job_id, attempt, run_id, entry_id)
         if attempt > message.max_attempts:
-            await self._emit(job.job_id, "failed", attempt,
-                             message=interrupted_message(attempt - 1))
+            await self._emit(job.job_id, "failed", attempt, message=interrupted_message(attempt - 1))
+            await self._done_with(entry_id)
             return "lost"
-        self.running[arq_id] = job  # before the cancel check, so a cancel sent meanwhile is not missed
+        self.running[entry_id] = job  # before the cancel check, so a cancel sent meanwhile is not missed
         try:
-            lease_ms = int(self.config.lease_s * 1000)
             started = WireEvent(type="started", job_id=job.job_id, attempt=attempt, worker=self.config.worker_id,
                                 data={"queue": self.config.queue})
             async with self.redis.pipeline(transaction=False) as pipe:  # one round trip before the engine starts
-                pipe.exists(self.keys.cancelled(arq_id))
-                pipe.pexpire(ARQ_IN_PROGRESS + arq_id, lease_ms)
-                pipe.set(self.keys.running(arq_id), dumps({"worker": self.config.worker_id, "attempt": attempt,
-                                                              "arq_id": arq_id, "since": job.started}), px=lease_ms)
+                pipe.exists(self.keys.cancelled(run_id))
                 pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]
-                cancelled, *_ = await pipe.execute()
+                cancelled, _ = await pipe.execute()
+            outcome = "cancelled"
             if cancelled:
                 await self._emit(job.job_id, "cancelled", attempt)
-                return "cancelled"
-            return await self._execute(message, job)
+            else:
+                outcome = await self._execute(message, job)
+            if job.stop_reason != "lost":  # after a lost lease the entry is another worker's
+                await self._done_with(entry_id)
+            return outcome
         finally:
-            self.running.pop(arq_id, None)
-            if job.stop_reason != "lost":  # after a lost lease the key may be another worker's
-                with contextlib.suppress(Exception):
-                    await self.redis.delete(self.keys.running(arq_id))
+            self.running.pop(entry_id, None)
 
     async def _execute(self, message: JobMessage, job: RunningJob) -> str:
         """Run the bot's own ``execute_job`` (same stages, time limits and messages as in-process)."""
@@ -351,15 +436,16 @@ class GpuWorker:
         try:
             await execute_job(self.engine, message.spec, emit=outbox.put, cancel=job.token, timeouts=message.timeouts)
         except asyncio.CancelledError:
-            # The worker is stopping: arq puts the job back in its queue for another worker.
+            # The worker is stopping: its entry is given back for another worker (see _give_back).
             job.stop("shutdown")
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._stop_outbox(outbox, job))
             raise
         try:
             await outbox.close()
-        except Exception:  # Redis failed under the events: arq retries the job; the log says which
+        except Exception:  # Redis failed under the events: the entry stays pending and runs again; the log says why
             log.exception("job %s: could not send its events to the bot", job.job_id)
+            job.stop("lost")
             raise
         if "finished" in outcome:
             self.done += 1
@@ -396,7 +482,7 @@ class GpuWorker:
         }
         if output.chat is not None:
             meta["chat"] = chat_json(output.chat)
-        key = self.keys.result(job.arq_id)
+        key = self.keys.result(job.run_id)
         fields = {"image": png_bytes(render.image), "masks": png_bytes(render.masks), "meta": dumps(meta)}
         event = WireEvent(type="result", job_id=job.job_id, attempt=job.attempt, worker=self.config.worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # the event never comes without its result
@@ -405,6 +491,10 @@ class GpuWorker:
             pipe.expire(key, RESULT_TTL_S)
             pipe.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
             await pipe.execute()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def chat_json(chat: ChatResult) -> dict[str, Any]:
@@ -434,8 +524,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     parser.add_argument("--lease", type=float, default=10.0,
                         help="seconds after which a silent worker's job runs again elsewhere")
-    parser.add_argument("--poll", type=float, default=0.005,
-                        help="seconds between queue polls when idle: a new job waits half of it on average")
 
 
 def build_engine(args: argparse.Namespace) -> tuple[Engine, dict[str, str]]:
@@ -468,7 +556,7 @@ def handle(args: argparse.Namespace) -> int:
         extra = {"worker_id": args.name} if args.name else {}
         config = WorkerConfig(redis_url=args.redis_url, queue=args.queue, prefix=args.prefix,
                               concurrency=args.concurrency, heartbeat_s=args.heartbeat, lease_s=args.lease,
-                              poll_s=args.poll, engine_name=args.engine, **extra).validated()
+                              engine_name=args.engine, **extra).validated()
         engine, models = build_engine(args)
     except OmostError as exc:
         print(f"omost-bot worker: error: {exc}", file=sys.stderr)

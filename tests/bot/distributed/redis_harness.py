@@ -37,7 +37,7 @@ class WorkerProcess:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bot.distributed.worker", "--redis-url", redis_url, "--prefix", prefix,
                  "--name", name, "--engine", "scripted", "--scripted-seconds", str(seconds),
-                 "--heartbeat", str(heartbeat), "--lease", str(lease), "--poll", "0.01"],
+                 "--heartbeat", str(heartbeat), "--lease", str(lease)],
                 cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_png_round_trip() -> None:
 def test_keys_share_one_prefix() -> None:
     keys = Keys("bot2")
     names = [keys.queue(), keys.queue("sdxl-turbo"), keys.events, keys.cancel_channel, keys.cancelled("1"),
-             keys.result("1"), keys.running("1"), keys.worker("w"), keys.workers, keys.jobs]
+             keys.result("1"), keys.worker("w"), keys.workers, keys.jobs]
     assert all(name.startswith("bot2:") for name in names) and len(set(names)) == len(names)
 
 
@@ -122,6 +123,16 @@ def test_in_process_queue_stays_the_default(tmp_path: Path) -> None:
                                   path=tmp_path / "none.toml")
     assert isinstance(backend, RedisJobBackend)
     assert backend.max_queue == 7 and backend.timeouts == StageTimeouts(llm=11.0, render=22.0)
+
+
+def test_the_redis_path_needs_only_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: one queue primitive (Redis streams); no queue library is imported, none of its keys read."""
+    monkeypatch.setitem(sys.modules, "arq", None)  # any import of it now fails
+    backend = backend_from_config(BotConfig(), environ={"OMOST_REDIS_URL": "redis://localhost:6379/0"},
+                                  path=tmp_path / "none.toml")
+    assert isinstance(backend, RedisJobBackend)
+    sources = "".join(path.read_text() for path in Path(__file__).resolve().parents[3].glob("bot/distributed/*.py"))
+    assert "arq:" not in sources and "import arq" not in sources
 
 
 @pytest.mark.parametrize(("change", "parameter"), [

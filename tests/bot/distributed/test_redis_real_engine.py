@@ -40,7 +40,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> CombinedEngine:
 
 async def test_real_engine_results_cross_redis(redis_url: str, engine: CombinedEngine) -> None:
     prefix = f"real-{uuid.uuid4().hex[:8]}"
-    worker = GpuWorker(engine, WorkerConfig(redis_url=redis_url, prefix=prefix, worker_id="tiny-gpu", poll_s=0.01),
+    worker = GpuWorker(engine, WorkerConfig(redis_url=redis_url, prefix=prefix, worker_id="tiny-gpu"),
                        models={"llm": "scripted-omost", "sdxl": "tiny"})
     task = asyncio.create_task(worker.run())
     backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2))

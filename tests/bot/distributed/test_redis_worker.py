@@ -1,5 +1,6 @@
-"""The worker in this process (real arq loop, real Redis, scripted engine): what it says about odd jobs,
-how it throttles progress, how it shows up in health, and the ``omost-bot workers`` command."""
+"""The worker in this process (real Redis streams, scripted engine): what it says about odd jobs, how it
+claims a dead worker's job, how it throttles progress, how it shows up in health, and the
+``omost-bot workers`` command."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from redis.asyncio import Redis
 from redis_harness import wait_until, wait_until_async
 
 from bot.cli import main
 from bot.distributed.backend import RedisJobBackend
 from bot.distributed.client import RedisConfig, RedisJobClient
 from bot.distributed.health import read_health, status_lines
-from bot.distributed.protocol import JOB_FUNCTION, JobMessage, Keys, WireEvent, dumps, loads
+from bot.distributed.protocol import WORKER_GROUP, JobMessage, Keys, WireEvent, job_entry, loads
 from bot.distributed.worker import EventOutbox, GpuWorker, WorkerConfig, build_engine
 from bot.jobs import Finished, InProcessJobBackend, JobEvent, JobSpec, Progress, Started
 from omost_engine.params import LLMParams, RenderParams
@@ -26,15 +27,20 @@ from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.testing.scripted_engine import ScriptedEngine
 
 
+def _local_worker(redis_url: str, prefix: str, **options: object) -> GpuWorker:
+    config = WorkerConfig(redis_url=redis_url, prefix=prefix, **{"worker_id": "local", "heartbeat_s": 0.1,  # type: ignore[arg-type]
+                                                                 "lease_s": 1.0, **options})
+    return GpuWorker(ScriptedEngine(chat_seconds=0.05, render_seconds=0.05), config,
+                     models={"llm": "tiny", "sdxl": "tiny-xl"})
+
+
 @pytest.fixture
-async def served(redis_url: str) -> AsyncIterator[tuple[GpuWorker, ArqRedis, Keys]]:
-    """A worker task on a fresh prefix, and an arq pool to put raw jobs in front of it."""
+async def served(redis_url: str) -> AsyncIterator[tuple[GpuWorker, Redis, Keys]]:
+    """A worker task on a fresh prefix, and a Redis client to put raw jobs in front of it."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    worker = GpuWorker(ScriptedEngine(chat_seconds=0.05, render_seconds=0.05),
-                       WorkerConfig(redis_url=redis_url, prefix=prefix, worker_id="local", heartbeat_s=0.1,
-                                    lease_s=1.0, poll_s=0.01), models={"llm": "tiny", "sdxl": "tiny-xl"})
+    worker = _local_worker(redis_url, prefix)
     task = asyncio.create_task(worker.run())
-    pool = await create_pool(RedisSettings.from_dsn(redis_url), job_serializer=dumps, job_deserializer=loads)
+    pool = Redis.from_url(redis_url)
     keys = Keys(prefix)
     await wait_until_async(lambda: pool.exists(keys.worker("local")), what="the worker's first heartbeat")
     yield worker, pool, keys
@@ -43,7 +49,12 @@ async def served(redis_url: str) -> AsyncIterator[tuple[GpuWorker, ArqRedis, Key
     await pool.aclose()
 
 
-async def _events(pool: ArqRedis, keys: Keys, job_id: str, *, until: str) -> list[WireEvent]:
+async def _enqueue(pool: Redis, keys: Keys, run_id: str, request: dict, *, queue: str = "default") -> str:
+    entry_id = await pool.xadd(keys.queue(queue), job_entry(run_id, request))  # type: ignore[arg-type]
+    return entry_id.decode()
+
+
+async def _events(pool: Redis, keys: Keys, job_id: str, *, until: str) -> list[WireEvent]:
     found: list[WireEvent] = []
 
     async def arrived() -> bool:
@@ -61,9 +72,9 @@ def _message(job_id: int, **options: object) -> dict:
     return JobMessage(spec=spec, **options).to_json()  # type: ignore[arg-type]
 
 
-async def test_a_job_from_arq_to_the_result_hash(served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+async def test_a_job_from_the_stream_to_the_result_hash(served: tuple[GpuWorker, Redis, Keys]) -> None:
     worker, pool, keys = served
-    await pool.enqueue_job(JOB_FUNCTION, _message(1), _job_id="a1", _queue_name=keys.queue())
+    await _enqueue(pool, keys, "a1", _message(1))
     events = await _events(pool, keys, "1", until="result")
     assert [e.type for e in events if e.type not in ("llm", "render")] == [
         "started", "stage", "chat", "stage", "result"]
@@ -71,30 +82,58 @@ async def test_a_job_from_arq_to_the_result_hash(served: tuple[GpuWorker, ArqRed
     meta = loads(stored[b"meta"])
     assert meta["worker"] == "local" and meta["attempt"] == 1 and len(meta["layout"]) == 3
     assert stored[b"image"].startswith(b"\x89PNG") and stored[b"masks"].startswith(b"\x89PNG")
-    assert not await pool.exists(keys.running("a1"))  # cleared when the job ended
     await wait_until(lambda: worker.done == 1, what="the done counter")
+    # Acknowledged and removed when the job ended: no worker can claim it again.
+    await wait_until_async(lambda: _gone(pool, keys.queue()), what="the entry to leave the stream")
+    assert (await pool.xpending(keys.queue(), WORKER_GROUP))["pending"] == 0
 
 
-async def test_odd_jobs_get_a_clear_failure(served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+async def _gone(pool: Redis, stream: str) -> bool:
+    return await pool.xlen(stream) == 0
+
+
+async def test_odd_jobs_get_a_clear_failure(served: tuple[GpuWorker, Redis, Keys]) -> None:
     _, pool, keys = served
-    await pool.enqueue_job(JOB_FUNCTION, {"v": 99, "job_id": 2}, _job_id="a2", _queue_name=keys.queue())
+    await _enqueue(pool, keys, "a2", {"v": 99, "job_id": 2})
     (failed,) = [e for e in await _events(pool, keys, "2", until="failed") if e.type == "failed"]
     assert "not valid" in failed.data["message"] and "version 99" in failed.data["message"]
 
-    # Its third run, with two allowed: the workers before it died; the user is told, nothing runs.
-    await pool.enqueue_job(JOB_FUNCTION, _message(3, max_attempts=2), _job_id="a3", _queue_name=keys.queue(),
-                           _job_try=3)
-    events = await _events(pool, keys, "3", until="failed")
-    assert [e.type for e in events] == ["failed"]
-    assert "stopped 2 times" in events[0].data["message"]
-
     # Cancelled before any worker took it: it ends at once.
     await pool.set(keys.cancelled("a4"), b"1")
-    await pool.enqueue_job(JOB_FUNCTION, _message(4), _job_id="a4", _queue_name=keys.queue())
+    await _enqueue(pool, keys, "a4", _message(4))
     assert [e.type for e in await _events(pool, keys, "4", until="cancelled")] == ["started", "cancelled"]
+    await wait_until_async(lambda: _gone(pool, keys.queue()), what="both entries to leave the stream")
 
 
-async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[GpuWorker, ArqRedis, Keys],
+async def test_a_dead_workers_jobs_are_claimed_with_the_delivery_count_as_attempt(redis_url: str) -> None:
+    """Two jobs that two workers read and then died under (delivered twice, never acknowledged): after one
+    lease a live worker claims them. Two runs allowed: the user is told, nothing runs; three: it runs."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    keys = Keys(prefix)
+    pool = Redis.from_url(redis_url)
+    stream = keys.queue()
+    await pool.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+    spent = await _enqueue(pool, keys, "a3", _message(3, max_attempts=2))
+    again = await _enqueue(pool, keys, "a6", _message(6, max_attempts=3))
+    await pool.xreadgroup(WORKER_GROUP, "dead-1", {stream: ">"}, count=2)  # delivery 1
+    await pool.xclaim(stream, WORKER_GROUP, "dead-2", min_idle_time=0, message_ids=[spent, again])  # delivery 2
+    worker = _local_worker(redis_url, prefix)
+    task = asyncio.create_task(worker.run())
+    try:
+        events = await _events(pool, keys, "3", until="failed")
+        assert [e.type for e in events] == ["failed"] and events[0].attempt == 3
+        assert "stopped 2 times" in events[0].data["message"]
+        events = await _events(pool, keys, "6", until="result")
+        assert events[0].type == "started" and {e.attempt for e in events} == {3}
+        assert {e.worker for e in events} == {"local"}
+        await wait_until_async(lambda: _gone(pool, stream), what="both entries to leave the stream")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await pool.aclose()
+
+
+async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[GpuWorker, Redis, Keys],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     _, pool, keys = served
     await pool.zadd(keys.workers, {"old-box": time.time() - 3600, "ancient": 1.0e9})  # no live records
@@ -115,18 +154,13 @@ async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[
     assert "1 online" in out and "- local on " in out
 
 
-async def _no_sleep(seconds: float) -> None:
-    return None
-
-
 def test_worker_command_needs_a_redis_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("OMOST_REDIS_URL", raising=False)
     assert main(["worker", "--engine", "scripted"]) == 2
     assert "a Redis URL is needed" in capsys.readouterr().err
     assert main(["worker", "--engine", "scripted", "--redis-url", "redis://x", "--lease", "0.1"]) == 2
     assert "lease_s" in capsys.readouterr().err
-    # Unreachable Redis: one line, no traceback (arq tries a few times first).
-    monkeypatch.setattr("arq.connections.asyncio.sleep", _no_sleep)
+    # Unreachable Redis: one line, no traceback.
     assert main(["worker", "--engine", "scripted", "--redis-url", "redis://127.0.0.1:1/0"]) == 1
     err = capsys.readouterr().err
     assert "error: Redis at redis://127.0.0.1:1/0" in err and "Traceback" not in err
@@ -160,7 +194,7 @@ async def test_outbox_keeps_order_and_thins_out_progress() -> None:
     assert not any(isinstance(e, Finished) for e in sent)
 
 
-async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWorker, Redis, Keys]) -> None:
     _, _, keys = served
     local = InProcessJobBackend(ScriptedEngine())
     assert await status_lines(local) == ["queue: 0 running, 0 waiting in the bot",
@@ -175,57 +209,52 @@ async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWo
     assert failure.startswith("workers: Redis cannot be read: cannot reach Redis at redis://127.0.0.1:1/0")
 
 
-async def test_watchdog_requeues_a_vanished_job_then_gives_up(redis_url: str) -> None:
+async def test_watchdog_tells_of_a_gone_worker_and_of_a_vanished_job(redis_url: str) -> None:
     client = RedisJobClient(RedisConfig(url=redis_url, prefix=f"unit-{uuid.uuid4().hex[:8]}", queue="nobody"))
     await client.connect()
     try:
         spec = JobSpec(job_id=9, prompt="x", history=(), llm=None, llm_params=LLMParams(), render_params=RenderParams())
         await client.submit(JobMessage(spec=spec, max_attempts=2))
-        queue = client.keys.queue("nobody")
-        first = client.run_id("9")
-        assert first is not None
-        score = await client.redis.zscore(queue, first)
-
-        async def lose_it() -> None:  # as if Redis lost the job while its worker died
-            run = client.run_id("9")
-            assert run is not None
-            await client.redis.zrem(queue, run)
-            await client.watch()  # first look: missing; the bot reads events before the second look
-            assert await client.read_events(block_s=0.01) == []
-            await client.watch()
-
-        await lose_it()
-        second = client.run_id("9")
-        assert second is not None and second != first
-        assert await client.redis.zscore(queue, second) <= score  # back at the front of the queue
-
-        # Its second run starts on a worker, then vanishes too: two runs were allowed, the user is told.
-        started = WireEvent(type="started", job_id="9", attempt=2, worker="w")
+        stream = client.keys.queue("nobody")
+        # A worker takes it, says so, and dies: its entry stays pending under a worker no longer alive.
+        await client.redis.xreadgroup(WORKER_GROUP, "gone-w", {stream: ">"}, count=1)
+        started = WireEvent(type="started", job_id="9", attempt=1, worker="gone-w")
         await client.redis.xadd(client.keys.events, started.encode())  # type: ignore[arg-type]
         (event,) = await client.read_events(block_s=0.01)
         await client.ack(event)
-        await lose_it()
-        events = await client.read_events(block_s=0.01)
-        assert [e.type for e in events] == ["failed"] and "stopped 2 times" in events[0].data["message"]
-        assert client.run_id("9") == second  # not queued a third time
+        await client.watch()
+        (requeued,) = await client.read_events(block_s=0.01)
+        assert (requeued.type, requeued.attempt, requeued.data["reason"]) == (
+            "requeued", 1, "the GPU worker running it stopped")
+        await client.ack(requeued)
+        await client.watch()  # said once per attempt
+        assert await client.read_events(block_s=0.01) == []
+
+        # Redis loses the entry: on the second look (events read in between) the user is told.
+        await client.redis.delete(stream)
+        await client.watch()
+        assert await client.read_events(block_s=0.01) == []
+        await client.watch()
+        (failed,) = await client.read_events(block_s=0.01)
+        assert failed.type == "failed" and "lost from Redis" in failed.data["message"]
     finally:
         await client.close()
 
 
-async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple[GpuWorker, ArqRedis, Keys]) -> None:
+async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple[GpuWorker, Redis, Keys]) -> None:
     worker, pool, keys = served
     message = _message(5)
     message["prompt"] = "a long night {{delay=20}}"
-    await pool.enqueue_job(JOB_FUNCTION, message, _job_id="a5", _queue_name=keys.queue())
+    entry_id = await _enqueue(pool, keys, "a5", message)
     await _events(pool, keys, "5", until="stage")
-    # As if this process had stalled past its lease and another worker had taken the job meanwhile.
-    await pool.delete("arq:in-progress:a5")
-    await pool.set(keys.running("a5"), b"another worker")
+    # As if this process had stalled past its lease and another worker had claimed the job meanwhile.
+    await pool.xclaim(keys.queue(), WORKER_GROUP, "another", min_idle_time=0, message_ids=[entry_id])
     await wait_until(lambda: not worker.running, timeout=5, what="the worker to stop the job")
     await asyncio.sleep(0.3)  # a few heartbeats: nothing more may be said about the job
     types = [e.type for e in await _events(pool, keys, "5", until="stage")]
     assert not {"result", "failed", "cancelled", "requeued"} & set(types)
-    assert await pool.get(keys.running("a5")) == b"another worker"  # the new owner's key is left alone
+    (pending,) = await pool.xpending_range(keys.queue(), WORKER_GROUP, min="-", max="+", count=10)
+    assert pending["consumer"] == b"another"  # the new owner's entry is left alone, not acknowledged
 
 
 def test_real_engine_comes_from_the_workers_own_configuration(tmp_path: Path) -> None:
