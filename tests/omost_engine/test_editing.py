@@ -223,3 +223,25 @@ def test_labels_for_the_region_menu() -> None:
     region = spec.region(1)
     assert spec.label(1).startswith(f"1 · {region.location}")
     assert region.area in spec.label(1)
+
+
+def test_the_clip_token_limit_with_a_real_clip_tokenizer(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from omost_engine.render.prompt_encoding import CONTENT_TOKENS, PromptEncoder
+    from omost_engine.testing.tiny_sdxl import write_clip_vocab
+
+    vocab, merges = write_clip_vocab(tmp_path)
+    tokenizer = CLIPTokenizer(str(vocab), str(merges), model_max_length=77)
+    encoder = PromptEncoder.__new__(PromptEncoder)  # only the tokenizer is needed to count
+    encoder.tokenizer = tokenizer
+    spec = _spec()
+    words = ["a"]
+    while encoder.count_tokens(" ".join(words) + ".") < CONTENT_TOKENS:  # with the period safe_str adds
+        words.append("a")
+    fits = " ".join(words)
+    assert encoder.count_tokens(fits + ".") == CONTENT_TOKENS
+    edit = set_text(spec, 1, tags=fits, count_tokens=encoder.count_tokens)
+    assert edit.spec.layout().conditions[1].suffixes[-4] == fits + "."
+    with pytest.raises(OmostError, match="76 CLIP tokens long"):
+        set_text(spec, 1, tags=fits + " a", count_tokens=encoder.count_tokens)
