@@ -27,7 +27,7 @@ from omost_engine.canvas import Canvas, box, safe_str
 from omost_engine.conditions import GRID
 from omost_engine.errors import OmostError
 from omost_engine.interpreter import interpret
-from omost_engine.layout import MAX_REGIONS, Layout
+from omost_engine.layout import MAX_REGIONS, MAX_TEXT_CHARS, Layout
 from omost_engine.names import quote, resolve
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
 
@@ -314,7 +314,7 @@ def set_text(spec: CanvasSpec, number: int, *, count_tokens: TokenCounter | None
             if not isinstance(text, str):
                 raise OmostError(f"{name} of {where} must be text, got {quote(text)}; allowed: a string",
                                  parameter=name, value=text, allowed="a string")
-            if count_tokens is not None and len(text) <= 4 * 2000:  # longer text: the canvas's own refusal
+            if count_tokens is not None and len(text) <= MAX_TEXT_CHARS:  # longer: the canvas's own refusal
                 tokens = count_tokens(safe_str(text))
                 if tokens > CLIP_CONTENT_TOKENS:
                     raise OmostError(
