@@ -80,6 +80,10 @@ class Region:
     description: str  # after safe_str; the global description is prepended at process()
     suffixes: tuple[str, ...]
     index: int  # insertion order
+    # The resolved names and the call's own texts, so an editor can show and rewrite the call
+    # (omost_engine/editing.py); they do not change the conditions.
+    names: tuple[str, str, str, str] = ("", "", "", "")  # location, offset, area, colour
+    texts: tuple[Any, ...] = ()  # description, detailed_descriptions, tags, atmosphere, style, quality_meta
 
 
 def _text(value: Any, parameter: str, who: str) -> str:
@@ -152,6 +156,9 @@ class Canvas:
         self.global_prefix: str | None = None
         self.global_suffixes: tuple[str, ...] = ()
         self.global_color: tuple[int, int, int] | None = None
+        self.global_color_name: str | None = None
+        # The last set_global_description call's own texts: description, detailed_descriptions, tags.
+        self.global_texts: tuple[Any, ...] = ()
         self.global_calls = 0
         # Rough cost of the calls so far (text handled, fuzzy matches), for callers that budget work.
         self.work = 0
@@ -175,6 +182,8 @@ class Canvas:
         self.global_prefix = safe_str(description)
         self.global_suffixes = tuple(safe_str(s) for s in detailed) + (safe_str(tags),)
         self.global_color = COLORS[color]
+        self.global_color_name = color
+        self.global_texts = (description, tuple(detailed), tags)
 
     def add_local_description(
         self,
@@ -232,6 +241,8 @@ class Canvas:
                 description=safe_str(description),
                 suffixes=tuple(safe_str(s) for s in [*detailed, *singles]),
                 index=len(self.regions),
+                names=(loc, off, ar, color),
+                texts=(description, tuple(detailed), *singles),
             )
         )
 

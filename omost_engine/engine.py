@@ -7,7 +7,7 @@ real images, no GPU-sized models) behind the same interface as the real one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from omost_engine.params import LLMParams, RenderParams
@@ -40,11 +40,40 @@ class ChatResult:
 
 @dataclass(frozen=True, kw_only=True)
 class RenderResult:
+    """A render. With ``count`` > 1 (variations) ``image`` is the grid (``variations.grid_image``),
+    ``images`` the images in grid order and ``seeds`` their seeds; ``params`` are the first image's.
+    With one image, ``images`` is ``(image,)`` and ``seeds`` ``(params.seed,)``."""
+
     image: Image
     masks: Image  # labelled picture of the region boxes
     model: str
     seconds: float
     params: RenderParams
+    images: tuple[Image, ...] = ()
+    seeds: tuple[int, ...] = ()
+    batched: bool = False  # the images were sampled together (one UNet call per step for all of them)
+
+    def __post_init__(self) -> None:
+        if not self.images:
+            object.__setattr__(self, "images", (self.image,))
+        if not self.seeds:
+            object.__setattr__(self, "seeds", (self.params.seed,))
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+    def pick(self, index: int) -> RenderResult:
+        """Image ``index`` (0-based, grid order) as a result of its own: its seed in ``params``, no
+        render needed."""
+        if type(index) is not int or not 0 <= index < len(self.images):
+            from omost_engine.errors import OmostError
+
+            raise OmostError(f"there is no image {index!r} in this result; allowed: 0 to {len(self.images) - 1}",
+                             parameter="index", value=index, allowed=f"0..{len(self.images) - 1}")
+        seed = self.seeds[index]
+        return replace(self, image=self.images[index], images=(self.images[index],), seeds=(seed,),
+                       params=self.params.replace(seed=seed), batched=False)
 
 
 class Engine(Protocol):
@@ -69,4 +98,10 @@ class Engine(Protocol):
         model: str | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
-    ) -> RenderResult: ...
+        count: int = 1,
+        base: Image | None = None,
+    ) -> RenderResult:
+        """``count`` images (1..4: seeds ``variations.variation_seeds(params.seed, count)``, a grid when
+        more than one). ``base``: the image this layout and seed already made without the high-res pass
+        (an upscale, ``params = variations.upscale_params(...)``), so only the high-res pass runs."""
+        ...

@@ -69,6 +69,9 @@ class RenderProgress:
     preview: Image | None = None
     run_step: int | None = None
     run_total: int | None = None
+    # Images this render makes (variations): a batched step advances all of them; rendered one after
+    # another, run_step/run_total count every image's steps.
+    images: int = 1
 
     @property
     def steps_done(self) -> int:

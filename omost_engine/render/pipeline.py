@@ -133,51 +133,59 @@ class RegionalPipeline:
         array = (pixels[0].permute(1, 2, 0).float() * 127.5 + 127.5).clamp(0, 255).to(torch.uint8)
         return Image.fromarray(array.cpu().numpy())
 
-    def _unet(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
+    def _unet(self, x_rows: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor,
               time_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One UNet call on ``x_rows`` (one latent per context row)."""
         unet = self.components.unet
-        x_in = (x / (sigma**2 + 1) ** 0.5).to(unet.dtype).expand(len(context), -1, -1, -1)
+        x_in = (x_rows / (sigma**2 + 1) ** 0.5).to(unet.dtype)
         timestep = timestep_for(sigma, self.train_sigmas).to(self.device)
         out = unet(x_in, timestep, encoder_hidden_states=context, encoder_attention_mask=attention_mask,
                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         return out.float()
 
-    def _omost_denoiser(self, prompts: _Prompts, params: RenderParams, time_ids: torch.Tensor) -> Denoiser:
+    def _omost_denoiser(self, prompts: _Prompts, params: RenderParams, time_ids: torch.Tensor,
+                        images: int = 1) -> Denoiser:
+        """CFG over ``images`` latents in one UNet call: rows [positive x images, negative x images]."""
         dtype = self.components.unet.dtype
         positive = torch.cat([p.cond for p in prompts.positives], dim=1)
         negative = F.pad(prompts.negative.cond, (0, 0, 0, positive.shape[1] - CHUNK_TOKENS))
-        context = torch.cat([positive, negative]).to(self.device, dtype)
-        pooled = torch.cat([prompts.positives[0].pooled, prompts.negative.pooled]).to(self.device, dtype)
+        context = torch.cat([positive.expand(images, -1, -1), negative.expand(images, -1, -1)])
+        context = context.to(self.device, dtype)
+        pooled = torch.cat([prompts.positives[0].pooled.expand(images, -1), prompts.negative.pooled.expand(images, -1)])
+        pooled = pooled.to(self.device, dtype)
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            eps_pos, eps_neg = self._unet(x, sigma, context, pooled, time_ids[:2]).chunk(2)
+            eps_pos, eps_neg = self._unet(torch.cat([x, x]), sigma, context, pooled, time_ids).chunk(2)
             return x - (eps_neg + params.cfg * (eps_pos - eps_neg)) * sigma
 
         return denoise
 
     def _area_denoiser(self, prompts: _Prompts, params: RenderParams, time_ids: torch.Tensor,
-                       latent_hw: tuple[int, int]) -> Denoiser:
+                       latent_hw: tuple[int, int], images: int = 1) -> Denoiser:
+        """One row per (condition, image), condition-major, batched ``max_batch`` rows per UNet call."""
         dtype = self.components.unet.dtype
         rows = [*prompts.positives, prompts.negative]
         longest = max(p.cond.shape[1] for p in rows)
         context = torch.cat([F.pad(p.cond, (0, 0, 0, longest - p.cond.shape[1])) for p in rows])
-        context = context.to(self.device, dtype)
-        pooled = torch.cat([p.pooled for p in rows]).to(self.device, dtype)
-        lengths = torch.tensor([p.cond.shape[1] for p in rows])
+        context = context.repeat_interleave(images, dim=0).to(self.device, dtype)
+        pooled = torch.cat([p.pooled for p in rows]).repeat_interleave(images, dim=0).to(self.device, dtype)
+        lengths = torch.tensor([p.cond.shape[1] for p in rows]).repeat_interleave(images)
         valid = (torch.arange(longest)[None] < lengths[:, None]).to(self.device, dtype)
         same_length = bool((lengths == longest).all())
         weights = area_weights(prompts.masks, overlap=params.overlap, global_strength=params.global_strength,
                                region_strength=params.region_strength, latent_hw=latent_hw).to(self.device)
+        total = len(context)
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            x_rows = x.repeat(len(rows), 1, 1, 1)
             eps = torch.cat([
-                self._unet(x, sigma, context[i:i + self.max_batch], pooled[i:i + self.max_batch],
-                           time_ids[: len(context[i:i + self.max_batch])],
+                self._unet(x_rows[i:i + self.max_batch], sigma, context[i:i + self.max_batch],
+                           pooled[i:i + self.max_batch], time_ids[: len(context[i:i + self.max_batch])],
                            None if same_length else valid[i:i + self.max_batch])
-                for i in range(0, len(rows), self.max_batch)
-            ])
-            eps_pos = blend(eps[:-1], weights)[None]
-            eps_neg = eps[-1:]
+                for i in range(0, total, self.max_batch)
+            ]).reshape(len(rows), images, *x.shape[1:])
+            eps_pos = torch.stack([blend(eps[:-1, b], weights) for b in range(images)])
+            eps_neg = eps[-1]
             return x - (eps_neg + params.cfg * (eps_pos - eps_neg)) * sigma
 
         return denoise
@@ -191,42 +199,46 @@ class RegionalPipeline:
         steps: int,
         strength: float,
         start: torch.Tensor | None,
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator],
         stage: str,
         on_progress: ProgressCallback | None,
         cancel: CancelToken | None,
         steps_before: int = 0,
         run_total: int | None = None,
     ) -> torch.Tensor:
-        """One sampling pass; progress counts its steps after ``steps_before`` of the ``run_total`` in the
-        render (the base pass's steps before the high-res pass's)."""
+        """One sampling pass of ``len(generators)`` images at once (one seeded generator per image, so
+        image i is the image a render of seed i alone makes); progress counts its steps after
+        ``steps_before`` of the ``run_total`` in the render (the base pass's steps before the high-res
+        pass's)."""
         width, height = size
         latent_hw = (height // 8, width // 8)
+        images = len(generators)
         self.memory.load(self.stage_names["unet"])
         sigmas = karras_sigmas(steps, strength=strength, train=self.train_sigmas).to(self.device)
-        noise = torch.randn((1, 4, *latent_hw), generator=generator, dtype=torch.float32).to(self.device)
-        x = noise * sigmas[0] + (start if start is not None else 0)
-        rows = len(prompts.positives) + 1 if params.method == "area" else 2
+        noise = torch.cat([torch.randn((1, 4, *latent_hw), generator=g, dtype=torch.float32) for g in generators])
+        x = noise.to(self.device) * sigmas[0] + (start if start is not None else 0)
+        rows = (len(prompts.positives) + 1 if params.method == "area" else 2) * images
         time_ids = torch.tensor([[height, width, 0, 0, height, width]] * rows, dtype=self.components.unet.dtype,
                                 device=self.device)
 
         def on_step(step: int, total: int, denoised: torch.Tensor) -> None:
             if on_progress is not None:
                 # A preview costs a copy to the CPU every step: made only when asked for.
-                preview = latent_preview(denoised) if self.preview else None
+                preview = latent_preview(denoised[:1]) if self.preview else None
                 on_progress(RenderProgress(step=step, total=total, stage=stage, preview=preview,
                                            run_step=steps_before + step,
-                                           run_total=run_total if run_total is not None else total))
+                                           run_total=run_total if run_total is not None else total,
+                                           images=images))
 
         if params.method == "area":
-            denoise = self._area_denoiser(prompts, params, time_ids, latent_hw)
+            denoise = self._area_denoiser(prompts, params, time_ids, latent_hw, images)
             return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)
         masks = torch.cat([prompts.masks, torch.ones(1, GRID, GRID)])  # the last one: the negative prompt's
-        token_region = self._token_regions(prompts)
+        token_region = self._token_regions(prompts).repeat_interleave(images, dim=0)  # same masks, every image
         if not self.attention.installed_on(self.components.unet):  # another pipeline shared these components
             self.attention.install(self.components.unet)
         with self.attention.regions(masks.to(self.device), token_region.to(self.device), latent_hw):
-            denoise = self._omost_denoiser(prompts, params, time_ids)
+            denoise = self._omost_denoiser(prompts, params, time_ids, images)
             return sample_dpmpp_2m(denoise, x, sigmas, on_step=on_step, cancel=cancel)
 
     @staticmethod
@@ -248,6 +260,28 @@ class RegionalPipeline:
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
     ) -> Image.Image:
+        """One image of ``params.seed``."""
+        return self.render_batch(conditions, params, [params.seed], sketch=sketch, on_progress=on_progress,
+                                 cancel=cancel)[0]
+
+    @torch.inference_mode()
+    def render_batch(
+        self,
+        conditions: Sequence[Condition],
+        params: RenderParams,
+        seeds: Sequence[int],
+        *,
+        sketch: np.ndarray | None = None,
+        base: Sequence[Image.Image] | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+    ) -> list[Image.Image]:
+        """One image per seed, all sampled together (batched UNet calls, the same regions for every image).
+
+        Image i equals ``self(conditions, params.replace(seed=seeds[i]))``. ``base`` (an upscale) gives the
+        base pass's images, one per seed, so only the high-res pass runs; the generators are advanced
+        past the base pass's noise, so the result equals a full render with ``params.hr_scale``.
+        """
         params = params.validated()
         conditions = list(conditions)
         if not conditions:
@@ -259,30 +293,49 @@ class RegionalPipeline:
                 f"the global description first, with rect [0, {GRID}, 0, {GRID}]",
                 parameter="conditions[0].rect", value=list(conditions[0].rect), allowed=f"[0, {GRID}, 0, {GRID}]",
             )
+        if not seeds:
+            raise OmostError("no seeds to render; allowed: at least one seed", parameter="seeds")
         size = (params.width, params.height)
-        generator = torch.Generator("cpu").manual_seed(params.seed)
-        prompts = self.encode(conditions, params)
-        start, strength = None, 1.0
-        if params.initial_latent_denoise is not None and sketch is not None:
-            start = self.encode_image(blurred_sketch(sketch, *size))
-            strength = params.initial_latent_denoise
         hires = params.hr_scale > HR_MIN_SCALE
-        run_total = params.steps + (params.hr_steps if hires else 0)
-        latent = self.sample(prompts, params, size=size, steps=params.steps, strength=strength, start=start,
-                             generator=generator, stage="render", on_progress=on_progress, cancel=cancel,
-                             run_total=run_total)
-        if cancel is not None:
-            cancel.raise_if_cancelled()
-        image = self.decode(latent)
-        if hires:
-            size = (round(params.width * params.hr_scale / 64) * 64, round(params.height * params.hr_scale / 64) * 64)
-            image = image.resize(size, Image.Resampling.LANCZOS)
-            pixels = torch.from_numpy(np.array(image)).float().permute(2, 0, 1)[None] / 127.5 - 1
-            start = self.encode_image(pixels)
-            latent = self.sample(prompts, params, size=size, steps=params.hr_steps, strength=params.hr_denoise,
-                                 start=start, generator=generator, stage="hires", on_progress=on_progress,
-                                 cancel=cancel, steps_before=params.steps, run_total=run_total)
+        if base is not None:
+            if not hires:
+                raise OmostError(f"an upscale needs hr_scale above {HR_MIN_SCALE:g}, got {params.hr_scale:g}; "
+                                 f"allowed: {HR_MIN_SCALE:g} < hr_scale <= 2", parameter="hr_scale",
+                                 value=params.hr_scale, allowed=f"{HR_MIN_SCALE:g}..2")
+            if len(base) != len(seeds) or any(image.size != size for image in base):
+                raise OmostError(f"the images to upscale must be {len(seeds)} of {size[0]}x{size[1]} (the layout's "
+                                 f"size), got {[image.size for image in base]}", parameter="image",
+                                 allowed=f"{size[0]}x{size[1]}")
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        prompts = self.encode(conditions, params)
+        run_total = (0 if base is not None else params.steps) + (params.hr_steps if hires else 0)
+        if base is not None:
+            for generator in generators:  # the base pass's noise, drawn and dropped: the same generator state
+                torch.randn((1, 4, params.height // 8, params.width // 8), generator=generator, dtype=torch.float32)
+            images = [image.convert("RGB") for image in base]
+        else:
+            start, strength = None, 1.0
+            if params.initial_latent_denoise is not None and sketch is not None:
+                start = self.encode_image(blurred_sketch(sketch, *size))
+                strength = params.initial_latent_denoise
+            latent = self.sample(prompts, params, size=size, steps=params.steps, strength=strength, start=start,
+                                 generators=generators, stage="render", on_progress=on_progress, cancel=cancel,
+                                 run_total=run_total)
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            image = self.decode(latent)
-        return image
+            images = [self.decode(latent[i:i + 1]) for i in range(len(seeds))]
+        if hires:
+            size = (round(params.width * params.hr_scale / 64) * 64, round(params.height * params.hr_scale / 64) * 64)
+            starts = []
+            for image in images:
+                resized = image.resize(size, Image.Resampling.LANCZOS)
+                pixels = torch.from_numpy(np.array(resized)).float().permute(2, 0, 1)[None] / 127.5 - 1
+                starts.append(self.encode_image(pixels))
+            latent = self.sample(prompts, params, size=size, steps=params.hr_steps, strength=params.hr_denoise,
+                                 start=torch.cat(starts), generators=generators, stage="hires",
+                                 on_progress=on_progress, cancel=cancel,
+                                 steps_before=run_total - params.hr_steps, run_total=run_total)
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            images = [self.decode(latent[i:i + 1]) for i in range(len(seeds))]
+        return images

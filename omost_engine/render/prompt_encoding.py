@@ -175,6 +175,11 @@ class PromptEncoder:
     def _ids_g(self, text: str) -> list[int]:
         return list(self.tokenizer_2(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
 
+    def count_tokens(self, text: str) -> int:
+        """CLIP tokens of ``text`` without bos/eos: what one 77-token chunk must hold (75 at most); the
+        ``count_tokens`` of ``omost_engine.editing.set_text``."""
+        return len(self._ids_l(text))
+
     def chunks(self, prefixes: Sequence[str], suffixes: Sequence[str]) -> list[Chunk]:
         return greedy_chunks(prefixes, suffixes, tokenize_l=self._ids_l, tokenize_g=self._ids_g,
                              special=self.special, keep_suffixes=self.keep_suffixes)

@@ -27,11 +27,13 @@ import numpy as np
 from PIL import Image
 
 from omost_engine.engine import ChatMessage, ChatResult, RenderResult
-from omost_engine.errors import CancelledError
+from omost_engine.errors import CancelledError, OmostError
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.preview import masks_image, sketch_image
 from omost_engine.progress import CancelToken, LLMProgress, ProgressCallback, RenderProgress
 from omost_engine.reply import parse_reply
+from omost_engine.variations import UPSCALE_MIN as HR_MIN_SCALE
+from omost_engine.variations import check_count, grid_image, variation_seeds
 
 if TYPE_CHECKING:
     from omost_engine.layout import Layout
@@ -254,14 +256,24 @@ class ScriptedEngine:
         model: str | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        count: int = 1,
+        base: Image.Image | None = None,
     ) -> RenderResult:
+        """As the real renderer: ``count`` seeds as one batched job (steps reported once, for all images,
+        then a grid), ``base`` an upscale (only the high-res steps run)."""
         started = time.perf_counter()
+        count = check_count(count)
+        seeds = variation_seeds(params.seed, count)
+        hires = params.hr_scale > HR_MIN_SCALE
+        if base is not None and (count != 1 or not hires):
+            raise OmostError("an upscale is of one image with hr_scale above 1.05 (variations.upscale_params)",
+                             parameter="base")
         with self._lock:
             prefixes = layout.conditions[0].prefixes if layout.conditions else ()
-            self.calls.append(("render", prefixes[0] if prefixes else "", params.seed))
+            self.calls.extend(("render", prefixes[0] if prefixes else "", seed) for seed in seeds)
         self._begin("render", cancel)
         seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
-        stages = [("render", params.steps)] + ([("hires", params.hr_steps)] if params.hr_scale > 1 else [])
+        stages = ([] if base is not None else [("render", params.steps)]) + ([("hires", params.hr_steps)] if hires else [])
         total_steps = sum(steps for _, steps in stages)
         done = 0
         for stage, steps in stages:
@@ -269,19 +281,22 @@ class ScriptedEngine:
                 _sleep(seconds / total_steps, cancel)
                 done += 1
                 self._report(on_progress, RenderProgress(step=step, total=steps, stage=stage, run_step=done,
-                                                         run_total=total_steps))
+                                                         run_total=total_steps, images=count))
+        scale = params.hr_scale if hires else 1.0
         if self.image_size is not None:
             width, height = self.image_size
         else:
-            width = max(8, round(params.width * params.hr_scale) // self.image_scale)
-            height = max(8, round(params.height * params.hr_scale) // self.image_scale)
-        sketch = sketch_image(layout, (width, height))
-        # Seeded grain so that two seeds give two different pictures, as with a real sampler.
-        grain = np.random.default_rng(params.seed).integers(-12, 13, size=(height, width, 3))
-        pixels = np.clip(np.asarray(sketch, dtype=np.int16) + grain, 0, 255).astype(np.uint8)
-        return RenderResult(image=Image.fromarray(pixels), masks=masks_image(layout, MASKS_SIZE),
+            width = max(8, round(params.width * scale) // self.image_scale)
+            height = max(8, round(params.height * scale) // self.image_scale)
+        sketch = np.asarray(sketch_image(layout, (width, height)), dtype=np.int16)
+        images = []
+        for seed in seeds:
+            # Seeded grain so that two seeds give two different pictures, as with a real sampler.
+            grain = np.random.default_rng(seed).integers(-12, 13, size=(height, width, 3))
+            images.append(Image.fromarray(np.clip(sketch + grain, 0, 255).astype(np.uint8)))
+        return RenderResult(image=images[0] if count == 1 else grid_image(images), masks=masks_image(layout, MASKS_SIZE),
                             model=model or self.model_name, seconds=time.perf_counter() - started,
-                            params=params)
+                            params=params, images=tuple(images), seeds=seeds, batched=count > 1)
 
 
 def _sleep(seconds: float, cancel: CancelToken | None) -> None:

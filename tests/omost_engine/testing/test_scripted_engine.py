@@ -74,3 +74,28 @@ def test_prompt_directives() -> None:
     assert result.layout.meta["scripted_render_seconds"] == pytest.approx(0.1)
     with pytest.raises(RuntimeError, match="scripted engine failure"):
         engine.chat([], "boom {{fail=internal}}", LLMParams())
+
+
+def test_variations_and_upscale_through_the_engine_interface() -> None:
+    engine = ScriptedEngine()
+    layout = engine.chat([], "a kite", LLMParams()).layout
+    seen: list[RenderProgress] = []
+    params = RenderParams(width=512, height=512, steps=3, seed=9)
+    grid = engine.render(layout, params, count=4, on_progress=seen.append)  # type: ignore[arg-type]
+    assert grid.seeds == (9, 10, 11, 12) and grid.count == 4 and grid.batched
+    assert grid.image.size == (128, 128) and all(image.size == (64, 64) for image in grid.images)
+    assert [(p.steps_done, p.steps_in_all, p.images) for p in seen] == [(1, 3, 4), (2, 3, 4), (3, 3, 4)]
+    assert [c[2] for c in engine.calls if c[0] == "render"] == [9, 10, 11, 12]
+    third = grid.pick(2)
+    single = engine.render(layout, params.replace(seed=11))
+    assert third.params == single.params and np.array_equal(np.asarray(third.image), np.asarray(single.image))
+    from omost_engine.variations import upscale_params
+
+    seen.clear()
+    up = engine.render(layout, upscale_params(single.params.replace(hr_steps=2)), base=single.image,
+                       on_progress=seen.append)  # type: ignore[arg-type]
+    assert up.image.size == (96, 96) and [p.stage for p in seen] == ["hires", "hires"]
+    with pytest.raises(OmostError, match="count must be a whole number from 1 to 4"):
+        engine.render(layout, params, count=5)
+    with pytest.raises(OmostError, match="upscale is of one image"):
+        engine.render(layout, params, base=single.image)
