@@ -149,7 +149,9 @@ def save_real_llm(folder: str | Path, family: RealFamily, *, formats: Path,
     """Write a loadable model folder with the real tokenizer and a config of the published kind
     (random weights; quantised ones pre-quantised with bitsandbytes, as the published repos are)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from omost_engine.testing.tiny_llm import save_prequantized
 
     folder = Path(folder)
     tokenizer = tokenizer_for(formats, family)
@@ -163,13 +165,7 @@ def save_real_llm(folder: str | Path, family: RealFamily, *, formats: Path,
     model.save_pretrained(plain)
     tokenizer.save_pretrained(plain)
     if quantization != "none":
-        quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
-                                    bnb_4bit_quant_type="nf4")
-                 if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        quantized = AutoModelForCausalLM.from_pretrained(plain, quantization_config=quant, dtype=torch.bfloat16,
-                                                         device_map={"": "cpu"})
-        quantized.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_prequantized(plain, folder, tokenizer, quantization, dtype=torch.bfloat16)
     if rope == "su":  # as the configs published before mid-2024 say it
         saved = json.loads((folder / "config.json").read_text())
         saved["rope_scaling"] = {**config_dict["rope_scaling"], "type": "su"}

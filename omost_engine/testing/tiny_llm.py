@@ -106,7 +106,6 @@ def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
     """Write a loadable model folder (config, weights, tokenizer); quantised ones pre-quantised,
     with the bitsandbytes config stored in config.json as the published 4/8-bit repos have it."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     folder = Path(folder)
     tokenizer = build_tokenizer(family)
@@ -115,14 +114,22 @@ def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
     model.save_pretrained(plain)
     tokenizer.save_pretrained(plain)
     if quantization != "none":
-        quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32,
-                                    bnb_4bit_quant_type="nf4")
-                 if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-        quantized = AutoModelForCausalLM.from_pretrained(plain, quantization_config=quant, dtype=torch.float32,
-                                                         device_map={"": "cpu"})
-        quantized.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
+        save_prequantized(plain, folder, tokenizer, quantization, dtype=torch.float32)
     return folder
+
+
+def save_prequantized(plain: Path, folder: Path, tokenizer: PreTrainedTokenizerFast,
+                      quantization: Literal["4bit", "8bit"], *, dtype: Any) -> None:
+    """Quantise the model saved in ``plain`` with bitsandbytes and save it to ``folder``, as the published
+    4/8-bit repos are (the bitsandbytes config in config.json)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+             if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
+    quantized = AutoModelForCausalLM.from_pretrained(plain, quantization_config=quant, dtype=dtype,
+                                                     device_map={"": "cpu"})
+    quantized.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def forced_reply_processor(tokenizer: PreTrainedTokenizerFast, reply: str, end_token: str) -> Any:
