@@ -15,11 +15,10 @@ from discord.ext import commands
 
 from bot.config import BotConfig
 from bot.db import Database
-from bot.flows import Flows, send_error
 from bot.jobs import InProcessJobBackend, JobBackend, StageTimeouts
 from bot.service import JobService
 from bot.storage import Storage
-from bot.views import JobButton
+from bot.views import send_error
 from omost_engine.engine import Engine
 from omost_engine.errors import OmostError
 
@@ -91,7 +90,6 @@ class OmostBot(commands.Bot):
         )
         self.clock = clock
         self.wall_clock = wall_clock
-        self.flows = Flows(self)
         self.db: Database | None = None
         self.synced_commands = False  # whether this start synced the command tree (tests, logs)
 
@@ -109,7 +107,6 @@ class OmostBot(commands.Bot):
             clock=self.clock,
         )
         self.backend.bind(self.jobs)
-        self.add_dynamic_items(JobButton)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()
