@@ -22,7 +22,7 @@ import discord
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
 from bot.config import BotConfig
-from bot.service import (
+from bot.job_store import (
     STORED_LAYOUT_BYTES,
     JobRequest,
     check_layout_size,
