@@ -36,6 +36,7 @@ from bot.jobs import (
 )
 from bot.messenger import Messenger
 from bot.presenter import StatusPresenter, Tracker, end_text, plain_kwargs
+from bot.recovery import Recovery
 from bot.storage import JobRecord
 from bot.views import status_view
 from omost_engine.progress import LLMProgress
@@ -306,89 +307,16 @@ class JobService:
     # -- restart -----------------------------------------------------------------------------------------
 
     async def recover(self) -> tuple[int, int]:
-        """After a start: resume the jobs a crash stopped, queue again the ones still waiting.
-        Returns (failed, queued again).
-
-        A job that was running resumes at the front of the line as its next attempt, up to
-        ``max_attempts`` runs in all; then it fails with its job id. One whose result Discord may
-        have accepted before the crash (delivery intent recorded) is looked up first: a result on screen
-        is recorded as done and never touched. Jobs a backend still holds (Redis workers run on while the
-        bot restarts) are tracked again, and the backend is told to deliver their events once that is done.
-        """
-        held_jobs = getattr(self.backend, "held_jobs", None)
-        held = {ticket.job_id for ticket in await held_jobs()} if held_jobs is not None else set()
-        running = await self.storage.jobs_in_state("running")
-        for job in running:
-            if job.id in held:
-                await self._track_again(job, phase="llm")
-        resumed: list[int] = []
-        failed = 0
-        for job in running:
-            if job.id in held or await self._delivered_before_crash(job):
-                continue
-            if job.attempt >= self.max_attempts:
-                await self._give_up(job)
-                failed += 1
-            else:
-                await self.storage.update_job(
-                    job.id, state="queued", attempt=job.attempt + 1, delivery_started_at=None
-                )
-                resumed.append(job.id)
-        deliver_held = getattr(self.backend, "deliver_held", None)
-        if deliver_held is not None:
-            deliver_held()
-        waiting = await self.storage.jobs_in_state("queued")
-        # The resumed ones first: they had their turn already and keep it.
-        waiting.sort(key=lambda job: (job.id not in resumed, job.id))
-        requeued = 0
-        for job in waiting:
-            tracker = await self._track_again(job, phase="queued")
-            if job.id in resumed:
-                tracker.requeued_attempt, tracker.requeued_after_restart = job.attempt, True
-            try:
-                await self.store.submit(job.id, job.user_id)
-                requeued += 1
-            except QueueFullError as exc:
-                self._forget(job.id)
-                await self.storage.update_job(job.id, state="failed", error=str(exc))
-                failed += 1
-                continue
-            if job.id in resumed:  # the status message says so at once, not at the next progress report
-                self.messenger.request_edit(tracker, urgent=True)
-        return failed, requeued
-
-    async def _delivered_before_crash(self, job: JobRecord) -> bool:
-        """Whether a running job's result reached Discord before the crash (then it is recorded as done).
-        Only a job whose delivery had started can have one."""
-        if job.delivery_started_at is None:
-            return False
-        try:
-            found = await self.messenger.find_result(
-                job.id, channel_id=job.channel_id, guild_id=job.guild_id, status_message_id=job.status_message_id
-            )
-        except discord.HTTPException as exc:  # Discord cannot tell now: run it again rather than lose it
-            log.warning("job %s: could not check for a delivered result: %s", job.id, exc)
-            return False
-        if found is None:
-            return False
-        log.info("job %s: its result was delivered before the restart (message %s)", job.id, found.id)
-        await self.storage.update_job(job.id, state="done", result_message_id=found.id)
-        return True
-
-    async def _give_up(self, job: JobRecord) -> None:
-        """A job the bot was running at ``max_attempts`` crashes: failed, and its user told, with the job id."""
-        runs = f"{job.attempt} time{'s' if job.attempt != 1 else ''}"
-        error = f"the bot restarted while it ran, {runs}; it was not run again"
-        await self.storage.update_job(job.id, state="failed", error=error)
-        log.warning("job %s: %s", job.id, error)
-        await self.messenger.report_failure(
-            job_id=job.id,
-            user_id=job.user_id,
-            channel_id=job.channel_id,
-            guild_id=job.guild_id,
-            status_message_id=job.status_message_id,
-            error=error,
+        """After a start: resume the jobs a crash stopped, queue again the ones still waiting
+        (``bot/recovery.py``). Returns (failed, queued again)."""
+        recovery = Recovery(
+            store=self.store,
+            messenger=self.messenger,
+            max_attempts=self.max_attempts,
+            track=self._track_again,
+            forget=self._forget,
         )
+        return await recovery.run()
 
     async def _track_again(self, job: JobRecord, *, phase: str) -> Tracker:
         """A tracker for a job from before a restart: no interaction any more, edits go through the channel."""
