@@ -1,4 +1,5 @@
-"""``OmostBot``: opens the database, starts the job service, loads the cogs, syncs commands when they changed."""
+"""``OmostBot`` only composes: it opens the database, wires the job service's parts (store, presenter,
+messenger), loads the cogs (the behaviour), syncs commands when they changed, and answers command errors."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from discord.ext import commands
 
 from bot.config import BotConfig
 from bot.db import Database
-from bot.flows import Flows, send_error
+from bot.job_store import JobStore
 from bot.jobs import InProcessJobBackend, JobBackend, StageTimeouts
+from bot.messenger import Messenger
+from bot.presenter import StatusPresenter
 from bot.service import JobService
 from bot.storage import Storage
-from bot.views import JobButton
+from bot.views import send_error
 from omost_engine.engine import Engine
 from omost_engine.errors import OmostError
 
@@ -91,7 +94,6 @@ class OmostBot(commands.Bot):
         )
         self.clock = clock
         self.wall_clock = wall_clock
-        self.flows = Flows(self)
         self.db: Database | None = None
         self.synced_commands = False  # whether this start synced the command tree (tests, logs)
 
@@ -101,15 +103,22 @@ class OmostBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         self.db = await Database.open(self.config.db)
+        # The job service's parts each get only what they use: the bot lends the messenger its Discord client.
+        presenter = StatusPresenter(clock=self.clock)
         self.jobs = JobService(
-            self,
-            storage=Storage(self.db, clock=self.wall_clock),
-            backend=self.backend,
-            config=self.config,
+            store=JobStore(Storage(self.db, clock=self.wall_clock), self.backend, sdxl=self.config.sdxl),
+            presenter=presenter,
+            messenger=Messenger(
+                self,
+                progress=presenter.progress_kwargs,
+                interval_s=self.config.status_interval_s,
+                edits_per_s=self.config.status_edits_per_s,
+                clock=self.clock,
+            ),
+            max_attempts=self.config.max_attempts,
             clock=self.clock,
         )
         self.backend.bind(self.jobs)
-        self.add_dynamic_items(JobButton)
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands()

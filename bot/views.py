@@ -1,14 +1,21 @@
-"""Buttons that survive restarts: all their state is in the custom_id (``omost:<action>:<job id>``) and SQLite."""
+"""Buttons that survive restarts: all their state is in the custom_id (``omost:<action>:<job id>``) and SQLite.
+
+This module only draws them and reads their custom_id back; what a click does is the ``/omost`` cog's
+(``cogs/omost_actions.py``): the button hands the click to the cog named ``BUTTON_COG``, whose registry maps
+each action to its handler.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import discord
 
-if TYPE_CHECKING:
-    from bot.bot import OmostBot
+log = logging.getLogger(__name__)
+
+BUTTON_COG = "Omost"  # the cog that answers clicks (cogs/omost.py)
 
 # action -> (style, label, emoji)
 BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str]] = {
@@ -19,6 +26,12 @@ BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str]] = {
     "cancel": (discord.ButtonStyle.danger, "Cancel", "✖️"),
 }
 RESULT_ACTIONS = ("reroll", "layout", "edit", "delete")
+
+
+class ButtonHandler(Protocol):
+    """What answers a click on a job's button (the ``/omost`` cog)."""
+
+    async def on_job_button(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> None: ...
 
 
 def custom_id(action: str, job_id: int) -> str:
@@ -43,8 +56,12 @@ class JobButton(
     ) -> JobButton:
         return cls(match["action"], int(match["job_id"]))
 
-    async def callback(self, interaction: discord.Interaction[OmostBot]) -> None:
-        await interaction.client.flows.on_button(interaction, self.action, self.job_id)
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        handler: ButtonHandler | None = interaction.client.get_cog(BUTTON_COG)
+        if handler is None:  # the cog is unloaded (a reload in progress)
+            await send_error(interaction, "Omost is restarting; please try again in a moment")
+            return
+        await handler.on_job_button(interaction, self.action, self.job_id)
 
 
 def result_view(job_id: int) -> discord.ui.View:
@@ -60,19 +77,12 @@ def status_view(job_id: int) -> discord.ui.View:
     return view
 
 
-class EditModal(discord.ui.Modal):
-    """Asks what to change; the answer becomes the next turn after the result's turn."""
-
-    change: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-        label="What should change?",
-        style=discord.TextStyle.paragraph,
-        max_length=2000,
-        placeholder="e.g. make it night time and add a full moon",
-    )
-
-    def __init__(self, job_id: int) -> None:
-        super().__init__(title=f"Edit job #{job_id}", custom_id=f"omost:editmodal:{job_id}", timeout=900)
-        self.job_id = job_id
-
-    async def on_submit(self, interaction: discord.Interaction[OmostBot]) -> None:  # type: ignore[override]
-        await interaction.client.flows.edit_submitted(interaction, self.job_id, self.change.value)
+async def send_error(interaction: discord.Interaction[Any], message: str) -> None:
+    """One ephemeral message, whether or not the interaction was answered already."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(f"⚠️ {message}", ephemeral=True)
+        else:
+            await interaction.response.send_message(f"⚠️ {message}", ephemeral=True)
+    except discord.HTTPException as exc:  # the token expired or Discord is down: nothing else to try
+        log.warning("could not send an error message: %s", exc)

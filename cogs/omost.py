@@ -1,4 +1,5 @@
-"""The ``/omost`` command group and the reply listener: parse, check, hand over to ``bot.flows``."""
+"""The ``/omost`` command group, the job buttons and the reply listener: Discord checks what the
+declarations say (ranges, choices, guild-only, admin and owner checks), ``OmostActions`` does the rest."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from bot import formatting
 from bot.access import is_admin
 from bot.bot import OmostBot
 from bot.distributed.health import status_lines
-from bot.flows import user_errors
 from bot.settings import (
     SETTINGS,
     is_unfiltered_model,
@@ -21,6 +21,8 @@ from bot.settings import (
     resolve_policy,
     setting_allowed,
 )
+from bot.views import JobButton
+from cogs.omost_actions import OmostActions
 from omost_engine.declared import allowed_text, bounds, constraints, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS, LLMParams, Method, Overlap, RenderParams
@@ -64,17 +66,50 @@ _RENDER_DESCRIPTIONS = {
 _LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
 
 
-def _require_admin(interaction: Interaction) -> None:
-    if not is_admin(interaction.permissions):
-        raise OmostError(
-            "only admins (Manage Server permission) can view or change Omost settings", parameter="settings"
-        )
+def admins_only(what: str) -> Any:
+    """A declared check: only members with Manage Server. (Discord's ``default_permissions`` applies to
+    top-level commands only, and these are subcommands of ``/omost``; the check answers like an error.)"""
+
+    def predicate(interaction: Interaction) -> bool:
+        if not is_admin(interaction.permissions):
+            raise app_commands.CheckFailure(f"only admins (Manage Server permission) can {what}")
+        return True
+
+    return app_commands.check(predicate)
 
 
+def owners_only() -> Any:
+    """A declared check: only the bot's owners (``owner_ids``, else the application's owners)."""
+
+    async def predicate(interaction: Interaction) -> bool:
+        if not await interaction.client.is_owner(interaction.user):
+            raise app_commands.CheckFailure("only the bot's owners can do that")
+        return True
+
+    return app_commands.check(predicate)
+
+
+@app_commands.guild_only()  # Discord offers /omost in servers only; a reply in a DM is ignored (actions.admit)
 class Omost(commands.GroupCog, group_name="omost", group_description="Compose images with Omost"):
+    """The ``/omost`` commands, the job buttons and the reply listener; ``actions`` does the work."""
+
     def __init__(self, bot: OmostBot) -> None:
         self.bot = bot
+        self.storage = bot.jobs.storage
+        self.backend = bot.backend
+        self.config = bot.config
+        self.actions = OmostActions(storage=self.storage, jobs=bot.jobs, config=bot.config)
         super().__init__()
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(JobButton)  # buttons of results posted before a restart still answer
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(JobButton)
+
+    async def on_job_button(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> None:
+        """A click on a job's button (bot/views.JobButton hands it here): the actions' registry answers."""
+        await self.actions.on_button(interaction, action, job_id)
 
     settings = app_commands.Group(name="settings", description="Defaults and limits for this server (admins)")
 
@@ -122,8 +157,7 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             "negative": negative,
             "positive": positive,
         }
-        async with user_errors(interaction):
-            await self.bot.flows.compose(interaction, prompt, options)
+        await self.actions.compose(interaction, prompt, options)
 
     @app_commands.command(
         name="render", description="Render a layout file (ours or ComfyUI_omost's) without the LLM"
@@ -156,8 +190,7 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             "negative": negative,
             "positive": positive,
         }
-        async with user_errors(interaction):
-            await self.bot.flows.render_upload(interaction, layout, options)
+        await self.actions.render_upload(interaction, layout, options)
 
     @compose.autocomplete("size")
     @render.autocomplete("size")
@@ -171,8 +204,8 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     @compose.autocomplete("llm")
     async def _llm_choices(self, interaction: Interaction, current: str) -> list[app_commands.Choice[str]]:
         policy = await resolve_policy(
-            self.bot.storage,
-            self.bot.config,
+            self.storage,
+            self.config,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
         )
@@ -186,136 +219,121 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
 
     @app_commands.command(name="new", description="Start a fresh conversation in this channel")
     async def new(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            await self.bot.storage.new_conversation(
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id or 0,
-                user_id=interaction.user.id,
-            )
-            await interaction.response.send_message(
-                "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.",
-                ephemeral=True,
-            )
+        await self.storage.new_conversation(
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+            user_id=interaction.user.id,
+        )
+        await interaction.response.send_message(
+            "🆕 Started a fresh conversation: your next `/omost compose` here begins from scratch.",
+            ephemeral=True,
+        )
 
     @app_commands.command(name="history", description="Your recent results in this channel")
     async def history(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            results = await self.bot.storage.user_results(
-                user_id=interaction.user.id, channel_id=interaction.channel_id or 0
+        results = await self.storage.user_results(
+            user_id=interaction.user.id, channel_id=interaction.channel_id or 0
+        )
+        if not results:
+            await interaction.response.send_message(
+                "You have no results in this channel yet.", ephemeral=True
             )
-            if not results:
-                await interaction.response.send_message(
-                    "You have no results in this channel yet.", ephemeral=True
-                )
-                return
-            lines = [
-                f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
-                f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
-                for job, turn in results
-            ]
-            await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
+            return
+        lines = [
+            f"[Job #{job.id}](https://discord.com/channels/{job.guild_id or '@me'}/{job.channel_id}/"
+            f"{job.result_message_id}) · seed {job.render_params.seed} · {formatting.shorten(turn.prompt, 80)}"
+            for job, turn in results
+        ]
+        await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="queue", description="What is waiting and running")
     async def queue(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            snapshot = self.bot.backend.snapshot()
-            if not snapshot:
-                await interaction.response.send_message("The queue is empty.", ephemeral=True)
-                return
-            lines = []
-            for ticket, position in snapshot[:20]:
-                where = "running" if position == 0 else f"#{position}"
-                mine = " (yours)" if ticket.user_id == interaction.user.id else ""
-                lines.append(f"{where} · job #{ticket.job_id} · <@{ticket.user_id}>{mine}")
-            if len(snapshot) > 20:
-                lines.append(f"… and {len(snapshot) - 20} more")
-            await interaction.response.send_message(
-                "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-            )
+        snapshot = self.backend.snapshot()
+        if not snapshot:
+            await interaction.response.send_message("The queue is empty.", ephemeral=True)
+            return
+        lines = []
+        for ticket, position in snapshot[:20]:
+            where = "running" if position == 0 else f"#{position}"
+            mine = " (yours)" if ticket.user_id == interaction.user.id else ""
+            lines.append(f"{where} · job #{ticket.job_id} · <@{ticket.user_id}>{mine}")
+        if len(snapshot) > 20:
+            lines.append(f"… and {len(snapshot) - 20} more")
+        await interaction.response.send_message(
+            "\n".join(lines), ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
 
     @app_commands.command(name="status", description="Workers, their models and the queue (admins)")
+    @admins_only("see the workers' status")
     async def status(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            if not is_admin(interaction.permissions):
-                raise OmostError("only admins (Manage Server permission) can see the workers' status",
-                                 parameter="status")
-            await interaction.response.defer(ephemeral=True, thinking=True)  # Redis may take a moment
-            lines = await status_lines(self.bot.backend)
-            await interaction.followup.send("\n".join(lines)[:1990], ephemeral=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # Redis may take a moment
+        lines = await status_lines(self.backend)
+        await interaction.followup.send("\n".join(lines)[:1990], ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your job (admins: any job)")
     @app_commands.describe(job="the job number; your newest queued or running job if left out")
     async def cancel(self, interaction: Interaction, job: int | None = None) -> None:
-        async with user_errors(interaction):
-            if job is None:
-                own = [t.job_id for t, _ in self.bot.backend.snapshot() if t.user_id == interaction.user.id]
-                if not own:
-                    raise OmostError("you have no queued or running job", parameter="job")
-                job = own[-1]
-            record = await self.bot.storage.job(job)
-            if record is None:
-                raise OmostError(f"job #{job} does not exist", parameter="job", value=job)
-            await self.bot.flows.cancel(interaction, record)
+        if job is None:
+            own = [t.job_id for t, _ in self.backend.snapshot() if t.user_id == interaction.user.id]
+            if not own:
+                raise OmostError("you have no queued or running job", parameter="job")
+            job = own[-1]
+        record = await self.storage.job(job)
+        if record is None:
+            raise OmostError(f"job #{job} does not exist", parameter="job", value=job)
+        await self.actions.cancel(interaction, record)
 
     @app_commands.command(name="help", description="How to use Omost")
     async def help(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            await interaction.response.send_message(formatting.HELP_TEXT, ephemeral=True)
+        await interaction.response.send_message(formatting.HELP_TEXT, ephemeral=True)
 
     @app_commands.command(name="sync", description="Sync the slash commands with Discord (bot owners)")
+    @owners_only()
     async def sync(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            await self._require_owner(interaction)
-            await interaction.response.defer(ephemeral=True, thinking=True)
-            await self.bot.sync_commands(force=True)
-            await interaction.followup.send("🔄 Commands synced.", ephemeral=True)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.bot.sync_commands(force=True)
+        await interaction.followup.send("🔄 Commands synced.", ephemeral=True)
 
     @app_commands.command(name="pause", description="Hold the queue: start no new jobs (bot owners)")
+    @owners_only()
     async def pause(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            await self._require_owner(interaction)
-            self.bot.backend.pause()
-            await interaction.response.send_message(
-                "⏸️ The queue is paused; waiting jobs stay queued.", ephemeral=True
-            )
+        self.backend.pause()
+        await interaction.response.send_message(
+            "⏸️ The queue is paused; waiting jobs stay queued.", ephemeral=True
+        )
 
     @app_commands.command(name="resume", description="Start jobs again after /omost pause (bot owners)")
+    @owners_only()
     async def resume(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            await self._require_owner(interaction)
-            self.bot.backend.resume()
-            await interaction.response.send_message("▶️ The queue runs again.", ephemeral=True)
-
-    async def _require_owner(self, interaction: Interaction) -> None:
-        if not await self.bot.is_owner(interaction.user):
-            raise OmostError("only the bot's owners can do that", parameter="owner")
+        self.backend.resume()
+        await interaction.response.send_message("▶️ The queue runs again.", ephemeral=True)
 
     # -- settings (admins) -----------------------------------------------------------------------------------
 
     @settings.command(name="show", description="The settings in effect in this channel")
+    @admins_only("view or change Omost settings")
     async def settings_show(self, interaction: Interaction) -> None:
-        async with user_errors(interaction):
-            _require_admin(interaction)
-            assert interaction.guild_id is not None
-            guild = await self.bot.storage.settings("guild", interaction.guild_id)
-            channel = await self.bot.storage.settings("channel", interaction.channel_id or 0)
-            policy = await resolve_policy(
-                self.bot.storage,
-                self.bot.config,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id or 0,
-            )
-            lines = []
-            for key, spec in SETTINGS.items():
-                source = "channel" if key in channel else "server" if key in guild else "default"
-                value = policy.values.get(key)
-                if key == "allowed_channels":
-                    value = ", ".join(f"<#{c}>" for c in value) if value else "all"
-                lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}; "
-                             f"{setting_allowed(key)}")
-            await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
+        assert interaction.guild_id is not None
+        guild = await self.storage.settings("guild", interaction.guild_id)
+        channel = await self.storage.settings("channel", interaction.channel_id or 0)
+        policy = await resolve_policy(
+            self.storage,
+            self.config,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id or 0,
+        )
+        lines = []
+        for key, spec in SETTINGS.items():
+            source = "channel" if key in channel else "server" if key in guild else "default"
+            value = policy.values.get(key)
+            if key == "allowed_channels":
+                value = ", ".join(f"<#{c}>" for c in value) if value else "all"
+            lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}; "
+                         f"{setting_allowed(key)}")
+        await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @settings.command(name="set", description="Change a default or limit for the server or this channel")
+    @admins_only("view or change Omost settings")
     @app_commands.describe(
         key="which setting", value="the new value", scope="the whole server or this channel"
     )
@@ -323,44 +341,41 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     async def settings_set(
         self, interaction: Interaction, key: str, value: str, scope: Literal["guild", "channel"] = "guild"
     ) -> None:
-        async with user_errors(interaction):
-            _require_admin(interaction)
-            parsed = parse_setting(key, value)
-            if scope not in SETTINGS[key].scopes:
-                raise OmostError(
-                    f"{key} can only be set for the whole server",
-                    parameter="scope",
-                    value=scope,
-                    allowed=SETTINGS[key].scopes,
-                )
-            scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
-            assert scope_id is not None
-            await self.bot.storage.set_setting(scope, scope_id, key, parsed)
-            where = "this server" if scope == "guild" else f"<#{scope_id}>"
-            await interaction.response.send_message(
-                f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True
+        parsed = parse_setting(key, value)
+        if scope not in SETTINGS[key].scopes:
+            raise OmostError(
+                f"{key} can only be set for the whole server",
+                parameter="scope",
+                value=scope,
+                allowed=SETTINGS[key].scopes,
             )
+        scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
+        assert scope_id is not None
+        await self.storage.set_setting(scope, scope_id, key, parsed)
+        where = "this server" if scope == "guild" else f"<#{scope_id}>"
+        await interaction.response.send_message(
+            f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True
+        )
 
     @settings.command(name="reset", description="Go back to the default of a setting")
+    @admins_only("view or change Omost settings")
     @app_commands.describe(key="which setting", scope="the whole server or this channel")
     @app_commands.choices(key=[app_commands.Choice(name=k, value=k) for k in SETTINGS])
     async def settings_reset(
         self, interaction: Interaction, key: str, scope: Literal["guild", "channel"] = "guild"
     ) -> None:
-        async with user_errors(interaction):
-            _require_admin(interaction)
-            scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
-            assert scope_id is not None
-            removed = await self.bot.storage.delete_setting(scope, scope_id, key)
-            text = f"↩️ `{key}` is back to its default." if removed else f"`{key}` was not set there."
-            await interaction.response.send_message(text, ephemeral=True)
+        scope_id = interaction.guild_id if scope == "guild" else interaction.channel_id
+        assert scope_id is not None
+        removed = await self.storage.delete_setting(scope, scope_id, key)
+        text = f"↩️ `{key}` is back to its default." if removed else f"`{key}` was not set there."
+        await interaction.response.send_message(text, ephemeral=True)
 
     # -- replies -------------------------------------------------------------------------------------------
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         if message.reference is not None and not message.author.bot:
-            await self.bot.flows.on_reply(message)
+            await self.actions.on_reply(message)
 
 
 async def setup(bot: OmostBot) -> None:

@@ -16,6 +16,7 @@ import discord
 import pytest
 import pytest_asyncio
 import simcord
+from discord import app_commands
 from simcord.actors import MemberActor
 from simcord.builders import ChannelHandle, GuildHandle
 from simcord.types import HttpLogEntry
@@ -24,6 +25,7 @@ from bot.bot import OmostBot
 from bot.config import BotConfig
 from bot.jobs import InProcessJobBackend
 from bot.testing import FakeClock, ScriptedEngine
+from omost_engine.errors import OmostError
 
 GOLDENS = Path(__file__).resolve().parents[1] / "fixtures" / "goldens"
 
@@ -100,7 +102,17 @@ async def sim_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         current = env.bot
         if isinstance(current, OmostBot) and current.db is not None:
             await current.db.close()
-        env._raise_errors_since(env._errors_acknowledged)
+        unexpected = [e for e in env.errors_since(env._errors_acknowledged) if not is_refusal(e)]
+        if unexpected:
+            raise ExceptionGroup(f"bot raised {len(unexpected)} error(s) during the test", unexpected)
+
+
+def is_refusal(error: BaseException) -> bool:
+    """A refusal the tree's one error handler answers as one ephemeral line (an ``OmostError`` from a
+    command, or a failed declared check): an answer, not a failure of the bot. simcord records every error
+    that reaches the tree's ``on_error``."""
+    cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+    return isinstance(cause, OmostError | app_commands.CheckFailure)
 
 
 @pytest_asyncio.fixture

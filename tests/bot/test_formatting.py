@@ -64,19 +64,16 @@ def test_encode_image_fits_the_limit(limit: int) -> None:
 
 
 def test_the_time_left_in_the_high_res_pass_counts_every_step_of_the_render() -> None:
-    from types import SimpleNamespace
 
-    from bot.config import BotConfig
-    from bot.service import JobService, Tracker
+    from bot.presenter import StatusPresenter, Tracker
 
     now = {"t": 100.0}
-    service = JobService(SimpleNamespace(), storage=SimpleNamespace(), backend=SimpleNamespace(),  # type: ignore[arg-type]
-                         config=BotConfig(), clock=lambda: now["t"])
+    presenter = StatusPresenter(clock=lambda: now["t"])
     tracker = Tracker(job_id=4, user_id=1, channel_id=2, guild_id=None, turn_id=3, phase="render",
                       render_started=100.0)
     # 20 base steps done in 40 s, then 1 of 10 high-res steps in 2 s more: 21 of 30 steps in 42 s.
     tracker.render_progress = RenderProgress(step=1, total=10, stage="hires", run_step=21, run_total=30)
     now["t"] = 142.0
-    text, _ = service._phase_status(tracker)
+    text, _ = presenter.phase_status(tracker)
     assert "high-res pass step 1/10" in text
     assert "about 18s left" in text  # 9 steps at 2 s each; counting the base pass as one step said 378 s

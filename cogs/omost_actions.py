@@ -1,7 +1,8 @@
-"""What each user action does: checks, then a job (or an answer). Cogs and buttons call these.
+"""What each ``/omost`` action does: checks, then a job (or an answer). The cog's commands, the job
+buttons and the reply listener call these.
 
-Every refusal is an ``OmostError`` raised before anything is stored or queued; the callers turn it into
-one ephemeral message (or a reply, for message replies).
+Every refusal is an ``OmostError`` raised before anything is stored or queued; the tree's error handler
+turns it into one ephemeral message (buttons and the edit modal answer the same way; a reply gets a reply).
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import contextlib
 import io
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiohttp
 import discord
 
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
-from bot.service import (
+from bot.config import BotConfig
+from bot.job_store import (
     STORED_LAYOUT_BYTES,
     JobRequest,
     check_layout_size,
@@ -37,41 +39,18 @@ from bot.settings import (
     resolve_policy,
     with_decoding,
 )
-from bot.storage import JobRecord
-from bot.views import EditModal
+from bot.storage import JobRecord, Storage
+from bot.views import send_error
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import MAX_SEED, describe_overrides
 from omost_engine.preview import masks_image, sketch_image
-
-if TYPE_CHECKING:
-    from bot.bot import OmostBot
 
 log = logging.getLogger(__name__)
 
 
 def new_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
-
-
-async def send_error(interaction: discord.Interaction[Any], message: str) -> None:
-    """One ephemeral message, whether or not the interaction was answered already."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(f"⚠️ {message}", ephemeral=True)
-        else:
-            await interaction.response.send_message(f"⚠️ {message}", ephemeral=True)
-    except discord.HTTPException as exc:  # the token expired or Discord is down: nothing else to try
-        log.warning("could not send an error message: %s", exc)
-
-
-@contextlib.asynccontextmanager
-async def user_errors(interaction: discord.Interaction[Any]) -> AsyncIterator[None]:
-    """A refusal (``OmostError``) is an answer, not a failure: show it to the user and stop there."""
-    try:
-        yield
-    except OmostError as exc:
-        await send_error(interaction, str(exc))
 
 
 def is_layout_file(attachment: discord.Attachment) -> bool:
@@ -132,15 +111,68 @@ async def download_layout(attachment: discord.Attachment, *, max_bytes: int, tim
     return data
 
 
-class Flows:
-    def __init__(self, bot: OmostBot) -> None:
-        self.bot = bot
+class JobQueue(Protocol):
+    """The part of the job service the actions use: store and queue a request, show it, cancel it."""
+
+    async def enqueue(self, request: JobRequest, *, user_cap: int | None) -> tuple[int, int]: ...
+
+    async def announce(
+        self,
+        job_id: int,
+        position: int,
+        send: Callable[..., Awaitable[discord.Message | None]],
+        *,
+        interaction: discord.Interaction[Any] | None = None,
+    ) -> discord.Message | None: ...
+
+    async def cancel(self, job_id: int) -> bool: ...
+
+
+ButtonAction = Callable[[discord.Interaction[Any], JobRecord], Awaitable[None]]
+
+
+class EditModal(discord.ui.Modal):
+    """Asks what to change; the answer becomes the next turn after the result's turn."""
+
+    change: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+        label="What should change?",
+        style=discord.TextStyle.paragraph,
+        max_length=2000,
+        placeholder="e.g. make it night time and add a full moon",
+    )
+
+    def __init__(
+        self, job_id: int, on_submit: Callable[[discord.Interaction[Any], int, str], Awaitable[None]]
+    ) -> None:
+        super().__init__(title=f"Edit job #{job_id}", custom_id=f"omost:editmodal:{job_id}", timeout=900)
+        self.job_id = job_id
+        self._submitted = on_submit
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self._submitted(interaction, self.job_id, self.change.value)
+
+
+class OmostActions:
+    """What each user action does, over the storage, the job queue and the configuration (not the bot)."""
+
+    def __init__(self, *, storage: Storage, jobs: JobQueue, config: BotConfig) -> None:
+        self.storage = storage
+        self.jobs = jobs
+        self.config = config
+        # The job buttons' actions (bot/views.py draws them; the custom_id names the action).
+        self.buttons: dict[str, ButtonAction] = {
+            "reroll": self.reroll,
+            "layout": self.show_layout,
+            "edit": self.open_edit,
+            "delete": self.delete_result,
+            "cancel": self.cancel,
+        }
 
     # -- checks ----------------------------------------------------------------------------------------
 
     def check_prompt(self, prompt: str | None) -> str:
         text = (prompt or "").strip()
-        limit = self.bot.config.max_prompt_chars
+        limit = self.config.max_prompt_chars
         if not text:
             raise OmostError(
                 "the prompt is empty; describe the image you want",
@@ -163,11 +195,11 @@ class Flows:
         if guild_id is None:
             raise OmostError("Omost works in server channels, not in direct messages", parameter="channel")
         policy = await resolve_policy(
-            self.bot.storage, self.bot.config, guild_id=guild_id, channel_id=channel.id
+            self.storage, self.config, guild_id=guild_id, channel_id=channel.id
         )
         require_channel_allowed(policy, channel)
         require_bot_permissions(bot_permissions)
-        await require_rate(self.bot.storage, policy, user_id=user_id, window_s=self.bot.config.rate_window_s)
+        await require_rate(self.storage, policy, user_id=user_id, window_s=self.config.rate_window_s)
         return policy
 
     async def _admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
@@ -179,7 +211,7 @@ class Flows:
         )
 
     async def _job(self, job_id: int) -> JobRecord:
-        job = await self.bot.storage.job(job_id)
+        job = await self.storage.job(job_id)
         if job is None:
             raise OmostError(f"job #{job_id} does not exist", parameter="job", value=job_id)
         return job
@@ -189,7 +221,7 @@ class Flows:
     async def _start_from_interaction(
         self, interaction: discord.Interaction[Any], request: JobRequest, policy: Policy
     ) -> None:
-        job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
+        job_id, position = await self.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
             if interaction.response.is_done():  # deferred (privately) while a file was read: answer, then
@@ -201,7 +233,7 @@ class Flows:
                 return callback.resource  # saves fetching the message again
             return await interaction.original_response()
 
-        await self.bot.jobs.announce(job_id, position, send, interaction=interaction)
+        await self.jobs.announce(job_id, position, send, interaction=interaction)
 
     async def compose(
         self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, Any]
@@ -225,13 +257,13 @@ class Flows:
     async def render_upload(
         self, interaction: discord.Interaction[Any], attachment: discord.Attachment, options: dict[str, Any]
     ) -> None:
-        limit = self.bot.config.max_layout_bytes
+        limit = self.config.max_layout_bytes
         require_layout_file(attachment)
         check_layout_size(attachment.size, max_bytes=limit)
         policy = await self._admit_interaction(interaction)
         # Acknowledge before downloading: the CDN may be slow, and Discord waits 3 seconds for an answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data = await download_layout(attachment, max_bytes=limit, timeout_s=self.bot.config.download_timeout_s)
+        data = await download_layout(attachment, max_bytes=limit, timeout_s=self.config.download_timeout_s)
         layout = layout_from_upload(data, max_bytes=limit)
         request = self._render_request(
             layout,
@@ -312,7 +344,7 @@ class Flows:
         """A message replying to one of our results: a refinement, or a layout file to render."""
         if message.author.bot or message.reference is None or message.reference.message_id is None:
             return
-        source = await self.bot.storage.job_by_message(message.reference.message_id)
+        source = await self.storage.job_by_message(message.reference.message_id)
         if source is None:
             return
         try:
@@ -336,7 +368,7 @@ class Flows:
         files = [a for a in message.attachments if is_layout_file(a)]
         if not files and message.attachments and not message.content.strip():  # a picture, say, and no text
             require_layout_file(message.attachments[0])
-        limit = self.bot.config.max_layout_bytes
+        limit = self.config.max_layout_bytes
         if files:
             check_layout_size(files[0].size, max_bytes=limit)
         prompt = None if files else self.check_prompt(message.content)
@@ -348,7 +380,7 @@ class Flows:
             bot_permissions=channel.permissions_for(guild.me),
         )  # type: ignore[union-attr,arg-type]
         if files:
-            data = await download_layout(files[0], max_bytes=limit, timeout_s=self.bot.config.download_timeout_s)
+            data = await download_layout(files[0], max_bytes=limit, timeout_s=self.config.download_timeout_s)
             layout = layout_from_upload(data, max_bytes=limit)
             request = self._render_request(
                 layout, policy, {}, user=message.author, guild_id=guild.id, channel_id=channel.id, base=source
@@ -358,30 +390,30 @@ class Flows:
             request = self._refine_request(
                 source, prompt, policy, user=message.author, guild_id=guild.id, channel_id=channel.id
             )
-        job_id, position = await self.bot.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
+        job_id, position = await self.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
             return await message.reply(content, view=view, mention_author=False)
 
-        await self.bot.jobs.announce(job_id, position, send)
+        await self.jobs.announce(job_id, position, send)
 
     # -- buttons and the edit modal ------------------------------------------------------------------------
 
     async def on_button(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> None:
+        """A click on a job's button (a refusal is answered like a command's, as one private line)."""
         try:
-            handler = getattr(self, f"_button_{action}")
-            await handler(interaction, await self._job(job_id))
+            await self.buttons[action](interaction, await self._job(job_id))
         except OmostError as exc:
             await send_error(interaction, str(exc))
 
     def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord) -> bool:
         return interaction.user.id == job.user_id or is_admin(interaction.permissions)
 
-    async def _button_reroll(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
+    async def reroll(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         if job.layout_id is None:
             raise OmostError(f"job #{job.id} has no layout to render again", parameter="job", value=job.id)
         policy = await self._admit_interaction(interaction)
-        turn = await self.bot.storage.turn(job.turn_id)
+        turn = await self.storage.turn(job.turn_id)
         request = JobRequest(
             kind="render",
             user_id=interaction.user.id,
@@ -398,8 +430,8 @@ class Flows:
         )
         await self._start_from_interaction(interaction, request, policy)
 
-    async def _button_layout(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        data = await self.bot.storage.layout(job.layout_id) if job.layout_id is not None else None
+    async def show_layout(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
+        data = await self.storage.layout(job.layout_id) if job.layout_id is not None else None
         if data is None:
             raise OmostError(f"job #{job.id} has no layout yet", parameter="job", value=job.id)
         layout = Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES)
@@ -420,10 +452,10 @@ class Flows:
         ]
         await interaction.response.send_message("\n".join(lines)[:1990], files=files, ephemeral=True)
 
-    async def _button_edit(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        await interaction.response.send_modal(EditModal(job.id))
+    async def open_edit(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
+        await interaction.response.send_modal(EditModal(job.id, self.edit_submitted))
 
-    async def _button_delete(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
+    async def delete_result(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         if not self._may_manage(interaction, job):
             raise OmostError(
                 "only the person who asked for this image, or an admin, can delete it", parameter="delete"
@@ -432,18 +464,15 @@ class Flows:
         if interaction.message is not None:
             with contextlib.suppress(discord.NotFound):  # deleted already
                 await interaction.message.delete()
-        await self.bot.storage.update_job(job.id, result_message_id=None)
+        await self.storage.update_job(job.id, result_message_id=None)
         await interaction.followup.send(f"🗑️ Deleted the result of job #{job.id}.", ephemeral=True)
-
-    async def _button_cancel(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        await self.cancel(interaction, job)
 
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         if not self._may_manage(interaction, job):
             raise OmostError(
                 "you can cancel only your own jobs (admins can cancel any)", parameter="job", value=job.id
             )
-        if not await self.bot.jobs.cancel(job.id):
+        if not await self.jobs.cancel(job.id):
             raise OmostError(
                 f"job #{job.id} is not queued or running any more", parameter="job", value=job.id
             )
