@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from omost_engine.conditions import GRID, Condition
-from omost_engine.errors import OmostError
+from omost_engine.errors import OmostError, quote
 from omost_engine.layout import (
     FULL_RECT,
     MAX_LAYOUT_BYTES,
@@ -30,7 +30,7 @@ from omost_engine.layout import (
     Layout,
     utf8_safe,
 )
-from omost_engine.names import quote, resolve
+from omost_engine.names import resolve
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
 
 # Parameter names in the original's order (positional calls bind in this order).
@@ -67,7 +67,8 @@ def box(location: str, offset: str, area: str) -> tuple[int, int, int, int]:
     w, h = AREAS[area]
     cx, cy = x + dx, y + dy
     rect = (cy - h // 2, cy + h // 2, cx - w // 2, cx + w // 2)
-    return tuple(min(max(v, 0), GRID) for v in rect)  # type: ignore[return-value]
+    top, bottom, left, right = (min(max(v, 0), GRID) for v in rect)
+    return top, bottom, left, right
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ class Condition:
         top, bottom, left, right = self.rect
         return max(0, bottom - top) * max(0, right - left)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "rect": list(self.rect),
             "prefixes": list(self.prefixes),

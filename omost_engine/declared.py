@@ -19,8 +19,7 @@ from typing import Annotated, Any, Literal, Self, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from omost_engine.errors import OmostError
-from omost_engine.names import quote
+from omost_engine.errors import OmostError, quote
 
 MAX_QUOTED_DIGITS = 40  # a larger integer is described by its length (printing it can itself fail)
 
@@ -105,13 +104,14 @@ def fields_of(cls: type[Any]) -> dict[str, FieldInfo]:
 
 
 @cache
-def _adapter(cls: type[Any], name: str) -> TypeAdapter[Any]:
+def _adapter(cls: type, name: str) -> TypeAdapter[Any]:  # type, not type[Any]: the cache key must be Hashable
     info = fields_of(cls)[name]
-    annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    # Any: a type form built at run time (Annotated[...] from the field's parts) is not one to a type checker
+    annotation: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
     return TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
 
 
-def check_value(cls: type[Any], name: str, value: Any, *, label: str | None = None,
+def check_value(cls: type, name: str, value: Any, *, label: str | None = None,
                 say_kind: bool = False) -> Any:
     """One field's value validated against its declaration; ``OmostError`` worded like ``field_error``."""
     try:

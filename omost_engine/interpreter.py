@@ -17,13 +17,12 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from omost_engine.canvas import GLOBAL_PARAMS, LOCAL_PARAMS, Canvas
 from omost_engine.conditions import Condition
-from omost_engine.errors import OmostError
+from omost_engine.errors import OmostError, quote
 from omost_engine.layout import MAX_REGIONS
-from omost_engine.names import quote
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,7 @@ _REFUSED_WHY = {
 _OPERATORS = frozenset({*_BINOPS, *_CMPOPS, *_UNARY, ast.And, ast.Or})
 _METHODS = {"set_global_description": GLOBAL_PARAMS, "add_local_description": LOCAL_PARAMS}
 _SCALARS = (type(None), bool, int, float, str)
+_Checked = TypeVar("_Checked")  # Interpreter._value hands back what it checked
 _NUMBERS = frozenset({int, float, bool})
 # Format specs an f-string may use: align, sign, zero, width <= 4 digits, grouping, precision <= 2 digits, type.
 _FORMAT_SPEC = re.compile(r"[<>^=]?[+\- ]?#?0?\d{0,4}[,_]?(?:\.\d{1,2})?[bcdeEfFgGnosxX%]?")
@@ -188,8 +188,8 @@ _SUBSET = (
 
 def _refuse_kind(node: ast.AST) -> tuple[str, str, Any]:
     kind = type(node)
-    if kind is ast.Attribute:  # reached other than as the function of a canvas method call
-        attr = node.attr  # type: ignore[attr-defined]
+    if isinstance(node, ast.Attribute):  # reached other than as the function of a canvas method call
+        attr = node.attr
         return (
             f"attribute access .{attr} is not allowed; allowed: calling "
             "canvas.set_global_description(...) and canvas.add_local_description(...)",
@@ -278,9 +278,9 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
         fields = _CHILDREN.get(kind)
         special = _SPECIAL.get(kind)
         refused = _refuse_kind(node) if fields is None else special(node) if special is not None else None
-        if kind is ast.Constant and type(node.value) is int and node.value.bit_length() > limits.max_int_bits:  # type: ignore[attr-defined]
+        if kind is ast.Constant and type(node.value) is int and node.value.bit_length() > limits.max_int_bits:  # type: ignore[attr-defined]  # kind is type(node): an identity test (fast) that mypy does not narrow by
             # A constant is checked like a computed int, before anything can print or convert it.
-            bits = node.value.bit_length()  # type: ignore[attr-defined]
+            bits = node.value.bit_length()  # type: ignore[attr-defined]  # as above: node is an ast.Constant
             refused = (f"an integer constant of {bits} bits is too large; allowed: at most {limits.max_int_bits} bits",
                        "integer", f"<an integer of {bits} bits>")  # fmt: skip
         if kind in (ast.Break, ast.Continue) and not in_loop:
@@ -289,7 +289,7 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
         if refused:
             message, parameter, value = refused
             raise OmostError(message, parameter=parameter, value=value, allowed=_SUBSET[9:], line=line)
-        for field in fields:  # type: ignore[union-attr]
+        for field in fields:  # type: ignore[union-attr]  # None only for refused kinds, which raised above
             child = getattr(node, field)
             inner = in_loop or (kind is ast.For and field == "body")
             if type(child) is list:
@@ -370,7 +370,7 @@ class Interpreter:
                                   "iterations in all; allowed: at most that many", "iterations", self.iterations)  # fmt: skip
             yield item
 
-    def _value(self, value: Any, node: ast.AST) -> Any:
+    def _value(self, value: _Checked, node: ast.AST) -> _Checked:
         """Check a freshly made value against the size limits."""
         if isinstance(value, str):
             if len(value) > self.limits.max_string_chars:
@@ -503,7 +503,7 @@ class Interpreter:
     def _items(self, elts: list[ast.expr]) -> list[Any]:
         # Constants (most items of a canvas program) are read directly: one step each, no dispatch.
         self.steps += len(elts)
-        return [e.value if type(e) is ast.Constant else self._eval(e) for e in elts]  # type: ignore[attr-defined]
+        return [e.value if type(e) is ast.Constant else self._eval(e) for e in elts]
 
     def _list(self, node: ast.List) -> list[Any]:
         return self._value(self._items(node.elts), node)
@@ -512,7 +512,7 @@ class Interpreter:
         return self._value(tuple(self._items(node.elts)), node)
 
     def _dict(self, node: ast.Dict) -> dict[Any, Any]:
-        out = {}
+        out: dict[Any, Any] = {}
         for k, v in zip(node.keys, node.values, strict=True):
             key = self._eval(k)  # type: ignore[arg-type]  # None keys (**d) are refused by check()
             self._scalar(key, node, "dict key")
@@ -526,7 +526,9 @@ class Interpreter:
                               what, type(value).__name__)  # fmt: skip
 
     def _joined(self, node: ast.JoinedStr) -> str:
-        parts = [p.value if isinstance(p, ast.Constant) else self._eval(p) for p in node.values]
+        # An f-string's constant parts are always str; its {...} parts evaluate to str (_formatted).
+        parts: list[str] = [p.value if isinstance(p, ast.Constant) and isinstance(p.value, str) else self._eval(p)
+                            for p in node.values]
         text = "".join(parts)
         self._new_chars(len(text), node)
         return self._value(text, node)
@@ -919,9 +921,9 @@ def complete_prefix(source: str) -> ast.Module | None:
     # continues a finished canvas.add_local_description(...) call.
     if source.rstrip(" \t").endswith(")"):
         with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
-            tree = parse_python(source)
-            if tree.body and isinstance(tree.body[-1], ast.Expr) and isinstance(tree.body[-1].value, ast.Call):
-                return tree
+            whole = parse_python(source)
+            if whole.body and isinstance(whole.body[-1], ast.Expr) and isinstance(whole.body[-1].value, ast.Call):
+                return whole
     lines = source.splitlines(keepends=True)
     # Candidate cut points: before each line that starts at column 0 (a new top-level statement),
     # from the last one backwards.

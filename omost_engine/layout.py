@@ -23,7 +23,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -33,7 +33,7 @@ from omost_engine.declared import Declared, check_value, show
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
 
-FORMAT = "omost-bot-layout"
+FORMAT: Final = "omost-bot-layout"  # Final: its type is the literal the schema allows
 VERSION = 2
 META_KEY = "omost_bot"  # the key in the first condition that carries the reproduction record
 CONDITION_KEYS = ("rect", "prefixes", "suffixes", "color")
@@ -179,7 +179,8 @@ class Layout:
             top, bottom, left, right = cond.rect
             color = np.array(cond.color, dtype=np.uint8).reshape(1, 1, 3)
             img[top:bottom, left:right] = 0.7 * color + 0.3 * img[top:bottom, left:right]
-        return np.clip(img, 0, 255).astype(np.uint8)
+        pixels: np.ndarray = np.clip(img, 0, 255).astype(np.uint8)
+        return pixels
 
     @classmethod
     def loads(cls, data: bytes | str, *, max_bytes: int | None = None) -> Layout:
@@ -500,7 +501,9 @@ def _condition(item: Any, index: int, warnings: list[str], notes: list[str]) -> 
         color = item["color"]
         if not _ints(color, 3) or not all(0 <= c <= 255 for c in color):
             raise _bad(f"{where}.color", color, "3 integers [r, g, b], each 0-255")
-    return Condition(rect=(top, bottom, left, right), prefixes=tuple(prefixes), suffixes=tuple(suffixes), color=tuple(color))
+    red, green, blue = color  # three ints, checked above
+    return Condition(rect=(top, bottom, left, right), prefixes=tuple(prefixes), suffixes=tuple(suffixes),
+                     color=(red, green, blue))
 
 
 # -- the JSON Schema --------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def sketch_image(layout: Layout, size: tuple[int, int] = (GRID, GRID)) -> Image.Image:
     """The colour sketch as an RGB image (nearest-neighbour upscale beyond 90x90)."""
     image = Image.fromarray(layout.sketch(), mode="RGB")
-    return image if tuple(size) == (GRID, GRID) else image.resize(tuple(size), Image.Resampling.NEAREST)
+    width, height = size
+    return image if (width, height) == (GRID, GRID) else image.resize((width, height), Image.Resampling.NEAREST)
 
 
 def short_label(number: int, prefixes: tuple[str, ...]) -> str:

@@ -100,9 +100,10 @@ def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> An
         backend = OpenAIBackend(llm, model=args.llm_model, api_key=args.llm_api_key or os.environ.get(API_KEY_ENV),
                                 context_tokens=args.context_tokens)
         return ChatService(backend=backend, context_tokens=args.context_tokens)
-    kwargs = {"default_llm": llm} if llm else {}
     loader = LLMLoader(allow_cpu=args.allow_cpu, dtype=getattr(args, "llm_dtype", None))
-    return ChatService(loader=loader, context_tokens=args.context_tokens, **kwargs)
+    if llm:
+        return ChatService(loader=loader, context_tokens=args.context_tokens, default_llm=llm)
+    return ChatService(loader=loader, context_tokens=args.context_tokens)
 
 
 class _ProgressLine:

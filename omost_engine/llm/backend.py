@@ -25,6 +25,7 @@ class Message(TypedDict):
 
 # Called from the generating thread with (new text, tokens generated so far).
 OnText = Callable[[str, int], None]
+StopReason = Literal["end", "length", "cancelled"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,7 +34,7 @@ class Generation:
 
     text: str
     tokens: int
-    stop_reason: Literal["end", "length", "cancelled"]
+    stop_reason: StopReason
     forward_passes: int = 0
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0  # prompt tokens whose state was reused from the previous turn

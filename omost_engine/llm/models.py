@@ -174,7 +174,8 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     if key is None:
         raise OmostError(f"unknown dtype {name!r}", parameter="dtype", value=str(name),
                          allowed=["auto", "bf16", "fp16", "fp32"])
-    return getattr(torch, key)
+    dtype: torch.dtype = getattr(torch, key)
+    return dtype
 
 
 def _rope_fixed(config: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from omost_engine.errors import OmostError
-from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.llm.backend import Backend, Generation, Message, OnText, StopReason
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
 
@@ -116,8 +116,9 @@ def _server_message(body: bytes) -> str:
         error = data.get("error", data)
         if isinstance(error, dict):
             for key in ("message", "detail", "error"):
-                if isinstance(error.get(key), str):
-                    return error[key][:300]
+                message = error.get(key)
+                if isinstance(message, str):
+                    return message[:300]
         if isinstance(error, str):
             return error[:300]
     return text[:300]
@@ -188,7 +189,7 @@ class OpenAIBackend(Backend):
         self._grammar_text: str | None = None
 
     @property
-    def name(self) -> str:  # type: ignore[override]
+    def name(self) -> str:  # type: ignore[override]  # Backend declares a plain attribute; here it is derived, read-only
         return f"{self.model or 'default model'} at {self.url.removesuffix('/chat/completions')}"
 
     def count_tokens(self, messages: Sequence[Message]) -> int:
@@ -217,7 +218,7 @@ class OpenAIBackend(Backend):
                                   forward_passes=reply.chunks)
         work.result()  # raises the request's OmostError, if any
         tokens = reply.usage_tokens if reply.usage_tokens is not None else reply.chunks
-        stop = "length" if reply.finish_reason == "length" else "end"
+        stop: StopReason = "length" if reply.finish_reason == "length" else "end"
         if cancel.cancelled:
             stop = "cancelled"
         return Generation(text="".join(reply.parts), tokens=tokens, stop_reason=stop, forward_passes=reply.chunks,
@@ -288,7 +289,8 @@ class OpenAIBackend(Backend):
                                      parameter="llm_endpoint", value=self.url) from exc
 
     def _backoff(self, attempt: int) -> float:
-        return min(self.retry_delay * 2**attempt * self._jitter(), self.max_retry_delay)
+        delay: float = self.retry_delay * 2**attempt * self._jitter()  # int ** int is typed Any (may be a float)
+        return min(delay, self.max_retry_delay)
 
     async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any],
                     refusable: tuple[str, ...] = ()) -> aiohttp.ClientResponse:

@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Sequence
 
-from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.llm.backend import Backend, Generation, Message, OnText, StopReason
 from omost_engine.params import LLMParams
 from omost_engine.progress import CancelToken
 
@@ -54,5 +54,5 @@ class ScriptedBackend(Backend):
             emitted.append(token)
             if on_text is not None:
                 on_text(token, len(emitted))
-        stop = "length" if len(tokens) > params.max_new_tokens else "end"
+        stop: StopReason = "length" if len(tokens) > params.max_new_tokens else "end"
         return Generation(text="".join(emitted), tokens=len(emitted), stop_reason=stop, forward_passes=len(emitted))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from transformers import LogitsProcessor
 
 from omost_engine.errors import OmostError
-from omost_engine.llm.backend import Backend, Generation, Message, OnText
+from omost_engine.llm.backend import Backend, Generation, Message, OnText, StopReason
 from omost_engine.llm.decoding import CausalLMStepper, DecodeConfig, GrammarFactory, decode
 from omost_engine.llm.decoding.loop import processors_hook
 from omost_engine.llm.decoding.sequences import common_prefix_length
@@ -80,7 +80,8 @@ def _fast_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], st
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
         return lambda ids: backend.decode(ids, skip_special_tokens=True)
-    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    # transformers types decode for a batch too (-> list[str]); one list of ids gives one str
+    return lambda ids: cast(str, tokenizer.decode(ids, skip_special_tokens=True))
 
 
 class TransformersBackend(Backend):
@@ -136,7 +137,10 @@ class TransformersBackend(Backend):
         if not self.tokenizer.chat_template:
             raise OmostError(f"the model {self.name} has no chat template, so it cannot hold a conversation",
                              parameter="llm", value=self.name, allowed="a chat (instruct) model such as the Omost ones")
-        encoded = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True)
+        # transformers wants plain dicts (a TypedDict is not one to a type checker) and types the result
+        # as every shape of every flag; tokenized, one conversation gives its ids or a BatchEncoding of them.
+        conversation = cast("list[dict[str, str]]", list(messages))
+        encoded: Any = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True)
         ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
         return [int(t) for t in ids]
 
@@ -169,7 +173,7 @@ class TransformersBackend(Backend):
             if self.reuse_prompt_state and result.cache is not None and result.cached_tokens is not None:
                 self._state = (result.cached_tokens, result.cache)
         ended = bool(result.new_tokens) and result.new_tokens[-1] in self.eos_token_ids
-        stop = "cancelled" if result.cancelled else "end" if ended else "length"
+        stop: StopReason = "cancelled" if result.cancelled else "end" if ended else "length"
         return Generation(text="".join(pieces), tokens=len(result.new_tokens), stop_reason=stop,
                           forward_passes=result.forward_passes, prompt_tokens=len(input_ids),
                           cached_prompt_tokens=result.reused_tokens)

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -150,6 +150,15 @@ def explicit_regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     return probs @ v, probs
 
 
+class AttnProcessorHost(Protocol):
+    """What a diffusers UNet offers for swapping its attention processors (torch types it as a bare Module)."""
+
+    @property
+    def attn_processors(self) -> dict[str, Any]: ...
+
+    def set_attn_processor(self, processor: dict[str, Any]) -> None: ...
+
+
 class RegionalAttention:
     """Holds the current render's regions for every ``RegionalAttnProcessor`` of one UNet."""
 
@@ -173,18 +182,18 @@ class RegionalAttention:
         finally:
             self._local.state = previous
 
-    def installed_on(self, unet: torch.nn.Module) -> bool:
-        processors = unet.attn_processors  # type: ignore[attr-defined]
+    def installed_on(self, unet: AttnProcessorHost) -> bool:
+        processors = unet.attn_processors
         cross = [p for name, p in processors.items() if name.endswith("attn2.processor")]
         return bool(cross) and all(isinstance(p, RegionalAttnProcessor) and p.controller is self for p in cross)
 
-    def install(self, unet: torch.nn.Module) -> None:
+    def install(self, unet: AttnProcessorHost) -> None:
         """Put a regional processor on every cross-attention (attn2) layer of ``unet``."""
-        processors = dict(unet.attn_processors)  # type: ignore[attr-defined]
+        processors = dict(unet.attn_processors)
         for name in processors:
             if name.endswith("attn2.processor"):
                 processors[name] = RegionalAttnProcessor(self)
-        unet.set_attn_processor(dict(processors))  # type: ignore[operator]  # diffusers empties the dict
+        unet.set_attn_processor(dict(processors))  # a copy: diffusers empties the dict
 
 
 class RegionalAttnProcessor:
@@ -240,7 +249,8 @@ class RegionalAttnProcessor:
             out = out.transpose(-1, -2).reshape(batch, channels, height, width)
         if attn.residual_connection:
             out = out + residual
-        return out / attn.rescale_output_factor
+        scaled: torch.Tensor = out / attn.rescale_output_factor
+        return scaled
 
 
 def token_scale_matrix(state: RegionState, n: int) -> tuple[torch.Tensor, torch.Tensor]:

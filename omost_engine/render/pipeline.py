@@ -123,7 +123,7 @@ class RegionalPipeline:
         """(1, 3, H, W) pixels in [-1, 1] -> scaled latent (float32)."""
         self.memory.load(self.stage_names["vae"])
         vae = self.components.vae
-        latent = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
+        latent: torch.Tensor = vae.encode(pixels.to(self.device, vae.dtype)).latent_dist.mode()
         return (latent.float() - self.vae_shift) * self.vae_scale
 
     def decode(self, latent: torch.Tensor) -> Image.Image:
@@ -139,7 +139,7 @@ class RegionalPipeline:
         unet = self.components.unet
         x_in = (x_rows / (sigma**2 + 1) ** 0.5).to(unet.dtype)
         timestep = timestep_for(sigma, self.train_sigmas).to(self.device)
-        out = unet(x_in, timestep, encoder_hidden_states=context, encoder_attention_mask=attention_mask,
+        out: torch.Tensor = unet(x_in, timestep, encoder_hidden_states=context, encoder_attention_mask=attention_mask,
                    added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
         return out.float()
 

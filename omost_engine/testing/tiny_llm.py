@@ -7,7 +7,7 @@ they exercise is the machinery (loading, templates, streaming, sampling, cancel,
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from omost_engine.llm.system_prompt import AREAS, LOCATIONS, OFFSETS, SYSTEM_PROMPT
 
@@ -98,7 +98,8 @@ def build_model(tokenizer: PreTrainedTokenizerFast, family: TinyFamily = "llama-
         bos_token_id=tokenizer.bos_token_id, eos_token_id=list(dict.fromkeys(end_ids)),
         pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.6, top_p=0.9,
     )
-    return model.eval()
+    model.eval()
+    return model
 
 
 def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
@@ -154,6 +155,6 @@ def forced_reply_processor(tokenizer: PreTrainedTokenizerFast, reply: str, end_t
             step = min(input_ids.shape[1] - self.start, len(target) - 1)
             forced = torch.full_like(scores, float("-inf"))
             forced[:, target[step]] = 0.0
-            return forced
+            return cast(torch.FloatTensor, forced)  # transformers types scores as the legacy FloatTensor
 
     return ForcedReply()

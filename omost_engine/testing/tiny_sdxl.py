@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -94,7 +95,8 @@ def build_tiny_sdxl(*, seed: int = 0) -> dict[str, object]:
     )
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_config)).eval()
     text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**text_config)).eval()
-    unet = UNet2DConditionModel(
+    # diffusers' top level types its classes as the placeholders it uses without torch: cast to what they are
+    unet = cast(torch.nn.Module, UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(16, 32, 32), norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
@@ -102,13 +104,13 @@ def build_tiny_sdxl(*, seed: int = 0) -> dict[str, object]:
         attention_head_dim=(2, 2, 4), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
         cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=6 * 8 + 32,
-    ).eval()
-    vae = AutoencoderKL(
+    )).eval()
+    vae = cast(torch.nn.Module, AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, sample_size=64, layers_per_block=1,
         block_out_channels=(8, 16, 16, 16), norm_num_groups=8,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         scaling_factor=0.13025,
-    ).eval()
+    )).eval()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     )
@@ -125,7 +127,7 @@ def save_tiny_sdxl(root: Path, *, seed: int = 0) -> TinySDXLPaths:
 
     root = Path(root)
     components = build_tiny_sdxl(seed=seed)
-    pipe = StableDiffusionXLPipeline(**components)  # type: ignore[arg-type]
+    pipe: Any = StableDiffusionXLPipeline(**components)  # Any: typed as diffusers' no-torch placeholder
     folder = root / "tiny-sdxl"
     pipe.save_pretrained(folder)
     tensors: dict[str, torch.Tensor] = {}

@@ -36,13 +36,14 @@ log = logging.getLogger(__name__)
 # xgrammar's masking backends to try, per device type, best first. On CUDA the default is a Triton
 # kernel (ImportError where Triton is missing, a C compiler needed on first use); its torch_native
 # backend works on every device.
-MASK_BACKENDS: dict[str, tuple[str, ...]] = {"cpu": ("cpu", "torch_native"), "cuda": ("triton", "torch_native")}
-_DEFAULT_BACKENDS = ("auto", "torch_native")
+MaskBackend = Literal["auto", "cpu", "cuda", "triton", "torch_compile", "torch_native"]  # xgrammar's names
+MASK_BACKENDS: dict[str, tuple[MaskBackend, ...]] = {"cpu": ("cpu", "torch_native"), "cuda": ("triton", "torch_native")}
+_DEFAULT_BACKENDS: tuple[MaskBackend, ...] = ("auto", "torch_native")
 _failed_backends: set[tuple[str, str]] = set()  # (device type, backend) that raised once: not tried again
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int,
-                  backends: Sequence[str] | None = None) -> str:
+                  backends: Sequence[MaskBackend] | None = None) -> str:
     """Mask ``logits`` (2-D, in place) with an xgrammar token bitmask on the same device, with the first
     of ``backends`` that works on this machine (default ``MASK_BACKENDS`` for the device); returns its name."""
     device = logits.device.type
@@ -54,7 +55,7 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int,
         try:
             import xgrammar as xgr
 
-            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, backend=backend)  # type: ignore[arg-type]
+            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=vocab_size, backend=backend)
             return backend
         except Exception as exc:  # ImportError (no Triton), a failed kernel compile, an unsupported device
             _failed_backends.add((device, backend))
@@ -205,7 +206,7 @@ class LengthGuard:
             char = chr(byte)
             if mode == "code":
                 if char in ("'", '"', "#"):
-                    mode, length = char, 0  # type: ignore[assignment]
+                    mode, length = char, 0  # type: ignore[assignment]  # one of the openers just tested; `in` does not narrow str
             elif char == ("\n" if mode == "#" else mode):
                 mode, length = "code", 0
             else:

@@ -81,7 +81,8 @@ class CausalLMStepper:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device: torch.device = next(self.model.parameters()).device
+        return device
 
     def feed(self, token_ids: Sequence[int], *, keep: int) -> torch.Tensor:
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
@@ -89,7 +90,8 @@ class CausalLMStepper:
             out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep,
                              **{self._cache_arg: self.cache})
         self._length += len(token_ids)
-        return out.logits[0, -keep:]
+        logits: torch.Tensor = out.logits[0, -keep:]
+        return logits
 
     def truncate(self, length: int) -> None:
         remove = self._length - length

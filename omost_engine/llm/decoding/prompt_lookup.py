@@ -95,7 +95,7 @@ class PromptLookup:
             if source is None:
                 return []
             self._cursor = source
-        proposal = self._buffer[source: min(source + max_tokens, self._length)].tolist()
+        proposal: list[int] = self._buffer[source: min(source + max_tokens, self._length)].tolist()
         for index, token in enumerate(proposal):
             if token in self.stop_ids:
                 return proposal[: index + 1]
