@@ -25,10 +25,10 @@ from typing import Any
 
 from omost_engine.canvas import Canvas, box, safe_str
 from omost_engine.conditions import GRID
-from omost_engine.errors import OmostError
+from omost_engine.errors import OmostError, quote
 from omost_engine.interpreter import interpret
 from omost_engine.layout import MAX_REGIONS, MAX_TEXT_CHARS, Layout
-from omost_engine.names import quote, resolve
+from omost_engine.names import resolve
 from omost_engine.tables import AREAS, COLORS, LOCATIONS, OFFSETS
 
 # CLIP's 77-token chunk holds 75 content tokens between bos and eos (render/prompt_encoding.py).
@@ -265,7 +265,7 @@ def set_box(spec: CanvasSpec, number: int, *, location: str | None = None, offse
                          "for regions 1 and up", parameter="region", value=0, allowed="a region number >= 1")
     index = spec._index(number)
     notes: list[str] = []
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}  # Any: replace() checks each keyword against every field's type
     for name, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS), ("area", area, AREAS)):
         if value is not None:
             resolved = resolve(value, table, parameter=name)
