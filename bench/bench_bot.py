@@ -42,7 +42,9 @@ def count_requests(entries: list) -> dict[str, int]:  # type: ignore[type-arg]
     """simcord's request log, by what each request was for."""
     counts = {"acknowledgements": 0, "results": 0, "status edits": 0, "other": 0}
     for entry in entries:
-        content = str((entry.json or {}).get("content") or (entry.json or {}).get("data", {}).get("content") or "")
+        content = str(
+            (entry.json or {}).get("content") or (entry.json or {}).get("data", {}).get("content") or ""
+        )
         if entry.method == "POST" and entry.path.endswith("/callback"):
             counts["acknowledgements"] += 1
         elif content.startswith("✅"):
@@ -273,7 +275,10 @@ async def main() -> None:
         print(f"Discord requests per job, {name}: {total / jobs:.2f} ({parts})")  # type: ignore[operator]
     per_job_p99 = percentile(result["per_job"], 0.99) * 1000  # type: ignore[arg-type]
     busy_per_job = sum(result["busy_requests"].values()) / submitted  # type: ignore[attr-defined,operator]
-    for name, value in (("bot time per job p99 (ms)", per_job_p99), ("Discord requests per job", busy_per_job)):
+    for name, value in (
+        ("bot time per job p99 (ms)", per_job_p99),
+        ("Discord requests per job", busy_per_job),
+    ):
         verdict = "ok" if value <= AIMS[name] else "OVER THE AIM"
         print(f"aim: {name} <= {AIMS[name]:g}: {value:.2f} {verdict}")
 

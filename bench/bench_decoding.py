@@ -55,7 +55,10 @@ def transcript(tokenizer: Any) -> dict[str, tuple[list[int], str]]:
     system = {"role": "system", "content": SYSTEM_PROMPT}
     turn1 = [system, {"role": "user", "content": FIRST_REQUEST}]
     turn2 = [*turn1, {"role": "assistant", "content": first}, {"role": "user", "content": EDIT_REQUEST}]
-    return {"first turn": (_chat_ids(tokenizer, turn1), first), "edit turn": (_chat_ids(tokenizer, turn2), edit)}
+    return {
+        "first turn": (_chat_ids(tokenizer, turn1), first),
+        "edit turn": (_chat_ids(tokenizer, turn2), edit),
+    }
 
 
 class TransformersDraftRule(PromptLookup):
@@ -70,7 +73,7 @@ class TransformersDraftRule(PromptLookup):
                 continue
             windows = np.lib.stride_tricks.sliding_window_view(seq[:-1], size)
             for start in np.flatnonzero((windows == seq[-size:]).all(axis=1)) + size:
-                proposal = seq[start: start + max_tokens].tolist()
+                proposal = seq[start : start + max_tokens].tolist()
                 if proposal:
                     ends = [i for i, token in enumerate(proposal) if token in self.stop_ids]
                     return proposal[: ends[0] + 1] if ends else proposal
@@ -85,10 +88,14 @@ MODES: list[tuple[str, dict[str, Any]]] = [
     ("grammar, forced runs", dict(prompt_lookup=False, grammar=True)),
     ("both K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=True)),
     ("both K=20, T=0.6 top_p=0.9", dict(prompt_lookup=True, draft_tokens=20, grammar=True, temperature=0.6)),
-    ("transformers' draft rule K=10", dict(prompt_lookup=True, draft_tokens=10, grammar=False,
-                                           drafter=TransformersDraftRule)),
-    ("transformers' draft rule K=20", dict(prompt_lookup=True, draft_tokens=20, grammar=False,
-                                           drafter=TransformersDraftRule)),
+    (
+        "transformers' draft rule K=10",
+        dict(prompt_lookup=True, draft_tokens=10, grammar=False, drafter=TransformersDraftRule),
+    ),
+    (
+        "transformers' draft rule K=20",
+        dict(prompt_lookup=True, draft_tokens=20, grammar=False, drafter=TransformersDraftRule),
+    ),
 ]
 
 
@@ -99,21 +106,34 @@ def forward_pass_table(names: CanvasNames) -> None:
     factory = GrammarFactory(tokenizer, names=names, stop_token_ids=[stop])
     pieces = token_bytes(tokenizer)
     turns = transcript(tokenizer)
-    print(f"tokenizer: byte-level BPE, {len(tokenizer)} tokens; replies: "
-          + ", ".join(f"{turn} {len(tokenizer.encode(reply, add_special_tokens=False))} tokens"
-                      for turn, (_, reply) in turns.items()))
+    print(
+        f"tokenizer: byte-level BPE, {len(tokenizer)} tokens; replies: "
+        + ", ".join(
+            f"{turn} {len(tokenizer.encode(reply, add_special_tokens=False))} tokens"
+            for turn, (_, reply) in turns.items()
+        )
+    )
     print(f"{'mode':30} " + " ".join(f"{turn + ' tok/pass':>20}" for turn in turns))
     for label, options in MODES:
         cells = []
         for prompt, reply in turns.values():
-            oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=reply, stop_id=stop, pieces=pieces)
-            config = DecodeConfig(max_new_tokens=4096, temperature=options.get("temperature", 0.0), top_p=0.9,
-                                  prompt_lookup=options["prompt_lookup"],
-                                  draft_tokens=options.get("draft_tokens", 20), stop_ids=(stop,))
+            oracle = TranscriptOracle(
+                tokenizer, prompt_length=len(prompt), reply=reply, stop_id=stop, pieces=pieces
+            )
+            config = DecodeConfig(
+                max_new_tokens=4096,
+                temperature=options.get("temperature", 0.0),
+                top_p=0.9,
+                prompt_lookup=options["prompt_lookup"],
+                draft_tokens=options.get("draft_tokens", 20),
+                stop_ids=(stop,),
+            )
             # The loop builds its drafter by this name; the comparison rows swap the rule in.
             loop.PromptLookup = options.get("drafter", PromptLookup)  # type: ignore[misc]
             try:
-                result = decode(oracle, prompt, config, grammar=factory.matcher() if options["grammar"] else None)
+                result = decode(
+                    oracle, prompt, config, grammar=factory.matcher() if options["grammar"] else None
+                )
             finally:
                 loop.PromptLookup = PromptLookup  # type: ignore[misc]
             same = tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
@@ -150,23 +170,40 @@ def grammar_overhead(names: CanvasNames, *, device: str, repeats: int = 3) -> No
             grammar = factory.matcher() if label != "plain" else None
             # The same 400 tokens for every run (a cancel, not max_new_tokens: near the budget the
             # grammar closes the program early, which would shorten the grammar runs).
-            config = DecodeConfig(max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=seed, prompt_lookup=False,
-                                  forced_runs=label == "grammar+forced", stop_ids=(stop,) if grammar else ())
+            config = DecodeConfig(
+                max_new_tokens=4096,
+                temperature=0.6,
+                top_p=0.9,
+                seed=seed,
+                prompt_lookup=False,
+                forced_runs=label == "grammar+forced",
+                stop_ids=(stop,) if grammar else (),
+            )
             cancel = CancelToken()
             started, started_cpu = time.perf_counter(), time.thread_time()
-            result = decode(CausalLMStepper(model), prompt, config, grammar=grammar,
-                            on_token=_cancel_after(400, cancel), cancel=cancel)
+            result = decode(
+                CausalLMStepper(model),
+                prompt,
+                config,
+                grammar=grammar,
+                on_token=_cancel_after(400, cancel),
+                cancel=cancel,
+            )
             if device == "cuda":
                 torch.cuda.synchronize()
             tokens = max(1, result.stats.tokens)
             cpu[label].append((time.thread_time() - started_cpu) / tokens)
             wall[label].append((time.perf_counter() - started) / tokens)
     base_cpu, base_wall = min(cpu["plain"]), min(wall["plain"])
-    print(f"tiny Llama ({len(tokenizer)} tokens, {device}, 1 thread), per generated token, fastest of {repeats} (the least disturbed by other work):")
+    print(
+        f"tiny Llama ({len(tokenizer)} tokens, {device}, 1 thread), per generated token, fastest of {repeats} (the least disturbed by other work):"
+    )
     print(f"  {'plain':15} cpu {base_cpu * 1e3:.3f} ms   wall {base_wall * 1e3:.3f} ms")
     for label in labels[1:]:
         c, w = min(cpu[label]), min(wall[label])
-        print(f"  {label:15} cpu {c * 1e3:.3f} ms = x{c / base_cpu:.3f}   wall {w * 1e3:.3f} ms = x{w / base_wall:.3f}")
+        print(
+            f"  {label:15} cpu {c * 1e3:.3f} ms = x{c / base_cpu:.3f}   wall {w * 1e3:.3f} ms = x{w / base_wall:.3f}"
+        )
 
 
 def wall_clock(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
@@ -180,23 +217,36 @@ def wall_clock(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
     model = build_model(tokenizer).to(device)
     stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     factory = GrammarFactory(tokenizer, names=names, stop_token_ids=[stop])
-    modes = [("plain", False, 20, False), ("prompt lookup K=10", True, 10, False),
-             ("prompt lookup K=20", True, 20, False), ("both K=20", True, 20, True)]
+    modes = [
+        ("plain", False, 20, False),
+        ("prompt lookup K=10", True, 10, False),
+        ("prompt lookup K=20", True, 20, False),
+        ("both K=20", True, 20, True),
+    ]
     turns = transcript(tokenizer)
     times: dict[tuple[str, str], list[float]] = {(m[0], t): [] for m in modes for t in turns}
     for _ in range(repeats):
         for label, lookup, draft, grammar in modes:
             for turn, (prompt, reply) in turns.items():
                 hook = processors_hook([forced_reply_processor(tokenizer, reply, "<|eot_id|>")])
-                config = DecodeConfig(temperature=0.0, prompt_lookup=lookup, draft_tokens=draft, stop_ids=(stop,))
+                config = DecodeConfig(
+                    temperature=0.0, prompt_lookup=lookup, draft_tokens=draft, stop_ids=(stop,)
+                )
                 started = time.perf_counter()
-                result = decode(CausalLMStepper(model), prompt, config, logits_hook=hook,
-                                grammar=factory.matcher() if grammar else None)
+                result = decode(
+                    CausalLMStepper(model),
+                    prompt,
+                    config,
+                    logits_hook=hook,
+                    grammar=factory.matcher() if grammar else None,
+                )
                 if device == "cuda":
                     torch.cuda.synchronize()
                 times[label, turn].append(time.perf_counter() - started)
                 assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == reply
-    print(f"tiny Llama forced to write the transcript ({device}, 1 thread), seconds per turn, fastest of {repeats}:")
+    print(
+        f"tiny Llama forced to write the transcript ({device}, 1 thread), seconds per turn, fastest of {repeats}:"
+    )
     print(f"{'mode':30} " + " ".join(f"{turn:>16}" for turn in turns))
     for label, *_ in modes:
         cells = []
@@ -206,7 +256,9 @@ def wall_clock(names: CanvasNames, *, device: str, repeats: int = 3) -> None:
         print(f"{label:30} " + " ".join(f"{cell:>16}" for cell in cells))
 
 
-def _full_sort_pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+def _full_sort_pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> int:
     """The sampler before omost_engine.llm.decoding.sampling: a full sort of the vocabulary per token."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     ordered, order = torch.sort(probs, descending=True)
@@ -217,15 +269,26 @@ def _full_sort_pick(logits: torch.Tensor, temperature: float, top_p: float, gene
     return int(order[torch.searchsorted(cumulative, threshold, right=True).clamp_(max=kept - 1)])
 
 
-def sampler_cost(tokenizer: Any, vocab: int, stop_ids: list[int], rows: torch.Tensor, tokens: list[int], *,
-                 label: str, repeats: int = 3) -> None:
+def sampler_cost(
+    tokenizer: Any,
+    vocab: int,
+    stop_ids: list[int],
+    rows: torch.Tensor,
+    tokens: list[int],
+    *,
+    label: str,
+    repeats: int = 3,
+) -> None:
     """Per token: grammar mask + top-p pick + accept, for each row of ``rows`` (the logits before each
     transcript token); the transcript token is accepted whatever is drawn, so every row is used."""
     from omost_engine.llm.decoding.sampling import Sampler
 
     factory = GrammarFactory(tokenizer, vocab_size=vocab, stop_token_ids=stop_ids)
-    results: dict[str, list[float]] = {"grammar + top-p (topk)": [], "grammar + top-p (full sort)": [],
-                                       "grammar mask + accept only": []}
+    results: dict[str, list[float]] = {
+        "grammar + top-p (topk)": [],
+        "grammar + top-p (full sort)": [],
+        "grammar mask + accept only": [],
+    }
     for _ in range(repeats):
         for name in results:
             state = factory.matcher()
@@ -241,8 +304,10 @@ def sampler_cost(tokenizer: Any, vocab: int, stop_ids: list[int], rows: torch.Te
                 if not state.accept(token):
                     raise RuntimeError(f"the grammar refused transcript token {token}")
             results[name].append((time.thread_time() - started) / len(tokens))
-    print(f"sampling + grammar per token, {label} ({vocab} tokens, 1 thread, {len(tokens)} tokens, "
-          f"CPU time, fastest of {repeats}):")
+    print(
+        f"sampling + grammar per token, {label} ({vocab} tokens, 1 thread, {len(tokens)} tokens, "
+        f"CPU time, fastest of {repeats}):"
+    )
     base = min(results["grammar + top-p (full sort)"])
     for name, values in results.items():
         print(f"  {name:30} {min(values) * 1e3:7.3f} ms   x{min(values) / base:.3f} of the full sort")
@@ -251,11 +316,14 @@ def sampler_cost(tokenizer: Any, vocab: int, stop_ids: list[int], rows: torch.Te
 def _reply_ids(tokenizer: Any, stop_ids: list[int]) -> tuple[list[int], list[int]]:
     """(prompt ids, reply ids up to the end-of-turn token) of the first transcript turn."""
     prompt, reply = transcript(tokenizer)["first turn"]
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": FIRST_REQUEST},
-                {"role": "assistant", "content": reply}]
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": FIRST_REQUEST},
+        {"role": "assistant", "content": reply},
+    ]
     encoded = tokenizer.apply_chat_template(messages, tokenize=True)
     full = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
-    rest = full[len(prompt):]
+    rest = full[len(prompt) :]
     end = next(i for i, t in enumerate(rest) if t in stop_ids)
     return prompt, rest[: end + 1]
 
@@ -276,8 +344,15 @@ def sampler_cost_real_vocab(repeats: int) -> None:
     generator = torch.Generator().manual_seed(0)
     rows = torch.randn(len(tokens), 128_256, generator=generator) * 2.5
     rows[torch.arange(len(tokens)), torch.tensor(tokens)] = 25.0
-    sampler_cost(tokenizer, 128_256, stops, rows, tokens, label="real Llama-3 tokenizer, confident logits",
-                 repeats=repeats)
+    sampler_cost(
+        tokenizer,
+        128_256,
+        stops,
+        rows,
+        tokens,
+        label="real Llama-3 tokenizer, confident logits",
+        repeats=repeats,
+    )
 
 
 def sampler_cost_model(path: str, repeats: int) -> None:
@@ -291,8 +366,15 @@ def sampler_cost_model(path: str, repeats: int) -> None:
     ids = torch.tensor([prompt + tokens[:-1]], device=backend.llm.device)
     with torch.inference_mode():
         logits = backend.llm.model(input_ids=ids, logits_to_keep=len(tokens)).logits[0].float().cpu()
-    sampler_cost(backend.tokenizer, vocab, backend.eos_token_ids, logits, tokens, label=f"model {path}",
-                 repeats=repeats)
+    sampler_cost(
+        backend.tokenizer,
+        vocab,
+        backend.eos_token_ids,
+        logits,
+        tokens,
+        label=f"model {path}",
+        repeats=repeats,
+    )
 
 
 def main() -> None:

@@ -49,8 +49,14 @@ class Recorder:
         self.changed = asyncio.Event()
 
     async def prepare(self, job_id: int) -> JobSpec:
-        return JobSpec(job_id=job_id, prompt=f"a lighthouse, job {job_id}", history=(), llm=None,
-                       llm_params=LLMParams(), render_params=RENDER)
+        return JobSpec(
+            job_id=job_id,
+            prompt=f"a lighthouse, job {job_id}",
+            history=(),
+            llm=None,
+            llm_params=LLMParams(),
+            render_params=RENDER,
+        )
 
     def on_event(self, event: JobEvent) -> None:
         if isinstance(event, Finished | Failed | Cancelled):
@@ -69,11 +75,30 @@ class Recorder:
 
 
 def start_workers(url: str, prefix: str, count: int, seconds: float) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen(
-        [sys.executable, "-m", "bot.distributed.worker", "--redis-url", url, "--prefix", prefix, "--name", f"w{i}",
-         "--engine", "scripted", "--scripted-seconds", str(seconds)],
-        cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for i in range(count)]
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bot.distributed.worker",
+                "--redis-url",
+                url,
+                "--prefix",
+                prefix,
+                "--name",
+                f"w{i}",
+                "--engine",
+                "scripted",
+                "--scripted-seconds",
+                str(seconds),
+            ],
+            cwd=REPO,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(count)
+    ]
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -111,7 +136,9 @@ async def throughput(url: str, workers: int, jobs: int, seconds: float) -> float
     return jobs / elapsed
 
 
-async def one_at_a_time(backend: RedisJobBackend | InProcessJobBackend, recorder: Recorder, rounds: int) -> list[float]:
+async def one_at_a_time(
+    backend: RedisJobBackend | InProcessJobBackend, recorder: Recorder, rounds: int
+) -> list[float]:
     latencies = []
     for job_id in range(1, rounds + 1):
         started = time.perf_counter()
@@ -145,9 +172,23 @@ def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", tempfile.mkdtemp(prefix="omost-bench-redis-")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tempfile.mkdtemp(prefix="omost-bench-redis-"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
@@ -158,20 +199,26 @@ def start_redis() -> tuple[str, subprocess.Popen[bytes]]:
 
 
 async def run(args: argparse.Namespace, url: str) -> None:
-    print(f"fake engine: {args.seconds:g} s per job; {args.jobs} jobs per throughput run; "
-          f"cpus: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"fake engine: {args.seconds:g} s per job; {args.jobs} jobs per throughput run; "
+        f"cpus: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}"
+    )
     base = None
     for workers in () if args.latency_only else (1, 2, 4):
         rate = await throughput(url, workers, args.jobs, args.seconds)
         base = base or rate
         ideal = workers / args.seconds
-        print(f"throughput  {workers} worker(s): {rate:6.2f} jobs/s  = {rate / base:4.2f}x one worker "
-              f"({rate / ideal:5.1%} of {ideal:g} jobs/s ideal)")
+        print(
+            f"throughput  {workers} worker(s): {rate:6.2f} jobs/s  = {rate / base:4.2f}x one worker "
+            f"({rate / ideal:5.1%} of {ideal:g} jobs/s ideal)"
+        )
     in_process, remote = await latency(url, args.rounds, args.seconds)
     local_ms, remote_ms = statistics.median(in_process) * 1000, statistics.median(remote) * 1000
-    print(f"latency per job (median of {len(remote)}): in-process {local_ms:6.1f} ms, Redis {remote_ms:6.1f} ms "
-          f"-> Redis adds {remote_ms - local_ms:5.1f} ms ({remote_ms / local_ms:4.2f}x); "
-          f"p90 added {(sorted(remote)[int(0.9 * len(remote))] - sorted(in_process)[int(0.9 * len(in_process))]) * 1000:5.1f} ms")
+    print(
+        f"latency per job (median of {len(remote)}): in-process {local_ms:6.1f} ms, Redis {remote_ms:6.1f} ms "
+        f"-> Redis adds {remote_ms - local_ms:5.1f} ms ({remote_ms / local_ms:4.2f}x); "
+        f"p90 added {(sorted(remote)[int(0.9 * len(remote))] - sorted(in_process)[int(0.9 * len(in_process))]) * 1000:5.1f} ms"
+    )
 
 
 def main() -> None:

@@ -82,7 +82,12 @@ def _local(i: int, names: tuple[str, str, str, str]) -> str:
 
 GLOBAL = "canvas = Canvas()\ncanvas.set_global_description('A scene.', ['Detail.'], 'tags', 'white')\n"
 # Near-miss names that still resolve, so every one of them goes through difflib's full matching.
-FUZZY = ("at the bottom right corner", "slightly to the right and up", "a very large horizontal area", "light sky blue")
+FUZZY = (
+    "at the bottom right corner",
+    "slightly to the right and up",
+    "a very large horizontal area",
+    "light sky blue",
+)
 WORST_CASES = {
     "busy loop (step limit)": "x = [str(i) for i in range(1000)]\nn = 0\nfor i in range(10000):\n    n = n + len(x) * 2 - (i in x)",
     "iteration limit": "n = 0\nfor i in range(10 ** 9):\n    n += 1",

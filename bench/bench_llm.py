@@ -57,23 +57,33 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def bare_generate(llm: LoadedLLM, backend: TransformersBackend, reply: str, params: LLMParams) -> tuple[Clock, int]:
+def bare_generate(
+    llm: LoadedLLM, backend: TransformersBackend, reply: str, params: LLMParams
+) -> tuple[Clock, int]:
     """The reference: model.generate on the same ids, no streamer, no parsing."""
     ids = torch.tensor([backend.encode(build_messages([], PROMPT))])
     forced = forced_reply_processor(llm.tokenizer, reply, END)
     torch.manual_seed(params.seed)
     with Clock() as clock, torch.inference_mode():
         out = llm.model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=params.max_new_tokens,
-            do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None,
-            eos_token_id=backend.eos_token_ids, pad_token_id=llm.tokenizer.pad_token_id, logits_processor=[forced],
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=params.max_new_tokens,
+            do_sample=True,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=None,
+            eos_token_id=backend.eos_token_ids,
+            pad_token_id=llm.tokenizer.pad_token_id,
+            logits_processor=[forced],
         )
     return clock, out.shape[1] - ids.shape[1]
 
 
 def service_chat(llm: LoadedLLM, reply: str, params: LLMParams) -> tuple[Clock, int, int]:
-    backend = TransformersBackend(llm, reuse_prompt_state=False,
-                                  logits_processors=[forced_reply_processor(llm.tokenizer, reply, END)])
+    backend = TransformersBackend(
+        llm, reuse_prompt_state=False, logits_processors=[forced_reply_processor(llm.tokenizer, reply, END)]
+    )
     updates = 0
 
     def on_progress(progress: object) -> None:
@@ -114,8 +124,9 @@ def main() -> int:
     reply, edit_reply = golden("01"), golden("02")
     # Plain token-by-token decoding on both sides: this measures what streaming and incremental parsing
     # cost; what drafting and the grammar save is bench_decoding.py's subject.
-    params = LLMParams(max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=12345,
-                       prompt_lookup=False, grammar=False)
+    params = LLMParams(
+        max_new_tokens=4096, temperature=0.6, top_p=0.9, seed=12345, prompt_lookup=False, grammar=False
+    )
     plain = TransformersBackend(llm, reuse_prompt_state=False)
 
     # 1. Streaming + incremental parsing vs bare generate, interleaved so drift hits both alike.
@@ -131,25 +142,33 @@ def main() -> int:
                 clock, tokens, conditions = service_chat(llm, reply, params)
                 our_runs.append(clock)
     assert tokens == bare_tokens, (tokens, bare_tokens)
-    print(f"model: tiny Llama-3-style ({sum(p.numel() for p in model.parameters()):,} parameters), "
-          f"{args.threads} CPU thread(s), median of {args.repeats}")
+    print(
+        f"model: tiny Llama-3-style ({sum(p.numel() for p in model.parameters()):,} parameters), "
+        f"{args.threads} CPU thread(s), median of {args.repeats}"
+    )
     print(f"golden 01 reply: {tokens} tokens, {conditions} conditions")
     for kind in ("cpu", "wall"):
         bare = statistics.median(getattr(c, kind) for c in bare_runs)
         ours = statistics.median(getattr(c, kind) for c in our_runs)
-        print(f"{kind:>4}: bare model.generate {bare:.3f} s ({tokens / bare:.0f} tokens/s); "
-              f"ChatService (stream + incremental parse) {ours:.3f} s; ratio {ours / bare:.3f}x")
+        print(
+            f"{kind:>4}: bare model.generate {bare:.3f} s ({tokens / bare:.0f} tokens/s); "
+            f"ChatService (stream + incremental parse) {ours:.3f} s; ratio {ours / bare:.3f}x"
+        )
 
     # 2. Time to first token of the edit turn, with and without the previous turn's state.
     turn2 = build_messages([(PROMPT, reply)], EDIT)
     history_len = plain.count_tokens(turn2)
     cold_times, warm_times, cached = [], [], 0
     for _ in range(min(args.repeats, 3)):
-        cold_backend = TransformersBackend(llm, reuse_prompt_state=False, logits_processors=[
-            forced_reply_processor(tokenizer, edit_reply, END)])
+        cold_backend = TransformersBackend(
+            llm,
+            reuse_prompt_state=False,
+            logits_processors=[forced_reply_processor(tokenizer, edit_reply, END)],
+        )
         cold_times.append(first_token_seconds(cold_backend, turn2, params)[0])
-        warm_backend = TransformersBackend(llm, reuse_prompt_state=True, logits_processors=[
-            forced_reply_processor(tokenizer, reply, END)])
+        warm_backend = TransformersBackend(
+            llm, reuse_prompt_state=True, logits_processors=[forced_reply_processor(tokenizer, reply, END)]
+        )
         ChatService(backend=warm_backend).chat([], PROMPT, params)  # turn 1 leaves its state behind
         warm_backend.logits_processors = [forced_reply_processor(tokenizer, edit_reply, END)]
         seconds, cached = first_token_seconds(warm_backend, turn2, params)
@@ -157,8 +176,10 @@ def main() -> int:
     cold, warm = statistics.median(cold_times), statistics.median(warm_times)
     print(f"second turn prompt: {history_len} tokens, {cached} reused from turn 1")
     print(f"time to first token, fresh prompt:  {cold * 1000:.1f} ms")
-    print(f"time to first token, reused state:  {warm * 1000:.1f} ms  ratio {warm / cold:.3f}x "
-          f"(saves {(cold - warm) * 1000:.1f} ms)")
+    print(
+        f"time to first token, reused state:  {warm * 1000:.1f} ms  ratio {warm / cold:.3f}x "
+        f"(saves {(cold - warm) * 1000:.1f} ms)"
+    )
     return 0
 
 

@@ -35,7 +35,9 @@ from omost_engine.render.pipeline import RegionalPipeline
 from omost_engine.render.renderer import Renderer
 from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+GOLDEN = (
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+)
 
 
 class StockAttention(RegionalAttention):
@@ -47,12 +49,22 @@ class StockAttention(RegionalAttention):
 
 def dragon_layout() -> Layout:
     bag = json.loads(GOLDEN.read_text())["process_output"]["bag_of_conditions"]
-    return Layout(conditions=[Condition(rect=tuple(c["mask"]["rect"]), prefixes=tuple(c["prefixes"]),
-                                        suffixes=tuple(c["suffixes"]), color=(128, 128, 128)) for c in bag])
+    return Layout(
+        conditions=[
+            Condition(
+                rect=tuple(c["mask"]["rect"]),
+                prefixes=tuple(c["prefixes"]),
+                suffixes=tuple(c["suffixes"]),
+                color=(128, 128, 128),
+            )
+            for c in bag
+        ]
+    )
 
 
-def fastest_seconds(renderer: Renderer, cases: dict[str, tuple[Layout, RenderParams, RegionalAttention]],
-                    repeats: int) -> dict[str, float]:
+def fastest_seconds(
+    renderer: Renderer, cases: dict[str, tuple[Layout, RenderParams, RegionalAttention]], repeats: int
+) -> dict[str, float]:
     """Fastest of ``repeats`` renders per case, the cases taking turns within every round (a shared
     machine's busy spells then hit all of them alike)."""
     pipeline = renderer.pipeline()
@@ -83,8 +95,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: steadier ratios on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default 1: steadier ratios on a shared machine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     layout = dragon_layout()
@@ -94,8 +107,9 @@ def main() -> None:
     params = RenderParams(width=args.size, height=args.size, steps=args.steps)
     with tempfile.TemporaryDirectory() as tmp:
         paths = save_tiny_sdxl(Path(tmp))
-        renderer = Renderer(default_model=str(paths.folder), device=args.device, memory_mode="resident",
-                            preview=False)
+        renderer = Renderer(
+            default_model=str(paths.folder), device=args.device, memory_mode="resident", preview=False
+        )
         regional, stock = renderer.pipeline().attention, StockAttention()
         cases = {
             "global only, stock attention": (global_only, params, stock),
@@ -106,7 +120,9 @@ def main() -> None:
         }
         rows = list(fastest_seconds(renderer, cases, args.repeats).items())
     base = rows[0][1]
-    print(f"tiny SDXL on {args.device}, {args.size}x{args.size}, {args.steps} steps, fastest of {args.repeats} interleaved rounds")
+    print(
+        f"tiny SDXL on {args.device}, {args.size}x{args.size}, {args.steps} steps, fastest of {args.repeats} interleaved rounds"
+    )
     print(f"{'render':<32}{'seconds':>10}{'ratio':>8}{'vs same context':>17}")
     for name, seconds in rows:
         print(f"{name:<32}{seconds:>10.3f}{seconds / base:>8.2f}{seconds / rows[1][1]:>17.2f}")

@@ -65,12 +65,16 @@ def sdxl_steps(args: argparse.Namespace) -> None:
         for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
             setattr(components, part, getattr(components, part).to(args.device))
     pipeline = RegionalPipeline(components, memory=ModelManager(device=args.device, mode="resident"))
-    print(f"SDXL base configuration, random weights, {width}x{height}, {dtype}, {args.device}, "
-          f"text encoders {args.text_layers} layers (built in {time.perf_counter() - started:.1f} s)")
+    print(
+        f"SDXL base configuration, random weights, {width}x{height}, {dtype}, {args.device}, "
+        f"text encoders {args.text_layers} layers (built in {time.perf_counter() - started:.1f} s)"
+    )
     dragon = parse_reply(_golden("01"))
-    cases = {"no regions (global only)": (Layout(conditions=dragon.conditions[:1]), "omost"),
-             f"omost, {len(dragon.conditions) - 1} regions": (dragon, "omost"),
-             f"area, {len(dragon.conditions) - 1} regions": (dragon, "area")}
+    cases = {
+        "no regions (global only)": (Layout(conditions=dragon.conditions[:1]), "omost"),
+        f"omost, {len(dragon.conditions) - 1} regions": (dragon, "omost"),
+        f"area, {len(dragon.conditions) - 1} regions": (dragon, "area"),
+    }
     results: dict[str, tuple[float, float]] = {}
     for label, (layout, method) in cases.items():
         stamps: list[tuple[float, float]] = []  # (wall, process CPU time) at each step's callback
@@ -88,11 +92,14 @@ def sdxl_steps(args: argparse.Namespace) -> None:
     base_wall, base_cpu = next(iter(results.values()))
     print("  seconds a step (fastest step after the first): wall, and CPU time of all threads")
     for label, (wall, cpu) in results.items():
-        print(f"  {label:28} wall {wall:7.2f} s x{wall / base_wall:.2f}   cpu {cpu:7.2f} s x{cpu / base_cpu:.2f}")
+        print(
+            f"  {label:28} wall {wall:7.2f} s x{wall / base_wall:.2f}   cpu {cpu:7.2f} s x{cpu / base_cpu:.2f}"
+        )
 
 
-def _linear_and_other(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
-                      vocab: int) -> tuple[int, int]:
+def _linear_and_other(
+    hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int
+) -> tuple[int, int]:
     head = hidden // heads
     per_layer = hidden * hidden * 2 + hidden * head * kv_heads * 2 + 3 * hidden * intermediate
     return per_layer * layers, 2 * vocab * hidden + (2 * layers + 1) * hidden
@@ -101,11 +108,21 @@ def _linear_and_other(hidden: int, intermediate: int, layers: int, heads: int, k
 def memory_table() -> None:
     """Weight bytes on the accelerator at each stage of the offload mode, real sizes."""
     linear, other = _linear_and_other(4096, 14336, 32, 32, 8, 128256)
-    llm = linear // 2 + linear // 64 * 4 + other * 2  # NF4: half a byte a weight + an fp32 absmax per 64; rest bf16
-    parts = {"text encoders": (123_060_480 + 694_659_840) * 2, "unet": 2_567_463_684 * 2, "vae": 83_653_863 * 2}
+    llm = (
+        linear // 2 + linear // 64 * 4 + other * 2
+    )  # NF4: half a byte a weight + an fp32 absmax per 64; rest bf16
+    parts = {
+        "text encoders": (123_060_480 + 694_659_840) * 2,
+        "unet": 2_567_463_684 * 2,
+        "vae": 83_653_863 * 2,
+    }
     print("offload mode, weights on the accelerator per stage (no GPU here: computed from the real shapes):")
-    stages = {"LLM turn (8B, 4-bit)": llm, "prompt encoding": parts["text encoders"],
-              "diffusion (UNet fp16)": parts["unet"], "decode (VAE)": parts["vae"]}
+    stages = {
+        "LLM turn (8B, 4-bit)": llm,
+        "prompt encoding": parts["text encoders"],
+        "diffusion (UNet fp16)": parts["unet"],
+        "decode (VAE)": parts["vae"],
+    }
     for stage, size in stages.items():
         print(f"  {stage:28} {size / 2**30:6.2f} GiB")
     print(f"  largest stage: {max(stages.values()) / 2**30:.2f} GiB of weights (activations come on top)")
@@ -129,11 +146,20 @@ def gpu_memory(args: argparse.Namespace) -> None:
     width, height = (int(v) for v in args.size.lower().split("x"))
     manager = ModelManager(device=args.device, mode="offload")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = save_real_llm(Path(tmp) / "llm", "llama-3", formats=formats, quantization="4bit",
-                               hidden_size=args.llm_hidden, layers=args.llm_layers,
-                               heads=max(1, args.llm_hidden // 128), kv_heads=max(1, args.llm_hidden // 512),
-                               intermediate_size=args.llm_hidden * 7 // 2)
-        backend = TransformersBackend(LLMLoader(manager=manager, allow_cpu=True).get(str(folder)), manager=manager)
+        folder = save_real_llm(
+            Path(tmp) / "llm",
+            "llama-3",
+            formats=formats,
+            quantization="4bit",
+            hidden_size=args.llm_hidden,
+            layers=args.llm_layers,
+            heads=max(1, args.llm_hidden // 128),
+            kv_heads=max(1, args.llm_hidden // 512),
+            intermediate_size=args.llm_hidden * 7 // 2,
+        )
+        backend = TransformersBackend(
+            LLMLoader(manager=manager, allow_cpu=True).get(str(folder)), manager=manager
+        )
         components = real_sdxl_components(text_layers=args.text_layers, dtype=torch.float16)
         pipeline = RegionalPipeline(components, memory=manager)
         messages = [{"role": "user", "content": "a dragon"}]
@@ -141,12 +167,16 @@ def gpu_memory(args: argparse.Namespace) -> None:
         peaks = []
         backend.generate(messages, LLMParams(max_new_tokens=128, temperature=0.0))
         peaks.append(torch.cuda.max_memory_allocated())
-        pipeline(parse_reply(_golden("01")).conditions, RenderParams(width=width, height=height, steps=args.steps))
+        pipeline(
+            parse_reply(_golden("01")).conditions, RenderParams(width=width, height=height, steps=args.steps)
+        )
         peaks.append(torch.cuda.max_memory_allocated())
         backend.generate(messages, LLMParams(max_new_tokens=128, temperature=0.0))
         peaks.append(torch.cuda.max_memory_allocated())
-    print("offload mode on the GPU, peak allocated after: LLM turn {:.2f} GiB, render {:.2f} GiB, "
-          "LLM turn {:.2f} GiB".format(*(p / 2**30 for p in peaks)))
+    print(
+        "offload mode on the GPU, peak allocated after: LLM turn {:.2f} GiB, render {:.2f} GiB, "
+        "LLM turn {:.2f} GiB".format(*(p / 2**30 for p in peaks))
+    )
 
 
 def llm_tokens_per_second(args: argparse.Namespace) -> None:
@@ -163,29 +193,47 @@ def llm_tokens_per_second(args: argparse.Namespace) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        folder = save_real_llm(Path(tmp) / "llama-3-4bit", "llama-3", formats=formats, quantization="4bit",
-                               hidden_size=args.llm_hidden, layers=args.llm_layers, heads=max(1, args.llm_hidden // 128),
-                               kv_heads=max(1, args.llm_hidden // 512), intermediate_size=args.llm_hidden * 7 // 2)
+        folder = save_real_llm(
+            Path(tmp) / "llama-3-4bit",
+            "llama-3",
+            formats=formats,
+            quantization="4bit",
+            hidden_size=args.llm_hidden,
+            layers=args.llm_layers,
+            heads=max(1, args.llm_hidden // 128),
+            kv_heads=max(1, args.llm_hidden // 512),
+            intermediate_size=args.llm_hidden * 7 // 2,
+        )
         llm = LLMLoader(allow_cpu=True).get(str(folder))
         parameters = sum(p.numel() for p in llm.model.parameters())
         first, edit = _golden("01"), _golden("02")
-        messages = [{"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": "generate an image of the fierce battle of warriors and the dragon"},
-                    {"role": "assistant", "content": first}, {"role": "user", "content": EDIT_REQUEST}]
-        print(f"Llama-3 architecture, real tokenizer, 4-bit NF4, hidden {args.llm_hidden} x {args.llm_layers} layers "
-              f"({parameters / 1e6:.0f}M stored parameters; built in {time.perf_counter() - started:.1f} s), {args.device}, "
-              f"writing golden 02 after golden 01 with the canvas grammar:")
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "generate an image of the fierce battle of warriors and the dragon"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": EDIT_REQUEST},
+        ]
+        print(
+            f"Llama-3 architecture, real tokenizer, 4-bit NF4, hidden {args.llm_hidden} x {args.llm_layers} layers "
+            f"({parameters / 1e6:.0f}M stored parameters; built in {time.perf_counter() - started:.1f} s), {args.device}, "
+            f"writing golden 02 after golden 01 with the canvas grammar:"
+        )
         rates: dict[str, float] = {}
         for label, lookup in (("plain", False), ("prompt lookup K=20", True)):
-            backend = TransformersBackend(llm, reuse_prompt_state=False, logits_processors=[
-                forced_reply_processor(llm.tokenizer, edit, "<|eot_id|>")])
+            backend = TransformersBackend(
+                llm,
+                reuse_prompt_state=False,
+                logits_processors=[forced_reply_processor(llm.tokenizer, edit, "<|eot_id|>")],
+            )
             params = LLMParams(max_new_tokens=args.llm_tokens, temperature=0.0, prompt_lookup=lookup)
             started = time.perf_counter()
             generation = backend.generate(messages, params)
             seconds = time.perf_counter() - started
             rates[label] = generation.tokens / seconds
-            print(f"  {label:20} {generation.tokens} tokens in {seconds:6.1f} s = {rates[label]:6.1f} tokens/s, "
-                  f"{generation.tokens / max(1, generation.forward_passes):.2f} tokens a pass")
+            print(
+                f"  {label:20} {generation.tokens} tokens in {seconds:6.1f} s = {rates[label]:6.1f} tokens/s, "
+                f"{generation.tokens / max(1, generation.forward_passes):.2f} tokens a pass"
+            )
         print(f"  prompt lookup: x{rates['prompt lookup K=20'] / rates['plain']:.2f} tokens/s")
 
 
@@ -194,7 +242,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", default="256x256", help="WIDTHxHEIGHT of the SDXL render")
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--text-layers", type=int, default=2, help="CLIP layers (12 and 32 are the real ones)")
+    parser.add_argument(
+        "--text-layers", type=int, default=2, help="CLIP layers (12 and 32 are the real ones)"
+    )
     parser.add_argument("--llm-hidden", type=int, default=1024, help="4096 is the 8B model")
     parser.add_argument("--llm-layers", type=int, default=2, help="32 is the 8B model")
     parser.add_argument("--llm-tokens", type=int, default=4096, help="token budget of the LLM reply")

@@ -30,17 +30,30 @@ from omost_engine.params import RenderParams
 from omost_engine.render.renderer import Renderer
 from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
 
-GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+GOLDEN = (
+    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
+)
 COUNT = 4
 
 
 def dragon_layout() -> Layout:
     bag = json.loads(GOLDEN.read_text())["process_output"]["bag_of_conditions"]
-    return Layout(conditions=[Condition(rect=tuple(c["mask"]["rect"]), prefixes=tuple(c["prefixes"]),
-                                        suffixes=tuple(c["suffixes"]), color=(128, 128, 128)) for c in bag])
+    return Layout(
+        conditions=[
+            Condition(
+                rect=tuple(c["mask"]["rect"]),
+                prefixes=tuple(c["prefixes"]),
+                suffixes=tuple(c["suffixes"]),
+                color=(128, 128, 128),
+            )
+            for c in bag
+        ]
+    )
 
 
-def fastest(jobs: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]) -> dict[str, float]:
+def fastest(
+    jobs: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None]
+) -> dict[str, float]:
     best = dict.fromkeys(jobs, float("inf"))
     for round_ in range(repeats + 1):  # round 0 warms up
         for name, job in jobs.items():
@@ -58,14 +71,18 @@ def run(renderer: Renderer, args: argparse.Namespace) -> None:
     params = RenderParams(width=args.size, height=args.size, steps=args.steps, method=args.method, seed=100)
     sync = torch.cuda.synchronize if renderer.memory.device.type == "cuda" else (lambda: None)
     jobs: dict[str, Callable[[], object]] = {
-        "four single renders": lambda: [renderer.render(layout, params.replace(seed=100 + i)) for i in range(COUNT)],
+        "four single renders": lambda: [
+            renderer.render(layout, params.replace(seed=100 + i)) for i in range(COUNT)
+        ],
         "grid, sequential": lambda: renderer.render(layout, params, count=COUNT, strategy="sequential"),
         "grid, batched": lambda: renderer.render(layout, params, count=COUNT, strategy="batched"),
     }
     rows = list(fastest(jobs, args.repeats, sync).items())
     base = rows[0][1]
-    print(f"{args.model or 'tiny SDXL'} on {renderer.memory.device}, {args.size}x{args.size}, {args.steps} steps, "
-          f"method {args.method}, {COUNT} images, fastest of {args.repeats} interleaved rounds")
+    print(
+        f"{args.model or 'tiny SDXL'} on {renderer.memory.device}, {args.size}x{args.size}, {args.steps} steps, "
+        f"method {args.method}, {COUNT} images, fastest of {args.repeats} interleaved rounds"
+    )
     print(f"{'job':<24}{'seconds':>10}{'vs four singles':>17}")
     for name, seconds in rows:
         print(f"{name:<24}{seconds:>10.3f}{seconds / base:>17.2f}")
@@ -79,8 +96,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--method", choices=("omost", "area"), default="omost")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (default 1: steadier ratios on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default 1: steadier ratios on a shared machine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.model:

@@ -64,18 +64,31 @@ def check(config: BotConfig, *, config_path: Path | None = None) -> int:
         db_text = f"db={config.db} (does not exist yet; created with schema v{newest} at the first start)"
     else:
         try:
-            with contextlib.closing(sqlite3.connect(f"{config.db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)) as connection:
-                tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            with contextlib.closing(
+                sqlite3.connect(f"{config.db.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+            ) as connection:
+                tables = {
+                    row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                }
                 version = 0
                 if "schema_version" in tables:
-                    version = int(connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+                    version = int(
+                        connection.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+                    )
         except sqlite3.DatabaseError as exc:
-            raise OmostError(f"OMOST_DB {str(config.db)!r} is not a SQLite database the bot can open ({exc}); "
-                             "allowed: an omost-bot database file, or a path where one will be created",
-                             parameter="db", value=str(config.db)) from None
+            raise OmostError(
+                f"OMOST_DB {str(config.db)!r} is not a SQLite database the bot can open ({exc}); "
+                "allowed: an omost-bot database file, or a path where one will be created",
+                parameter="db",
+                value=str(config.db),
+            ) from None
         if version > newest:
-            raise OmostError(f"the database {str(config.db)!r} has schema version {version}, newer than this bot "
-                             f"knows (up to {newest})", parameter="db", value=version)
+            raise OmostError(
+                f"the database {str(config.db)!r} has schema version {version}, newer than this bot "
+                f"knows (up to {newest})",
+                parameter="db",
+                value=version,
+            )
         pending = f", migrated to v{newest} at start" if version < newest else ""
         db_text = f"db={config.db} (schema v{version}{pending})"
     print(

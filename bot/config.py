@@ -46,24 +46,37 @@ class BotConfig:
     token: OptionalText = Field(None, description="the Discord bot token (required for run)")
     llm: OptionalText = Field(None, description="default LLM: a known name, a hub id, a local folder")
     llm_endpoint: OptionalText = Field(
-        None, description="an OpenAI-compatible server (http://host:port/v1) used instead of a local LLM")
+        None, description="an OpenAI-compatible server (http://host:port/v1) used instead of a local LLM"
+    )
     sdxl: OptionalText = Field(None, description="SDXL checkpoint: hub id, diffusers folder or .safetensors")
     sdxl_config: OptionalText = Field(
-        None, description="for a single .safetensors checkpoint: the diffusers SDXL folder or hub id with its "
-        "configs and tokenizers (default: SDXL base 1.0's, shipped with omost-bot)")
+        None,
+        description="for a single .safetensors checkpoint: the diffusers SDXL folder or hub id with its "
+        "configs and tokenizers (default: SDXL base 1.0's, shipped with omost-bot)",
+    )
     device: Annotated[str, Field(pattern=DEVICE_PATTERN)] = Field(
-        "auto", description="torch device; auto picks cuda, else mps, else cpu",
-        json_schema_extra={"allowed": "auto or a torch device such as cuda, cuda:1, mps or cpu"})
-    memory: MemoryMode = Field("offload", description="offload: only the running stage's models on the GPU; "
-                               "resident: all of them")
-    db: Path = Field(Path("omost-bot.sqlite3"), description="the SQLite file (created and migrated at start)",
-                     json_schema_extra={"allowed": "a file path"})
+        "auto",
+        description="torch device; auto picks cuda, else mps, else cpu",
+        json_schema_extra={"allowed": "auto or a torch device such as cuda, cuda:1, mps or cpu"},
+    )
+    memory: MemoryMode = Field(
+        "offload", description="offload: only the running stage's models on the GPU; resident: all of them"
+    )
+    db: Path = Field(
+        Path("omost-bot.sqlite3"),
+        description="the SQLite file (created and migrated at start)",
+        json_schema_extra={"allowed": "a file path"},
+    )
     owner_ids: tuple[int, ...] = Field(
-        (), description="user ids allowed to /omost sync, pause, resume (empty: the application's owner)",
-        json_schema_extra={"allowed": "Discord user ids separated by commas"})
+        (),
+        description="user ids allowed to /omost sync, pause, resume (empty: the application's owner)",
+        json_schema_extra={"allowed": "Discord user ids separated by commas"},
+    )
     sync_guild: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="register commands in this server only (instant, for development)",
-        json_schema_extra={"allowed": "a Discord guild id"})
+        None,
+        description="register commands in this server only (instant, for development)",
+        json_schema_extra={"allowed": "a Discord guild id"},
+    )
     max_queue: Annotated[int, Field(ge=1, le=10_000)] = Field(50, description="jobs waiting across all users")
     max_queued_per_user: QueuedPerUser = Field(3, description="queued or running jobs per user")
     rate_limit: RateLimit = Field(10, description="jobs a user may submit per rate window")
@@ -72,15 +85,22 @@ class BotConfig:
     render_timeout_s: Seconds = Field(900.0, description="a render running longer is stopped and reported")
     max_prompt_chars: Annotated[int, Field(ge=1, le=6000)] = Field(2000, description="longest prompt")
     max_layout_bytes: LayoutBytes = Field(
-        DEFAULT_MAX_LAYOUT_BYTES, description="largest layout file accepted (the one limit: bot, CLI and loader)")
+        DEFAULT_MAX_LAYOUT_BYTES,
+        description="largest layout file accepted (the one limit: bot, CLI and loader)",
+    )
     status_interval_s: Annotated[float, Field(ge=0.0, le=60.0)] = Field(
-        1.5, description="least time between two edits of a status message")
+        1.5, description="least time between two edits of a status message"
+    )
     max_attempts: Attempts = Field(
-        2, description="runs of a job the bot was running when it died (1: never resume, report it failed)")
+        2, description="runs of a job the bot was running when it died (1: never resume, report it failed)"
+    )
     status_edits_per_s: Annotated[float, Field(ge=0.1, le=50.0)] = Field(
-        5.0, description="progress edits of status messages per second, all jobs together (results never wait)")
+        5.0,
+        description="progress edits of status messages per second, all jobs together (results never wait)",
+    )
     download_timeout_s: Annotated[float, Field(ge=0.1, le=120.0)] = Field(
-        10.0, description="longest wait for a layout file from Discord's CDN")
+        10.0, description="longest wait for a layout file from Discord's CDN"
+    )
 
 
 REDIS_URL_FORMS = "redis://[:password@]host[:port][/db], rediss://... (TLS) or unix:///path/to/socket"
@@ -98,7 +118,9 @@ def redis_url_problem(url: str) -> str | None:
         return f"has port {port!r}, not a number from 1 to 65535"
     if parts.port == 0:
         return "has port 0, not a number from 1 to 65535"
-    db = (parse_qs(parts.query).get("db") or [""])[0] or (parts.path.lstrip("/") if parts.scheme != "unix" else "")
+    db = (parse_qs(parts.query).get("db") or [""])[0] or (
+        parts.path.lstrip("/") if parts.scheme != "unix" else ""
+    )
     if db and not db.isdigit():
         return f"names database {db!r}, not a number"
     if parts.scheme == "unix" and not parts.path:
@@ -110,8 +132,12 @@ def check_redis_url(url: str, *, parameter: str = "redis_url") -> str:
     """``url`` when redis-py can connect with it; else one OmostError saying what is wrong."""
     problem = redis_url_problem(url)
     if problem is not None:
-        raise OmostError(f"the Redis URL {url!r} {problem}; allowed: {REDIS_URL_FORMS}", parameter=parameter,
-                         value=url, allowed=REDIS_URL_FORMS)
+        raise OmostError(
+            f"the Redis URL {url!r} {problem}; allowed: {REDIS_URL_FORMS}",
+            parameter=parameter,
+            value=url,
+            allowed=REDIS_URL_FORMS,
+        )
     return url
 
 
@@ -124,30 +150,41 @@ class RedisConfig:
 
     url: RedisUrl = Field(description="the Redis server", json_schema_extra={"allowed": REDIS_URL_FORMS})
     prefix: Annotated[str, Field(min_length=1, max_length=100)] = Field(
-        "omost", description="key prefix, so several bots can share one Redis")
+        "omost", description="key prefix, so several bots can share one Redis"
+    )
     queue: Annotated[str, Field(min_length=1, max_length=100)] = Field(
-        "default", description="the queue this bot's jobs go to; its workers serve it")
+        "default", description="the queue this bot's jobs go to; its workers serve it"
+    )
     consumer: Annotated[str, Field(min_length=1, max_length=100)] = Field(
-        "bot", description="this bot's name in the event stream's consumer group")
+        "bot", description="this bot's name in the event stream's consumer group"
+    )
     watchdog_s: Annotated[float, Field(ge=0.05, le=86_400)] = Field(
-        1.0, description="how often lost and orphaned jobs are looked for")
+        1.0, description="how often lost and orphaned jobs are looked for"
+    )
     no_worker_timeout_s: Annotated[float, Field(ge=0.05, le=86_400)] = Field(
-        300.0, description="a job waits this long for a worker to come online, then fails")
+        300.0, description="a job waits this long for a worker to come online, then fails"
+    )
     max_attempts: Attempts = Field(3, description="runs of one job when its workers keep dying")
 
     def __post_init__(self) -> None:
         check_redis_url(self.url, parameter="url")
 
     @classmethod
-    def load(cls, *, environ: Mapping[str, str] | None = None,
-             path: str | Path | None = None) -> RedisConfig | None:
+    def load(
+        cls, *, environ: Mapping[str, str] | None = None, path: str | Path | None = None
+    ) -> RedisConfig | None:
         """``[redis]`` of the config file, then ``OMOST_REDIS_<FIELD>``; None when no URL is configured."""
         environ = os.environ if environ is None else environ
         file = config_file(environ, path)
         # A missing file is load_config's to report; the bot checks its config first.
         tables = read_config_file(file if file is not None and file.is_file() else None)
-        values = _values(cls, tables.get("redis", {}), environ, env_name=redis_env_name,
-                         file_label="[redis] of the config file")
+        values = _values(
+            cls,
+            tables.get("redis", {}),
+            environ,
+            env_name=redis_env_name,
+            file_label="[redis] of the config file",
+        )
         if not values.get("url"):
             return None
         return _build(cls, values, name_source=False)
@@ -178,21 +215,32 @@ def read_config_file(path: Path | None) -> dict[str, dict[str, Any]]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise OmostError(f"cannot read the config file {str(path)!r}: {reason}", parameter="config",
-                         value=str(path)) from None
+        raise OmostError(
+            f"cannot read the config file {str(path)!r}: {reason}", parameter="config", value=str(path)
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise OmostError(f"the config file {str(path)!r} is not valid TOML: {exc}", parameter="config",
-                         value=str(path)) from None
+        raise OmostError(
+            f"the config file {str(path)!r} is not valid TOML: {exc}", parameter="config", value=str(path)
+        ) from None
     for key, value in data.items():
         if key in TABLES and isinstance(value, dict):
             continue
         if key in fields_of(BotConfig) or key in TABLES:
             where = "[bot]" if key in fields_of(BotConfig) else f"a [{key}] table"
-            raise OmostError(f"{key!r} is at the top level of {path.name}; it belongs under {where} "
-                             "(the file has a [bot] table and an optional [redis] table)",
-                             parameter=key, value=key, allowed="[bot], [redis]")
-        raise OmostError(f"unknown key {key!r} at the top level of {path.name}; allowed: a [bot] table and "
-                         "a [redis] table", parameter=key, value=key, allowed="[bot], [redis]")
+            raise OmostError(
+                f"{key!r} is at the top level of {path.name}; it belongs under {where} "
+                "(the file has a [bot] table and an optional [redis] table)",
+                parameter=key,
+                value=key,
+                allowed="[bot], [redis]",
+            )
+        raise OmostError(
+            f"unknown key {key!r} at the top level of {path.name}; allowed: a [bot] table and "
+            "a [redis] table",
+            parameter=key,
+            value=key,
+            allowed="[bot], [redis]",
+        )
     return {name: dict(data.get(name, {})) for name in TABLES}
 
 
@@ -231,15 +279,20 @@ def _from_toml(cls: type[Any], name: str, raw: Any) -> Any:
     return raw
 
 
-def _values(cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str], *, env_name: Any,
-            file_label: str) -> dict[str, tuple[Any, str]]:
+def _values(
+    cls: type[Any], table: Mapping[str, Any], environ: Mapping[str, str], *, env_name: Any, file_label: str
+) -> dict[str, tuple[Any, str]]:
     """(value, where it came from) per field: the file's table, then the environment."""
     names = fields_of(cls)
     values: dict[str, tuple[Any, str]] = {}
     for key, raw in table.items():
         if key not in names:
-            raise OmostError(f"unknown key {key!r} in {file_label}; allowed: {', '.join(names)}",
-                             parameter=key, value=key, allowed=list(names))
+            raise OmostError(
+                f"unknown key {key!r} in {file_label}; allowed: {', '.join(names)}",
+                parameter=key,
+                value=key,
+                allowed=list(names),
+            )
         values[key] = (_from_toml(cls, key, raw), f"{key} in {file_label}")
     for name in names:
         raw = environ.get(env_name(name))
@@ -255,14 +308,19 @@ def _build(cls: type[Any], values: Mapping[str, tuple[Any, str]], *, name_source
         try:
             checked[name] = check_value(cls, name, value, label=source, say_kind=True)
         except OmostError as exc:
-            raise OmostError(exc.message, parameter=source if name_source else name, value=exc.value,
-                             allowed=exc.allowed) from None
+            raise OmostError(
+                exc.message, parameter=source if name_source else name, value=exc.value, allowed=exc.allowed
+            ) from None
     try:
         return cls(**checked)
     except OmostError as exc:  # the Redis URL's shape
         source = values.get(exc.parameter or "", (None, exc.parameter))[1] or ""
-        raise OmostError(f"{source}: {exc.message}", parameter=source if name_source else exc.parameter,
-                         value=exc.value, allowed=exc.allowed) from None
+        raise OmostError(
+            f"{source}: {exc.message}",
+            parameter=source if name_source else exc.parameter,
+            value=exc.value,
+            allowed=exc.allowed,
+        ) from None
 
 
 def load_config(
@@ -278,8 +336,11 @@ def load_config(
     values = _values(BotConfig, tables.get("bot", {}), environ, env_name=env_name, file_label=label)
     for key in tables.get("redis", {}):
         if key not in fields_of(RedisConfig):
-            raise OmostError(f"unknown key {key!r} in [redis] of {label}; allowed: "
-                             f"{', '.join(fields_of(RedisConfig))}", parameter=key, value=key,
-                             allowed=list(fields_of(RedisConfig)))
+            raise OmostError(
+                f"unknown key {key!r} in [redis] of {label}; allowed: {', '.join(fields_of(RedisConfig))}",
+                parameter=key,
+                value=key,
+                allowed=list(fields_of(RedisConfig)),
+            )
     config = _build(BotConfig, values, name_source=True)
     return dataclasses.replace(config, **overrides) if overrides else config

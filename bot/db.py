@@ -36,6 +36,8 @@ def default_migrations_dir(**where: Any) -> Path:
     """The first of ``migration_dirs()`` holding SQL files (the checkout's when none does, for the error)."""
     candidates = migration_dirs(**where)
     return next((d for d in candidates if any(d.glob("V*__*.sql"))), candidates[0])
+
+
 _MIGRATION_NAME = re.compile(r"^V(?P<version>\d+)__(?P<name>\w+)\.sql$")
 
 
@@ -110,11 +112,20 @@ class Database:
             # WAL with synchronous=NORMAL: a commit survives a crash of the bot (not of the OS) without an
             # fsync per write, which would cost milliseconds on every status change.
             try:
-                for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+                for pragma in (
+                    "journal_mode=WAL",
+                    "synchronous=NORMAL",
+                    "foreign_keys=ON",
+                    "busy_timeout=5000",
+                ):
                     await db._execute(f"PRAGMA {pragma}")
             except sqlite3.DatabaseError as exc:  # the first read of the file: "file is not a database"
-                raise OmostError(f"cannot open the database {str(path)!r}: it is not an SQLite database ({exc})",
-                                 parameter="db", value=str(path), allowed="an SQLite file, or a new path") from exc
+                raise OmostError(
+                    f"cannot open the database {str(path)!r}: it is not an SQLite database ({exc})",
+                    parameter="db",
+                    value=str(path),
+                    allowed="an SQLite file, or a new path",
+                ) from exc
             await db.migrate(find_migrations() if migrations is None else list(migrations))
         except BaseException:
             await connection.close()

@@ -45,28 +45,51 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
 
 
 def bot_config() -> str:
-    rows = [(f"`{env_name(n)}`", f"`{n}` in `[bot]`", _default(BotConfig, n), allowed_text(BotConfig, n),
-             info.description or "") for n, info in fields_of(BotConfig).items()]
-    rows += [(f"`{redis_env_name(n)}`", f"`{n}` in `[redis]`", _default(RedisConfig, n), allowed_text(RedisConfig, n),
-              info.description or "") for n, info in fields_of(RedisConfig).items()]
+    rows = [
+        (
+            f"`{env_name(n)}`",
+            f"`{n}` in `[bot]`",
+            _default(BotConfig, n),
+            allowed_text(BotConfig, n),
+            info.description or "",
+        )
+        for n, info in fields_of(BotConfig).items()
+    ]
+    rows += [
+        (
+            f"`{redis_env_name(n)}`",
+            f"`{n}` in `[redis]`",
+            _default(RedisConfig, n),
+            allowed_text(RedisConfig, n),
+            info.description or "",
+        )
+        for n, info in fields_of(RedisConfig).items()
+    ]
     return _table(("variable", "TOML key", "default", "allowed", "meaning"), rows)
 
 
 def server_settings() -> str:
-    rows = [(f"`{key}`", setting_allowed(key), " and ".join(spec.scopes), spec.help) for key, spec in SETTINGS.items()]
+    rows = [
+        (f"`{key}`", setting_allowed(key), " and ".join(spec.scopes), spec.help)
+        for key, spec in SETTINGS.items()
+    ]
     assert set(SETTINGS) == set(fields_of(ServerSettings))
     return _table(("key", "allowed", "scopes", "meaning"), rows)
 
 
 def _params(model: type) -> str:
-    rows = [(f"`{n}`", allowed_text(model, n), _default(model, n), info.description or "")
-            for n, info in fields_of(model).items()]
+    rows = [
+        (f"`{n}`", allowed_text(model, n), _default(model, n), info.description or "")
+        for n, info in fields_of(model).items()
+    ]
     return _table(("field", "allowed", "default", "meaning"), rows)
 
 
 def layout_record() -> str:
-    rows = [(f"`{n}`", allowed_text(LayoutRecord, n), info.description or "")
-            for n, info in fields_of(LayoutRecord).items()]
+    rows = [
+        (f"`{n}`", allowed_text(LayoutRecord, n), info.description or "")
+        for n, info in fields_of(LayoutRecord).items()
+    ]
     return _table(("field", "allowed", "meaning"), rows)
 
 

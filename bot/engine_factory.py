@@ -60,6 +60,9 @@ def create_engine(config: BotConfig) -> CombinedEngine:
     # An endpoint URL is an LLM id of its own: ChatService talks to it instead of loading a model.
     default_llm = config.llm_endpoint or config.llm or DEFAULT_LLM
     chat = ChatService(manager=manager, default_llm=default_llm)
-    renderer = Renderer(memory=manager, single_file_config=config.sdxl_config,
-                        **({"default_model": config.sdxl} if config.sdxl else {}))
+    renderer = Renderer(
+        memory=manager,
+        single_file_config=config.sdxl_config,
+        **({"default_model": config.sdxl} if config.sdxl else {}),
+    )
     return CombinedEngine(chat_service=chat, renderer=renderer)

@@ -39,7 +39,9 @@ class JobRequest:
 class StoredJob:
     job_id: int
     turn_id: int
-    created: dict[str, int] = field(default_factory=dict)  # rows made for it, removed again if the queue refuses
+    created: dict[str, int] = field(
+        default_factory=dict
+    )  # rows made for it, removed again if the queue refuses
 
 
 class JobStore:

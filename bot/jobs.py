@@ -581,7 +581,9 @@ class InProcessJobBackend(LineBackend):
                 raise
             except Exception:  # the bot's own bookkeeping failed (e.g. the database): log, report, go on
                 log.exception("job %s: could not start", ticket.job_id)
-                self._emit(Failed(ticket.job_id, None, internal_failure(ticket.job_id, "the job could not start")))
+                self._emit(
+                    Failed(ticket.job_id, None, internal_failure(ticket.job_id, "the job could not start"))
+                )
             finally:
                 self._line.done(ticket.job_id)
                 self._token = None

@@ -129,7 +129,12 @@ class Messenger:
             if tracker.edit_key != entry[:2]:  # queued again under a new key
                 heapq.heappop(self._edits)
                 continue
-            if not tracker.dirty or tracker.phase == "done" or tracker.message_id is None or tracker.edit_task:
+            if (
+                not tracker.dirty
+                or tracker.phase == "done"
+                or tracker.message_id is None
+                or tracker.edit_task
+            ):
                 # Up to date, finished (or forgotten), or not shown yet (announce queues it again); or an edit
                 # is in flight (queued again when it ends).
                 heapq.heappop(self._edits)
@@ -178,9 +183,13 @@ class Messenger:
         had_preview = tracker.preview_regions
         make_kwargs = self.progress(tracker)
         try:
-            shown = await asyncio.wait_for(self.edit(tracker, make_kwargs, final=False), PROGRESS_EDIT_TIMEOUT_S)
+            shown = await asyncio.wait_for(
+                self.edit(tracker, make_kwargs, final=False), PROGRESS_EDIT_TIMEOUT_S
+            )
         except TimeoutError:
-            log.warning("job %s: a status edit took over %g s; dropped", tracker.job_id, PROGRESS_EDIT_TIMEOUT_S)
+            log.warning(
+                "job %s: a status edit took over %g s; dropped", tracker.job_id, PROGRESS_EDIT_TIMEOUT_S
+            )
             shown = None
         if shown is None and tracker.phase != "done":  # not shown: a later edit brings the latest state
             tracker.dirty = True
@@ -299,13 +308,21 @@ class Messenger:
         return None
 
     async def report_failure(
-        self, *, job_id: int, user_id: int, channel_id: int, guild_id: int | None, status_message_id: int | None,
+        self,
+        *,
+        job_id: int,
+        user_id: int,
+        channel_id: int,
+        guild_id: int | None,
+        status_message_id: int | None,
         error: str,
     ) -> None:
         """A job from before a restart failed: its status message says so, and its user is told in a reply."""
         channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
         reference = (
-            discord.MessageReference(message_id=status_message_id, channel_id=channel_id, fail_if_not_exists=False)
+            discord.MessageReference(
+                message_id=status_message_id, channel_id=channel_id, fail_if_not_exists=False
+            )
             if status_message_id
             else None
         )
@@ -321,4 +338,3 @@ class Messenger:
             )
         except discord.HTTPException as exc:
             log.warning("job %s: could not report the failure: %s", job_id, exc)
-

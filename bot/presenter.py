@@ -49,7 +49,9 @@ class Tracker:
     render_started: float | None = None
     last_edit: float = -math.inf
     preview_regions: int = 0
-    requeued_attempt: int | None = None  # set when a lost worker (or a restart) sent the job back to the queue
+    requeued_attempt: int | None = (
+        None  # set when a lost worker (or a restart) sent the job back to the queue
+    )
     requeued_after_restart: bool = False  # the bot restarted while the job ran (not a lost worker)
     result_message_id: int | None = None  # set once Discord accepted the result: never overwrite it
     # Progress edits (best effort): the status message is behind the job's state (``dirty``), a stage change
@@ -114,12 +116,16 @@ class StatusPresenter:
     ) -> MessageKwargs:
         """The result message: the image (fitted to ``upload_limit``), its layout file, the embed, the buttons."""
         render = output.render
-        layout_file = result_layout(output, job_id=tracker.job_id, prompt=tracker.prompt).dumps().encode("utf-8")
+        layout_file = (
+            result_layout(output, job_id=tracker.job_id, prompt=tracker.prompt).dumps().encode("utf-8")
+        )
         notes: list[str] = []
         if output.chat is not None:
             notes += list(output.chat.notes)
             if output.chat.trimmed_turns:
-                notes.append(f"the {output.chat.trimmed_turns} oldest turns were left out to fit the LLM's context")
+                notes.append(
+                    f"the {output.chat.trimmed_turns} oldest turns were left out to fit the LLM's context"
+                )
         notes += list(output.layout.warnings)[:5]
         # PNG/JPEG encoding of a full-size image takes tens of milliseconds: keep it off the event loop.
         image = await asyncio.to_thread(
@@ -171,8 +177,13 @@ def plain_kwargs(text: str) -> MessageKwargs:
 def result_layout(output: JobOutput, *, job_id: int, prompt: str) -> Layout:
     """The layout file attached to a result: everything that reproduces it (docs/canvas.md)."""
     render = output.render
-    meta: dict[str, Any] = {"job": job_id, "prompt": prompt, "render": render.params.to_dict(), "sdxl": render.model,
-                            "seconds": round(render.seconds + (output.chat.seconds if output.chat else 0.0), 3)}
+    meta: dict[str, Any] = {
+        "job": job_id,
+        "prompt": prompt,
+        "render": render.params.to_dict(),
+        "sdxl": render.model,
+        "seconds": round(render.seconds + (output.chat.seconds if output.chat else 0.0), 3),
+    }
     layout = output.layout
     overrides = list(layout.meta.get("overrides") or [])
     if output.chat is not None:

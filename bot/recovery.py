@@ -97,7 +97,10 @@ class Recovery:
             return False
         try:
             found = await self.messenger.find_result(
-                job.id, channel_id=job.channel_id, guild_id=job.guild_id, status_message_id=job.status_message_id
+                job.id,
+                channel_id=job.channel_id,
+                guild_id=job.guild_id,
+                status_message_id=job.status_message_id,
             )
         except discord.HTTPException as exc:  # Discord cannot tell now: run it again rather than lose it
             log.warning("job %s: could not check for a delivered result: %s", job.id, exc)

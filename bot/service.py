@@ -188,11 +188,19 @@ class JobService:
 
     def _apply_end(self, tracker: Tracker, event: JobEvent) -> None:
         if isinstance(event, ChatDone):
-            self._spawn(self._store_chat(tracker, event), fails=(tracker.job_id, "the LLM's answer could not be stored"))
+            self._spawn(
+                self._store_chat(tracker, event),
+                fails=(tracker.job_id, "the LLM's answer could not be stored"),
+            )
         elif isinstance(event, Finished):
             tracker.phase = "done"  # from now on only the result is shown: no progress edit starts
-            self._spawn(self._deliver(tracker, event.output), fails=(tracker.job_id, "the result could not be delivered"))
-        elif isinstance(event, Cancelled) and self.shutting_down and event.job_id not in self._cancel_requested:
+            self._spawn(
+                self._deliver(tracker, event.output),
+                fails=(tracker.job_id, "the result could not be delivered"),
+            )
+        elif (
+            isinstance(event, Cancelled) and self.shutting_down and event.job_id not in self._cancel_requested
+        ):
             # Stopped by the shutdown, not by its user: the database keeps it running, and the next start
             # resumes it (recover); its status message is edited then.
             log.info("job %s: stopped by the shutdown; it resumes after the restart", event.job_id)
@@ -200,7 +208,9 @@ class JobService:
         elif isinstance(event, Failed | Cancelled):
             tracker.phase = "done"
             self._cancel_requested.discard(event.job_id)
-            self._spawn(self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly"))
+            self._spawn(
+                self._end(tracker, event), fails=(tracker.job_id, "the job could not be ended cleanly")
+            )
 
     def _spawn(self, coro: Awaitable[None], *, fails: tuple[int, str]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task whose exception is never dropped: it is logged, and the job (``fails``: job
@@ -226,7 +236,9 @@ class JobService:
         tracker = self._forget(job_id)
         if tracker is not None and tracker.result_message_id is not None:
             with _logged(f"job {job_id}: recording the delivered result"):
-                await self.storage.update_job(job_id, state="done", result_message_id=tracker.result_message_id)
+                await self.storage.update_job(
+                    job_id, state="done", result_message_id=tracker.result_message_id
+                )
             return
         with _logged(f"job {job_id}: stopping it"):
             await self.backend.cancel(job_id)

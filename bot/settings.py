@@ -42,26 +42,38 @@ class ServerSettings(Declared):
     parameter it sets), its help. ``None``: not set here (the bot's default applies)."""
 
     allowed_channels: list[Annotated[int, Field(ge=1)]] | None = Field(
-        None, max_length=100, description="channels where /omost works (mentions or ids), or 'all'",
-        json_schema_extra={**GUILD_ONLY, "allowed": "channel mentions or ids, or all"})
+        None,
+        max_length=100,
+        description="channels where /omost works (mentions or ids), or 'all'",
+        json_schema_extra={**GUILD_ONLY, "allowed": "channel mentions or ids, or all"},
+    )
     unfiltered: bool | None = Field(None, description="allow unfiltered LLMs (e.g. dolphin) here")
     llm: SettingText | None = Field(None, description="default LLM id")
     temperature: Temperature | None = Field(None, description="default LLM temperature")
     top_p: TopP | None = Field(None, description="default LLM top_p")
     max_new_tokens: MaxNewTokens | None = Field(None, description="default LLM token budget")
-    prompt_lookup: bool | None = Field(None, description="LLM drafts tokens from the conversation (faster edits)")
+    prompt_lookup: bool | None = Field(
+        None, description="LLM drafts tokens from the conversation (faster edits)"
+    )
     prompt_lookup_tokens: DraftTokens | None = Field(None, description="longest prompt-lookup draft")
-    grammar: bool | None = Field(None, description="LLM output held to the canvas-program grammar (never invalid)")
+    grammar: bool | None = Field(
+        None, description="LLM output held to the canvas-program grammar (never invalid)"
+    )
     size: Annotated[str, Field(max_length=20)] | None = Field(
-        None, description="default image size: a preset or WIDTHxHEIGHT",
-        json_schema_extra={"kind": "size", "allowed": "a preset (portrait, square, ...) or WIDTHxHEIGHT"})
+        None,
+        description="default image size: a preset or WIDTHxHEIGHT",
+        json_schema_extra={"kind": "size", "allowed": "a preset (portrait, square, ...) or WIDTHxHEIGHT"},
+    )
     steps: Steps | None = Field(None, description="default diffusion steps")
     cfg: Cfg | None = Field(None, description="default guidance scale")
     method: Method | None = Field(None, description="default regional method")
     negative: SettingText | None = Field(None, description="default negative prompt")
-    max_steps: Steps | None = Field(None, description="most steps a user may ask for (base and high-res pass)")
+    max_steps: Steps | None = Field(
+        None, description="most steps a user may ask for (base and high-res pass)"
+    )
     max_megapixels: Megapixels | None = Field(
-        None, description="largest image a user may ask for (the high-res output included)")
+        None, description="largest image a user may ask for (the high-res output included)"
+    )
     max_queued_per_user: QueuedPerUser | None = Field(None, description="jobs one user may have waiting")
     rate_limit: RateLimit | None = Field(None, description="jobs one user may submit per window")
 
@@ -81,8 +93,12 @@ def _spec(name: str) -> SettingSpec:
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     kind = "channels" if name == "allowed_channels" else extra.get("kind") or field_kind(ServerSettings, name)
     scopes = tuple(extra.get("scopes", ("guild", "channel")))
-    return SettingSpec(kind=kind, help=info.description or "", scopes=scopes,  # type: ignore[arg-type]
-                       choices=choices(ServerSettings, name))
+    return SettingSpec(
+        kind=kind,
+        help=info.description or "",
+        scopes=scopes,  # type: ignore[arg-type]
+        choices=choices(ServerSettings, name),
+    )
 
 
 SETTINGS: dict[str, SettingSpec] = {name: _spec(name) for name in fields_of(ServerSettings)}
@@ -213,7 +229,9 @@ async def resolve_policy(
     )
     # Stored values were checked when set; checking again keeps a row from an older version honest.
     values.update({k: v for k, v in ServerSettings.from_dict(stored).to_dict().items() if v is not None})
-    llm_fields = {k: values[k] for k in ("temperature", "top_p", "max_new_tokens", *DECODING_SETTINGS) if k in values}
+    llm_fields = {
+        k: values[k] for k in ("temperature", "top_p", "max_new_tokens", *DECODING_SETTINGS) if k in values
+    }
     render_fields: dict[str, Any] = {
         k: values[k] for k in ("steps", "cfg", "method", "negative") if k in values
     }

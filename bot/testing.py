@@ -35,8 +35,15 @@ class ScriptedEngine(BaseScriptedEngine):
         settled: Callable[[], bool] = lambda: True,
         **options: object,
     ) -> None:
-        super().__init__(replies=replies, reply_per="turn", progress_chunks=llm_events - 1, image_size=image_size,
-                         clock=clock, gate=gate, **options)  # type: ignore[arg-type]
+        super().__init__(
+            replies=replies,
+            reply_per="turn",
+            progress_chunks=llm_events - 1,
+            image_size=image_size,
+            clock=clock,
+            gate=gate,
+            **options,
+        )  # type: ignore[arg-type]
         self.loop = loop
         self.settled = settled
 

@@ -31,7 +31,9 @@ RESULT_ACTIONS = ("reroll", "layout", "edit", "delete")
 class ButtonHandler(Protocol):
     """What answers a click on a job's button (the ``/omost`` cog)."""
 
-    async def on_job_button(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> None: ...
+    async def on_job_button(
+        self, interaction: discord.Interaction[Any], action: str, job_id: int
+    ) -> None: ...
 
 
 def custom_id(action: str, job_id: int) -> str:

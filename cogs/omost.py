@@ -60,8 +60,19 @@ TextOption = app_commands.Range[str, 1, constraints(fields_of(RenderParams)["neg
 _RENDER_DESCRIPTIONS = {
     "seed": _describe(RenderParams, "seed", "random seed; random if left out"),
     "size": f"a preset ({', '.join(ASPECT_PRESETS)}) or WIDTHxHEIGHT"[:100],
-    **{name: _describe(RenderParams, name) for name in
-       ("steps", "cfg", "method", "global_strength", "region_strength", "overlap", "negative", "positive")},
+    **{
+        name: _describe(RenderParams, name)
+        for name in (
+            "steps",
+            "cfg",
+            "method",
+            "global_strength",
+            "region_strength",
+            "overlap",
+            "negative",
+            "positive",
+        )
+    },
 }
 _LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
 
@@ -328,8 +339,10 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
             value = policy.values.get(key)
             if key == "allowed_channels":
                 value = ", ".join(f"<#{c}>" for c in value) if value else "all"
-            lines.append(f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}; "
-                         f"{setting_allowed(key)}")
+            lines.append(
+                f"`{key}` = {value if value is not None else '—'} ({source}) — {spec.help}; "
+                f"{setting_allowed(key)}"
+            )
         await interaction.response.send_message("\n".join(lines)[:1990], ephemeral=True)
 
     @settings.command(name="set", description="Change a default or limit for the server or this channel")
@@ -353,9 +366,7 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         assert scope_id is not None
         await self.storage.set_setting(scope, scope_id, key, parsed)
         where = "this server" if scope == "guild" else f"<#{scope_id}>"
-        await interaction.response.send_message(
-            f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True
-        )
+        await interaction.response.send_message(f"✅ `{key}` is now `{value}` in {where}.", ephemeral=True)
 
     @settings.command(name="reset", description="Go back to the default of a setting")
     @admins_only("view or change Omost settings")

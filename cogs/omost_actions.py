@@ -94,7 +94,9 @@ async def download_layout(attachment: discord.Attachment, *, max_bytes: int, tim
             parameter="layout",
         ) from None
     except discord.Forbidden:
-        raise OmostError(f"Discord refused to hand over `{name}`; attach it again", parameter="layout") from None
+        raise OmostError(
+            f"Discord refused to hand over `{name}`; attach it again", parameter="layout"
+        ) from None
     except discord.HTTPException as exc:
         log.warning("attachment %s: the CDN answered %s", attachment.id, exc.status)
         raise OmostError(
@@ -194,9 +196,7 @@ class OmostActions:
         """The channel's policy, once the user may start a job here now."""
         if guild_id is None:
             raise OmostError("Omost works in server channels, not in direct messages", parameter="channel")
-        policy = await resolve_policy(
-            self.storage, self.config, guild_id=guild_id, channel_id=channel.id
-        )
+        policy = await resolve_policy(self.storage, self.config, guild_id=guild_id, channel_id=channel.id)
         require_channel_allowed(policy, channel)
         require_bot_permissions(bot_permissions)
         await require_rate(self.storage, policy, user_id=user_id, window_s=self.config.rate_window_s)
@@ -294,7 +294,9 @@ class OmostActions:
         given = {k: v for k, v in options.items() if v is not None}
         asked = {**{k: getattr(file_params, k) for k in file_settings if k in RENDER_OPTIONS}, **given}
         seed = file_params.seed if "seed" in file_settings else new_seed()
-        _, llm_params, render_params = build_params(replace(policy, render_params=file_params), asked, seed=seed)
+        _, llm_params, render_params = build_params(
+            replace(policy, render_params=file_params), asked, seed=seed
+        )
         overrides = list(layout.meta.get("overrides") or [])
         overrides += describe_overrides(file_params, render_params, given, source="option")
         meta = {k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta}
@@ -353,7 +355,9 @@ class OmostActions:
             await self._answer_reply(message, str(exc))
         except Exception:  # a bug: logged with its traceback; the user still gets an answer
             log.exception("the reply %s to job #%s failed", message.id, source.id)
-            await self._answer_reply(message, "something went wrong on my side; the error was logged. Please try again")
+            await self._answer_reply(
+                message, "something went wrong on my side; the error was logged. Please try again"
+            )
 
     async def _answer_reply(self, message: discord.Message, text: str) -> None:
         try:

@@ -136,7 +136,11 @@ def _texts(value: Any, parameter: str, who: str) -> list[str]:
 
 def _distance(value: Any, who: str) -> float:
     # As the original: any int/float (bool included, True reads as 1) that is > 0; inf is allowed.
-    if not isinstance(value, int | float) or (isinstance(value, float) and math.isnan(value)) or not value > 0:
+    if (
+        not isinstance(value, int | float)
+        or (isinstance(value, float) and math.isnan(value))
+        or not value > 0
+    ):
         raise OmostError(
             f"distance_to_viewer of {who} must be a positive number, got {quote(value)}; "
             "allowed: a number > 0 (only the order matters: larger is farther)",
@@ -215,9 +219,12 @@ class Canvas:
         distance = _distance(distance_to_viewer, who)
         detailed = _texts(detailed_descriptions, "detailed_descriptions", who)
         singles = [
-            _text(v, p, who) for p, v in zip(_LOCAL_TEXT_PARAMS, (tags, atmosphere, style, quality_meta), strict=True)
+            _text(v, p, who)
+            for p, v in zip(_LOCAL_TEXT_PARAMS, (tags, atmosphere, style, quality_meta), strict=True)
         ]
-        self.work += (len(description) + sum(map(len, detailed)) + sum(map(len, singles))) // TEXT_CHARS_PER_WORK
+        self.work += (
+            len(description) + sum(map(len, detailed)) + sum(map(len, singles))
+        ) // TEXT_CHARS_PER_WORK
         loc = self._resolve(location, LOCATIONS, "location")
         off = self._resolve(offset, OFFSETS, "offset")
         ar = self._resolve(area, AREAS, "area")
@@ -229,7 +236,9 @@ class Canvas:
                 value=len(self.regions) + 1,
                 allowed=f"at most {self.max_regions} calls",
             )
-        if self.global_prefix is None and not any(w.startswith("add_local_description before") for w in self.warnings):
+        if self.global_prefix is None and not any(
+            w.startswith("add_local_description before") for w in self.warnings
+        ):
             self.warnings.append(
                 "add_local_description before set_global_description: "
                 "every region still gets the global description as its first prefix"
@@ -263,7 +272,9 @@ class Canvas:
             for r in ordered
         ]
         if self.global_prefix is not None and self.global_color is not None:
-            out.insert(0, Condition(FULL_RECT, (self.global_prefix,), self.global_suffixes, self.global_color))
+            out.insert(
+                0, Condition(FULL_RECT, (self.global_prefix,), self.global_suffixes, self.global_color)
+            )
         return out
 
     def process(self) -> Layout:

@@ -51,12 +51,17 @@ class Declared(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, unknown: Literal["ignore", "refuse"] = "ignore",
-                  where: str = "") -> Self:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, unknown: Literal["ignore", "refuse"] = "ignore", where: str = ""
+    ) -> Self:
         """A model from a mapping; unknown keys are dropped (stored rows from other versions) or refused."""
         if not isinstance(data, Mapping):
-            raise OmostError(f"{where or cls.__name__} must be an object, not {show(data)}",
-                             parameter=where or cls.__name__, value=data, allowed="a JSON object")
+            raise OmostError(
+                f"{where or cls.__name__} must be an object, not {show(data)}",
+                parameter=where or cls.__name__,
+                value=data,
+                allowed="a JSON object",
+            )
         names = cls.model_fields
         extra = [k for k in data if k not in names]
         if extra and unknown == "refuse":
@@ -65,8 +70,12 @@ class Declared(BaseModel):
             return cls(**{k: v for k, v in data.items() if k in names})
         except OmostError as exc:
             if where and exc.parameter and not exc.parameter.startswith(f"{where}."):
-                raise OmostError(f"{where}.{exc.message}", parameter=f"{where}.{exc.parameter}",
-                                 value=exc.value, allowed=exc.allowed) from None
+                raise OmostError(
+                    f"{where}.{exc.message}",
+                    parameter=f"{where}.{exc.parameter}",
+                    value=exc.value,
+                    allowed=exc.allowed,
+                ) from None
             raise
 
     def replace(self, **changes: Any) -> Self:
@@ -80,8 +89,12 @@ class Declared(BaseModel):
     def check_fields(cls, data: Mapping[str, Any], *, where: str = "") -> dict[str, Any]:
         """Validate some of the fields (a partial set, e.g. a layout file's render settings)."""
         if not isinstance(data, Mapping):
-            raise OmostError(f"{where or cls.__name__} must be an object, not {show(data)}",
-                             parameter=where or cls.__name__, value=data, allowed="a JSON object")
+            raise OmostError(
+                f"{where or cls.__name__} must be an object, not {show(data)}",
+                parameter=where or cls.__name__,
+                value=data,
+                allowed="a JSON object",
+            )
         checked: dict[str, Any] = {}
         for key, value in data.items():
             if key not in cls.model_fields:
@@ -93,8 +106,12 @@ class Declared(BaseModel):
 def unknown_field_error(cls: type[Any], key: str, where: str = "") -> OmostError:
     allowed = ", ".join(fields_of(cls))
     place = f" in {where}" if where else ""
-    return OmostError(f"unknown field {show(key)}{place}; allowed: {allowed}",
-                      parameter=f"{where}.{key}" if where else key, value=key, allowed=allowed)
+    return OmostError(
+        f"unknown field {show(key)}{place}; allowed: {allowed}",
+        parameter=f"{where}.{key}" if where else key,
+        value=key,
+        allowed=allowed,
+    )
 
 
 def fields_of(cls: type[Any]) -> dict[str, FieldInfo]:
@@ -111,8 +128,7 @@ def _adapter(cls: type, name: str) -> TypeAdapter[Any]:  # type, not type[Any]: 
     return TypeAdapter(annotation, config=ConfigDict(strict=True, allow_inf_nan=False))
 
 
-def check_value(cls: type, name: str, value: Any, *, label: str | None = None,
-                say_kind: bool = False) -> Any:
+def check_value(cls: type, name: str, value: Any, *, label: str | None = None, say_kind: bool = False) -> Any:
     """One field's value validated against its declaration; ``OmostError`` worded like ``field_error``."""
     try:
         return _adapter(cls, name).validate_python(value)
@@ -207,8 +223,11 @@ def allowed_text(cls: type[Any], name: str, *, say_kind: bool = True) -> str:
     if "allowed" in extra:
         return str(extra["allowed"])
     if kind == "choice":
-        text = " or ".join(choices(cls, name)) if len(choices(cls, name)) <= 2 else \
-            "one of " + ", ".join(choices(cls, name))
+        text = (
+            " or ".join(choices(cls, name))
+            if len(choices(cls, name)) <= 2
+            else "one of " + ", ".join(choices(cls, name))
+        )
     elif kind == "bool":
         text = "true or false"
     elif kind in ("int", "float"):
@@ -225,8 +244,13 @@ def allowed_text(cls: type[Any], name: str, *, say_kind: bool = True) -> str:
     elif kind == "text":
         high = found.get("max_length")
         low = found.get("min_length")
-        text = f"text of {low} to {high} characters" if low else \
-            f"text of at most {high} characters" if high else "text"
+        text = (
+            f"text of {low} to {high} characters"
+            if low
+            else f"text of at most {high} characters"
+            if high
+            else "text"
+        )
     elif kind == "list":
         text = "a list"
         if found.get("max_length"):
@@ -238,8 +262,9 @@ def allowed_text(cls: type[Any], name: str, *, say_kind: bool = True) -> str:
     return text
 
 
-def field_error(cls: type[Any], name: str, value: Any, *, label: str | None = None,
-                say_kind: bool = False) -> OmostError:
+def field_error(
+    cls: type[Any], name: str, value: Any, *, label: str | None = None, say_kind: bool = False
+) -> OmostError:
     """The one message for a bad value: "<field> must be <allowed>, not <value>"."""
     label = label or name
     kind = field_kind(cls, name)
@@ -268,8 +293,14 @@ def field_rows(cls: type[Any], names: Iterable[str] | None = None) -> list[tuple
     for name in names or fields_of(cls):
         info = fields_of(cls)[name]
         default = info.get_default(call_default_factory=True)
-        rows.append((name, allowed_text(cls, name), "—" if default in (None, "", (), []) else str(default),
-                     info.description or ""))
+        rows.append(
+            (
+                name,
+                allowed_text(cls, name),
+                "—" if default in (None, "", (), []) else str(default),
+                info.description or "",
+            )
+        )
     return rows
 
 

@@ -101,8 +101,21 @@ class CanvasSpec:
         for r in canvas.regions:
             location, offset, area, color = r.names
             description, detailed, tags, atmosphere, style, quality = r.texts
-            regions.append(RegionSpec(location, offset, area, r.distance, description, tuple(detailed), tags,
-                                      atmosphere, style, quality, color))
+            regions.append(
+                RegionSpec(
+                    location,
+                    offset,
+                    area,
+                    r.distance,
+                    description,
+                    tuple(detailed),
+                    tags,
+                    atmosphere,
+                    style,
+                    quality,
+                    color,
+                )
+            )
         return cls(glob, tuple(regions))
 
     @classmethod
@@ -133,9 +146,19 @@ class CanvasSpec:
         g = self.global_
         canvas.set_global_description(g.description, list(g.detailed_descriptions), g.tags, g.color)
         for r in self.regions:
-            canvas.add_local_description(r.location, r.offset, r.area, r.distance, r.description,
-                                         list(r.detailed_descriptions), r.tags, r.atmosphere, r.style,
-                                         r.quality_meta, r.color)
+            canvas.add_local_description(
+                r.location,
+                r.offset,
+                r.area,
+                r.distance,
+                r.description,
+                list(r.detailed_descriptions),
+                r.tags,
+                r.atmosphere,
+                r.style,
+                r.quality_meta,
+                r.color,
+            )
         return canvas
 
     def layout(self) -> Layout:
@@ -160,9 +183,17 @@ class CanvasSpec:
 
     def _index(self, number: int) -> int:
         if type(number) is not int or not 1 <= number <= len(self.regions):
-            allowed = f"1 to {len(self.regions)}" if self.regions else "none (the canvas has only the global description)"
-            raise OmostError(f"there is no region {quote(number)}; allowed: {allowed}",
-                             parameter="region", value=number, allowed=allowed)
+            allowed = (
+                f"1 to {len(self.regions)}"
+                if self.regions
+                else "none (the canvas has only the global description)"
+            )
+            raise OmostError(
+                f"there is no region {quote(number)}; allowed: {allowed}",
+                parameter="region",
+                value=number,
+                allowed=allowed,
+            )
         return self.order()[number - 1]
 
     def label(self, number: int, chars: int = 60) -> str:
@@ -183,28 +214,36 @@ class CanvasSpec:
     def program(self) -> str:
         """A canvas program in the Omost format that the interpreter runs back to this spec's conditions."""
         g = self.global_
-        lines = ["# Initialize the canvas", "canvas = Canvas()", "", "# Set a global description for the canvas",
-                 "canvas.set_global_description(",
-                 f"    description={g.description!r},",
-                 f"    detailed_descriptions={_list(g.detailed_descriptions)},",
-                 f"    tags={g.tags!r},",
-                 f"    HTML_web_color_name={g.color!r},",
-                 ")"]
+        lines = [
+            "# Initialize the canvas",
+            "canvas = Canvas()",
+            "",
+            "# Set a global description for the canvas",
+            "canvas.set_global_description(",
+            f"    description={g.description!r},",
+            f"    detailed_descriptions={_list(g.detailed_descriptions)},",
+            f"    tags={g.tags!r},",
+            f"    HTML_web_color_name={g.color!r},",
+            ")",
+        ]
         for r in self.regions:
-            lines += ["", f"# Add {_comment(r.description)}",
-                      "canvas.add_local_description(",
-                      f"    location={r.location!r},",
-                      f"    offset={r.offset!r},",
-                      f"    area={r.area!r},",
-                      f"    distance_to_viewer={_number(r.distance)},",
-                      f"    description={r.description!r},",
-                      f"    detailed_descriptions={_list(r.detailed_descriptions)},",
-                      f"    tags={r.tags!r},",
-                      f"    atmosphere={r.atmosphere!r},",
-                      f"    style={r.style!r},",
-                      f"    quality_meta={r.quality_meta!r},",
-                      f"    HTML_web_color_name={r.color!r},",
-                      ")"]
+            lines += [
+                "",
+                f"# Add {_comment(r.description)}",
+                "canvas.add_local_description(",
+                f"    location={r.location!r},",
+                f"    offset={r.offset!r},",
+                f"    area={r.area!r},",
+                f"    distance_to_viewer={_number(r.distance)},",
+                f"    description={r.description!r},",
+                f"    detailed_descriptions={_list(r.detailed_descriptions)},",
+                f"    tags={r.tags!r},",
+                f"    atmosphere={r.atmosphere!r},",
+                f"    style={r.style!r},",
+                f"    quality_meta={r.quality_meta!r},",
+                f"    HTML_web_color_name={r.color!r},",
+                ")",
+            ]
         return "\n".join(lines) + "\n"
 
     def reply(self) -> str:
@@ -215,13 +254,28 @@ class CanvasSpec:
         """Plain JSON (an editor's state in SQLite); ``from_json`` reads it back and re-checks it."""
         g = self.global_
         return {
-            "global": {"description": g.description, "detailed_descriptions": list(g.detailed_descriptions),
-                       "tags": g.tags, "color": g.color},
-            "regions": [{"location": r.location, "offset": r.offset, "area": r.area,
-                         "distance": "inf" if r.distance == math.inf else r.distance,
-                         "description": r.description, "detailed_descriptions": list(r.detailed_descriptions),
-                         "tags": r.tags, "atmosphere": r.atmosphere, "style": r.style, "quality_meta": r.quality_meta,
-                         "color": r.color} for r in self.regions],
+            "global": {
+                "description": g.description,
+                "detailed_descriptions": list(g.detailed_descriptions),
+                "tags": g.tags,
+                "color": g.color,
+            },
+            "regions": [
+                {
+                    "location": r.location,
+                    "offset": r.offset,
+                    "area": r.area,
+                    "distance": "inf" if r.distance == math.inf else r.distance,
+                    "description": r.description,
+                    "detailed_descriptions": list(r.detailed_descriptions),
+                    "tags": r.tags,
+                    "atmosphere": r.atmosphere,
+                    "style": r.style,
+                    "quality_meta": r.quality_meta,
+                    "color": r.color,
+                }
+                for r in self.regions
+            ],
             "notes": list(self.notes),
         }
 
@@ -231,14 +285,28 @@ class CanvasSpec:
             g = doc["global"]
             glob = GlobalSpec(g["description"], tuple(g["detailed_descriptions"]), g["tags"], g["color"])
             regions = tuple(
-                RegionSpec(r["location"], r["offset"], r["area"], math.inf if r["distance"] == "inf" else r["distance"],
-                           r["description"], tuple(r["detailed_descriptions"]), r["tags"], r["atmosphere"],
-                           r["style"], r["quality_meta"], r["color"])
-                for r in doc["regions"])
+                RegionSpec(
+                    r["location"],
+                    r["offset"],
+                    r["area"],
+                    math.inf if r["distance"] == "inf" else r["distance"],
+                    r["description"],
+                    tuple(r["detailed_descriptions"]),
+                    r["tags"],
+                    r["atmosphere"],
+                    r["style"],
+                    r["quality_meta"],
+                    r["color"],
+                )
+                for r in doc["regions"]
+            )
             notes = tuple(str(n) for n in doc.get("notes", ()))
         except (KeyError, TypeError, AttributeError) as exc:
-            raise OmostError(f"the saved canvas is not valid ({type(exc).__name__}: {exc}); allowed: "
-                             "what CanvasSpec.to_json writes", parameter="canvas") from None
+            raise OmostError(
+                f"the saved canvas is not valid ({type(exc).__name__}: {exc}); allowed: "
+                "what CanvasSpec.to_json writes",
+                parameter="canvas",
+            ) from None
         spec = cls(glob, regions, notes)
         spec.layout()  # every check of the canvas, so a tampered state is refused here
         return spec
@@ -257,16 +325,31 @@ class Edit:
 # -- edits ---------------------------------------------------------------------------------------------
 
 
-def set_box(spec: CanvasSpec, number: int, *, location: str | None = None, offset: str | None = None,
-            area: str | None = None) -> Edit:
+def set_box(
+    spec: CanvasSpec,
+    number: int,
+    *,
+    location: str | None = None,
+    offset: str | None = None,
+    area: str | None = None,
+) -> Edit:
     """Change a region's location, offset and/or area (canvas names; a near miss is corrected, with a note)."""
     if number == 0:
-        raise OmostError("the global description covers the whole canvas; allowed: a location, offset or area "
-                         "for regions 1 and up", parameter="region", value=0, allowed="a region number >= 1")
+        raise OmostError(
+            "the global description covers the whole canvas; allowed: a location, offset or area "
+            "for regions 1 and up",
+            parameter="region",
+            value=0,
+            allowed="a region number >= 1",
+        )
     index = spec._index(number)
     notes: list[str] = []
     changes: dict[str, Any] = {}  # Any: replace() checks each keyword against every field's type
-    for name, value, table in (("location", location, LOCATIONS), ("offset", offset, OFFSETS), ("area", area, AREAS)):
+    for name, value, table in (
+        ("location", location, LOCATIONS),
+        ("offset", offset, OFFSETS),
+        ("area", area, AREAS),
+    ):
         if value is not None:
             resolved = resolve(value, table, parameter=name)
             changes[name] = resolved.name
@@ -286,7 +369,9 @@ def farther(spec: CanvasSpec, number: int) -> Edit:
     return _move(spec, number, -1)
 
 
-def set_text(spec: CanvasSpec, number: int, *, count_tokens: TokenCounter | None = None, **texts: Any) -> Edit:
+def set_text(
+    spec: CanvasSpec, number: int, *, count_tokens: TokenCounter | None = None, **texts: Any
+) -> Edit:
     """Set text fields: description, detailed_descriptions (a list of strings), tags, and for regions
     atmosphere, style, quality_meta.
 
@@ -297,30 +382,53 @@ def set_text(spec: CanvasSpec, number: int, *, count_tokens: TokenCounter | None
     where = "the global description" if number == 0 else f"region {number}"
     for name in texts:
         if name not in allowed:
-            raise OmostError(f"{name} is not a text field of {where}; allowed: {', '.join(allowed)}",
-                             parameter=name, value=name, allowed=", ".join(allowed))
+            raise OmostError(
+                f"{name} is not a text field of {where}; allowed: {', '.join(allowed)}",
+                parameter=name,
+                value=name,
+                allowed=", ".join(allowed),
+            )
     if "detailed_descriptions" in texts:
         value = texts["detailed_descriptions"]
         if not isinstance(value, list | tuple) or not all(isinstance(s, str) for s in value):
-            raise OmostError(f"detailed_descriptions of {where} must be a list of strings, got {quote(value)}; "
-                             "allowed: a list of strings (one per line)", parameter="detailed_descriptions",
-                             value=value, allowed="a list of strings")
+            raise OmostError(
+                f"detailed_descriptions of {where} must be a list of strings, got {quote(value)}; "
+                "allowed: a list of strings (one per line)",
+                parameter="detailed_descriptions",
+                value=value,
+                allowed="a list of strings",
+            )
         texts["detailed_descriptions"] = tuple(value)
-    if "description" in texts and isinstance(texts["description"], str) and not texts["description"].strip(",. \n\t"):
-        raise OmostError(f"the description of {where} is empty; allowed: a short sentence saying what is there",
-                         parameter="description", value=texts["description"], allowed="non-empty text")
+    if (
+        "description" in texts
+        and isinstance(texts["description"], str)
+        and not texts["description"].strip(",. \n\t")
+    ):
+        raise OmostError(
+            f"the description of {where} is empty; allowed: a short sentence saying what is there",
+            parameter="description",
+            value=texts["description"],
+            allowed="non-empty text",
+        )
     for name, value in texts.items():
         for text in value if name == "detailed_descriptions" else (value,):
             if not isinstance(text, str):
-                raise OmostError(f"{name} of {where} must be text, got {quote(text)}; allowed: a string",
-                                 parameter=name, value=text, allowed="a string")
+                raise OmostError(
+                    f"{name} of {where} must be text, got {quote(text)}; allowed: a string",
+                    parameter=name,
+                    value=text,
+                    allowed="a string",
+                )
             if count_tokens is not None and len(text) <= MAX_TEXT_CHARS:  # longer: the canvas's own refusal
                 tokens = count_tokens(safe_str(text))
                 if tokens > CLIP_CONTENT_TOKENS:
                     raise OmostError(
                         f"{name} of {where} is {tokens} CLIP tokens long ({quote(text[:40])}...); allowed: at most "
                         f"{CLIP_CONTENT_TOKENS} tokens, one CLIP chunk (split it into several detailed descriptions)",
-                        parameter=name, value=tokens, allowed=f"at most {CLIP_CONTENT_TOKENS} CLIP tokens")
+                        parameter=name,
+                        value=tokens,
+                        allowed=f"at most {CLIP_CONTENT_TOKENS} CLIP tokens",
+                    )
     if number == 0:
         new = replace(spec, global_=replace(spec.global_, **texts))
         _check(new)
@@ -340,17 +448,39 @@ def set_color(spec: CanvasSpec, number: int, name: str) -> Edit:
     return Edit(_with_region(spec, index, replace(spec.regions[index], color=resolved.name)), number, note)
 
 
-def add_region(spec: CanvasSpec, *, description: str = NEW_REGION_DESCRIPTION, location: str = NEW_REGION_LOCATION,
-               offset: str = NEW_REGION_OFFSET, area: str = NEW_REGION_AREA, color: str = NEW_REGION_COLOR,
-               count_tokens: TokenCounter | None = None) -> Edit:
+def add_region(
+    spec: CanvasSpec,
+    *,
+    description: str = NEW_REGION_DESCRIPTION,
+    location: str = NEW_REGION_LOCATION,
+    offset: str = NEW_REGION_OFFSET,
+    area: str = NEW_REGION_AREA,
+    color: str = NEW_REGION_COLOR,
+    count_tokens: TokenCounter | None = None,
+) -> Edit:
     """Add a region (defaults: a small square in the centre, white), drawn nearest to the viewer."""
     if len(spec.regions) >= MAX_REGIONS:
-        raise OmostError(f"the canvas already has {len(spec.regions)} regions; allowed: at most {MAX_REGIONS}",
-                         parameter="regions", value=len(spec.regions) + 1, allowed=f"at most {MAX_REGIONS} regions")
+        raise OmostError(
+            f"the canvas already has {len(spec.regions)} regions; allowed: at most {MAX_REGIONS}",
+            parameter="regions",
+            value=len(spec.regions) + 1,
+            allowed=f"at most {MAX_REGIONS} regions",
+        )
     finite = [r.distance for r in spec.regions if r.distance != math.inf]
     distance = min(finite) / 2 if finite else 1.0
-    region = RegionSpec(NEW_REGION_LOCATION, NEW_REGION_OFFSET, NEW_REGION_AREA, distance, NEW_REGION_DESCRIPTION,
-                        (), "", "", "", "", NEW_REGION_COLOR)
+    region = RegionSpec(
+        NEW_REGION_LOCATION,
+        NEW_REGION_OFFSET,
+        NEW_REGION_AREA,
+        distance,
+        NEW_REGION_DESCRIPTION,
+        (),
+        "",
+        "",
+        "",
+        "",
+        NEW_REGION_COLOR,
+    )
     new = replace(spec, regions=(*spec.regions, region))  # smallest distance: drawn last, number n
     edit = set_box(new, len(new.regions), location=location, offset=offset, area=area)
     edit = set_text(edit.spec, edit.region, description=description, count_tokens=count_tokens)
@@ -360,14 +490,22 @@ def add_region(spec: CanvasSpec, *, description: str = NEW_REGION_DESCRIPTION, l
 def delete_region(spec: CanvasSpec, number: int) -> Edit:
     """Delete a region; the global description and the last region cannot be deleted."""
     if number == 0:
-        raise OmostError("the global description cannot be deleted; allowed: regions 1 and up",
-                         parameter="region", value=0, allowed="a region number >= 1")
+        raise OmostError(
+            "the global description cannot be deleted; allowed: regions 1 and up",
+            parameter="region",
+            value=0,
+            allowed="a region number >= 1",
+        )
     index = spec._index(number)
     if len(spec.regions) == 1:
-        raise OmostError("this is the last region and cannot be deleted; allowed: deleting a region while "
-                         "another remains (edit this one instead)", parameter="region", value=number,
-                         allowed="at least one region kept")
-    new = replace(spec, regions=spec.regions[:index] + spec.regions[index + 1:])
+        raise OmostError(
+            "this is the last region and cannot be deleted; allowed: deleting a region while "
+            "another remains (edit this one instead)",
+            parameter="region",
+            value=number,
+            allowed="at least one region kept",
+        )
+    new = replace(spec, regions=spec.regions[:index] + spec.regions[index + 1 :])
     _check(new)
     return Edit(new, min(number, len(new.regions)))
 
@@ -385,7 +523,7 @@ def _check(spec: CanvasSpec) -> None:
 
 
 def _with_region(spec: CanvasSpec, index: int, region: RegionSpec) -> CanvasSpec:
-    new = replace(spec, regions=spec.regions[:index] + (region,) + spec.regions[index + 1:])
+    new = replace(spec, regions=spec.regions[:index] + (region,) + spec.regions[index + 1 :])
     _check(new)
     return new
 
@@ -405,16 +543,24 @@ def _move(spec: CanvasSpec, number: int, step: int) -> Edit:
     target = position + step
     if not 0 <= target < len(order):
         which = "nearest to the viewer" if step > 0 else "farthest from the viewer"
-        raise OmostError(f"region {number} is already the {which}; allowed: "
-                         f"{'Farther' if step > 0 else 'Closer'} for this region, or another region",
-                         parameter="distance_to_viewer", value=number, allowed="a region that can move")
+        raise OmostError(
+            f"region {number} is already the {which}; allowed: "
+            f"{'Farther' if step > 0 else 'Closer'} for this region, or another region",
+            parameter="distance_to_viewer",
+            value=number,
+            allowed="a region that can move",
+        )
     wanted = list(order)
     wanted[position], wanted[target] = wanted[target], wanted[position]
     farther_d = spec.regions[wanted[target - 1]].distance if target > 0 else None
     nearer_d = spec.regions[wanted[target + 1]].distance if target + 1 < len(wanted) else None
     for distance in _candidates(farther_d, nearer_d):
-        moved = replace(spec, regions=tuple(replace(r, distance=distance) if i == index else r
-                                            for i, r in enumerate(spec.regions)))
+        moved = replace(
+            spec,
+            regions=tuple(
+                replace(r, distance=distance) if i == index else r for i, r in enumerate(spec.regions)
+            ),
+        )
         if moved.order() == wanted:
             break
     else:  # ties or infinities leave no single value: renumber every region in the wanted order
@@ -464,8 +610,11 @@ def _infer(layout: Layout) -> CanvasSpec:
     notes: list[str] = []
     glob = layout.global_condition
     if glob is None:
-        raise OmostError("the layout has no global condition; allowed: a layout whose first condition covers "
-                         f"the whole grid [0, {GRID}, 0, {GRID}]", parameter="layout")
+        raise OmostError(
+            "the layout has no global condition; allowed: a layout whose first condition covers "
+            f"the whole grid [0, {GRID}, 0, {GRID}]",
+            parameter="layout",
+        )
     color = _color_name(glob.color, "the global description", notes)
     g_description = glob.prefixes[0] if glob.prefixes else ""
     g_suffixes = list(glob.suffixes)
@@ -477,21 +626,40 @@ def _infer(layout: Layout) -> CanvasSpec:
         names = _BOX_NAMES.get(cond.rect)
         if names is None:
             names = _closest_box(cond.rect)
-            notes.append(f"region {number}: its box {list(cond.rect)} is not a canvas box; using the nearest, "
-                         f"{list(box(*names))} ({', '.join(names)})")
+            notes.append(
+                f"region {number}: its box {list(cond.rect)} is not a canvas box; using the nearest, "
+                f"{list(box(*names))} ({', '.join(names)})"
+            )
         color = _color_name(cond.color, f"region {number}", notes)
-        description = cond.prefixes[-1] if len(cond.prefixes) > 1 else (cond.prefixes[0] if cond.prefixes else "")
+        description = (
+            cond.prefixes[-1] if len(cond.prefixes) > 1 else (cond.prefixes[0] if cond.prefixes else "")
+        )
         if len(cond.prefixes) != 2 or cond.prefixes[0] != g_description:
-            notes.append(f"region {number}: its prefixes are not (global description, own description); "
-                         "the canvas gives it the global description as its first prefix")
+            notes.append(
+                f"region {number}: its prefixes are not (global description, own description); "
+                "the canvas gives it the global description as its first prefix"
+            )
         suffixes = list(cond.suffixes)
         if len(suffixes) < 4:
-            notes.append(f"region {number}: fewer suffixes than a canvas region has (detailed descriptions, tags, "
-                         "atmosphere, style, quality); the missing ones are empty")
+            notes.append(
+                f"region {number}: fewer suffixes than a canvas region has (detailed descriptions, tags, "
+                "atmosphere, style, quality); the missing ones are empty"
+            )
             suffixes = [*suffixes, *[""] * (4 - len(suffixes))]
         *detailed, tags, atmosphere, style, quality = suffixes
-        regions.append(RegionSpec(*names, float(count - number + 1), description, tuple(detailed), tags, atmosphere,
-                                  style, quality, color))
+        regions.append(
+            RegionSpec(
+                *names,
+                float(count - number + 1),
+                description,
+                tuple(detailed),
+                tags,
+                atmosphere,
+                style,
+                quality,
+                color,
+            )
+        )
     return CanvasSpec(global_spec, tuple(regions), tuple(notes))
 
 
@@ -500,5 +668,7 @@ def _color_name(rgb: tuple[int, int, int], who: str, notes: list[str]) -> str:
         if tuple(value) == tuple(rgb):
             return name
     name = _closest_color(rgb)
-    notes.append(f"{who}: colour {list(rgb)} has no HTML colour name; using the nearest, {name} {list(COLORS[name])}")
+    notes.append(
+        f"{who}: colour {list(rgb)} has no HTML colour name; using the nearest, {name} {list(COLORS[name])}"
+    )
     return name

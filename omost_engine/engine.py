@@ -69,11 +69,21 @@ class RenderResult:
         if type(index) is not int or not 0 <= index < len(self.images):
             from omost_engine.errors import OmostError
 
-            raise OmostError(f"there is no image {index!r} in this result; allowed: 0 to {len(self.images) - 1}",
-                             parameter="index", value=index, allowed=f"0..{len(self.images) - 1}")
+            raise OmostError(
+                f"there is no image {index!r} in this result; allowed: 0 to {len(self.images) - 1}",
+                parameter="index",
+                value=index,
+                allowed=f"0..{len(self.images) - 1}",
+            )
         seed = self.seeds[index]
-        return replace(self, image=self.images[index], images=(self.images[index],), seeds=(seed,),
-                       params=self.params.replace(seed=seed), batched=False)
+        return replace(
+            self,
+            image=self.images[index],
+            images=(self.images[index],),
+            seeds=(seed,),
+            params=self.params.replace(seed=seed),
+            batched=False,
+        )
 
 
 class Engine(Protocol):

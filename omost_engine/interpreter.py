@@ -58,6 +58,7 @@ def parse_python(source: str) -> ast.Module:
         except SystemError:
             return ast.parse(source, filename=SOURCE_NAME, mode="exec")
 
+
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -79,7 +80,11 @@ _CMPOPS: dict[type, Callable[[Any, Any], Any]] = {
     ast.In: lambda a, b: a in b,
     ast.NotIn: lambda a, b: a not in b,
 }
-_UNARY: dict[type, Callable[[Any], Any]] = {ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_}
+_UNARY: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos,
+    ast.USub: operator.neg,
+    ast.Not: operator.not_,
+}
 
 # Node types the checker lets through, with the fields that hold child nodes to check (operator
 # and context fields are checked by the parent); anything else is refused before running.
@@ -172,7 +177,12 @@ def _parse(source: str, limits: Limits) -> ast.Module:
             allowed="Python syntax",
             line=exc.lineno,
         ) from None
-    except (ValueError, RecursionError, MemoryError, SystemError):  # null bytes; nesting too deep; see parse_python
+    except (
+        ValueError,
+        RecursionError,
+        MemoryError,
+        SystemError,
+    ):  # null bytes; nesting too deep; see parse_python
         raise OmostError(
             "the program cannot be parsed (null bytes or nesting too deep); allowed: a plain canvas program",
             parameter="program",
@@ -285,7 +295,11 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
                        "integer", f"<an integer of {bits} bits>")  # fmt: skip
         if kind in (ast.Break, ast.Continue) and not in_loop:
             what = "break" if kind is ast.Break else "continue"
-            refused = f"{what} outside a for loop is not allowed; allowed: {what} inside a for loop", "program", what
+            refused = (
+                f"{what} outside a for loop is not allowed; allowed: {what} inside a for loop",
+                "program",
+                what,
+            )
         if refused:
             message, parameter, value = refused
             raise OmostError(message, parameter=parameter, value=value, allowed=_SUBSET[9:], line=line)
@@ -298,7 +312,9 @@ def check(tree: ast.AST, limits: Limits = DEFAULT_LIMITS) -> None:
                     if item is not None and not (type(item) is ast.Constant and type(item.value) is str):
                         visit(item, depth + 1, line, inner)
             elif child is not None and not (type(child) is ast.Constant and type(child.value) is str):
-                if type(child) is ast.Attribute and type(node) is ast.Call:  # a canvas method: check its object
+                if (
+                    type(child) is ast.Attribute and type(node) is ast.Call
+                ):  # a canvas method: check its object
                     child = child.value
                 visit(child, depth + 1, line, inner)
 
@@ -384,7 +400,9 @@ class Interpreter:
             if len(value) > self.limits.max_items:
                 raise self._error(node, f"a collection of {len(value)} items is too large; allowed: at most "
                                   f"{self.limits.max_items}", "collection", len(value))  # fmt: skip
-        elif value is not None and not isinstance(value, bool | float | range | Canvas | _CanvasClass | Builtin):
+        elif value is not None and not isinstance(
+            value, bool | float | range | Canvas | _CanvasClass | Builtin
+        ):
             raise self._error(node, f"the operation made {self._kind(value)}; allowed: plain values",
                               "value", type(value).__name__)  # fmt: skip
         return value
@@ -397,7 +415,9 @@ class Interpreter:
                               "characters in all; allowed: at most that many", "text", self.chars)  # fmt: skip
 
     def _error(self, node: ast.AST | None, message: str, parameter: str, value: Any) -> OmostError:
-        return OmostError(message, parameter=parameter, value=value, line=getattr(node, "lineno", None) or self.line)
+        return OmostError(
+            message, parameter=parameter, value=value, line=getattr(node, "lineno", None) or self.line
+        )
 
     @staticmethod
     def _kind(value: Any) -> str:
@@ -527,8 +547,10 @@ class Interpreter:
 
     def _joined(self, node: ast.JoinedStr) -> str:
         # An f-string's constant parts are always str; its {...} parts evaluate to str (_formatted).
-        parts: list[str] = [p.value if isinstance(p, ast.Constant) and isinstance(p.value, str) else self._eval(p)
-                            for p in node.values]
+        parts: list[str] = [
+            p.value if isinstance(p, ast.Constant) and isinstance(p.value, str) else self._eval(p)
+            for p in node.values
+        ]
         text = "".join(parts)
         self._new_chars(len(text), node)
         return self._value(text, node)
@@ -547,7 +569,9 @@ class Interpreter:
         try:
             text = format(value, spec)
         except (ValueError, TypeError, OverflowError) as exc:
-            raise self._error(node, f"cannot format {quote(value)} with {spec!r}: {exc}", "format spec", spec) from None
+            raise self._error(
+                node, f"cannot format {quote(value)} with {spec!r}: {exc}", "format spec", spec
+            ) from None
         self._new_chars(len(text), node)
         return text
 
@@ -573,15 +597,18 @@ class Interpreter:
             raise self._error(node, f"cannot compute {self._kind(left)} {_OP_TEXT[type(op)]} {self._kind(right)}: "
                               f"{exc}", "operand", f"{quote(left)} {_OP_TEXT[type(op)]} {quote(right)}") from None  # fmt: skip
         if isinstance(result, complex):
-            raise self._error(node, "the result is a complex number; allowed: real numbers", "operand", str(result))
+            raise self._error(
+                node, "the result is a complex number; allowed: real numbers", "operand", str(result)
+            )
         if isinstance(result, str):
             self._new_chars(len(result), node)
         elif isinstance(result, list | tuple):
             self._charge(len(result))
         return self._value(result, node)
 
-    def _number_arith(self, fn: Callable[[Any, Any], Any], op: ast.operator, left: Any, right: Any,
-                      node: ast.AST) -> Any:
+    def _number_arith(
+        self, fn: Callable[[Any, Any], Any], op: ast.operator, left: Any, right: Any, node: ast.AST
+    ) -> Any:
         """+ - * / // % on two numbers."""
         try:
             result = fn(left, right)
@@ -590,8 +617,9 @@ class Interpreter:
                               "operand", f"{quote(left)} {_OP_TEXT[type(op)]} {quote(right)}") from None  # fmt: skip
         return result if type(result) is not int else self._value(result, node)
 
-    def _check_sequence_arith(self, op: ast.operator, left: Any, right: Any, sized: list[Any],
-                              node: ast.AST) -> None:
+    def _check_sequence_arith(
+        self, op: ast.operator, left: Any, right: Any, sized: list[Any], node: ast.AST
+    ) -> None:
         """Refuse %-formatting, and a repeat or join whose result would pass the size limits."""
         if isinstance(op, ast.Mod) and isinstance(left, str):
             raise self._error(node, "string % formatting is not allowed; allowed: f-strings", "operator", "%")
@@ -624,7 +652,9 @@ class Interpreter:
         if isinstance(node.op, ast.Not):
             return not self._truth(value, node)
         if not isinstance(value, int | float):
-            raise self._error(node, f"cannot negate {self._kind(value)}; allowed: a number", "operand", quote(value))
+            raise self._error(
+                node, f"cannot negate {self._kind(value)}; allowed: a number", "operand", quote(value)
+            )
         return _UNARY[type(node.op)](value)
 
     def _boolop(self, node: ast.BoolOp) -> Any:
@@ -679,10 +709,15 @@ class Interpreter:
             raise self._error(node, f"cannot index {self._kind(container)}; allowed: a list, tuple, string, dict "
                               "or range", "index", type(container).__name__)  # fmt: skip
         if isinstance(node.slice, ast.Slice):
-            bounds = [None if e is None else self._eval(e) for e in (node.slice.lower, node.slice.upper, node.slice.step)]
+            bounds = [
+                None if e is None else self._eval(e)
+                for e in (node.slice.lower, node.slice.upper, node.slice.step)
+            ]
             for b in bounds:
                 if b is not None and (not isinstance(b, int) or isinstance(b, bool)):
-                    raise self._error(node, f"slice bounds must be integers, got {quote(b)}", "slice", quote(b))
+                    raise self._error(
+                        node, f"slice bounds must be integers, got {quote(b)}", "slice", quote(b)
+                    )
             if isinstance(container, dict):
                 raise self._error(node, "a dict cannot be sliced; allowed: d[key]", "slice", "dict")
             try:
@@ -703,7 +738,9 @@ class Interpreter:
                               f"({type(exc).__name__}); allowed: an existing index or key", "index", key) from None  # fmt: skip
 
     # ----------------------------------------------------------------- comprehensions
-    def _comprehend(self, generators: list[ast.comprehension], emit: Callable[[], None], node: ast.AST) -> None:
+    def _comprehend(
+        self, generators: list[ast.comprehension], emit: Callable[[], None], node: ast.AST
+    ) -> None:
         def level(i: int) -> None:
             if i == len(generators):
                 emit()
@@ -775,7 +812,9 @@ class Interpreter:
         except OmostError:
             raise
         except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
-            raise self._error(node, f"{name}() failed: {exc}", name, ", ".join(quote(a) for a in args)) from None
+            raise self._error(
+                node, f"{name}() failed: {exc}", name, ", ".join(quote(a) for a in args)
+            ) from None
         return self._value(result, node)
 
     def _method(self, node: ast.Call, attr: ast.Attribute) -> None:
@@ -856,7 +895,9 @@ class Interpreter:
 
     def _enumerate(self, node: ast.AST, value: Any, start: int = 0) -> list[tuple[int, Any]]:
         if not isinstance(start, int) or abs(start) > 2**62:
-            raise self._error(node, f"enumerate() start must be an integer, got {quote(start)}", "enumerate", start)
+            raise self._error(
+                node, f"enumerate() start must be an integer, got {quote(start)}", "enumerate", start
+            )
         return list(enumerate(self._sized_list(node, value, "enumerate"), start))
 
     def _zip(self, node: ast.AST, *values: Any) -> list[tuple[Any, ...]]:
@@ -888,7 +929,15 @@ _ARITY = {
     "float": (0, 1), "int": (0, 2), "str": (0, 1), "len": (1, 1), "range": (1, 3), "enumerate": (1, 2),
     "zip": (1, 8), "min": (1, 1000), "max": (1, 1000), "round": (1, 2),
 }  # fmt: skip
-_OP_TEXT = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**"}
+_OP_TEXT = {
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.Pow: "**",
+}
 
 
 def interpret(source: str, *, limits: Limits = DEFAULT_LIMITS) -> Canvas:
@@ -922,7 +971,11 @@ def complete_prefix(source: str) -> ast.Module | None:
     if source.rstrip(" \t").endswith(")"):
         with contextlib.suppress(SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
             whole = parse_python(source)
-            if whole.body and isinstance(whole.body[-1], ast.Expr) and isinstance(whole.body[-1].value, ast.Call):
+            if (
+                whole.body
+                and isinstance(whole.body[-1], ast.Expr)
+                and isinstance(whole.body[-1].value, ast.Call)
+            ):
                 return whole
     lines = source.splitlines(keepends=True)
     # Candidate cut points: before each line that starts at column 0 (a new top-level statement),

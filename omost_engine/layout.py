@@ -62,7 +62,9 @@ Note = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 class LayoutLimits(Declared):
     """The largest layout file accepted: ``OMOST_MAX_LAYOUT_BYTES``, the one limit (bot, CLI, loader)."""
 
-    max_layout_bytes: LayoutBytes = Field(DEFAULT_MAX_LAYOUT_BYTES, description="largest layout file accepted")
+    max_layout_bytes: LayoutBytes = Field(
+        DEFAULT_MAX_LAYOUT_BYTES, description="largest layout file accepted"
+    )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> int:
@@ -79,20 +81,25 @@ class LayoutRecord(Declared):
     format: Literal["omost-bot-layout"] = Field(FORMAT, description="always omost-bot-layout")
     version: Annotated[int, Field(ge=2, le=VERSION)] = Field(VERSION, description="layout format version")
     render: dict[str, Any] | None = Field(
-        None, description="render parameters (RenderParams: seed, size, steps, method, strengths, prompts, "
-        "high-res fix); a file may give only some, the reader's defaults fill the rest")
+        None,
+        description="render parameters (RenderParams: seed, size, steps, method, strengths, prompts, "
+        "high-res fix); a file may give only some, the reader's defaults fill the rest",
+    )
     sdxl: Text | None = Field(None, description="the SDXL model that rendered it")
     llm: Text | None = Field(None, description="the LLM that wrote the program")
     llm_params: dict[str, Any] | None = Field(None, description="the LLM's sampling parameters (LLMParams)")
     prompt: Annotated[str, Field(max_length=20_000)] | None = Field(None, description="the user's prompt")
     program: Annotated[str, Field(max_length=64 * 1024)] | None = Field(
-        None, description="the canvas program the LLM wrote")
+        None, description="the canvas program the LLM wrote"
+    )
     job: Annotated[int, Field(ge=1, le=2**63 - 1)] | None = Field(None, description="the bot's job number")
     seconds: Annotated[float, Field(ge=0, le=10**7)] | None = Field(None, description="time taken")
     overrides: Annotated[list[Note], Field(max_length=MAX_OVERRIDES)] = Field(
-        [], description="what the command line or the command's options changed from the file rendered")
+        [], description="what the command line or the command's options changed from the file rendered"
+    )
     warnings: Annotated[list[Note], Field(max_length=MAX_WARNINGS)] = Field(
-        [], description="name corrections and other notes from the canvas")
+        [], description="name corrections and other notes from the canvas"
+    )
 
     @field_validator("render")
     @classmethod
@@ -222,8 +229,10 @@ class Layout:
                 warnings = list(record.warnings)
                 meta = {k: getattr(record, k) for k in RECORD_META if getattr(record, k) not in (None, [])}
             elif items:
-                notes.append("a bare ComfyUI_omost list: it carries no seed, models or render settings, "
-                             "so the defaults were used")
+                notes.append(
+                    "a bare ComfyUI_omost list: it carries no seed, models or render settings, "
+                    "so the defaults were used"
+                )
         else:
             raise _bad("layout", doc, "a JSON list of conditions (the global one first)")
         if not isinstance(items, list) or not items:
@@ -273,7 +282,9 @@ def _parse_float(text: str) -> float:
 def _refuse_constant(name: str) -> Any:
     raise OmostError(
         f"the layout file contains {name}; allowed: finite numbers only (no NaN or Infinity)",
-        parameter="layout", value=name, allowed="finite numbers (no NaN or Infinity)",
+        parameter="layout",
+        value=name,
+        allowed="finite numbers (no NaN or Infinity)",
     )
 
 
@@ -281,12 +292,16 @@ def parse_json(text: str) -> Any:
     """``json.loads`` for a layout file: one clear ``OmostError`` for anything it cannot take, including
     numbers too large to use (Python refuses to convert integers of more than 4300 digits)."""
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
+        return json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant
+        )
     except _NumberTooLarge as exc:
         raise OmostError(
             f"the layout file contains a {exc.args[0]}-digit number; allowed: numbers of at most "
             f"{MAX_JSON_DIGITS} digits (rects are 0-90, colours 0-255, seeds below 2^32)",
-            parameter="layout", value=f"{exc.args[0]} digits", allowed=f"at most {MAX_JSON_DIGITS} digits",
+            parameter="layout",
+            value=f"{exc.args[0]} digits",
+            allowed=f"at most {MAX_JSON_DIGITS} digits",
         ) from None
     except json.JSONDecodeError as exc:
         raise OmostError(
@@ -303,8 +318,11 @@ def parse_json(text: str) -> Any:
             allowed="JSON",
         ) from None
     except ValueError as exc:  # anything else the decoder refuses
-        raise OmostError(f"the layout file is not valid JSON ({str(exc)[:80]}); allowed: JSON",
-                         parameter="layout", allowed="JSON") from None
+        raise OmostError(
+            f"the layout file is not valid JSON ({str(exc)[:80]}); allowed: JSON",
+            parameter="layout",
+            allowed="JSON",
+        ) from None
 
 
 def _record(value: Any) -> LayoutRecord:
@@ -318,7 +336,9 @@ def _record(value: Any) -> LayoutRecord:
             f"this layout file was written by a newer omost-bot (format version {show(version)}); allowed: "
             f"versions up to {VERSION} (update omost-bot, or remove the {META_KEY!r} entry to load it as a "
             "plain ComfyUI list)",
-            parameter=f"{META_KEY}.version", value=version, allowed=f"1..{VERSION}",
+            parameter=f"{META_KEY}.version",
+            value=version,
+            allowed=f"1..{VERSION}",
         )
     _check_text(value)
     return LayoutRecord.from_dict(value, unknown="refuse", where=META_KEY)
@@ -346,11 +366,16 @@ def _upgrade_v1(doc: dict[str, Any]) -> tuple[Any, list[str], dict[str, Any], li
     if version > 1:
         newer = version > VERSION
         raise OmostError(
-            f"format version {show(version)} " + (
-                f"was written by a newer omost-bot (this one reads up to {VERSION})" if newer else
-                f"files are a JSON list with the {META_KEY!r} entry in the first condition, not an object")
+            f"format version {show(version)} "
+            + (
+                f"was written by a newer omost-bot (this one reads up to {VERSION})"
+                if newer
+                else f"files are a JSON list with the {META_KEY!r} entry in the first condition, not an object"
+            )
             + f"; allowed: version 1 (an object) or a list with version {VERSION}",
-            parameter="version", value=version, allowed=f"1 (an object) or a list with version {VERSION}",
+            parameter="version",
+            value=version,
+            allowed=f"1 (an object) or a list with version {VERSION}",
         )
     unknown = sorted(set(doc) - {"format", "version", "conditions", "warnings", "meta"})
     if unknown:
@@ -375,7 +400,11 @@ def _old_render_params(old: dict[str, Any], meta: dict[str, Any]) -> tuple[dict[
     render = old.get("render")
     params: dict[str, Any] = {}
     if render is None:
-        shape = "the documentation's shape (meta.seed, meta.size)" if "size" in old or "seed" in old else "no meta"
+        shape = (
+            "the documentation's shape (meta.seed, meta.size)"
+            if "size" in old or "seed" in old
+            else "no meta"
+        )
     elif not isinstance(render, dict):
         raise _bad("meta.render", render, "an object: the render settings (or {model, seconds, params})")
     elif "params" in render:
@@ -405,7 +434,8 @@ def _upgrade_note(shape: str, params: dict[str, Any], ignored: list[str]) -> str
     missing = [k for k in ("seed", "width", "steps") if k not in params]
     if missing:
         note += "; not in the file, so the defaults were used: " + ", ".join(
-            {"seed": "seed", "width": "size", "steps": "the other render settings"}[k] for k in missing)
+            {"seed": "seed", "width": "size", "steps": "the other render settings"}[k] for k in missing
+        )
     if ignored:
         note += "; ignored: meta." + ", meta.".join(ignored[:8])
     return note
@@ -424,8 +454,10 @@ def _upgrade_meta(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             meta[key] = old[key]
     if isinstance(old.get("llm_params"), dict):
         meta["llm_params"] = {k: v for k, v in old["llm_params"].items() if k in LLMParams.model_fields}
-    ignored = sorted((set(old) - {"render", "seed", "size", "sdxl", "llm", "prompt", "job", "llm_params"})
-                     | {f"render.{k}" for k in dropped})
+    ignored = sorted(
+        (set(old) - {"render", "seed", "size", "sdxl", "llm", "prompt", "job", "llm_params"})
+        | {f"render.{k}" for k in dropped}
+    )
     # The record's declarations check every value carried over (one clear line for a bad one).
     record = LayoutRecord.from_dict({**meta, "render": meta.get("render")}, where="meta")
     meta = {k: getattr(record, k) for k in RECORD_META if getattr(record, k) not in (None, [])}
@@ -488,7 +520,9 @@ def _condition(item: Any, index: int, warnings: list[str], notes: list[str]) -> 
     top, bottom, left, right = rect
     if not (0 <= top < bottom <= GRID and 0 <= left < right <= GRID):
         raise _bad(
-            f"{where}.rect", rect, f"0 <= top < bottom <= {GRID} and 0 <= left < right <= {GRID} (a non-empty box)"
+            f"{where}.rect",
+            rect,
+            f"0 <= top < bottom <= {GRID} and 0 <= left < right <= {GRID} (a non-empty box)",
         )
     prefixes = _texts(item["prefixes"], f"{where}.prefixes", MAX_TEXTS)
     suffixes = _texts(item["suffixes"], f"{where}.suffixes", MAX_TEXTS)
@@ -502,8 +536,12 @@ def _condition(item: Any, index: int, warnings: list[str], notes: list[str]) -> 
         if not _ints(color, 3) or not all(0 <= c <= 255 for c in color):
             raise _bad(f"{where}.color", color, "3 integers [r, g, b], each 0-255")
     red, green, blue = color  # three ints, checked above
-    return Condition(rect=(top, bottom, left, right), prefixes=tuple(prefixes), suffixes=tuple(suffixes),
-                     color=(red, green, blue))
+    return Condition(
+        rect=(top, bottom, left, right),
+        prefixes=tuple(prefixes),
+        suffixes=tuple(suffixes),
+        color=(red, green, blue),
+    )
 
 
 # -- the JSON Schema --------------------------------------------------------------------------------------
@@ -517,12 +555,21 @@ def layout_json_schema() -> dict[str, Any]:
         "type": "object",
         "required": ["rect", "prefixes", "suffixes", "color"],
         "properties": {
-            "rect": {"type": "array", "prefixItems": [grid] * 4, "minItems": 4, "maxItems": 4,
-                     "description": "[top, bottom, left, right] on the 90x90 grid, end-exclusive"},
+            "rect": {
+                "type": "array",
+                "prefixItems": [grid] * 4,
+                "minItems": 4,
+                "maxItems": 4,
+                "description": "[top, bottom, left, right] on the 90x90 grid, end-exclusive",
+            },
             "prefixes": texts,
             "suffixes": texts,
-            "color": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 255},
-                      "minItems": 3, "maxItems": 3},
+            "color": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 0, "maximum": 255},
+                "minItems": 3,
+                "maxItems": 3,
+            },
         },
     }
     record = LayoutRecord.model_json_schema(ref_template="#/$defs/{model}")
@@ -530,10 +577,14 @@ def layout_json_schema() -> dict[str, Any]:
     record["required"] = ["format", "version"]
     render = RenderParams.model_json_schema(ref_template="#/$defs/{model}")
     llm = LLMParams.model_json_schema(ref_template="#/$defs/{model}")
-    record["properties"]["render"] = {"anyOf": [{"$ref": "#/$defs/RenderParams"}, {"type": "null"}],
-                                      "description": record["properties"]["render"].get("description", "")}
-    record["properties"]["llm_params"] = {"anyOf": [{"$ref": "#/$defs/LLMParams"}, {"type": "null"}],
-                                          "description": record["properties"]["llm_params"].get("description", "")}
+    record["properties"]["render"] = {
+        "anyOf": [{"$ref": "#/$defs/RenderParams"}, {"type": "null"}],
+        "description": record["properties"]["render"].get("description", ""),
+    }
+    record["properties"]["llm_params"] = {
+        "anyOf": [{"$ref": "#/$defs/LLMParams"}, {"type": "null"}],
+        "description": record["properties"]["llm_params"].get("description", ""),
+    }
     global_condition = {
         "allOf": [{"$ref": "#/$defs/Condition"}],
         "properties": {"rect": {"const": list(FULL_RECT)}, META_KEY: {"$ref": "#/$defs/LayoutRecord"}},
@@ -548,6 +599,11 @@ def layout_json_schema() -> dict[str, Any]:
         "maxItems": MAX_REGIONS + 1,
         "prefixItems": [global_condition],
         "items": {"allOf": [{"$ref": "#/$defs/Condition"}], "not": {"required": [META_KEY]}},
-        "$defs": {**defs, "Condition": condition, "LayoutRecord": record, "RenderParams": render,
-                  "LLMParams": llm},
+        "$defs": {
+            **defs,
+            "Condition": condition,
+            "LayoutRecord": record,
+            "RenderParams": render,
+            "LLMParams": llm,
+        },
     }

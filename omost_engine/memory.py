@@ -87,8 +87,11 @@ def move_module(module: torch.nn.Module, device: torch.device | str) -> None:
                     setattr(holder, attribute, to(tensor))
 
 
-def _moved_parameter(param: torch.nn.Parameter, to: Callable[[torch.Tensor], torch.Tensor],
-                     moved: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> torch.nn.Parameter:
+def _moved_parameter(
+    param: torch.nn.Parameter,
+    to: Callable[[torch.Tensor], torch.Tensor],
+    moved: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> torch.nn.Parameter:
     """The same kind of parameter (Int8Params, Params4bit, ...) with its data and quant state moved."""
     data = to(param.data)
     if data is param.data:
@@ -107,12 +110,17 @@ def _moved_parameter(param: torch.nn.Parameter, to: Callable[[torch.Tensor], tor
 def _module_quant_states(module: torch.nn.Module) -> list[tuple[str, object]]:
     """bitsandbytes state kept on a layer: ``Linear8bitLt.state`` (a ``MatmulLtState`` holding CB/SCB
     after a forward) and a ``Linear4bit``'s own ``quant_state``."""
-    return [(attribute, value) for attribute, value in vars(module).items()
-            if type(value).__name__ in ("MatmulLtState", "QuantState")]
+    return [
+        (attribute, value)
+        for attribute, value in vars(module).items()
+        if type(value).__name__ in ("MatmulLtState", "QuantState")
+    ]
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.device.type != "meta" and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype
+    return (
+        a.device.type != "meta" and a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.dtype == b.dtype
+    )
 
 
 def cpu_supports_bf16() -> bool:

@@ -15,7 +15,9 @@ from pydantic import Field
 from omost_engine.declared import Declared
 from omost_engine.errors import OmostError
 
-_WIDTH_HEIGHT = re.compile(r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*")  # 6 digits: never a number too long to read
+_WIDTH_HEIGHT = re.compile(
+    r"\s*(\d{1,6})\s*[xX×]\s*(\d{1,6})\s*"
+)  # 6 digits: never a number too long to read
 
 
 def parse_width_height(text: str) -> tuple[int, int] | None:
@@ -83,8 +85,9 @@ class RenderParams(Declared):
     steps: Steps = Field(25, description="diffusion steps")
     cfg: Cfg = Field(5.0, description="guidance scale")
     seed: Seed = Field(12345, description="noise seed")
-    method: Method = Field("omost", description="omost: regional attention (the original); "
-                           "area: ComfyUI-style area conditioning")
+    method: Method = Field(
+        "omost", description="omost: regional attention (the original); area: ComfyUI-style area conditioning"
+    )
     global_strength: GlobalStrength = Field(0.2, description="area method: weight of the global prompt")
     region_strength: RegionStrength = Field(0.8, description="area method: weight of the regions")
     overlap: Overlap = Field("average", description="area method: how overlapping regions combine")
@@ -94,7 +97,8 @@ class RenderParams(Declared):
     hr_steps: Steps = Field(20, description="high-res fix steps")
     hr_denoise: HrDenoise = Field(0.4, description="high-res fix denoise")
     initial_latent_denoise: LatentDenoise | None = Field(
-        None, description="start from the blurred colour sketch with this denoise (0.95..0.99); null = off")
+        None, description="start from the blurred colour sketch with this denoise (0.95..0.99); null = off"
+    )
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -114,7 +118,9 @@ class RenderParams(Declared):
             return size
         raise OmostError(
             f"size must be WIDTHxHEIGHT or one of {', '.join(ASPECT_PRESETS)}, not {aspect[:40]!r}",
-            parameter="size", value=aspect, allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],
+            parameter="size",
+            value=aspect,
+            allowed=list(ASPECT_PRESETS) + ["WIDTHxHEIGHT"],
         )
 
 

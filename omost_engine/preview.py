@@ -22,6 +22,7 @@ LABEL_CHARS = 32
 OUTLINES = ((255, 64, 64), (64, 160, 255), (255, 200, 0), (0, 220, 120), (255, 96, 255), (0, 230, 230),
             (255, 140, 0), (160, 120, 255))  # fmt: skip
 
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"WxH"`` -> (W, H), each from 16 to 2048."""
     width, height = parse_width_height(text) or (0, 0)
@@ -39,7 +40,9 @@ def sketch_image(layout: Layout, size: tuple[int, int] = (GRID, GRID)) -> Image.
     """The colour sketch as an RGB image (nearest-neighbour upscale beyond 90x90)."""
     image = Image.fromarray(layout.sketch(), mode="RGB")
     width, height = size
-    return image if (width, height) == (GRID, GRID) else image.resize((width, height), Image.Resampling.NEAREST)
+    return (
+        image if (width, height) == (GRID, GRID) else image.resize((width, height), Image.Resampling.NEAREST)
+    )
 
 
 def short_label(number: int, prefixes: tuple[str, ...]) -> str:
@@ -72,7 +75,12 @@ def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Ima
     boxes = []
     for number, cond in enumerate(layout.regions, start=1):
         top, bottom, left, right = cond.rect
-        box = (left * width // GRID, top * height // GRID, right * width // GRID - 1, bottom * height // GRID - 1)
+        box = (
+            left * width // GRID,
+            top * height // GRID,
+            right * width // GRID - 1,
+            bottom * height // GRID - 1,
+        )
         boxes.append((number, cond, box, OUTLINES[(number - 1) % len(OUTLINES)]))
         draw.rectangle(box, fill=(*cond.color, 48))
     # Outlines, then labels, each over everything before them, so no label is hidden by a later box.

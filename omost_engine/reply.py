@@ -16,7 +16,9 @@ from omost_engine.layout import Layout
 
 # An opening fence tagged python/py/python3 (any case, spaces allowed around the tag); the body runs
 # to a closing fence at the start of a line, or to the end of the text while a reply is streaming.
-_PYTHON_BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL | re.IGNORECASE)
+_PYTHON_BLOCK = re.compile(
+    r"```[ \t]*(?:python3?|py)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL | re.IGNORECASE
+)
 _BARE_BLOCK = re.compile(r"```[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.DOTALL)
 _CANVAS_CALL = re.compile(r"\bCanvas\s*\(\s*\)")
 

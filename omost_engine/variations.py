@@ -28,16 +28,24 @@ STRATEGIES: tuple[BatchStrategy, ...] = ("auto", "batched", "sequential")
 def check_count(count: object) -> int:
     """``count`` as an int from 1 to ``MAX_COUNT``, else one clear OmostError."""
     if type(count) is not int or not 1 <= count <= MAX_COUNT:
-        raise OmostError(f"count must be a whole number from 1 to {MAX_COUNT}, not {count!r}; allowed: 1 (one "
-                         f"image) or up to {MAX_COUNT} (variations in a grid)", parameter="count", value=count,
-                         allowed=f"1..{MAX_COUNT}")
+        raise OmostError(
+            f"count must be a whole number from 1 to {MAX_COUNT}, not {count!r}; allowed: 1 (one "
+            f"image) or up to {MAX_COUNT} (variations in a grid)",
+            parameter="count",
+            value=count,
+            allowed=f"1..{MAX_COUNT}",
+        )
     return count
 
 
 def check_strategy(strategy: object) -> BatchStrategy:
     if strategy not in STRATEGIES:
-        raise OmostError(f"batch strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}",
-                         parameter="strategy", value=strategy, allowed=", ".join(STRATEGIES))
+        raise OmostError(
+            f"batch strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}",
+            parameter="strategy",
+            value=strategy,
+            allowed=", ".join(STRATEGIES),
+        )
     return strategy  # narrowed to BatchStrategy by the `not in STRATEGIES` test
 
 
@@ -55,7 +63,11 @@ def grid_image(images: Sequence[Image.Image], columns: int = GRID_COLUMNS) -> Im
     rows = -(-len(images) // columns)
     grid = Image.new("RGB", (width * min(columns, len(images)), height * rows), (0, 0, 0))
     for i, image in enumerate(images):
-        cell = image if image.size == (width, height) else image.resize((width, height), Image.Resampling.LANCZOS)
+        cell = (
+            image
+            if image.size == (width, height)
+            else image.resize((width, height), Image.Resampling.LANCZOS)
+        )
         grid.paste(cell.convert("RGB"), ((i % columns) * width, (i // columns) * height))
     return grid
 
@@ -63,11 +75,24 @@ def grid_image(images: Sequence[Image.Image], columns: int = GRID_COLUMNS) -> Im
 def upscale_params(params: RenderParams, scale: float = DEFAULT_UPSCALE) -> RenderParams:
     """The parameters of an upscale of a render made with ``params``: same layout, seed and size, the
     high-res pass at ``scale`` (above 1.05, at most 2: RenderParams' hr_scale range)."""
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not UPSCALE_MIN < scale <= UPSCALE_MAX:
-        raise OmostError(f"the upscale factor must be a number above {UPSCALE_MIN:g} and at most {UPSCALE_MAX:g}, "
-                         f"not {scale!r}", parameter="scale", value=scale, allowed=f"{UPSCALE_MIN:g}..{UPSCALE_MAX:g}")
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not UPSCALE_MIN < scale <= UPSCALE_MAX
+    ):
+        raise OmostError(
+            f"the upscale factor must be a number above {UPSCALE_MIN:g} and at most {UPSCALE_MAX:g}, "
+            f"not {scale!r}",
+            parameter="scale",
+            value=scale,
+            allowed=f"{UPSCALE_MIN:g}..{UPSCALE_MAX:g}",
+        )
     if params.hr_scale > UPSCALE_MIN:
-        raise OmostError(f"this image was already made with the high-res pass (hr_scale {params.hr_scale:g}); "
-                         "allowed: upscaling an image rendered without it", parameter="hr_scale",
-                         value=params.hr_scale, allowed="hr_scale 1")
+        raise OmostError(
+            f"this image was already made with the high-res pass (hr_scale {params.hr_scale:g}); "
+            "allowed: upscaling an image rendered without it",
+            parameter="hr_scale",
+            value=params.hr_scale,
+            allowed="hr_scale 1",
+        )
     return params.replace(hr_scale=float(scale))

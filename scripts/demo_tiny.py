@@ -80,8 +80,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/demo_tiny.py", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="output folder (models and the compose turn go here)")
     parser.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help="what to draw (%(default)s)")
-    parser.add_argument("--max-new-tokens", type=int, default=512, help="LLM tokens (%(default)s); the "
-                        "decoder completes the program when they run out")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=512,
+        help="LLM tokens (%(default)s); the decoder completes the program when they run out",
+    )
     parser.add_argument("--steps", type=int, default=4, help="sampling steps (%(default)s)")
     args = parser.parse_args(argv)
     out, prompt = Path(args.out), args.prompt
@@ -89,8 +93,11 @@ def main(argv: list[str]) -> int:
     try:
         import torch  # noqa: F401  # the first of the project's dependencies the demo needs
     except ModuleNotFoundError as exc:
-        print(f"demo_tiny: {exc}: run it with the project's environment, e.g. .venv/bin/python "
-              "scripts/demo_tiny.py OUT_DIR (bash scripts/test or scripts/run creates .venv)", file=sys.stderr)
+        print(
+            f"demo_tiny: {exc}: run it with the project's environment, e.g. .venv/bin/python "
+            "scripts/demo_tiny.py OUT_DIR (bash scripts/test or scripts/run creates .venv)",
+            file=sys.stderr,
+        )
         return 2
     from bot.cli import main as cli_main
     from omost_engine.layout import Layout
@@ -100,19 +107,40 @@ def main(argv: list[str]) -> int:
     llm = save_demo_llm(models / "tiny-llm-steered")
     sdxl = save_tiny_sdxl(models).folder
     turn = out / "turn-1"
-    status = cli_main([
-        "compose", prompt, "--out", str(turn), "--llm", str(llm), "--allow-cpu",
-        "--max-new-tokens", str(args.max_new_tokens), "--seed", "7", "--device", "cpu",
-        "--model", str(sdxl), "--size", "256x256", "--steps", str(args.steps),
-    ])
+    status = cli_main(
+        [
+            "compose",
+            prompt,
+            "--out",
+            str(turn),
+            "--llm",
+            str(llm),
+            "--allow-cpu",
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--seed",
+            "7",
+            "--device",
+            "cpu",
+            "--model",
+            str(sdxl),
+            "--size",
+            "256x256",
+            "--steps",
+            str(args.steps),
+        ]
+    )
     if status != 0:
         return status
     regions = len(Layout.loads((turn / "layout.json").read_text(encoding="utf-8")).regions)
     print(f"\nThe demo wrote {turn.resolve()}:", file=sys.stderr)
-    for name, what in [("reply.md", "the LLM's reply (a canvas program)"),
-                       ("layout.json", f"the layout: the global description and {regions} regions"),
-                       ("image.png", "the rendered image"), ("masks.png", "the region masks, numbered"),
-                       ("conversation.json", "the conversation (omost-bot compose --continue)")]:
+    for name, what in [
+        ("reply.md", "the LLM's reply (a canvas program)"),
+        ("layout.json", f"the layout: the global description and {regions} regions"),
+        ("image.png", "the rendered image"),
+        ("masks.png", "the region masks, numbered"),
+        ("conversation.json", "the conversation (omost-bot compose --continue)"),
+    ]:
         print(f"  {name:<18} {what}", file=sys.stderr)
     return 0
 

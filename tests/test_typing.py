@@ -61,7 +61,8 @@ def test_the_engine_is_configured_strict_without_a_global_ignore() -> None:
 
 def test_the_engine_passes_mypy_strict() -> None:
     # Quick after scripts/test's own run (mypy reuses its .mypy_cache); a minute or two from cold.
-    result = subprocess.run([sys.executable, "-m", "mypy", *CHECKED], cwd=ROOT, capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", *CHECKED], cwd=ROOT, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found" in result.stdout

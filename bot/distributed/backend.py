@@ -50,8 +50,13 @@ class RedisJobBackend(LineBackend):
     """Implements ``bot.jobs.JobBackend`` on a shared Redis served by ``omost-bot worker`` processes."""
 
     def __init__(
-        self, config: RedisConfig, *, max_queue: int = 50, timeouts: StageTimeouts = StageTimeouts(),
-        max_attempts: int | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        config: RedisConfig,
+        *,
+        max_queue: int = 50,
+        timeouts: StageTimeouts = StageTimeouts(),
+        max_attempts: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The line's running jobs are the ones handed to Redis: running, as far as the bot is concerned.
         super().__init__(max_queue=max_queue)
@@ -209,8 +214,13 @@ class RedisJobBackend(LineBackend):
         elif self.clock() - self._no_worker_since >= self.config.no_worker_timeout_s:
             waited = self.clock() - self._no_worker_since
             for ticket in self._line.drain():
-                self._emit(Failed(ticket.job_id, None, f"no GPU worker is online (waited {waited:.0f} s); "
-                                                       "try again later"))
+                self._emit(
+                    Failed(
+                        ticket.job_id,
+                        None,
+                        f"no GPU worker is online (waited {waited:.0f} s); try again later",
+                    )
+                )
             self._no_worker_since = None
 
     def _busy_slots(self) -> int:
@@ -235,9 +245,17 @@ class RedisJobBackend(LineBackend):
                     if spec is None:
                         self._line.done(ticket.job_id)
                         continue
-                    await self.client.submit(JobMessage(spec=spec, user_id=ticket.user_id, timeouts=self.timeouts,
-                                                        max_attempts=self.max_attempts))
-                except Exception as exc:  # the database or Redis failed: log, tell the user, go on with the rest
+                    await self.client.submit(
+                        JobMessage(
+                            spec=spec,
+                            user_id=ticket.user_id,
+                            timeouts=self.timeouts,
+                            max_attempts=self.max_attempts,
+                        )
+                    )
+                except (
+                    Exception
+                ) as exc:  # the database or Redis failed: log, tell the user, go on with the rest
                     log.exception("job %s: could not hand it to Redis", ticket.job_id)
                     self._line.done(ticket.job_id)
                     reason = (
@@ -271,10 +289,21 @@ class RedisJobBackend(LineBackend):
             from omost_engine.layout import Layout
 
             d = event.data
-            self._emit(ChatDone(job_id, ChatResult(
-                reply=d["reply"], layout=Layout.from_json(d["layout"]), model=d["model"], tokens=int(d["tokens"]),
-                seconds=float(d["seconds"]), forward_passes=int(d.get("forward_passes", 0)),
-                trimmed_turns=int(d.get("trimmed_turns", 0)), notes=tuple(d.get("notes", ())))))
+            self._emit(
+                ChatDone(
+                    job_id,
+                    ChatResult(
+                        reply=d["reply"],
+                        layout=Layout.from_json(d["layout"]),
+                        model=d["model"],
+                        tokens=int(d["tokens"]),
+                        seconds=float(d["seconds"]),
+                        forward_passes=int(d.get("forward_passes", 0)),
+                        trimmed_turns=int(d.get("trimmed_turns", 0)),
+                        notes=tuple(d.get("notes", ())),
+                    ),
+                )
+            )
         elif event.type == "requeued":
             log.info("job %s: %s; it runs again on the next free worker", job_id, event.data.get("reason"))
             self._tell_requeued(job_id, event.attempt + 1, str(event.data.get("reason") or "worker lost"))
@@ -297,7 +326,10 @@ class RedisJobBackend(LineBackend):
 
 
 def backend_from_config(
-    config: BotConfig, *, environ: Mapping[str, str] | None = None, path: str | Path | None = None,
+    config: BotConfig,
+    *,
+    environ: Mapping[str, str] | None = None,
+    path: str | Path | None = None,
 ) -> RedisJobBackend | None:
     """The Redis backend when a Redis URL is configured (``[redis] url`` or ``OMOST_REDIS_URL``), else None.
 
@@ -309,8 +341,15 @@ def backend_from_config(
     try:
         import redis  # noqa: F401
     except ModuleNotFoundError as exc:
-        raise OmostError("a Redis URL is configured but the Redis extra is not installed; "
-                         "run: pip install 'omost-bot[redis]'", parameter="redis_url",
-                         value=redis_config.url, allowed="omost-bot[redis] installed") from exc
-    return RedisJobBackend(redis_config, max_queue=config.max_queue,
-                           timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s))
+        raise OmostError(
+            "a Redis URL is configured but the Redis extra is not installed; "
+            "run: pip install 'omost-bot[redis]'",
+            parameter="redis_url",
+            value=redis_config.url,
+            allowed="omost-bot[redis] installed",
+        ) from exc
+    return RedisJobBackend(
+        redis_config,
+        max_queue=config.max_queue,
+        timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s),
+    )

@@ -11,18 +11,29 @@ from bot.distributed import worker
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subparsers.add_parser("worker", help="run a GPU worker that takes jobs from Redis",
-                                description="Run a GPU worker: load the engine once, then take jobs from the "
-                                            "shared Redis queue and report progress back. See docs/scaling.md.")
+    run = subparsers.add_parser(
+        "worker",
+        help="run a GPU worker that takes jobs from Redis",
+        description="Run a GPU worker: load the engine once, then take jobs from the "
+        "shared Redis queue and report progress back. See docs/scaling.md.",
+    )
     worker.add_arguments(run)
     run.set_defaults(func=worker.handle)
-    show = subparsers.add_parser("workers", help="show the workers and queues seen in Redis",
-                                 description="Print the workers seen (alive or gone), their models, their jobs "
-                                             "and the queue lengths.")
-    show.add_argument("--redis-url", default=os.environ.get("OMOST_REDIS_URL"),
-                      help="Redis server (default: $OMOST_REDIS_URL)")
-    show.add_argument("--prefix", default=os.environ.get("OMOST_REDIS_PREFIX", "omost"),
-                      help="Redis key prefix (default: %(default)s)")
+    show = subparsers.add_parser(
+        "workers",
+        help="show the workers and queues seen in Redis",
+        description="Print the workers seen (alive or gone), their models, their jobs and the queue lengths.",
+    )
+    show.add_argument(
+        "--redis-url",
+        default=os.environ.get("OMOST_REDIS_URL"),
+        help="Redis server (default: $OMOST_REDIS_URL)",
+    )
+    show.add_argument(
+        "--prefix",
+        default=os.environ.get("OMOST_REDIS_PREFIX", "omost"),
+        help="Redis key prefix (default: %(default)s)",
+    )
     show.set_defaults(func=show_workers)
 
 
@@ -32,7 +43,10 @@ def show_workers(args: argparse.Namespace) -> int:
     from omost_engine.errors import OmostError
 
     if not args.redis_url:
-        print("omost-bot workers: error: a Redis URL is needed (--redis-url or $OMOST_REDIS_URL)", file=sys.stderr)
+        print(
+            "omost-bot workers: error: a Redis URL is needed (--redis-url or $OMOST_REDIS_URL)",
+            file=sys.stderr,
+        )
         return 2
     try:
         check_redis_url(args.redis_url)
@@ -55,8 +69,10 @@ def show_workers(args: argparse.Namespace) -> int:
     try:
         lines = asyncio.run(read())
     except (OSError, RedisError, ValueError) as exc:  # ValueError: a URL redis-py cannot read
-        print(f"omost-bot workers: error: cannot reach Redis at {args.redis_url}: {' '.join(str(exc).split())}",
-              file=sys.stderr)
+        print(
+            f"omost-bot workers: error: cannot reach Redis at {args.redis_url}: {' '.join(str(exc).split())}",
+            file=sys.stderr,
+        )
         return 2
     print("\n".join(lines))
     return 0

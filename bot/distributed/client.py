@@ -75,15 +75,28 @@ class _Record:
     watch: _Watch = field(default_factory=_Watch)
 
     def to_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "run_id": self.run_id, "entry_id": self.entry_id, "queue": self.queue,
-                "request": self.request, "submitted_ns": self.submitted_ns, "attempt": self.attempt}
+        return {
+            "job_id": self.job_id,
+            "run_id": self.run_id,
+            "entry_id": self.entry_id,
+            "queue": self.queue,
+            "request": self.request,
+            "submitted_ns": self.submitted_ns,
+            "attempt": self.attempt,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> _Record:
         # "arq_id": the run id in records written before the jobs moved to a stream.
-        return cls(job_id=data["job_id"], run_id=data.get("run_id") or data.get("arq_id", ""),
-                   entry_id=data.get("entry_id", ""), queue=data["queue"], request=data["request"],
-                   submitted_ns=int(data["submitted_ns"]), attempt=int(data.get("attempt", 0)))
+        return cls(
+            job_id=data["job_id"],
+            run_id=data.get("run_id") or data.get("arq_id", ""),
+            entry_id=data.get("entry_id", ""),
+            queue=data["queue"],
+            request=data["request"],
+            submitted_ns=int(data["submitted_ns"]),
+            attempt=int(data.get("attempt", 0)),
+        )
 
 
 class RedisJobClient:
@@ -113,8 +126,12 @@ class RedisJobClient:
             stored = await self._redis.hgetall(self.keys.jobs)
         except (OSError, RedisError) as exc:
             await self.close()
-            raise OmostError(f"cannot reach Redis at {self.config.url}: {exc}", parameter="redis_url",
-                             value=self.config.url, allowed="a reachable Redis server") from exc
+            raise OmostError(
+                f"cannot reach Redis at {self.config.url}: {exc}",
+                parameter="redis_url",
+                value=self.config.url,
+                allowed="a reachable Redis server",
+            ) from exc
         self._records = {}
         for raw in stored.values():
             record = _Record.from_json(loads(raw))
@@ -148,11 +165,21 @@ class RedisJobClient:
 
     async def submit(self, message: JobMessage, *, queue: str | None = None) -> None:
         if message.job_id in self._records:
-            raise OmostError(f"job {message.job_id} is already queued", parameter="job_id", value=message.job_id)
+            raise OmostError(
+                f"job {message.job_id} is already queued", parameter="job_id", value=message.job_id
+            )
         now_ns = time.time_ns()
-        record = _Record(job_id=message.job_id, run_id=f"{now_ns:016x}.{message.job_id}", entry_id="",
-                         queue=queue or self.config.queue, request=message.to_json(), submitted_ns=now_ns)
-        entry_id = await self.redis.xadd(self.keys.queue(record.queue), job_entry(record.run_id, record.request))  # type: ignore[arg-type]
+        record = _Record(
+            job_id=message.job_id,
+            run_id=f"{now_ns:016x}.{message.job_id}",
+            entry_id="",
+            queue=queue or self.config.queue,
+            request=message.to_json(),
+            submitted_ns=now_ns,
+        )
+        entry_id = await self.redis.xadd(
+            self.keys.queue(record.queue), job_entry(record.run_id, record.request)
+        )  # type: ignore[arg-type]
         record.entry_id = _text(entry_id)
         self._records[record.job_id] = record
         await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))
@@ -167,7 +194,8 @@ class RedisJobClient:
             pipe.publish(self.keys.cancel_channel, record.run_id)
             await pipe.execute()
         removed = record.entry_id and await self.redis.eval(  # type: ignore[misc]
-            CANCEL_WAITING_SCRIPT, 1, self.keys.queue(record.queue), WORKER_GROUP, record.entry_id)
+            CANCEL_WAITING_SCRIPT, 1, self.keys.queue(record.queue), WORKER_GROUP, record.entry_id
+        )
         if removed:
             await self._say(record, "cancelled", reason="cancelled before a worker took it")
             return True
@@ -183,8 +211,9 @@ class RedisJobClient:
     async def read_events(self, *, block_s: float = 1.0, count: int = 100) -> list[WireEvent]:
         """The next events for outstanding jobs, oldest first. Acknowledge each with ``ack``."""
         if self._pending_first:
-            reply = await self.redis.xreadgroup(GROUP, self.config.consumer, {self.keys.events: self._pending_cursor},
-                                                count=count)
+            reply = await self.redis.xreadgroup(
+                GROUP, self.config.consumer, {self.keys.events: self._pending_cursor}, count=count
+            )
             entries = reply[0][1] if reply else []
             if entries:  # the next look starts after these, so entries left unacknowledged are not looped on
                 self._pending_cursor = _text(entries[-1][0])
@@ -192,8 +221,13 @@ class RedisJobClient:
                 self._pending_first = False
         if not self._pending_first:
             try:
-                reply = await self.redis.xreadgroup(GROUP, self.config.consumer, {self.keys.events: ">"},
-                                                    count=count, block=max(1, int(block_s * 1000)))
+                reply = await self.redis.xreadgroup(
+                    GROUP,
+                    self.config.consumer,
+                    {self.keys.events: ">"},
+                    count=count,
+                    block=max(1, int(block_s * 1000)),
+                )
             except RedisError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -252,18 +286,31 @@ class RedisJobClient:
         record = self._records.get(job_id)
         data = await self.redis.hgetall(self.keys.result(record.run_id)) if record else {}
         if not data or b"meta" not in data or b"image" not in data:
-            raise OmostError(f"the result of job {job_id} is no longer in Redis", parameter="job_id", value=job_id)
+            raise OmostError(
+                f"the result of job {job_id} is no longer in Redis", parameter="job_id", value=job_id
+            )
         meta = loads(data[b"meta"])
         chat = None
         if "chat" in meta:
             c = meta["chat"]
-            chat = ChatResult(reply=c["reply"], layout=Layout.from_json(c["layout"]), model=c["model"],
-                              tokens=int(c["tokens"]), seconds=float(c["seconds"]),
-                              forward_passes=int(c.get("forward_passes", 0)),
-                              trimmed_turns=int(c.get("trimmed_turns", 0)), notes=tuple(c.get("notes", ())))
+            chat = ChatResult(
+                reply=c["reply"],
+                layout=Layout.from_json(c["layout"]),
+                model=c["model"],
+                tokens=int(c["tokens"]),
+                seconds=float(c["seconds"]),
+                forward_passes=int(c.get("forward_passes", 0)),
+                trimmed_turns=int(c.get("trimmed_turns", 0)),
+                notes=tuple(c.get("notes", ())),
+            )
         r = meta["render"]
-        render = RenderResult(image=png_image(data[b"image"]), masks=png_image(data[b"masks"]), model=r["model"],
-                              seconds=float(r["seconds"]), params=RenderParams.from_dict(r["params"]))
+        render = RenderResult(
+            image=png_image(data[b"image"]),
+            masks=png_image(data[b"masks"]),
+            model=r["model"],
+            seconds=float(r["seconds"]),
+            params=RenderParams.from_dict(r["params"]),
+        )
         return JobOutput(chat=chat, render=render, layout=Layout.from_json(meta["layout"]))
 
     async def forget(self, job_id: str) -> None:
@@ -314,8 +361,11 @@ class RedisJobClient:
                 if w.missing_since is None:
                     w.missing_since = now
                 else:
-                    await self._say(r, "failed", message="the job was lost from Redis (flushed or evicted) "
-                                                         "before it ended; try again")
+                    await self._say(
+                        r,
+                        "failed",
+                        message="the job was lost from Redis (flushed or evicted) before it ended; try again",
+                    )
                 continue
             w.missing_since = None
             owner = _text(pending[0]["consumer"]) if pending else None
@@ -327,13 +377,22 @@ class RedisJobClient:
             elif w.no_worker_since is None:
                 w.no_worker_since = now
             elif now - w.no_worker_since >= self.config.no_worker_timeout_s:
-                await self._say(r, "failed", message=f"no GPU worker is online for queue {r.queue!r} "
-                                                     f"(waited {now - w.no_worker_since:.0f} s); try again later")
+                await self._say(
+                    r,
+                    "failed",
+                    message=f"no GPU worker is online for queue {r.queue!r} "
+                    f"(waited {now - w.no_worker_since:.0f} s); try again later",
+                )
 
     async def _say(self, record: _Record, type_: str, **data: Any) -> None:
         """Write an event of the bot's own into the stream, so it is handled like a worker's."""
-        event = WireEvent(type=type_, job_id=record.job_id, attempt=record.attempt,  # type: ignore[arg-type]
-                         worker=WATCHDOG, data=data)
+        event = WireEvent(
+            type=type_,
+            job_id=record.job_id,
+            attempt=record.attempt,  # type: ignore[arg-type]
+            worker=WATCHDOG,
+            data=data,
+        )
         await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
 
 

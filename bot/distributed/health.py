@@ -57,15 +57,23 @@ class ClusterHealth:
         """A short text report (for ``/omost status`` and ``omost-bot workers``)."""
         now = time.time()
         alive = self.alive
-        lines = [f"workers: {len(alive)} online, {len(self.workers) - len(alive)} gone; "
-                 + (", ".join(f"queue {q}: {n} waiting" for q, n in sorted(self.queued.items())) or "no queues")]
+        lines = [
+            f"workers: {len(alive)} online, {len(self.workers) - len(alive)} gone; "
+            + (", ".join(f"queue {q}: {n} waiting" for q, n in sorted(self.queued.items())) or "no queues")
+        ]
         for w in self.workers:
             models = ", ".join(f"{k} {v}" for k, v in sorted(w.models.items())) or "models unknown"
             if w.alive:
-                jobs = ", ".join(f"{r['job_id']} ({r.get('stage', '?')}, try {r.get('attempt', 1)})"
-                                 for r in w.running) or "idle"
-                lines.append(f"- {w.worker_id} on {w.host or '?'}: queue {w.queue}, {models}; "
-                             f"{len(w.running)}/{w.concurrency} busy: {jobs}; {w.done} done, {w.failed} failed")
+                jobs = (
+                    ", ".join(
+                        f"{r['job_id']} ({r.get('stage', '?')}, try {r.get('attempt', 1)})" for r in w.running
+                    )
+                    or "idle"
+                )
+                lines.append(
+                    f"- {w.worker_id} on {w.host or '?'}: queue {w.queue}, {models}; "
+                    f"{len(w.running)}/{w.concurrency} busy: {jobs}; {w.done} done, {w.failed} failed"
+                )
             else:
                 lines.append(f"- {w.worker_id}: gone, last seen {now - w.last_seen:.0f} s ago")
         return lines
@@ -83,13 +91,21 @@ async def read_health(redis: Redis, keys: Keys) -> ClusterHealth:
             workers.append(WorkerHealth(worker_id=worker_id, alive=False, last_seen=last_seen))
             continue
         data = loads(record)
-        workers.append(WorkerHealth(
-            worker_id=worker_id, alive=True, last_seen=float(data.get("ts", last_seen)),
-            queue=str(data.get("queue", "")), engine=str(data.get("engine", "")), host=str(data.get("host", "")),
-            models={str(k): str(v) for k, v in (data.get("models") or {}).items()},
-            concurrency=int(data.get("concurrency", 0)), running=tuple(data.get("running") or ()),
-            done=int(data.get("done", 0)), failed=int(data.get("failed", 0)),
-        ))
+        workers.append(
+            WorkerHealth(
+                worker_id=worker_id,
+                alive=True,
+                last_seen=float(data.get("ts", last_seen)),
+                queue=str(data.get("queue", "")),
+                engine=str(data.get("engine", "")),
+                host=str(data.get("host", "")),
+                models={str(k): str(v) for k, v in (data.get("models") or {}).items()},
+                concurrency=int(data.get("concurrency", 0)),
+                running=tuple(data.get("running") or ()),
+                done=int(data.get("done", 0)),
+                failed=int(data.get("failed", 0)),
+            )
+        )
     queues = sorted({w.queue for w in workers if w.queue})
     queued: dict[str, int] = {}
     for queue in queues:

@@ -45,7 +45,9 @@ class Keys:
 
     prefix: str = "omost"
 
-    def queue(self, name: str = DEFAULT_QUEUE) -> str:  # a stream of jobs, read by the workers' consumer group
+    def queue(
+        self, name: str = DEFAULT_QUEUE
+    ) -> str:  # a stream of jobs, read by the workers' consumer group
         return f"{self.prefix}:stream:{name}"
 
     @property
@@ -78,8 +80,10 @@ class Keys:
 
 def interrupted_message(runs: int) -> str:
     """What a user reads when workers kept dying under their job."""
-    return (f"the GPU worker running this job stopped {runs} time{'s' if runs != 1 else ''} "
-            "(a crash or a lost machine); it was not run again")
+    return (
+        f"the GPU worker running this job stopped {runs} time{'s' if runs != 1 else ''} "
+        "(a crash or a lost machine); it was not run again"
+    )
 
 
 def dumps(data: Any) -> bytes:
@@ -92,7 +96,11 @@ def loads(data: bytes | str) -> Any:
 
 def _pairs(value: Any) -> Any:
     """JSON has lists, not tuples: [role, text] pairs as tuples, for the declared type to check."""
-    return [tuple(item) if isinstance(item, list) else item for item in value] if isinstance(value, list) else value
+    return (
+        [tuple(item) if isinstance(item, list) else item for item in value]
+        if isinstance(value, list)
+        else value
+    )
 
 
 class JobWire(Declared):
@@ -104,7 +112,8 @@ class JobWire(Declared):
     user_id: Annotated[int, Field(ge=0, le=2**64)] = 0
     prompt: Annotated[str, Field(max_length=100_000)] | None = None
     history: Annotated[list[tuple[Literal["user", "assistant"], str]], BeforeValidator(_pairs)] = Field(
-        [], json_schema_extra={"allowed": "a list of [role, text] pairs, role user or assistant"})
+        [], json_schema_extra={"allowed": "a list of [role, text] pairs, role user or assistant"}
+    )
     llm: Annotated[str, Field(max_length=4096)] | None = None
     sdxl: Annotated[str, Field(max_length=4096)] | None = None
     llm_params: dict[str, Any] | None = None  # LLMParams' own declaration checks the contents
@@ -151,8 +160,12 @@ class JobMessage:
         """Validate a message (it crossed a network); OmostError names the bad field."""
         if not isinstance(data, dict) or data.get("v") != PROTOCOL_VERSION:
             version = data.get("v") if isinstance(data, dict) else None
-            raise OmostError(f"job message version {show(version)} is not supported",
-                             parameter="v", value=version, allowed=str(PROTOCOL_VERSION))
+            raise OmostError(
+                f"job message version {show(version)} is not supported",
+                parameter="v",
+                value=version,
+                allowed=str(PROTOCOL_VERSION),
+            )
         wire = JobWire.from_dict({k: v for k, v in data.items() if v is not None or k == "layout"})
         layout = None
         if wire.layout is not None:
@@ -160,14 +173,18 @@ class JobMessage:
 
             layout = Layout.from_json(wire.layout)
         spec = JobSpec(
-            job_id=wire.job_id, prompt=wire.prompt or "",
+            job_id=wire.job_id,
+            prompt=wire.prompt or "",
             history=tuple(ChatMessage(role, content) for role, content in wire.history),
-            llm=wire.llm, llm_params=LLMParams.from_dict(wire.llm_params or {}),
-            render_params=RenderParams.from_dict(wire.render_params or {}), layout=layout,
+            llm=wire.llm,
+            llm_params=LLMParams.from_dict(wire.llm_params or {}),
+            render_params=RenderParams.from_dict(wire.render_params or {}),
+            layout=layout,
             sdxl=wire.sdxl,
         )
         return cls(
-            spec=spec, user_id=wire.user_id,
+            spec=spec,
+            user_id=wire.user_id,
             timeouts=StageTimeouts(llm=wire.llm_timeout, render=wire.render_timeout),
             max_attempts=wire.max_attempts,
         )
@@ -190,46 +207,79 @@ class WireEvent:
         return self.type in TERMINAL_EVENTS
 
     def encode(self) -> dict[str, bytes]:
-        return {"e": dumps({"type": self.type, "job_id": self.job_id, "attempt": self.attempt,
-                            "worker": self.worker, "data": self.data, "ts": self.ts})}
+        return {
+            "e": dumps(
+                {
+                    "type": self.type,
+                    "job_id": self.job_id,
+                    "attempt": self.attempt,
+                    "worker": self.worker,
+                    "data": self.data,
+                    "ts": self.ts,
+                }
+            )
+        }
 
     @classmethod
     def decode(cls, fields: dict[bytes, bytes], stream_id: bytes | str = "") -> WireEvent:
         body = loads(fields[b"e"])
         sid = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
-        return cls(type=body["type"], job_id=body["job_id"], attempt=int(body["attempt"]),
-                   worker=body["worker"], data=body["data"], ts=float(body["ts"]), stream_id=sid)
+        return cls(
+            type=body["type"],
+            job_id=body["job_id"],
+            attempt=int(body["attempt"]),
+            worker=body["worker"],
+            data=body["data"],
+            ts=float(body["ts"]),
+            stream_id=sid,
+        )
 
     def progress(self) -> LLMProgress | RenderProgress | None:
         """The engine's own progress object for ``llm`` and ``render`` events, else None."""
         if self.type == "llm":
             return LLMProgress(
-                tokens=int(self.data["tokens"]), tokens_per_second=float(self.data["tokens_per_second"]),
+                tokens=int(self.data["tokens"]),
+                tokens_per_second=float(self.data["tokens_per_second"]),
                 text=str(self.data["text"]),
                 conditions=tuple(condition_from_json(c) for c in self.data.get("conditions", [])),
             )
         if self.type == "render":
             run_step, run_total = self.data.get("run_step"), self.data.get("run_total")
-            return RenderProgress(step=int(self.data["step"]), total=int(self.data["total"]),
-                                  stage=str(self.data.get("stage", "render")),
-                                  run_step=None if run_step is None else int(run_step),
-                                  run_total=None if run_total is None else int(run_total))
+            return RenderProgress(
+                step=int(self.data["step"]),
+                total=int(self.data["total"]),
+                stage=str(self.data.get("stage", "render")),
+                run_step=None if run_step is None else int(run_step),
+                run_total=None if run_total is None else int(run_total),
+            )
         return None
 
 
 def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, dict[str, Any]]:
     """The event type and payload for an engine progress report (previews stay on the worker)."""
     if isinstance(progress, LLMProgress):
-        return "llm", {"tokens": progress.tokens, "tokens_per_second": progress.tokens_per_second,
-                       "text": progress.text, "conditions": [c.to_json() for c in progress.conditions]}
-    return "render", {"step": progress.step, "total": progress.total, "stage": progress.stage,
-                      "run_step": progress.run_step, "run_total": progress.run_total}
+        return "llm", {
+            "tokens": progress.tokens,
+            "tokens_per_second": progress.tokens_per_second,
+            "text": progress.text,
+            "conditions": [c.to_json() for c in progress.conditions],
+        }
+    return "render", {
+        "step": progress.step,
+        "total": progress.total,
+        "stage": progress.stage,
+        "run_step": progress.run_step,
+        "run_total": progress.run_total,
+    }
 
 
 def condition_from_json(data: dict[str, Any]) -> Condition:
-    return Condition(rect=tuple(int(v) for v in data["rect"]),  # type: ignore[arg-type]
-                     prefixes=tuple(data["prefixes"]), suffixes=tuple(data["suffixes"]),
-                     color=tuple(int(v) for v in data["color"]))  # type: ignore[arg-type]
+    return Condition(
+        rect=tuple(int(v) for v in data["rect"]),  # type: ignore[arg-type]
+        prefixes=tuple(data["prefixes"]),
+        suffixes=tuple(data["suffixes"]),
+        color=tuple(int(v) for v in data["color"]),
+    )  # type: ignore[arg-type]
 
 
 def png_bytes(image: Image) -> bytes:

@@ -87,26 +87,42 @@ return kept
 class WorkerConfig(Declared):
     """A GPU worker's settings: types, ranges and defaults declared once (``omost_engine.declared``)."""
 
-    redis_url: RedisUrl = Field(description="the shared Redis", json_schema_extra={"allowed": REDIS_URL_FORMS})
-    queue: Annotated[str, Field(min_length=1, max_length=100)] = Field(DEFAULT_QUEUE, description="queue served")
-    prefix: Annotated[str, Field(min_length=1, max_length=100)] = Field("omost", description="Redis key prefix")
+    redis_url: RedisUrl = Field(
+        description="the shared Redis", json_schema_extra={"allowed": REDIS_URL_FORMS}
+    )
+    queue: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        DEFAULT_QUEUE, description="queue served"
+    )
+    prefix: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        "omost", description="Redis key prefix"
+    )
     worker_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
-        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="this worker's name")
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", description="this worker's name"
+    )
     concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
-        1, description="jobs at once; one per GPU is the usual choice")
-    heartbeat_s: Annotated[float, Field(ge=0.05, le=60)] = Field(1.0, description="seconds between heartbeats")
+        1, description="jobs at once; one per GPU is the usual choice"
+    )
+    heartbeat_s: Annotated[float, Field(ge=0.05, le=60)] = Field(
+        1.0, description="seconds between heartbeats"
+    )
     lease_s: Annotated[float, Field(ge=0.5, le=3600)] = Field(
-        10.0, description="a dead worker's job runs again after at most this long (plus one heartbeat)")
+        10.0, description="a dead worker's job runs again after at most this long (plus one heartbeat)"
+    )
     progress_interval_s: Annotated[float, Field(ge=0.0, le=60)] = Field(
-        0.25, description="at most one progress event per job this often")
+        0.25, description="at most one progress event per job this often"
+    )
     engine_name: Annotated[str, Field(min_length=1, max_length=100)] = "real"
 
     @model_validator(mode="after")
     def _rules(self) -> WorkerConfig:
         if self.lease_s < 2 * self.heartbeat_s:
-            raise OmostError(f"worker lease_s ({self.lease_s:g}) must be at least twice heartbeat_s "
-                             f"({self.heartbeat_s:g}), or a live worker could lose its jobs",
-                             parameter="lease_s", value=self.lease_s, allowed=f">= {2 * self.heartbeat_s:g}")
+            raise OmostError(
+                f"worker lease_s ({self.lease_s:g}) must be at least twice heartbeat_s "
+                f"({self.heartbeat_s:g}), or a live worker could lose its jobs",
+                parameter="lease_s",
+                value=self.lease_s,
+                allowed=f">= {2 * self.heartbeat_s:g}",
+            )
         check_redis_url(self.redis_url)
         return self
 
@@ -147,8 +163,11 @@ class EventOutbox:
 
     def put(self, event: JobEvent) -> None:
         last = self._items[-1] if self._items else None
-        if (isinstance(event, Progress) and isinstance(last, Progress)
-                and type(event.progress) is type(last.progress)):
+        if (
+            isinstance(event, Progress)
+            and isinstance(last, Progress)
+            and type(event.progress) is type(last.progress)
+        ):
             self._items[-1] = event  # only the newest report of a stretch matters
         else:
             self._items.append(event)
@@ -224,9 +243,16 @@ class GpuWorker:
         try:
             await self._create_group()
             await self._beat()
-            side_tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._cancel_listener())]
-            log.info("worker %s serving queue %r with %d slot(s)", self.config.worker_id, self.config.queue,
-                     self.config.concurrency)
+            side_tasks = [
+                asyncio.create_task(self._heartbeat_loop()),
+                asyncio.create_task(self._cancel_listener()),
+            ]
+            log.info(
+                "worker %s serving queue %r with %d slot(s)",
+                self.config.worker_id,
+                self.config.queue,
+                self.config.concurrency,
+            )
             await self._serve()
         except asyncio.CancelledError:
             log.info("worker %s stopping", self.config.worker_id)
@@ -253,7 +279,9 @@ class GpuWorker:
         while True:
             free = self.config.concurrency - len(self._jobs)
             if free <= 0:
-                await asyncio.wait(self._jobs, timeout=self.config.heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    self._jobs, timeout=self.config.heartbeat_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 continue
             try:
                 await self._take(free)
@@ -270,8 +298,13 @@ class GpuWorker:
         block_ms = max(1, int(self.config.heartbeat_s * 1000))  # claims are looked for at least this often
         taken = await self._claim_stale(free)
         if len(taken) < free:
-            reply = await self.redis.xreadgroup(WORKER_GROUP, self.config.worker_id, {self.stream: ">"},
-                                                count=free - len(taken), block=block_ms)
+            reply = await self.redis.xreadgroup(
+                WORKER_GROUP,
+                self.config.worker_id,
+                {self.stream: ">"},
+                count=free - len(taken),
+                block=block_ms,
+            )
             taken += [(_text(entry_id), fields, 1) for entry_id, fields in (reply[0][1] if reply else [])]
         for entry_id, fields, attempt in taken:
             task = asyncio.create_task(self._run_job(entry_id, fields, attempt))
@@ -281,15 +314,21 @@ class GpuWorker:
     async def _claim_stale(self, count: int) -> list[tuple[str, dict[bytes, bytes], int]]:
         """Pending entries idle for a lease (their worker died or stopped), claimed by this worker."""
         lease_ms = int(self.config.lease_s * 1000)
-        stale = await self.redis.xpending_range(self.stream, WORKER_GROUP, min="-", max="+", count=count,
-                                                idle=lease_ms)
+        stale = await self.redis.xpending_range(
+            self.stream, WORKER_GROUP, min="-", max="+", count=count, idle=lease_ms
+        )
         taken = []
         for pending in stale:
             entry_id = _text(pending["message_id"])
             if entry_id in self.running:
                 continue
-            claimed = await self.redis.xclaim(self.stream, WORKER_GROUP, self.config.worker_id,
-                                              min_idle_time=lease_ms, message_ids=[entry_id])
+            claimed = await self.redis.xclaim(
+                self.stream,
+                WORKER_GROUP,
+                self.config.worker_id,
+                min_idle_time=lease_ms,
+                message_ids=[entry_id],
+            )
             if not claimed:
                 continue  # another worker was quicker
             _, fields = claimed[0]
@@ -314,12 +353,21 @@ class GpuWorker:
 
     def health(self) -> dict[str, Any]:
         return {
-            "id": self.config.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "queue": self.config.queue, "engine": self.config.engine_name, "models": self.models,
-            "concurrency": self.config.concurrency, "done": self.done, "failed": self.failed,
-            "started_at": self.started_at, "ts": time.time(),
-            "running": [{"job_id": j.job_id, "attempt": j.attempt, "since": j.started, "stage": j.stage}
-                        for j in self.running.values()],
+            "id": self.config.worker_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queue": self.config.queue,
+            "engine": self.config.engine_name,
+            "models": self.models,
+            "concurrency": self.config.concurrency,
+            "done": self.done,
+            "failed": self.failed,
+            "started_at": self.started_at,
+            "ts": time.time(),
+            "running": [
+                {"job_id": j.job_id, "attempt": j.attempt, "since": j.started, "stage": j.stage}
+                for j in self.running.values()
+            ],
         }
 
     async def _beat(self) -> None:
@@ -342,8 +390,15 @@ class GpuWorker:
         """Renew (0) or give back (long) those of ``entry_ids`` this worker still owns; returns those."""
         if not entry_ids:
             return set()
-        kept = await self.redis.eval(OWN_ENTRIES_SCRIPT, 1, self.stream,  # type: ignore[misc]
-                                     WORKER_GROUP, self.config.worker_id, str(idle_ms), *entry_ids)
+        kept = await self.redis.eval(
+            OWN_ENTRIES_SCRIPT,
+            1,
+            self.stream,  # type: ignore[misc]
+            WORKER_GROUP,
+            self.config.worker_id,
+            str(idle_ms),
+            *entry_ids,
+        )
         return {_text(entry_id) for entry_id in kept}
 
     async def _heartbeat_loop(self) -> None:
@@ -373,8 +428,13 @@ class GpuWorker:
     # -- jobs ------------------------------------------------------------------------------------
 
     async def _emit(self, job_id: str, type_: str, attempt: int, **data: Any) -> None:
-        event = WireEvent(type=type_, job_id=job_id, attempt=attempt,  # type: ignore[arg-type]
-                          worker=self.config.worker_id, data=data)
+        event = WireEvent(
+            type=type_,
+            job_id=job_id,
+            attempt=attempt,  # type: ignore[arg-type]
+            worker=self.config.worker_id,
+            data=data,
+        )
         await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
 
     async def _done_with(self, entry_id: str) -> None:
@@ -392,8 +452,11 @@ class GpuWorker:
             job_id = str(payload.get("job_id", run_id)) if isinstance(payload, dict) else run_id
             log.exception("job %s: the job message is not valid", job_id)
             # An OmostError says what is wrong in words for people (e.g. a version skew); other errors may not.
-            text = (f"the job message is not valid: {exc}" if isinstance(exc, OmostError)
-                    else internal_failure(job_id, "the GPU worker could not read the job"))
+            text = (
+                f"the job message is not valid: {exc}"
+                if isinstance(exc, OmostError)
+                else internal_failure(job_id, "the GPU worker could not read the job")
+            )
             await self._emit(job_id, "failed", attempt, message=text)
             await self._done_with(entry_id)
             return "invalid"
@@ -404,9 +467,16 @@ class GpuWorker:
             return "lost"
         self.running[entry_id] = job  # before the cancel check, so a cancel sent meanwhile is not missed
         try:
-            started = WireEvent(type="started", job_id=job.job_id, attempt=attempt, worker=self.config.worker_id,
-                                data={"queue": self.config.queue})
-            async with self.redis.pipeline(transaction=False) as pipe:  # one round trip before the engine starts
+            started = WireEvent(
+                type="started",
+                job_id=job.job_id,
+                attempt=attempt,
+                worker=self.config.worker_id,
+                data={"queue": self.config.queue},
+            )
+            async with self.redis.pipeline(
+                transaction=False
+            ) as pipe:  # one round trip before the engine starts
                 pipe.exists(self.keys.cancelled(run_id))
                 pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]
                 cancelled, _ = await pipe.execute()
@@ -434,7 +504,9 @@ class GpuWorker:
 
         outbox = EventOutbox(send, self.config.progress_interval_s)
         try:
-            await execute_job(self.engine, message.spec, emit=outbox.put, cancel=job.token, timeouts=message.timeouts)
+            await execute_job(
+                self.engine, message.spec, emit=outbox.put, cancel=job.token, timeouts=message.timeouts
+            )
         except asyncio.CancelledError:
             # The worker is stopping: its entry is given back for another worker (see _give_back).
             job.stop("shutdown")
@@ -443,7 +515,9 @@ class GpuWorker:
             raise
         try:
             await outbox.close()
-        except Exception:  # Redis failed under the events: the entry stays pending and runs again; the log says why
+        except (
+            Exception
+        ):  # Redis failed under the events: the entry stays pending and runs again; the log says why
             log.exception("job %s: could not send its events to the bot", job.job_id)
             job.stop("lost")
             raise
@@ -477,7 +551,9 @@ class GpuWorker:
     async def _store_result(self, job: RunningJob, output: JobOutput) -> None:
         render = output.render
         meta: dict[str, Any] = {
-            "worker": self.config.worker_id, "attempt": job.attempt, "layout": output.layout.to_json(),
+            "worker": self.config.worker_id,
+            "attempt": job.attempt,
+            "layout": output.layout.to_json(),
             "render": {"model": render.model, "seconds": render.seconds, "params": render.params.to_dict()},
         }
         if output.chat is not None:
@@ -498,32 +574,64 @@ def _text(value: bytes | str) -> str:
 
 
 def chat_json(chat: ChatResult) -> dict[str, Any]:
-    return {"reply": chat.reply, "layout": chat.layout.to_json(), "model": chat.model, "tokens": chat.tokens,
-            "seconds": chat.seconds, "forward_passes": chat.forward_passes, "trimmed_turns": chat.trimmed_turns,
-            "notes": list(chat.notes)}
+    return {
+        "reply": chat.reply,
+        "layout": chat.layout.to_json(),
+        "model": chat.model,
+        "tokens": chat.tokens,
+        "seconds": chat.seconds,
+        "forward_passes": chat.forward_passes,
+        "trimmed_turns": chat.trimmed_turns,
+        "notes": list(chat.notes),
+    }
 
 
 # -- command line --------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", default=os.environ.get("OMOST_REDIS_URL"),
-                        help="Redis server shared with the bot (default: $OMOST_REDIS_URL)")
-    parser.add_argument("--queue", default=os.environ.get("OMOST_WORKER_QUEUE", DEFAULT_QUEUE),
-                        help="queue to serve; give workers with other models their own queue (default: %(default)s)")
-    parser.add_argument("--prefix", default=os.environ.get("OMOST_REDIS_PREFIX", "omost"),
-                        help="Redis key prefix, the same as the bot's (default: %(default)s)")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("OMOST_REDIS_URL"),
+        help="Redis server shared with the bot (default: $OMOST_REDIS_URL)",
+    )
+    parser.add_argument(
+        "--queue",
+        default=os.environ.get("OMOST_WORKER_QUEUE", DEFAULT_QUEUE),
+        help="queue to serve; give workers with other models their own queue (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=os.environ.get("OMOST_REDIS_PREFIX", "omost"),
+        help="Redis key prefix, the same as the bot's (default: %(default)s)",
+    )
     parser.add_argument("--name", default=None, help="worker id shown in health (default: host-pid)")
-    parser.add_argument("--concurrency", type=int, default=int(os.environ.get("OMOST_WORKER_CONCURRENCY", "1")),
-                        help="jobs at once (default: %(default)s; one per GPU)")
-    parser.add_argument("--engine", choices=("real", "scripted"), default="real",
-                        help="real: load the models of the bot configuration; scripted: no models (tests, demos)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(os.environ.get("OMOST_WORKER_CONCURRENCY", "1")),
+        help="jobs at once (default: %(default)s; one per GPU)",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("real", "scripted"),
+        default="real",
+        help="real: load the models of the bot configuration; scripted: no models (tests, demos)",
+    )
     parser.add_argument("--config", default=None, help="bot configuration file (models, device, memory mode)")
-    parser.add_argument("--scripted-seconds", type=float, default=0.2,
-                        help="scripted engine: seconds per job, half LLM and half render (default: %(default)s)")
+    parser.add_argument(
+        "--scripted-seconds",
+        type=float,
+        default=0.2,
+        help="scripted engine: seconds per job, half LLM and half render (default: %(default)s)",
+    )
     parser.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
-    parser.add_argument("--lease", type=float, default=10.0,
-                        help="seconds after which a silent worker's job runs again elsewhere")
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=10.0,
+        help="seconds after which a silent worker's job runs again elsewhere",
+    )
 
 
 def build_engine(args: argparse.Namespace) -> tuple[Engine, dict[str, str]]:
@@ -540,9 +648,13 @@ def build_engine(args: argparse.Namespace) -> tuple[Engine, dict[str, str]]:
     try:
         from bot.engine_factory import create_engine
     except ModuleNotFoundError as exc:
-        raise OmostError("this installation has no real engine (bot.engine_factory is missing); "
-                         "use --engine scripted or install the full omost-bot",
-                         parameter="engine", value="real", allowed="scripted") from exc
+        raise OmostError(
+            "this installation has no real engine (bot.engine_factory is missing); "
+            "use --engine scripted or install the full omost-bot",
+            parameter="engine",
+            value="real",
+            allowed="scripted",
+        ) from exc
     models = {"llm": config.llm_endpoint or config.llm or "default", "sdxl": config.sdxl or "default"}
     return create_engine(config), models
 
@@ -550,13 +662,23 @@ def build_engine(args: argparse.Namespace) -> tuple[Engine, dict[str, str]]:
 def handle(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.redis_url:
-        print("omost-bot worker: error: a Redis URL is needed (--redis-url or $OMOST_REDIS_URL)", file=sys.stderr)
+        print(
+            "omost-bot worker: error: a Redis URL is needed (--redis-url or $OMOST_REDIS_URL)",
+            file=sys.stderr,
+        )
         return 2
     try:
         extra = {"worker_id": args.name} if args.name else {}
-        config = WorkerConfig(redis_url=args.redis_url, queue=args.queue, prefix=args.prefix,
-                              concurrency=args.concurrency, heartbeat_s=args.heartbeat, lease_s=args.lease,
-                              engine_name=args.engine, **extra).validated()
+        config = WorkerConfig(
+            redis_url=args.redis_url,
+            queue=args.queue,
+            prefix=args.prefix,
+            concurrency=args.concurrency,
+            heartbeat_s=args.heartbeat,
+            lease_s=args.lease,
+            engine_name=args.engine,
+            **extra,
+        ).validated()
         engine, models = build_engine(args)
     except OmostError as exc:
         print(f"omost-bot worker: error: {exc}", file=sys.stderr)
@@ -572,7 +694,9 @@ def handle(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bot.distributed.worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bot.distributed.worker", description=__doc__.splitlines()[0]
+    )
     add_arguments(parser)
     return handle(parser.parse_args(argv))
 

@@ -36,8 +36,9 @@ def register(subparsers: Any) -> None:
     )
     layout.add_argument("layout", help="layout JSON file; '-' reads stdin")
     layout.add_argument("--out", help="PNG file to write (required unless --comfyui)")
-    layout.add_argument("--comfyui", action="store_true",
-                        help="print the bare ComfyUI_omost list (conditions only) on stdout")
+    layout.add_argument(
+        "--comfyui", action="store_true", help="print the bare ComfyUI_omost list (conditions only) on stdout"
+    )
     layout.add_argument("--size", help="WxH in pixels (default 90x90 for the sketch, 720x720 with --masks)")
     layout.add_argument("--masks", action="store_true", help="draw the numbered, labelled region boxes")
     layout.set_defaults(func=run_layout)
@@ -55,7 +56,10 @@ def read_input(path: str, limit: int) -> bytes:
         raise OmostError(f"cannot read {path!r}: {exc.strerror}", parameter="file", value=path) from None
     if len(data) > limit:
         raise OmostError(
-            f"{path!r} is too large; allowed: at most {limit} bytes", parameter="file", value=path, allowed=str(limit)
+            f"{path!r} is too large; allowed: at most {limit} bytes",
+            parameter="file",
+            value=path,
+            allowed=str(limit),
         )
     return data
 
@@ -87,8 +91,11 @@ def _comfyui(layout: Layout) -> str:
 def run_layout(args: argparse.Namespace) -> int:
     try:
         if not args.out and not args.comfyui:
-            raise OmostError("nothing to do: give --out PREVIEW.png, --comfyui, or both", parameter="out",
-                             allowed="--out FILE.png and/or --comfyui")
+            raise OmostError(
+                "nothing to do: give --out PREVIEW.png, --comfyui, or both",
+                parameter="out",
+                allowed="--out FILE.png and/or --comfyui",
+            )
         limit = LayoutLimits.from_environ()
         layout = Layout.loads(read_input(args.layout, limit), max_bytes=limit)
         image = None
@@ -98,13 +105,16 @@ def run_layout(args: argparse.Namespace) -> int:
             try:
                 image.save(args.out, format="PNG")
             except OSError as exc:
-                raise OmostError(f"cannot write {args.out!r}: {exc.strerror}", parameter="out",
-                                 value=args.out) from None
+                raise OmostError(
+                    f"cannot write {args.out!r}: {exc.strerror}", parameter="out", value=args.out
+                ) from None
     except OmostError as exc:
         return _fail("layout", exc)
     if args.comfyui:
         sys.stdout.write(_comfyui(layout) + "\n")
     if image is not None:
-        print(f"wrote {args.out} ({image.width}x{image.height}, {len(layout.conditions) - 1} regions)",
-              file=sys.stderr)
+        print(
+            f"wrote {args.out} ({image.width}x{image.height}, {len(layout.conditions) - 1} regions)",
+            file=sys.stderr,
+        )
     return 0

@@ -42,7 +42,8 @@ def _render_module() -> ModuleType | None:
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "compose", help="ask the Omost LLM for a layout (and render it)",
+        "compose",
+        help="ask the Omost LLM for a layout (and render it)",
         description="Ask the Omost LLM to compose PROMPT into a canvas layout, then render it. Writes "
         "reply.md, layout.json and conversation.json into --out. Exit status 2 and one line on stderr "
         "for bad input or a reply without a valid program.",
@@ -50,29 +51,57 @@ def register(subparsers: Any) -> None:
     parser.add_argument("prompt", help="what to draw, or an edit such as 'change the dragon to a dinosaur'")
     parser.add_argument("--out", required=True, help="output folder")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--llm", help="model: a known name, hub id or local folder "
-                        "(default lllyasviel/omost-llama-3-8b-4bits)")
+    source.add_argument(
+        "--llm",
+        help="model: a known name, hub id or local folder (default lllyasviel/omost-llama-3-8b-4bits)",
+    )
     source.add_argument("--llm-endpoint", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
     parser.add_argument("--llm-model", help="model name to request from --llm-endpoint (default: its first)")
     parser.add_argument("--llm-api-key", help=f"API key for --llm-endpoint (default: ${API_KEY_ENV})")
     parser.add_argument("--allow-cpu", action="store_true", help="run a large LLM without a GPU (very slow)")
-    parser.add_argument("--llm-dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                        help="local LLM compute dtype (auto: bf16/fp16 on a GPU; on a CPU bf16 for 1B+ parameters "
-                        "where supported, else fp32)")
+    parser.add_argument(
+        "--llm-dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="local LLM compute dtype (auto: bf16/fp16 on a GPU; on a CPU bf16 for 1B+ parameters "
+        "where supported, else fp32)",
+    )
     for field in ("temperature", "top_p", "max_new_tokens"):  # from the declarations in omost_engine.params
-        parser.add_argument(f"--{field.replace('_', '-')}", type=flag_type(LLMParams, field),
-                            default=getattr(LLMParams(), field), help=flag_help(LLMParams, field))
+        parser.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=flag_type(LLMParams, field),
+            default=getattr(LLMParams(), field),
+            help=flag_help(LLMParams, field),
+        )
     decoding = parser.add_argument_group("decoding (local models; both on by default, see docs/decoding.md)")
-    decoding.add_argument("--no-prompt-lookup", dest="prompt_lookup", action="store_false",
-                          help="no draft tokens copied from the conversation (prompt-lookup decoding)")
-    decoding.add_argument("--draft-tokens", type=int, default=LLMParams().prompt_lookup_tokens, metavar="N",
-                          help=flag_help(LLMParams, "prompt_lookup_tokens"))
-    decoding.add_argument("--no-grammar", dest="grammar", action="store_false",
-                          help="no canvas-program grammar while decoding")
-    parser.add_argument("--context-tokens", type=int, default=8192,
-                        help="usable context; older turns are dropped beyond it (8192)")
-    parser.add_argument("--continue", dest="continue_dir", metavar="DIR",
-                        help="continue the conversation saved in DIR (an edit turn)")
+    decoding.add_argument(
+        "--no-prompt-lookup",
+        dest="prompt_lookup",
+        action="store_false",
+        help="no draft tokens copied from the conversation (prompt-lookup decoding)",
+    )
+    decoding.add_argument(
+        "--draft-tokens",
+        type=int,
+        default=LLMParams().prompt_lookup_tokens,
+        metavar="N",
+        help=flag_help(LLMParams, "prompt_lookup_tokens"),
+    )
+    decoding.add_argument(
+        "--no-grammar", dest="grammar", action="store_false", help="no canvas-program grammar while decoding"
+    )
+    parser.add_argument(
+        "--context-tokens",
+        type=int,
+        default=8192,
+        help="usable context; older turns are dropped beyond it (8192)",
+    )
+    parser.add_argument(
+        "--continue",
+        dest="continue_dir",
+        metavar="DIR",
+        help="continue the conversation saved in DIR (an edit turn)",
+    )
     parser.add_argument("--no-render", action="store_true", help="stop after the layout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     render = _render_module()
@@ -85,9 +114,15 @@ def register(subparsers: Any) -> None:
 
 def _llm_params(args: argparse.Namespace) -> LLMParams:
     seed = args.seed if args.seed is not None else LLMParams().seed
-    return LLMParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                     seed=seed, prompt_lookup=args.prompt_lookup, prompt_lookup_tokens=args.draft_tokens,
-                     grammar=args.grammar).validated()
+    return LLMParams(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=seed,
+        prompt_lookup=args.prompt_lookup,
+        prompt_lookup_tokens=args.draft_tokens,
+        grammar=args.grammar,
+    ).validated()
 
 
 def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> Any:
@@ -97,8 +132,12 @@ def _service(args: argparse.Namespace, llm: str | None, *, endpoint: bool) -> An
     if llm is not None and (endpoint or is_endpoint(llm)):
         from omost_engine.llm.openai_backend import OpenAIBackend
 
-        backend = OpenAIBackend(llm, model=args.llm_model, api_key=args.llm_api_key or os.environ.get(API_KEY_ENV),
-                                context_tokens=args.context_tokens)
+        backend = OpenAIBackend(
+            llm,
+            model=args.llm_model,
+            api_key=args.llm_api_key or os.environ.get(API_KEY_ENV),
+            context_tokens=args.context_tokens,
+        )
         return ChatService(backend=backend, context_tokens=args.context_tokens)
     loader = LLMLoader(allow_cpu=args.allow_cpu, dtype=getattr(args, "llm_dtype", None))
     if llm:
@@ -143,8 +182,9 @@ def _make_out(path: str) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OmostError(f"cannot create output folder {path!r}: {exc.strerror}", parameter="out",
-                         value=path) from None
+        raise OmostError(
+            f"cannot create output folder {path!r}: {exc.strerror}", parameter="out", value=path
+        ) from None
     return out
 
 
@@ -178,8 +218,11 @@ def compose(args: argparse.Namespace) -> int:
     if not args.quiet:
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
-        print(f"{result.tokens} tokens in {result.seconds:.1f} s from {result.model}; "
-              f"{len(result.layout.conditions) - 1} regions -> {out / 'layout.json'}", file=sys.stderr)
+        print(
+            f"{result.tokens} tokens in {result.seconds:.1f} s from {result.model}; "
+            f"{len(result.layout.conditions) - 1} regions -> {out / 'layout.json'}",
+            file=sys.stderr,
+        )
     if render is not None:
         del service  # free the LLM before the renderer needs the memory
         gc.collect()

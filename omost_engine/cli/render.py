@@ -24,32 +24,60 @@ EXIT_INVALID = 2
 
 # flag -> RenderParams field, for the flags that map one to one (None = not given).
 PARAM_FLAGS: dict[str, str] = {
-    "method": "method", "global_strength": "global_strength", "region_strength": "region_strength",
-    "overlap": "overlap", "seed": "seed", "width": "width", "height": "height", "steps": "steps",
-    "cfg": "cfg", "negative": "negative", "positive": "positive", "hr_scale": "hr_scale",
-    "hr_steps": "hr_steps", "hr_denoise": "hr_denoise", "initial_latent_denoise": "initial_latent_denoise",
+    "method": "method",
+    "global_strength": "global_strength",
+    "region_strength": "region_strength",
+    "overlap": "overlap",
+    "seed": "seed",
+    "width": "width",
+    "height": "height",
+    "steps": "steps",
+    "cfg": "cfg",
+    "negative": "negative",
+    "positive": "positive",
+    "hr_scale": "hr_scale",
+    "hr_steps": "hr_steps",
+    "hr_denoise": "hr_denoise",
+    "initial_latent_denoise": "initial_latent_denoise",
 }
 
 
 def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     """The render options (model, method, sampler and HR-fix parameters, memory)."""
     group = parser.add_argument_group("rendering")
-    group.add_argument("--model", help="SDXL model: hub id, diffusers folder or .safetensors file "
-                       "(default: the layout file's sdxl, else SG161222/RealVisXL_V4.0)")
-    group.add_argument("--model-config", help="diffusers SDXL folder or hub id giving the configs and "
-                       "tokenizers of a single-file --model (default: SDXL base 1.0's, shipped with omost-bot)")
+    group.add_argument(
+        "--model",
+        help="SDXL model: hub id, diffusers folder or .safetensors file "
+        "(default: the layout file's sdxl, else SG161222/RealVisXL_V4.0)",
+    )
+    group.add_argument(
+        "--model-config",
+        help="diffusers SDXL folder or hub id giving the configs and "
+        "tokenizers of a single-file --model (default: SDXL base 1.0's, shipped with omost-bot)",
+    )
     group.add_argument("--size", help="WIDTHxHEIGHT or a preset (portrait, square, landscape, ...)")
     # Every parameter flag from its declaration in omost_engine.params: type, choices, range, default.
     for field in PARAM_FLAGS.values():
         options = choices(RenderParams, field)
-        group.add_argument(f"--{field.replace('_', '-')}", type=flag_type(RenderParams, field),
-                           choices=options or None,
-                           help=flag_help(RenderParams, field, default_text="default: the file's, else"))
-    group.add_argument("--memory", choices=("offload", "resident"), default="offload",
-                       help="offload: only the current stage's model on the GPU (8 GB cards); resident: all")
+        group.add_argument(
+            f"--{field.replace('_', '-')}",
+            type=flag_type(RenderParams, field),
+            choices=options or None,
+            help=flag_help(RenderParams, field, default_text="default: the file's, else"),
+        )
+    group.add_argument(
+        "--memory",
+        choices=("offload", "resident"),
+        default="offload",
+        help="offload: only the current stage's model on the GPU (8 GB cards); resident: all",
+    )
     group.add_argument("--device", help="torch device (default: cuda, mps or cpu, whichever exists)")
-    group.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                       help="SDXL weights' dtype (auto: fp16 on a GPU; bf16 on a CPU that has it for a large model)")
+    group.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="SDXL weights' dtype (auto: fp16 on a GPU; bf16 on a CPU that has it for a large model)",
+    )
 
 
 def available_devices() -> list[str]:
@@ -82,14 +110,20 @@ def check_device(name: str | None) -> str | None:
         if not known or (device.type != "cpu" and (device.type not in allowed or not index_ok)):
             problem = "is not available on this machine"
     if problem is not None:
-        raise OmostError(f"--device {name!r} {problem}; allowed: {', '.join(allowed)}", parameter="device",
-                         value=name, allowed=allowed)
+        raise OmostError(
+            f"--device {name!r} {problem}; allowed: {', '.join(allowed)}",
+            parameter="device",
+            value=name,
+            allowed=allowed,
+        )
     return name.strip()
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The render flags given on the command line (RenderParams fields, plus size)."""
-    given: dict[str, Any] = {flag: getattr(args, flag) for flag in PARAM_FLAGS if getattr(args, flag, None) is not None}
+    given: dict[str, Any] = {
+        flag: getattr(args, flag) for flag in PARAM_FLAGS if getattr(args, flag, None) is not None
+    }
     if getattr(args, "size", None):
         given["size"] = args.size
     return given
@@ -140,10 +174,15 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OmostError(f"cannot create output folder {str(out)!r}: {exc.strerror}",
-                         parameter="out", value=str(out)) from None
-    renderer = Renderer(device=device, memory_mode=getattr(args, "memory", "offload"),
-                        single_file_config=getattr(args, "model_config", None), dtype=getattr(args, "dtype", None))
+        raise OmostError(
+            f"cannot create output folder {str(out)!r}: {exc.strerror}", parameter="out", value=str(out)
+        ) from None
+    renderer = Renderer(
+        device=device,
+        memory_mode=getattr(args, "memory", "offload"),
+        single_file_config=getattr(args, "model_config", None),
+        dtype=getattr(args, "dtype", None),
+    )
 
     def report(progress: Any) -> None:
         if not getattr(args, "quiet", False):
@@ -154,19 +193,25 @@ def render_into(layout: Layout, out_dir: str | Path, args: argparse.Namespace) -
         print(f"\rrendered in {result.seconds:.1f} s", file=sys.stderr)
     result.image.save(out / "image.png")
     result.masks.save(out / "masks.png")
-    written = layout.with_meta(render=result.params.to_dict(), sdxl=result.model, seconds=round(result.seconds, 3),
-                               overrides=overrides)
+    written = layout.with_meta(
+        render=result.params.to_dict(),
+        sdxl=result.model,
+        seconds=round(result.seconds, 3),
+        overrides=overrides,
+    )
     (out / "layout.json").write_text(written.dumps() + "\n", encoding="utf-8")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "render", help="render a layout JSON file into image.png, masks.png and layout.json",
+        "render",
+        help="render a layout JSON file into image.png, masks.png and layout.json",
         description="Render a layout (omost-bot layout JSON or a bare ComfyUI_omost list) with regional SDXL. "
         "Exit status 2 and one line on stderr for bad input.",
     )
-    parser.add_argument("layout", help="layout JSON file (ours in any version, or a ComfyUI_omost list); "
-                        "'-' reads stdin")
+    parser.add_argument(
+        "layout", help="layout JSON file (ours in any version, or a ComfyUI_omost list); '-' reads stdin"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_render_arguments(parser)

@@ -48,8 +48,14 @@ class Backend(ABC):
     context_tokens: int
 
     @abstractmethod
-    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
-                 cancel: CancelToken | None = None) -> Generation:
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: LLMParams,
+        *,
+        on_text: OnText | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generation:
         """Generate one assistant reply, calling ``on_text`` for each new piece; blocking.
 
         Stops early (stop_reason "cancelled") within a token or two of ``cancel`` being set.
@@ -63,8 +69,9 @@ class Backend(ABC):
         """Make the model ready to generate (e.g. bring it back onto the GPU); cheap when it is."""
         return None  # remote and scripted backends are always ready
 
-    async def astream(self, messages: Sequence[Message], params: LLMParams, *,
-                      cancel: CancelToken | None = None) -> AsyncIterator[str]:
+    async def astream(
+        self, messages: Sequence[Message], params: LLMParams, *, cancel: CancelToken | None = None
+    ) -> AsyncIterator[str]:
         """The reply's pieces as an async iterator; generation runs in a worker thread.
 
         Leaving the loop early (break, or the consumer being cancelled) cancels the generation.

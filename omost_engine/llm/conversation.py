@@ -38,7 +38,9 @@ def history_pairs(history: Sequence[ChatMessage]) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_messages(pairs: Sequence[tuple[str, str]], prompt: str, *, system: str = SYSTEM_PROMPT) -> list[Message]:
+def build_messages(
+    pairs: Sequence[tuple[str, str]], prompt: str, *, system: str = SYSTEM_PROMPT
+) -> list[Message]:
     messages: list[Message] = [{"role": "system", "content": system}]
     for user, assistant in pairs:
         messages.append({"role": "user", "content": user})
@@ -49,11 +51,19 @@ def build_messages(pairs: Sequence[tuple[str, str]], prompt: str, *, system: str
 
 def check_prompt(prompt: object) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise OmostError("the prompt is empty: describe the image you want", parameter="prompt", value=prompt,
-                         allowed=f"text of 1 to {MAX_PROMPT_CHARS} characters")
+        raise OmostError(
+            "the prompt is empty: describe the image you want",
+            parameter="prompt",
+            value=prompt,
+            allowed=f"text of 1 to {MAX_PROMPT_CHARS} characters",
+        )
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise OmostError(f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}",
-                         parameter="prompt", value=len(prompt), allowed=f"1 to {MAX_PROMPT_CHARS} characters")
+        raise OmostError(
+            f"the prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}",
+            parameter="prompt",
+            value=len(prompt),
+            allowed=f"1 to {MAX_PROMPT_CHARS} characters",
+        )
     return prompt
 
 
@@ -65,8 +75,14 @@ class FittedChat:
     note: str | None
 
 
-def fit_context(history: Sequence[ChatMessage], prompt: str, *, count_tokens: Callable[[list[Message]], int],
-                context_tokens: int, reply_tokens: int) -> FittedChat:
+def fit_context(
+    history: Sequence[ChatMessage],
+    prompt: str,
+    *,
+    count_tokens: Callable[[list[Message]], int],
+    context_tokens: int,
+    reply_tokens: int,
+) -> FittedChat:
     """Drop the oldest turns until prompt + room for the reply fits ``context_tokens``.
 
     The system prompt, the latest turn (the program an edit refers to) and the new message are
@@ -85,7 +101,9 @@ def fit_context(history: Sequence[ChatMessage], prompt: str, *, count_tokens: Ca
         raise OmostError(
             f"the conversation needs {tokens} tokens but the model's context holds {context_tokens}; "
             "start a new conversation or shorten the prompt",
-            parameter="prompt", value=tokens, allowed=f"at most {context_tokens} tokens",
+            parameter="prompt",
+            value=tokens,
+            allowed=f"at most {context_tokens} tokens",
         )
     note = None
     if dropped:
@@ -96,8 +114,12 @@ def fit_context(history: Sequence[ChatMessage], prompt: str, *, count_tokens: Ca
 
 def save_conversation(path: str | Path, history: Sequence[ChatMessage], *, model: str) -> None:
     """Write a conversation as JSON (the CLI's conversation.json)."""
-    data = {"format": "omost-bot-conversation", "version": 1, "model": model,
-            "messages": [{"role": m.role, "content": m.content} for m in history]}
+    data = {
+        "format": "omost-bot-conversation",
+        "version": 1,
+        "model": model,
+        "messages": [{"role": m.role, "content": m.content} for m in history],
+    }
     Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -108,14 +130,26 @@ def load_conversation(path: str | Path) -> tuple[list[ChatMessage], str | None]:
         data = json.loads(path.read_text(encoding="utf-8"))
         messages = [ChatMessage(role=m["role"], content=m["content"]) for m in data["messages"]]
     except FileNotFoundError as exc:
-        raise OmostError(f"no conversation to continue: {path} does not exist", parameter="continue",
-                         value=str(path), allowed="a folder written by omost-bot compose") from exc
+        raise OmostError(
+            f"no conversation to continue: {path} does not exist",
+            parameter="continue",
+            value=str(path),
+            allowed="a folder written by omost-bot compose",
+        ) from exc
     except (ValueError, KeyError, TypeError) as exc:
-        raise OmostError(f"{path} is not a conversation file written by omost-bot compose", parameter="continue",
-                         value=str(path), allowed="a conversation.json written by omost-bot compose") from exc
+        raise OmostError(
+            f"{path} is not a conversation file written by omost-bot compose",
+            parameter="continue",
+            value=str(path),
+            allowed="a conversation.json written by omost-bot compose",
+        ) from exc
     for message in messages:
         if message.role not in ("user", "assistant") or not isinstance(message.content, str):
-            raise OmostError(f"{path} holds a message that is not a user or assistant text",
-                             parameter="continue", value=message.role, allowed=("user", "assistant"))
+            raise OmostError(
+                f"{path} holds a message that is not a user or assistant text",
+                parameter="continue",
+                value=message.role,
+                allowed=("user", "assistant"),
+            )
     model = data.get("model")
     return messages, model if isinstance(model, str) else None

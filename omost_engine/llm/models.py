@@ -53,18 +53,50 @@ class KnownModel:
 
 
 KNOWN_MODELS: tuple[KnownModel, ...] = (
-    KnownModel(repo="lllyasviel/omost-llama-3-8b-4bits", family="llama-3", quantization="4bit", parameters=8.0,
-               note="default; preferred in the author's user study; fits 8 GB"),
-    KnownModel(repo="lllyasviel/omost-dolphin-2.9-llama3-8b-4bits", family="llama-3", quantization="4bit",
-               parameters=8.0, unfiltered=True, note="unfiltered training data"),
-    KnownModel(repo="lllyasviel/omost-phi-3-mini-128k-8bits", family="phi-3", quantization="8bit",
-               parameters=3.8, note="smaller; do not use phi-3 at 4 bits"),
-    KnownModel(repo="lllyasviel/omost-llama-3-8b", family="llama-3", quantization="none", parameters=8.0,
-               note="full precision (16 GB)"),
-    KnownModel(repo="lllyasviel/omost-dolphin-2.9-llama3-8b", family="llama-3", quantization="none",
-               parameters=8.0, unfiltered=True, note="full precision, unfiltered training data"),
-    KnownModel(repo="lllyasviel/omost-phi-3-mini-128k", family="phi-3", quantization="none", parameters=3.8,
-               note="full precision"),
+    KnownModel(
+        repo="lllyasviel/omost-llama-3-8b-4bits",
+        family="llama-3",
+        quantization="4bit",
+        parameters=8.0,
+        note="default; preferred in the author's user study; fits 8 GB",
+    ),
+    KnownModel(
+        repo="lllyasviel/omost-dolphin-2.9-llama3-8b-4bits",
+        family="llama-3",
+        quantization="4bit",
+        parameters=8.0,
+        unfiltered=True,
+        note="unfiltered training data",
+    ),
+    KnownModel(
+        repo="lllyasviel/omost-phi-3-mini-128k-8bits",
+        family="phi-3",
+        quantization="8bit",
+        parameters=3.8,
+        note="smaller; do not use phi-3 at 4 bits",
+    ),
+    KnownModel(
+        repo="lllyasviel/omost-llama-3-8b",
+        family="llama-3",
+        quantization="none",
+        parameters=8.0,
+        note="full precision (16 GB)",
+    ),
+    KnownModel(
+        repo="lllyasviel/omost-dolphin-2.9-llama3-8b",
+        family="llama-3",
+        quantization="none",
+        parameters=8.0,
+        unfiltered=True,
+        note="full precision, unfiltered training data",
+    ),
+    KnownModel(
+        repo="lllyasviel/omost-phi-3-mini-128k",
+        family="phi-3",
+        quantization="none",
+        parameters=3.8,
+        note="full precision",
+    ),
 )
 
 
@@ -103,13 +135,19 @@ def resolve_model(name: str | None) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise OmostError(f"the model folder {name} has no config.json", parameter="llm", value=name,
-                             allowed="a transformers model folder (config.json, weights, tokenizer)")
+            raise OmostError(
+                f"the model folder {name} has no config.json",
+                parameter="llm",
+                value=name,
+                allowed="a transformers model folder (config.json, weights, tokenizer)",
+            )
         return ModelSource(str(path.resolve()), local=True)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise OmostError(
             f"unknown LLM {name!r}: not a known model, a model folder or a hub id (owner/name)",
-            parameter="llm", value=name, allowed=[m.repo for m in KNOWN_MODELS] + ["a model folder", "owner/name"],
+            parameter="llm",
+            value=name,
+            allowed=[m.repo for m in KNOWN_MODELS] + ["a model folder", "owner/name"],
         )
     return ModelSource(name, local=False)
 
@@ -159,8 +197,14 @@ def _compute_dtype(device: torch.device, parameters: float = 0.0) -> torch.dtype
     return torch.float32
 
 
-DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-          "float16": "float16", "fp16": "float16"}
+DTYPES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+}
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
@@ -172,8 +216,12 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
         return None
     key = DTYPES.get(str(name).strip().lower())
     if key is None:
-        raise OmostError(f"unknown dtype {name!r}", parameter="dtype", value=str(name),
-                         allowed=["auto", "bf16", "fp16", "fp32"])
+        raise OmostError(
+            f"unknown dtype {name!r}",
+            parameter="dtype",
+            value=str(name),
+            allowed=["auto", "bf16", "fp16", "fp32"],
+        )
     dtype: torch.dtype = getattr(torch, key)
     return dtype
 
@@ -187,7 +235,9 @@ def _rope_fixed(config: dict[str, Any]) -> dict[str, Any]:
             continue
         fixed = {k: v for k, v in rope.items() if k != "type"}
         fixed["rope_type"] = "longrope"
-        original = config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        original = config.get("original_max_position_embeddings") or rope.get(
+            "original_max_position_embeddings"
+        )
         if original:
             fixed["original_max_position_embeddings"] = original
         config = {**config, key: fixed}
@@ -206,7 +256,9 @@ def _load_config(location: str, common: dict[str, Any]) -> Any:
     model_type = fixed.get("model_type")
     if not model_type:
         raise ValueError("config.json has no model_type")
-    return AutoConfig.for_model(**{k: v for k, v in fixed.items() if k != "model_type"}, model_type=model_type)
+    return AutoConfig.for_model(
+        **{k: v for k, v in fixed.items() if k != "model_type"}, model_type=model_type
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -296,7 +348,9 @@ class LLMLoader:
                 f"{source.name} has about {parameters / 1e9:.1f}B parameters and there is no GPU here; "
                 "it would take many minutes per reply on the CPU. Use a GPU, an --llm-endpoint, "
                 "or force it with allow_cpu (--allow-cpu)",
-                parameter="llm", value=source.name, allowed="a GPU, a remote endpoint, or allow_cpu",
+                parameter="llm",
+                value=source.name,
+                allowed="a GPU, a remote endpoint, or allow_cpu",
             )
 
     def _load(self, source: ModelSource) -> LoadedLLM:
@@ -314,7 +368,11 @@ class LLMLoader:
             log.info("loading LLM %s (%s, %s) on %s", source.name, _quantization_of(config), dtype, device)
             tokenizer = AutoTokenizer.from_pretrained(source.location, config=config, **common)
             model = AutoModelForCausalLM.from_pretrained(
-                source.location, config=config, dtype=dtype, device_map={"": str(device)}, **common,
+                source.location,
+                config=config,
+                dtype=dtype,
+                device_map={"": str(device)},
+                **common,
             )
         except OmostError:
             raise
@@ -322,23 +380,34 @@ class LLMLoader:
             # the library cannot read (KeyError, TypeError...): one clear line, never a traceback
             raise OmostError(
                 f"cannot load the LLM {source.name}: {_cache_hint(source, exc) or _cause(exc)}",
-                parameter="llm", value=source.name, allowed="a downloadable hub id or a local model folder",
+                parameter="llm",
+                value=source.name,
+                allowed="a downloadable hub id or a local model folder",
             ) from exc
         model.eval()
-        return LoadedLLM(name=source.name, model=model, tokenizer=tokenizer, quantization=_quantization_of(config),
-                         known=source.known)
+        return LoadedLLM(
+            name=source.name,
+            model=model,
+            tokenizer=tokenizer,
+            quantization=_quantization_of(config),
+            known=source.known,
+        )
 
 
 def hub_offline() -> bool:
     import os
 
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _cache_hint(source: ModelSource, exc: BaseException) -> str:
     """For a hub id that is not downloaded while the hub is off: how to get it."""
     if source.local or not hub_offline() or not isinstance(exc, OSError):
         return ""
-    return (f"it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first with "
-            f"`hf download {source.location}` where the hub is reachable, or unset HF_HUB_OFFLINE")
+    return (
+        f"it is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first with "
+        f"`hf download {source.location}` where the hub is reachable, or unset HF_HUB_OFFLINE"
+    )

@@ -50,13 +50,15 @@ GrammarField = Literal["auto", "llama.cpp", "vllm", "vllm-guided", "none"]
 GRAMMAR_FIELDS: tuple[str, ...] = ("auto", "llama.cpp", "vllm", "vllm-guided", "none")
 # The request fields that carry a grammar, per server kind ("unknown": both current ones; servers
 # that do not know a field ignore it, and the strict ones are handled by the fallback).
-_GRAMMAR_REQUEST_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "llama.cpp": ("grammar",),
-    "vllm": ("structured_outputs",),
-    "vllm-guided": ("guided_grammar",),
-    "unknown": ("grammar", "structured_outputs"),
-    "none": (),
-})
+_GRAMMAR_REQUEST_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "llama.cpp": ("grammar",),
+        "vllm": ("structured_outputs",),
+        "vllm-guided": ("guided_grammar",),
+        "unknown": ("grammar", "structured_outputs"),
+        "none": (),
+    }
+)
 # ``/v1/models`` ``owned_by`` of the servers whose grammar field is known.
 _OWNERS: Mapping[str, str] = MappingProxyType({"llamacpp": "llama.cpp", "vllm": "vllm"})
 VLLM_STRUCTURED_OUTPUTS_SINCE = (0, 12)  # guided_grammar was removed in vLLM 0.12
@@ -85,8 +87,12 @@ def chat_completions_url(base_url: str) -> str:
     """``http://host:8000``, ``…/v1`` and ``…/v1/chat/completions`` all name the same endpoint."""
     parts = urlsplit(base_url.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise OmostError(f"the LLM endpoint must be an http(s) URL, not {base_url!r}", parameter="llm_endpoint",
-                         value=base_url, allowed="http://host:port or http://host:port/v1")
+        raise OmostError(
+            f"the LLM endpoint must be an http(s) URL, not {base_url!r}",
+            parameter="llm_endpoint",
+            value=base_url,
+            allowed="http://host:port or http://host:port/v1",
+        )
     path = parts.path.rstrip("/")
     if not path.endswith("/chat/completions"):
         path += "/chat/completions" if re.search(r"/v\d+$", path) else "/v1/chat/completions"
@@ -167,8 +173,12 @@ class OpenAIBackend(Backend):
         grammar_limits: GrammarLimits | None = None,
     ) -> None:
         if grammar_field not in GRAMMAR_FIELDS:
-            raise OmostError(f"unknown grammar field kind {grammar_field!r}", parameter="grammar_field",
-                             value=grammar_field, allowed=GRAMMAR_FIELDS)
+            raise OmostError(
+                f"unknown grammar field kind {grammar_field!r}",
+                parameter="grammar_field",
+                value=grammar_field,
+                allowed=GRAMMAR_FIELDS,
+            )
         self.url = chat_completions_url(base_url)
         self.models_url = self.url.removesuffix("/chat/completions") + "/models"
         self.model = model
@@ -184,7 +194,9 @@ class OpenAIBackend(Backend):
         self.chars_per_token = chars_per_token
         self.grammar_field = grammar_field
         self.grammar_limits = grammar_limits
-        self.server_kind: str | None = None if grammar_field == "auto" else grammar_field  # auto: after the probe
+        self.server_kind: str | None = (
+            None if grammar_field == "auto" else grammar_field
+        )  # auto: after the probe
         self.grammar_refusal: str | None = None  # the server's answer once it refused the grammar field
         self._grammar_text: str | None = None
 
@@ -196,16 +208,25 @@ class OpenAIBackend(Backend):
         """An estimate: remote servers do not share their tokenizer."""
         return sum(math.ceil(len(m["content"]) / self.chars_per_token) + 5 for m in messages)
 
-    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
-                 cancel: CancelToken | None = None) -> Generation:
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: LLMParams,
+        *,
+        on_text: OnText | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generation:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._generate(list(messages), params.validated(), on_text, cancel or CancelToken()))
+            return asyncio.run(
+                self._generate(list(messages), params.validated(), on_text, cancel or CancelToken())
+            )
         raise RuntimeError("OpenAIBackend.generate blocks: call it from a worker thread (or use astream)")
 
-    async def _generate(self, messages: list[Message], params: LLMParams, on_text: OnText | None,
-                        cancel: CancelToken) -> Generation:
+    async def _generate(
+        self, messages: list[Message], params: LLMParams, on_text: OnText | None, cancel: CancelToken
+    ) -> Generation:
         reply = _Reply()
         work = asyncio.ensure_future(self._request(messages, params, on_text, reply))
         while not work.done():
@@ -214,15 +235,24 @@ class OpenAIBackend(Backend):
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-                return Generation(text="".join(reply.parts), tokens=reply.chunks, stop_reason="cancelled",
-                                  forward_passes=reply.chunks)
+                return Generation(
+                    text="".join(reply.parts),
+                    tokens=reply.chunks,
+                    stop_reason="cancelled",
+                    forward_passes=reply.chunks,
+                )
         work.result()  # raises the request's OmostError, if any
         tokens = reply.usage_tokens if reply.usage_tokens is not None else reply.chunks
         stop: StopReason = "length" if reply.finish_reason == "length" else "end"
         if cancel.cancelled:
             stop = "cancelled"
-        return Generation(text="".join(reply.parts), tokens=tokens, stop_reason=stop, forward_passes=reply.chunks,
-                          notes=tuple(reply.notes))
+        return Generation(
+            text="".join(reply.parts),
+            tokens=tokens,
+            stop_reason=stop,
+            forward_passes=reply.chunks,
+            notes=tuple(reply.notes),
+        )
 
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "text/event-stream"}
@@ -231,8 +261,12 @@ class OpenAIBackend(Backend):
         return headers
 
     def _stalled(self) -> OmostError:
-        return OmostError(f"the LLM endpoint {self._where()} stopped sending for {self.read_timeout:g} s",
-                          parameter="llm_endpoint", value=self.url, allowed="a server that keeps streaming")
+        return OmostError(
+            f"the LLM endpoint {self._where()} stopped sending for {self.read_timeout:g} s",
+            parameter="llm_endpoint",
+            value=self.url,
+            allowed="a server that keeps streaming",
+        )
 
     def _where(self) -> str:
         return self.url.removesuffix("/chat/completions")
@@ -243,41 +277,58 @@ class OpenAIBackend(Backend):
         if self._grammar_text is None:
             from omost_engine.llm.decoding.grammar import CanvasNames, canvas_grammar_ebnf
 
-            self._grammar_text = canvas_grammar_ebnf(CanvasNames.from_tables(), self.grammar_limits,
-                                                     bounded_text=True)
+            self._grammar_text = canvas_grammar_ebnf(
+                CanvasNames.from_tables(), self.grammar_limits, bounded_text=True
+            )
         return self._grammar_text
 
-    async def _grammar_fields(self, session: aiohttp.ClientSession, params: LLMParams,
-                              reply: _Reply) -> dict[str, Any]:
+    async def _grammar_fields(
+        self, session: aiohttp.ClientSession, params: LLMParams, reply: _Reply
+    ) -> dict[str, Any]:
         if not params.grammar or self.grammar_field == "none":
             return {}
         if self.grammar_refusal is not None:
-            reply.notes.append(f"the LLM endpoint refused the canvas grammar earlier ({self.grammar_refusal}), "
-                               "so this reply was not constrained by it")
+            reply.notes.append(
+                f"the LLM endpoint refused the canvas grammar earlier ({self.grammar_refusal}), "
+                "so this reply was not constrained by it"
+            )
             return {}
         if self.server_kind is None:
             self.server_kind = await self._detect_kind(session)
         return grammar_request_fields(self.server_kind, self.grammar_text())
 
-    async def _request(self, messages: list[Message], params: LLMParams, on_text: OnText | None,
-                       reply: _Reply) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
+    async def _request(
+        self, messages: list[Message], params: LLMParams, on_text: OnText | None, reply: _Reply
+    ) -> None:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+        )
         async with aiohttp.ClientSession(timeout=timeout, headers=self._headers()) as session:
             if self.model is None:
                 self.model = await self._first_model(session)
             body: dict[str, Any] = {
-                "model": self.model, "messages": messages, "stream": True, "max_tokens": params.max_new_tokens,
-                "temperature": params.temperature, "top_p": params.top_p, "seed": params.seed,
+                "model": self.model,
+                "messages": messages,
+                "stream": True,
+                "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "seed": params.seed,
             }
             grammar_fields = await self._grammar_fields(session, params, reply)
             try:
                 response = await self._post(session, body | grammar_fields, refusable=tuple(grammar_fields))
             except _GrammarRefused as refused:
                 self.grammar_refusal = str(refused)
-                logger.warning("%s refused the canvas grammar (%s); asking again without it, from now on",
-                               self._where(), refused)
-                reply.notes.append(f"the LLM endpoint refused the canvas grammar ({refused}), "
-                                   "so this reply was not constrained by it")
+                logger.warning(
+                    "%s refused the canvas grammar (%s); asking again without it, from now on",
+                    self._where(),
+                    refused,
+                )
+                reply.notes.append(
+                    f"the LLM endpoint refused the canvas grammar ({refused}), "
+                    "so this reply was not constrained by it"
+                )
                 response = await self._post(session, body)
             async with response:
                 try:
@@ -285,15 +336,21 @@ class OpenAIBackend(Backend):
                 except TimeoutError as exc:
                     raise self._stalled() from exc
                 except aiohttp.ClientError as exc:
-                    raise OmostError(f"the connection to the LLM endpoint {self._where()} broke: {exc}",
-                                     parameter="llm_endpoint", value=self.url) from exc
+                    raise OmostError(
+                        f"the connection to the LLM endpoint {self._where()} broke: {exc}",
+                        parameter="llm_endpoint",
+                        value=self.url,
+                    ) from exc
 
     def _backoff(self, attempt: int) -> float:
-        delay: float = self.retry_delay * 2**attempt * self._jitter()  # int ** int is typed Any (may be a float)
+        delay: float = (
+            self.retry_delay * 2**attempt * self._jitter()
+        )  # int ** int is typed Any (may be a float)
         return min(delay, self.max_retry_delay)
 
-    async def _post(self, session: aiohttp.ClientSession, body: dict[str, Any],
-                    refusable: tuple[str, ...] = ()) -> aiohttp.ClientResponse:
+    async def _post(
+        self, session: aiohttp.ClientSession, body: dict[str, Any], refusable: tuple[str, ...] = ()
+    ) -> aiohttp.ClientResponse:
         """POST with retries; ``refusable`` names the grammar fields whose refusal raises _GrammarRefused."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
@@ -306,7 +363,9 @@ class OpenAIBackend(Backend):
                 if last:
                     raise OmostError(
                         f"cannot reach the LLM endpoint {self._where()} after {attempt + 1} tries: {exc}",
-                        parameter="llm_endpoint", value=self.url, allowed="a running OpenAI-compatible server",
+                        parameter="llm_endpoint",
+                        value=self.url,
+                        allowed="a running OpenAI-compatible server",
                     ) from exc
             else:
                 if response.status == 200:
@@ -314,25 +373,34 @@ class OpenAIBackend(Backend):
                 message = _server_message(await response.read())
                 asked = retry_after_seconds(response.headers.get("Retry-After"))
                 response.release()
-                if refusable and response.status in REFUSAL_STATUSES and any(
-                        name in message.lower() for name in (*refusable, "grammar")):
+                if (
+                    refusable
+                    and response.status in REFUSAL_STATUSES
+                    and any(name in message.lower() for name in (*refusable, "grammar"))
+                ):
                     raise _GrammarRefused(response.status, message)
                 retryable = response.status in RETRY_STATUSES
                 if retryable and asked is not None and asked > self.max_retry_delay and not last:
                     raise OmostError(
                         f"the LLM endpoint {self._where()} answered HTTP {response.status} and asks to retry after "
                         f"{asked:g} s (longer than the {self.max_retry_delay:g} s this waits): {message}",
-                        parameter="llm_endpoint", value=response.status, allowed="HTTP 200",
+                        parameter="llm_endpoint",
+                        value=response.status,
+                        allowed="HTTP 200",
                     )
                 if last or not retryable:
                     tries = f" after {attempt + 1} tries" if retryable and attempt else ""
                     raise OmostError(
                         f"the LLM endpoint {self._where()} answered HTTP {response.status}{tries}: {message}",
-                        parameter="llm_endpoint", value=response.status, allowed="HTTP 200",
+                        parameter="llm_endpoint",
+                        value=response.status,
+                        allowed="HTTP 200",
                     )
                 if asked is not None:
                     delay = asked
-                logger.info("%s answered HTTP %d; trying again in %.2f s", self._where(), response.status, delay)
+                logger.info(
+                    "%s answered HTTP %d; trying again in %.2f s", self._where(), response.status, delay
+                )
             await self._sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises on its last attempt
 
@@ -379,17 +447,23 @@ class OpenAIBackend(Backend):
             try:
                 event = json.loads(data)
             except ValueError as exc:
-                raise OmostError(f"the LLM endpoint {self._where()} sent an event that is not JSON: {data[:100]}",
-                                 parameter="llm_endpoint", value=self.url) from exc
+                raise OmostError(
+                    f"the LLM endpoint {self._where()} sent an event that is not JSON: {data[:100]}",
+                    parameter="llm_endpoint",
+                    value=self.url,
+                ) from exc
             self._take(event, on_text, reply, streamed=True)
 
     def _take(self, event: Any, on_text: OnText | None, reply: _Reply, *, streamed: bool) -> None:
         if not isinstance(event, dict):
             return
         if "error" in event:
-            raise OmostError(f"the LLM endpoint {self._where()} reported an error: "
-                             f"{_server_message(json.dumps(event).encode())}",
-                             parameter="llm_endpoint", value=self.url)
+            raise OmostError(
+                f"the LLM endpoint {self._where()} reported an error: "
+                f"{_server_message(json.dumps(event).encode())}",
+                parameter="llm_endpoint",
+                value=self.url,
+            )
         usage = event.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             reply.usage_tokens = usage["completion_tokens"]

@@ -25,8 +25,14 @@ class ScriptedBackend(Backend):
     ``max_new_tokens`` cuts a reply as a model would.
     """
 
-    def __init__(self, replies: Sequence[str], *, name: str = "scripted", delay: float = 0.0,
-                 context_tokens: int = 8192) -> None:
+    def __init__(
+        self,
+        replies: Sequence[str],
+        *,
+        name: str = "scripted",
+        delay: float = 0.0,
+        context_tokens: int = 8192,
+    ) -> None:
         if not replies:
             raise ValueError("ScriptedBackend needs at least one reply")
         self.replies = list(replies)
@@ -39,8 +45,14 @@ class ScriptedBackend(Backend):
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return sum(len(split_tokens(m["content"])) + 4 for m in messages)
 
-    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
-                 cancel: CancelToken | None = None) -> Generation:
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: LLMParams,
+        *,
+        on_text: OnText | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generation:
         cancel = cancel or CancelToken()
         with self._lock:
             reply = self.replies[min(len(self.calls), len(self.replies) - 1)]
@@ -49,10 +61,16 @@ class ScriptedBackend(Backend):
         emitted: list[str] = []
         for token in tokens[: params.max_new_tokens]:
             if cancel.cancelled or (self.delay and cancel.wait(self.delay)):
-                return Generation(text="".join(emitted), tokens=len(emitted), stop_reason="cancelled",
-                                  forward_passes=len(emitted))
+                return Generation(
+                    text="".join(emitted),
+                    tokens=len(emitted),
+                    stop_reason="cancelled",
+                    forward_passes=len(emitted),
+                )
             emitted.append(token)
             if on_text is not None:
                 on_text(token, len(emitted))
         stop: StopReason = "length" if len(tokens) > params.max_new_tokens else "end"
-        return Generation(text="".join(emitted), tokens=len(emitted), stop_reason=stop, forward_passes=len(emitted))
+        return Generation(
+            text="".join(emitted), tokens=len(emitted), stop_reason=stop, forward_passes=len(emitted)
+        )

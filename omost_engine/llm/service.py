@@ -34,8 +34,13 @@ class InvalidReplyError(OmostError):
     """The LLM answered, but not with a valid canvas program. The raw reply is kept."""
 
     def __init__(self, cause: OmostError, *, reply: str, model: str, tokens: int) -> None:
-        super().__init__(f"the LLM's reply is not a valid canvas program: {cause.message}", parameter=cause.parameter,
-                         value=cause.value, allowed=cause.allowed, line=cause.line)
+        super().__init__(
+            f"the LLM's reply is not a valid canvas program: {cause.message}",
+            parameter=cause.parameter,
+            value=cause.value,
+            allowed=cause.allowed,
+            line=cause.line,
+        )
         self.cause = cause
         self.reply = reply
         self.model = model
@@ -106,9 +111,13 @@ class ChatService:
         prompt = check_prompt(prompt)
         cancel = cancel or CancelToken()
         backend = self.backend_for(llm)
-        fitted = fit_context(history, prompt, count_tokens=backend.count_tokens,
-                             context_tokens=backend.context_tokens,
-                             reply_tokens=min(params.max_new_tokens, self.reply_reserve_tokens))
+        fitted = fit_context(
+            history,
+            prompt,
+            count_tokens=backend.count_tokens,
+            context_tokens=backend.context_tokens,
+            reply_tokens=min(params.max_new_tokens, self.reply_reserve_tokens),
+        )
         canvas = self._incremental_canvas()
         text = ""
         start = time.perf_counter()
@@ -120,8 +129,14 @@ class ChatService:
                 canvas.feed(piece)
             if on_progress is not None:
                 elapsed = time.perf_counter() - start
-                on_progress(LLMProgress(tokens=tokens, tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
-                                        text=text, conditions=canvas.conditions if canvas else ()))
+                on_progress(
+                    LLMProgress(
+                        tokens=tokens,
+                        tokens_per_second=tokens / elapsed if elapsed > 0 else 0.0,
+                        text=text,
+                        conditions=canvas.conditions if canvas else (),
+                    )
+                )
 
         cancel.raise_if_cancelled()
         generation = backend.generate(fitted.messages, params, on_text=on_text, cancel=cancel)
@@ -137,12 +152,26 @@ class ChatService:
             layout = parse_reply(reply)
         except OmostError as exc:
             raise InvalidReplyError(exc, reply=reply, model=backend.name, tokens=generation.tokens) from exc
-        layout = layout.with_meta(llm=backend.name, prompt=prompt, llm_params={
-            "seed": params.seed, "temperature": params.temperature, "top_p": params.top_p,
-            "max_new_tokens": params.max_new_tokens})
-        return ChatResult(reply=reply, layout=layout, model=backend.name, tokens=generation.tokens,
-                          seconds=seconds, forward_passes=generation.forward_passes,
-                          trimmed_turns=fitted.trimmed_turns, notes=tuple(notes))
+        layout = layout.with_meta(
+            llm=backend.name,
+            prompt=prompt,
+            llm_params={
+                "seed": params.seed,
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "max_new_tokens": params.max_new_tokens,
+            },
+        )
+        return ChatResult(
+            reply=reply,
+            layout=layout,
+            model=backend.name,
+            tokens=generation.tokens,
+            seconds=seconds,
+            forward_passes=generation.forward_passes,
+            trimmed_turns=fitted.trimmed_turns,
+            notes=tuple(notes),
+        )
 
     def _incremental_canvas(self) -> IncrementalCanvas | None:
         return IncrementalCanvas() if self.incremental else None
@@ -164,8 +193,16 @@ class ChatStream:
     """``async for progress in service.stream(...)``: the chat runs in a worker thread and the
     event loop only receives its progress. Leaving the loop early cancels the generation."""
 
-    def __init__(self, service: ChatService, history: Sequence[ChatMessage], prompt: str, params: LLMParams, *,
-                 llm: str | None, cancel: CancelToken) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        history: Sequence[ChatMessage],
+        prompt: str,
+        params: LLMParams,
+        *,
+        llm: str | None,
+        cancel: CancelToken,
+    ) -> None:
         self._args = (service, list(history), prompt, params, llm)
         self.cancel = cancel
         self.result: ChatResult | None = None
@@ -184,7 +221,9 @@ class ChatStream:
 
         def run() -> ChatResult:
             try:
-                return service.chat(history, prompt, params, llm=llm, on_progress=on_progress, cancel=self.cancel)
+                return service.chat(
+                    history, prompt, params, llm=llm, on_progress=on_progress, cancel=self.cancel
+                )
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 

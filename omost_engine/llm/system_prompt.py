@@ -8,21 +8,42 @@ from __future__ import annotations
 
 # The names the prompt's asserts list, in the original's order (they double as the canvas tables' keys).
 LOCATIONS = (
-    "in the center", "on the left", "on the right", "on the top", "on the bottom",
-    "on the top-left", "on the top-right", "on the bottom-left", "on the bottom-right",
+    "in the center",
+    "on the left",
+    "on the right",
+    "on the top",
+    "on the bottom",
+    "on the top-left",
+    "on the top-right",
+    "on the bottom-left",
+    "on the bottom-right",
 )
 OFFSETS = (
-    "no offset", "slightly to the left", "slightly to the right", "slightly to the upper",
-    "slightly to the lower", "slightly to the upper-left", "slightly to the upper-right",
-    "slightly to the lower-left", "slightly to the lower-right",
+    "no offset",
+    "slightly to the left",
+    "slightly to the right",
+    "slightly to the upper",
+    "slightly to the lower",
+    "slightly to the upper-left",
+    "slightly to the upper-right",
+    "slightly to the lower-left",
+    "slightly to the lower-right",
 )
 AREAS = (
-    "a small square area", "a small vertical area", "a small horizontal area",
-    "a medium-sized square area", "a medium-sized vertical area", "a medium-sized horizontal area",
-    "a large square area", "a large vertical area", "a large horizontal area",
+    "a small square area",
+    "a small vertical area",
+    "a small horizontal area",
+    "a medium-sized square area",
+    "a medium-sized vertical area",
+    "a medium-sized horizontal area",
+    "a large square area",
+    "a large vertical area",
+    "a large horizontal area",
 )
 
-GLOBAL_SIGNATURE = "self, description: str, detailed_descriptions: list[str], tags: str, HTML_web_color_name: str"
+GLOBAL_SIGNATURE = (
+    "self, description: str, detailed_descriptions: list[str], tags: str, HTML_web_color_name: str"
+)
 LOCAL_SIGNATURE = (
     "self, location: str, offset: str, area: str, distance_to_viewer: float, description: str, "
     "detailed_descriptions: list[str], tags: str, atmosphere: str, style: str, quality_meta: str, "

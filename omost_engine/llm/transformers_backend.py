@@ -67,12 +67,12 @@ class IncrementalDecoder:
 
     def push(self, token_id: int) -> str:
         self._ids.append(token_id)
-        before = self._decode(self._ids[self._prefix:self._read])
-        text = self._decode(self._ids[self._prefix:])
+        before = self._decode(self._ids[self._prefix : self._read])
+        text = self._decode(self._ids[self._prefix :])
         if len(text) <= len(before) or text.endswith("\ufffd"):
             return ""
         self._prefix, self._read = self._read, len(self._ids)
-        return text[len(before):]
+        return text[len(before) :]
 
 
 def _fast_decode(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], str]:
@@ -93,8 +93,15 @@ class TransformersBackend(Backend):
     only pays for the new tokens; it is dropped whenever the model leaves the accelerator.
     """
 
-    def __init__(self, llm: LoadedLLM, *, manager: ModelManager | None = None, context_tokens: int = 8192,
-                 reuse_prompt_state: bool = True, logits_processors: Sequence[LogitsProcessor] = ()) -> None:
+    def __init__(
+        self,
+        llm: LoadedLLM,
+        *,
+        manager: ModelManager | None = None,
+        context_tokens: int = 8192,
+        reuse_prompt_state: bool = True,
+        logits_processors: Sequence[LogitsProcessor] = (),
+    ) -> None:
         self.llm = llm
         # Extra logits processors for every generation (a constraint, or a benchmark's forced reply).
         self.logits_processors = list(logits_processors)
@@ -135,8 +142,12 @@ class TransformersBackend(Backend):
 
     def encode(self, messages: Sequence[Message]) -> list[int]:
         if not self.tokenizer.chat_template:
-            raise OmostError(f"the model {self.name} has no chat template, so it cannot hold a conversation",
-                             parameter="llm", value=self.name, allowed="a chat (instruct) model such as the Omost ones")
+            raise OmostError(
+                f"the model {self.name} has no chat template, so it cannot hold a conversation",
+                parameter="llm",
+                value=self.name,
+                allowed="a chat (instruct) model such as the Omost ones",
+            )
         # transformers wants plain dicts (a TypedDict is not one to a type checker) and types the result
         # as every shape of every flag; tokenized, one conversation gives its ids or a BatchEncoding of them.
         conversation = cast("list[dict[str, str]]", list(messages))
@@ -147,8 +158,14 @@ class TransformersBackend(Backend):
     def count_tokens(self, messages: Sequence[Message]) -> int:
         return len(self.encode(messages))
 
-    def generate(self, messages: Sequence[Message], params: LLMParams, *, on_text: OnText | None = None,
-                 cancel: CancelToken | None = None) -> Generation:
+    def generate(
+        self,
+        messages: Sequence[Message],
+        params: LLMParams,
+        *,
+        on_text: OnText | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Generation:
         params = params.validated()
         cancel = cancel or CancelToken()
         input_ids = self.encode(messages)
@@ -174,9 +191,14 @@ class TransformersBackend(Backend):
                 self._state = (result.cached_tokens, result.cache)
         ended = bool(result.new_tokens) and result.new_tokens[-1] in self.eos_token_ids
         stop: StopReason = "cancelled" if result.cancelled else "end" if ended else "length"
-        return Generation(text="".join(pieces), tokens=len(result.new_tokens), stop_reason=stop,
-                          forward_passes=result.forward_passes, prompt_tokens=len(input_ids),
-                          cached_prompt_tokens=result.reused_tokens)
+        return Generation(
+            text="".join(pieces),
+            tokens=len(result.new_tokens),
+            stop_reason=stop,
+            forward_passes=result.forward_passes,
+            prompt_tokens=len(input_ids),
+            cached_prompt_tokens=result.reused_tokens,
+        )
 
     def _reusable_state(self, input_ids: list[int]) -> tuple[Any, int]:
         """The previous turn's key/value state cropped to the prefix it shares with ``input_ids``."""
@@ -197,11 +219,14 @@ class TransformersBackend(Backend):
         for a small vocabulary, longer for Llama-3's 128k tokens)."""
         if self._grammar_factory is None:
             vocab = max(len(self.tokenizer), int(getattr(self.llm.model.config, "vocab_size", 0) or 0))
-            self._grammar_factory = GrammarFactory(self.tokenizer, vocab_size=vocab, stop_token_ids=self.eos_token_ids)
+            self._grammar_factory = GrammarFactory(
+                self.tokenizer, vocab_size=vocab, stop_token_ids=self.eos_token_ids
+            )
         return self._grammar_factory
 
-    def _generate(self, input_ids: list[int], params: LLMParams, on_token: OnToken,
-                  cancel: CancelToken) -> DecodeResult:
+    def _generate(
+        self, input_ids: list[int], params: LLMParams, on_token: OnToken, cancel: CancelToken
+    ) -> DecodeResult:
         """The decode loop: prompt-lookup drafts (``params.prompt_lookup``, ``prompt_lookup_tokens``) and
         the canvas grammar with forced runs (``params.grammar``), sampling as the original app's
         (temperature 0 = greedy, top_p, seed); ``logits_processors`` run on every checked position.
@@ -214,10 +239,21 @@ class TransformersBackend(Backend):
         stepper = CausalLMStepper(self.llm.model, cache=cache)
         config = DecodeConfig.from_params(params, stop_ids=self.eos_token_ids)
         grammar = self._grammar().matcher() if params.grammar else None
-        result = decode(stepper, input_ids, config, grammar=grammar, on_token=on_token, cancel=cancel,
-                        logits_hook=processors_hook(self.logits_processors))
+        result = decode(
+            stepper,
+            input_ids,
+            config,
+            grammar=grammar,
+            on_token=on_token,
+            cancel=cancel,
+            logits_hook=processors_hook(self.logits_processors),
+        )
         sequence = input_ids + result.token_ids
-        return DecodeResult(new_tokens=result.token_ids, forward_passes=result.stats.forward_passes,
-                            cancelled=result.stop_reason == "cancelled", cache=stepper.cache,
-                            cached_tokens=sequence[: stepper.length], reused_tokens=reused)
-
+        return DecodeResult(
+            new_tokens=result.token_ids,
+            forward_passes=result.stats.forward_passes,
+            cancelled=result.stop_reason == "cancelled",
+            cache=stepper.cache,
+            cached_tokens=sequence[: stepper.length],
+            reused_tokens=reused,
+        )

@@ -48,7 +48,8 @@ class RegionState:
     token_region: torch.Tensor  # (B, T) long
     latent_hw: tuple[int, int]
     _cache: dict[tuple[int, torch.dtype, str], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict, repr=False)
+        default_factory=dict, repr=False
+    )
     _plans: dict[tuple[int, torch.dtype, str], list[RowPlan]] = field(default_factory=dict, repr=False)
 
     def grid_for(self, n: int) -> tuple[int, int]:
@@ -60,7 +61,9 @@ class RegionState:
             h, w = -(-h // 2), -(-w // 2)
         raise ValueError(f"cannot place {n} attention pixels on a {self.latent_hw} latent")
 
-    def bias_and_scale(self, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def bias_and_scale(
+        self, n: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Additive mask (B, 1, N, T) of 0/-inf and key scale (B, 1, T, 1) for a layer with n pixels."""
         key = (n, dtype, str(device))
         cached = self._cache.get(key)
@@ -104,18 +107,26 @@ class RegionState:
         for b in range(1, len(specs) + 1):
             if b == len(specs) or specs[b] != specs[start]:
                 tokens, needs_bias, needs_scale = specs[start]
-                plans.append(RowPlan(
-                    rows=slice(start, b), tokens=tokens,
-                    bias=bias[start:b, :, :, :tokens] if needs_bias else None,
-                    key_scale=scale[start:b, :, :tokens] if needs_scale else None,
-                ))
+                plans.append(
+                    RowPlan(
+                        rows=slice(start, b),
+                        tokens=tokens,
+                        bias=bias[start:b, :, :, :tokens] if needs_bias else None,
+                        key_scale=scale[start:b, :, :tokens] if needs_scale else None,
+                    )
+                )
                 start = b
         self._plans[key] = plans
         return plans
 
 
-def regional_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                  key_scale: torch.Tensor | None) -> torch.Tensor:
+def regional_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor | None,
+    key_scale: torch.Tensor | None,
+) -> torch.Tensor:
     """softmax(s_j (q.k_j) / sqrt(d) + bias) v on the fused kernel; q (B,h,N,d), k/v (B,h,T,d)."""
     return F.scaled_dot_product_attention(q, k if key_scale is None else k * key_scale, v, attn_mask=bias)
 
@@ -131,15 +142,22 @@ class RowPlan:
     key_scale: torch.Tensor | None
 
 
-def regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[RowPlan]) -> torch.Tensor:
+def regional_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: list[RowPlan]
+) -> torch.Tensor:
     """What the processor runs: one fused SDPA call per group of rows, each over its live tokens only."""
-    outs = [regional_sdpa(q[row.rows], k[row.rows, :, :row.tokens], v[row.rows, :, :row.tokens], row.bias,
-                          row.key_scale) for row in plan]
+    outs = [
+        regional_sdpa(
+            q[row.rows], k[row.rows, :, : row.tokens], v[row.rows, :, : row.tokens], row.bias, row.key_scale
+        )
+        for row in plan
+    ]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
-def explicit_regional_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
-                                token_scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_regional_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, token_scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The original's formulation (hand-built score matrix), kept as the reference for tests and benches.
 
     ``visible`` (B, N, T) bool, ``token_scale`` (B, T). Returns (output, probabilities).
@@ -171,8 +189,9 @@ class RegionalAttention:
         return getattr(self._local, "state", None)
 
     @contextmanager
-    def regions(self, masks: torch.Tensor, token_region: torch.Tensor,
-                latent_hw: tuple[int, int]) -> Iterator[RegionState]:
+    def regions(
+        self, masks: torch.Tensor, token_region: torch.Tensor, latent_hw: tuple[int, int]
+    ) -> Iterator[RegionState]:
         if masks.shape[-2:] != (GRID, GRID):
             raise ValueError(f"region masks must be {GRID}x{GRID}, not {tuple(masks.shape[-2:])}")
         previous = self.state
@@ -185,7 +204,9 @@ class RegionalAttention:
     def installed_on(self, unet: AttnProcessorHost) -> bool:
         processors = unet.attn_processors
         cross = [p for name, p in processors.items() if name.endswith("attn2.processor")]
-        return bool(cross) and all(isinstance(p, RegionalAttnProcessor) and p.controller is self for p in cross)
+        return bool(cross) and all(
+            isinstance(p, RegionalAttnProcessor) and p.controller is self for p in cross
+        )
 
     def install(self, unet: AttnProcessorHost) -> None:
         """Put a regional processor on every cross-attention (attn2) layer of ``unet``."""
@@ -239,8 +260,10 @@ class RegionalAttnProcessor:
             key = attn.norm_k(key)
 
         if tuple(state.token_region.shape) != (batch, key.shape[2]):
-            raise ValueError(f"regions were set for {tuple(state.token_region.shape)} (rows, tokens) but "
-                             f"attention got {batch} rows of {key.shape[2]} tokens")
+            raise ValueError(
+                f"regions were set for {tuple(state.token_region.shape)} (rows, tokens) but "
+                f"attention got {batch} rows of {key.shape[2]} tokens"
+            )
         out = regional_attention(query, key, value, state.plan(n, query.dtype, query.device))
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         out = attn.to_out[0](out)
@@ -257,4 +280,3 @@ def token_scale_matrix(state: RegionState, n: int) -> tuple[torch.Tensor, torch.
     """(visible (B, N, T) bool, scale (B, T)) for ``explicit_regional_attention`` (tests, benches)."""
     bias, scale = state.bias_and_scale(n, torch.float32, state.masks.device)
     return torch.isfinite(bias[:, 0]), scale[:, 0, :, 0]
-

@@ -102,7 +102,8 @@ def greedy_chunks(
             raise OmostError(
                 f"the two CLIP tokenizers of this model split {text[:40]!r} differently "
                 f"({len(ids_l)} and {len(ids_g)} tokens); an SDXL model needs two CLIP BPE tokenizers "
-                "with the same vocabulary", parameter="model",
+                "with the same vocabulary",
+                parameter="model",
             )
         return ids_l, ids_g
 
@@ -125,7 +126,9 @@ def greedy_chunks(
         for bag in bags:
             if len(bag) == 1 and len(bag[0][0]) > budget:
                 ids_l, ids_g = bag[0]
-                split += [[(ids_l[i:i + budget], ids_g[i:i + budget])] for i in range(0, len(ids_l), budget)]
+                split += [
+                    [(ids_l[i : i + budget], ids_g[i : i + budget])] for i in range(0, len(ids_l), budget)
+                ]
             else:
                 split.append(bag)
         bags = split
@@ -158,22 +161,30 @@ class PromptEncoder:
         keep_suffixes: bool = True,
     ) -> None:
         if pooled not in ("projected", "unprojected"):
-            raise OmostError(f"pooled must be projected or unprojected, not {pooled!r}",
-                             parameter="pooled", value=pooled, allowed=("projected", "unprojected"))
+            raise OmostError(
+                f"pooled must be projected or unprojected, not {pooled!r}",
+                parameter="pooled",
+                value=pooled,
+                allowed=("projected", "unprojected"),
+            )
         self.tokenizer, self.tokenizer_2 = tokenizer, tokenizer_2
         self.text_encoder, self.text_encoder_2 = text_encoder, text_encoder_2
         self.pooled_kind: PooledKind = pooled
         self.keep_suffixes = keep_suffixes
         self.special = SpecialTokens(
-            bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id,
-            pad_l=tokenizer.pad_token_id, pad_g=tokenizer_2.pad_token_id,
+            bos=tokenizer.bos_token_id,
+            eos=tokenizer.eos_token_id,
+            pad_l=tokenizer.pad_token_id,
+            pad_g=tokenizer_2.pad_token_id,
         )
 
     def _ids_l(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
 
     def _ids_g(self, text: str) -> list[int]:
-        return list(self.tokenizer_2(text, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+        return list(
+            self.tokenizer_2(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+        )
 
     def count_tokens(self, text: str) -> int:
         """CLIP tokens of ``text`` without bos/eos: what one 77-token chunk must hold (75 at most); the
@@ -181,8 +192,14 @@ class PromptEncoder:
         return len(self._ids_l(text))
 
     def chunks(self, prefixes: Sequence[str], suffixes: Sequence[str]) -> list[Chunk]:
-        return greedy_chunks(prefixes, suffixes, tokenize_l=self._ids_l, tokenize_g=self._ids_g,
-                             special=self.special, keep_suffixes=self.keep_suffixes)
+        return greedy_chunks(
+            prefixes,
+            suffixes,
+            tokenize_l=self._ids_l,
+            tokenize_g=self._ids_g,
+            special=self.special,
+            keep_suffixes=self.keep_suffixes,
+        )
 
     def negative_chunk(self, text: str) -> Chunk:
         return plain_chunk(self._ids_l(text), self._ids_g(text), self.special)
@@ -193,8 +210,9 @@ class PromptEncoder:
         flat = [chunk for group in groups for chunk in group]
         device = next(self.text_encoder.parameters()).device
         ids_l = torch.tensor([c[0] for c in flat], dtype=torch.long, device=device)
-        ids_g = torch.tensor([c[1] for c in flat], dtype=torch.long,
-                             device=next(self.text_encoder_2.parameters()).device)
+        ids_g = torch.tensor(
+            [c[1] for c in flat], dtype=torch.long, device=next(self.text_encoder_2.parameters()).device
+        )
         out_l = self.text_encoder(ids_l, output_hidden_states=True)
         out_g = self.text_encoder_2(ids_g, output_hidden_states=True)
         hidden = torch.cat([out_l.hidden_states[-2], out_g.hidden_states[-2].to(device)], dim=-1)
@@ -210,6 +228,6 @@ class PromptEncoder:
         for group in groups:
             end = start + len(group)
             cond = hidden[start:end].reshape(1, -1, hidden.shape[-1])
-            results.append(EncodedPrompt(cond=cond, pooled=pooled[start:start + 1]))
+            results.append(EncodedPrompt(cond=cond, pooled=pooled[start : start + 1]))
             start = end
         return results

@@ -67,7 +67,8 @@ class Renderer:
         self.default_model = default_model
         self.single_file_config = single_file_config
         self._pipeline_options: dict[str, Any] = dict(
-            pooled=pooled, keep_suffixes=keep_suffixes, max_batch=max_batch, preview=preview)
+            pooled=pooled, keep_suffixes=keep_suffixes, max_batch=max_batch, preview=preview
+        )
         self._pipelines: dict[str, RegionalPipeline] = {}
         self._lock = threading.Lock()
 
@@ -105,12 +106,17 @@ class Renderer:
         count = check_count(count)
         strategy = check_strategy(strategy)
         if base is not None and count != 1:
-            raise OmostError("an upscale is of one image; allowed: count 1 with an image to upscale",
-                             parameter="count", value=count, allowed="1")
+            raise OmostError(
+                "an upscale is of one image; allowed: count 1 with an image to upscale",
+                parameter="count",
+                value=count,
+                allowed="1",
+            )
         conditions = list(getattr(layout, "conditions", None) or [])
         if not conditions:
-            raise OmostError("the layout has no conditions: it needs at least the global description",
-                             parameter="layout")
+            raise OmostError(
+                "the layout has no conditions: it needs at least the global description", parameter="layout"
+            )
         seeds = variation_seeds(params.seed, count)
         started = time.perf_counter()
         with self._lock:
@@ -123,8 +129,9 @@ class Renderer:
             images: list[Image.Image] | None = None
             if batched:
                 try:
-                    images = pipeline.render_batch(conditions, params, seeds, sketch=sketch, on_progress=on_progress,
-                                                   cancel=cancel)
+                    images = pipeline.render_batch(
+                        conditions, params, seeds, sketch=sketch, on_progress=on_progress, cancel=cancel
+                    )
                 except torch.cuda.OutOfMemoryError:
                     if strategy == "batched":
                         raise
@@ -134,13 +141,25 @@ class Renderer:
             if images is None:
                 images = []
                 for i, seed in enumerate(seeds):
-                    images += pipeline.render_batch(conditions, params, [seed], sketch=sketch, base=bases,
-                                                    on_progress=_offset_progress(on_progress, i, count),
-                                                    cancel=cancel)
+                    images += pipeline.render_batch(
+                        conditions,
+                        params,
+                        [seed],
+                        sketch=sketch,
+                        base=bases,
+                        on_progress=_offset_progress(on_progress, i, count),
+                        cancel=cancel,
+                    )
         image = images[0] if count == 1 else grid_image(images)
         return RenderResult(
-            image=image, masks=masks_image(as_layout(layout), images[0].size), model=model or self.default_model,
-            seconds=time.perf_counter() - started, params=params, images=tuple(images), seeds=seeds, batched=batched,
+            image=image,
+            masks=masks_image(as_layout(layout), images[0].size),
+            model=model or self.default_model,
+            seconds=time.perf_counter() - started,
+            params=params,
+            images=tuple(images),
+            seeds=seeds,
+            batched=batched,
         )
 
     def _batch_fits(self, params: RenderParams, count: int, strategy: BatchStrategy) -> bool:
@@ -164,8 +183,12 @@ def _offset_progress(on_progress: ProgressCallback | None, index: int, count: in
     def report(progress: LLMProgress | RenderProgress) -> None:
         if isinstance(progress, RenderProgress):
             per_image = progress.steps_in_all
-            progress = dataclasses.replace(progress, run_step=index * per_image + progress.steps_done,
-                                           run_total=count * per_image, images=count)
+            progress = dataclasses.replace(
+                progress,
+                run_step=index * per_image + progress.steps_done,
+                run_total=count * per_image,
+                images=count,
+            )
         on_progress(progress)
 
     return report

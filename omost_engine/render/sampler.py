@@ -37,7 +37,7 @@ def karras_sigmas(steps: int, *, strength: float = 1.0, train: torch.Tensor | No
     low, high = sigma_min ** (1 / KARRAS_RHO), sigma_max ** (1 / KARRAS_RHO)
     sigmas = (high + ramp * (low - high)) ** KARRAS_RHO
     sigmas = torch.cat([sigmas, sigmas.new_zeros(1)])
-    return sigmas[-(steps + 1):]
+    return sigmas[-(steps + 1) :]
 
 
 def timestep_for(sigma: torch.Tensor, train: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,9 @@ def comfyui_conditions(text: str) -> list[Condition]:
     """The conditions ComfyUI_omost would take from ``text``; ComfyUILoadError where it would fail."""
     value = json.loads(text)
     if not isinstance(value, list) or not value:
-        raise ComfyUILoadError(f"not a non-empty JSON list (ComfyUI indexes value[0]): {type(value).__name__}")
+        raise ComfyUILoadError(
+            f"not a non-empty JSON list (ComfyUI indexes value[0]): {type(value).__name__}"
+        )
     conditions = []
     for index, item in enumerate(value):
         if not isinstance(item, dict) or any(key not in item for key in COMFYUI_FIELDS):
@@ -38,7 +40,11 @@ def comfyui_conditions(text: str) -> list[Condition]:
             raise ComfyUILoadError(f"element {index}: rect must be 4 integers (numpy slicing), not {rect!r}")
         if not all(0 <= v <= GRID for v in rect):
             raise ComfyUILoadError(f"element {index}: rect outside the 90x90 grid: {rect!r}")
-        if not (isinstance(color, list) and len(color) == 3 and all(type(v) is int and 0 <= v <= 255 for v in color)):
+        if not (
+            isinstance(color, list)
+            and len(color) == 3
+            and all(type(v) is int and 0 <= v <= 255 for v in color)
+        ):
             raise ComfyUILoadError(f"element {index}: color must be 3 integers 0-255, not {color!r}")
         for key in ("prefixes", "suffixes"):
             if not (isinstance(item[key], list) and all(isinstance(s, str) for s in item[key])):
@@ -48,8 +54,14 @@ def comfyui_conditions(text: str) -> list[Condition]:
         mask[top:bottom, left:right] = 1.0  # what its area-mask code does; an empty box is a silent bug there
         if not mask.any():
             raise ComfyUILoadError(f"element {index}: rect {rect!r} is an empty box")
-        conditions.append(Condition(rect=(top, bottom, left, right), prefixes=tuple(item["prefixes"]),
-                                    suffixes=tuple(item["suffixes"]), color=(color[0], color[1], color[2])))
+        conditions.append(
+            Condition(
+                rect=(top, bottom, left, right),
+                prefixes=tuple(item["prefixes"]),
+                suffixes=tuple(item["suffixes"]),
+                color=(color[0], color[1], color[2]),
+            )
+        )
     if conditions[0].rect != (0, GRID, 0, GRID):
         raise ComfyUILoadError(f"element 0 is not the global condition: rect {list(conditions[0].rect)}")
     return conditions
@@ -63,8 +75,10 @@ def schema_errors(text: str) -> list[str]:
 
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
-    return [f"{'/'.join(str(p) for p in error.absolute_path)}: {error.message}"
-            for error in validator.iter_errors(json.loads(text))]
+    return [
+        f"{'/'.join(str(p) for p in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(json.loads(text))
+    ]
 
 
 def check_project_file(text: str) -> Any:

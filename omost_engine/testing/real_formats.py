@@ -52,9 +52,17 @@ PHI3_TEMPLATE = (
 )
 # Phi-3's special tokens at 32000-32010, in id order: (content, rstrip).
 PHI3_SPECIALS: tuple[tuple[str, bool], ...] = (
-    ("<|endoftext|>", False), ("<|assistant|>", True), ("<|placeholder1|>", True), ("<|placeholder2|>", True),
-    ("<|placeholder3|>", True), ("<|placeholder4|>", True), ("<|system|>", True), ("<|end|>", True),
-    ("<|placeholder5|>", True), ("<|placeholder6|>", True), ("<|user|>", True),
+    ("<|endoftext|>", False),
+    ("<|assistant|>", True),
+    ("<|placeholder1|>", True),
+    ("<|placeholder2|>", True),
+    ("<|placeholder3|>", True),
+    ("<|placeholder4|>", True),
+    ("<|system|>", True),
+    ("<|end|>", True),
+    ("<|placeholder5|>", True),
+    ("<|placeholder6|>", True),
+    ("<|user|>", True),
 )
 PHI3_MODEL_VOCAB = 32064
 LLAMA3_VOCAB = 128256
@@ -73,25 +81,39 @@ def ensure_real_formats(*, fetch: bool = True) -> tuple[Path | None, str]:
         return folder, ""
     if not fetch or not FETCH_SCRIPT.is_file():
         return None, f"the real tokenizer files are not in {folder} (run scripts/fetch_real_formats.py)"
-    done = subprocess.run([sys.executable, str(FETCH_SCRIPT), "--dest", str(folder)], capture_output=True,
-                          text=True, timeout=900, check=False)
+    done = subprocess.run(
+        [sys.executable, str(FETCH_SCRIPT), "--dest", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     if done.returncode == 0 and (folder / "complete.json").is_file():
         return folder, ""
     return None, (done.stderr.strip() or "scripts/fetch_real_formats.py failed")
 
 
-def llama3_tokenizer(folder: Path, family: Literal["llama-3", "dolphin"] = "llama-3") -> PreTrainedTokenizerFast:
+def llama3_tokenizer(
+    folder: Path, family: Literal["llama-3", "dolphin"] = "llama-3"
+) -> PreTrainedTokenizerFast:
     from transformers import AddedToken, PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "llama3" / "tokenizer.json"), bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>" if family == "llama-3" else "<|im_end|>", pad_token="<|end_of_text|>",
+        tokenizer_file=str(folder / "llama3" / "tokenizer.json"),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>" if family == "llama-3" else "<|im_end|>",
+        pad_token="<|end_of_text|>",
         clean_up_tokenization_spaces=False,
     )
     if family == "dolphin":
-        tokenizer.add_special_tokens({"additional_special_tokens": [
-            AddedToken("<|im_end|>", special=True, normalized=False),
-            AddedToken("<|im_start|>", special=True, normalized=False)]})
+        tokenizer.add_special_tokens(
+            {
+                "additional_special_tokens": [
+                    AddedToken("<|im_end|>", special=True, normalized=False),
+                    AddedToken("<|im_start|>", special=True, normalized=False),
+                ]
+            }
+        )
         tokenizer.chat_template = CHATML_TEMPLATE
     else:
         tokenizer.chat_template = LLAMA3_INSTRUCT_TEMPLATE
@@ -104,11 +126,20 @@ def phi3_tokenizer(folder: Path) -> PreTrainedTokenizerFast:
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer.from_file(str(folder / "llama2" / "tokenizer.json"))
-    core.add_special_tokens([CoreAddedToken(text, rstrip=rstrip, special=True, normalized=False)
-                             for text, rstrip in PHI3_SPECIALS])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="<|endoftext|>",
-                                        unk_token="<unk>", pad_token="<|endoftext|>",
-                                        clean_up_tokenization_spaces=False)
+    core.add_special_tokens(
+        [
+            CoreAddedToken(text, rstrip=rstrip, special=True, normalized=False)
+            for text, rstrip in PHI3_SPECIALS
+        ]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+    )
     tokenizer.chat_template = PHI3_TEMPLATE
     return tokenizer
 
@@ -117,35 +148,79 @@ def tokenizer_for(folder: Path, family: RealFamily) -> PreTrainedTokenizerFast:
     return phi3_tokenizer(folder) if family == "phi-3" else llama3_tokenizer(folder, family)
 
 
-def model_config(family: RealFamily, tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 64,
-                 layers: int = 2, heads: int = 4, kv_heads: int = 2, intermediate_size: int | None = None,
-                 rope: Literal["su", "longrope"] = "longrope") -> dict[str, Any]:
+def model_config(
+    family: RealFamily,
+    tokenizer: PreTrainedTokenizerFast,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    rope: Literal["su", "longrope"] = "longrope",
+) -> dict[str, Any]:
     """A config.json dict of the published model's kind; the shape is the caller's."""
-    shape = dict(hidden_size=hidden_size, intermediate_size=intermediate_size or hidden_size * 2,
-                 num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                 torch_dtype="bfloat16", tie_word_embeddings=False)
+    shape = dict(
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        torch_dtype="bfloat16",
+        tie_word_embeddings=False,
+    )
     if family == "phi-3":
         # Phi-3-mini-128k: longrope ("su" in configs published before mid-2024) with one factor per
         # rotary dimension pair, 4k original positions stretched to 128k.
         half = hidden_size // heads // 2
         return dict(
-            architectures=["Phi3ForCausalLM"], model_type="phi3", vocab_size=PHI3_MODEL_VOCAB, **shape,
-            max_position_embeddings=131072, original_max_position_embeddings=4096, rope_theta=10000.0,
-            rope_scaling={"type": rope, "short_factor": [1.0 + 0.01 * i for i in range(half)],
-                          "long_factor": [1.5 + 0.1 * i for i in range(half)]},
-            sliding_window=262144, bos_token_id=1, eos_token_id=32000, pad_token_id=32000, rms_norm_eps=1e-5,
+            architectures=["Phi3ForCausalLM"],
+            model_type="phi3",
+            vocab_size=PHI3_MODEL_VOCAB,
+            **shape,
+            max_position_embeddings=131072,
+            original_max_position_embeddings=4096,
+            rope_theta=10000.0,
+            rope_scaling={
+                "type": rope,
+                "short_factor": [1.0 + 0.01 * i for i in range(half)],
+                "long_factor": [1.5 + 0.1 * i for i in range(half)],
+            },
+            sliding_window=262144,
+            bos_token_id=1,
+            eos_token_id=32000,
+            pad_token_id=32000,
+            rms_norm_eps=1e-5,
         )
     vocab = LLAMA3_VOCAB if family == "llama-3" else DOLPHIN_VOCAB
     end = tokenizer.convert_tokens_to_ids("<|eot_id|>" if family == "llama-3" else "<|im_end|>")
-    return dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=vocab, **shape,
-                max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=128000, eos_token_id=end,
-                rms_norm_eps=1e-5)
+    return dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=vocab,
+        **shape,
+        max_position_embeddings=8192,
+        rope_theta=500000.0,
+        bos_token_id=128000,
+        eos_token_id=end,
+        rms_norm_eps=1e-5,
+    )
 
 
-def save_real_llm(folder: str | Path, family: RealFamily, *, formats: Path,
-                  quantization: Literal["none", "4bit", "8bit"] = "none", rope: Literal["su", "longrope"] = "longrope",
-                  hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                  intermediate_size: int | None = None, seed: int = 0) -> Path:
+def save_real_llm(
+    folder: str | Path,
+    family: RealFamily,
+    *,
+    formats: Path,
+    quantization: Literal["none", "4bit", "8bit"] = "none",
+    rope: Literal["su", "longrope"] = "longrope",
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int | None = None,
+    seed: int = 0,
+) -> Path:
     """Write a loadable model folder with the real tokenizer and a config of the published kind
     (random weights; quantised ones pre-quantised with bitsandbytes, as the published repos are)."""
     import torch
@@ -155,8 +230,16 @@ def save_real_llm(folder: str | Path, family: RealFamily, *, formats: Path,
 
     folder = Path(folder)
     tokenizer = tokenizer_for(formats, family)
-    config_dict = model_config(family, tokenizer, hidden_size=hidden_size, layers=layers, heads=heads,
-                               kv_heads=kv_heads, intermediate_size=intermediate_size, rope="longrope")
+    config_dict = model_config(
+        family,
+        tokenizer,
+        hidden_size=hidden_size,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate_size=intermediate_size,
+        rope="longrope",
+    )
     plain = folder if quantization == "none" else folder.with_name(folder.name + "-plain")
     plain.mkdir(parents=True, exist_ok=True)
     (plain / "config.json").write_text(json.dumps(config_dict))
@@ -190,13 +273,15 @@ def share_random_weights(module: Any, *, seed: int = 0, scale: float = 0.02, dty
     for sub in module.modules():
         for name, param in list(sub._parameters.items()):
             if param is not None:
-                sub._parameters[name] = torch.nn.Parameter(pool[: param.numel()].view(param.shape),
-                                                           requires_grad=False)
+                sub._parameters[name] = torch.nn.Parameter(
+                    pool[: param.numel()].view(param.shape), requires_grad=False
+                )
     return module.eval()
 
 
-def real_sdxl_components(*, text_layers: int = 2, unet_config: dict[str, Any] | None = None, seed: int = 0,
-                         dtype: Any = None) -> Any:
+def real_sdxl_components(
+    *, text_layers: int = 2, unet_config: dict[str, Any] | None = None, seed: int = 0, dtype: Any = None
+) -> Any:
     """SDXL with the shipped base configurations: the real UNet (2.57B parameters, random weights shared
     through ``share_random_weights``) and VAE, the real CLIP tokenizers, and both text encoders at their
     real widths (768, 1280 + 1280 projection) with ``text_layers`` layers each (of 12 and 32)."""
@@ -221,8 +306,11 @@ def real_sdxl_components(*, text_layers: int = 2, unet_config: dict[str, Any] | 
         text_config.num_hidden_layers = text_layers
         encoders.append(cls(text_config).to(dtype).eval())
     return SDXLComponents(
-        model="sdxl-base-1.0 (real configuration, random weights)", unet=unet, vae=vae,
-        text_encoder=encoders[0], text_encoder_2=encoders[1],
+        model="sdxl-base-1.0 (real configuration, random weights)",
+        unet=unet,
+        vae=vae,
+        text_encoder=encoders[0],
+        text_encoder_2=encoders[1],
         tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"),
         tokenizer_2=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2"),
     )

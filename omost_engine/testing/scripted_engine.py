@@ -240,13 +240,26 @@ class ScriptedEngine:
             shown = reply if n == events else reply[: n * chunk]
             regions = len(layout.conditions) if n == events else max(1, len(layout.conditions) * n // events)
             elapsed = max(time.perf_counter() - started, 1e-6)
-            self._report(on_progress, LLMProgress(tokens=len(shown) // 4, tokens_per_second=len(shown) / 4 / elapsed,
-                                                  text=shown, conditions=tuple(layout.conditions[:regions])))
+            self._report(
+                on_progress,
+                LLMProgress(
+                    tokens=len(shown) // 4,
+                    tokens_per_second=len(shown) / 4 / elapsed,
+                    text=shown,
+                    conditions=tuple(layout.conditions[:regions]),
+                ),
+            )
         if delay is not None:  # the render of this layout takes the other half
             layout = layout.with_meta(scripted_render_seconds=delay / 2)
         tokens = len(reply) // 4
-        return ChatResult(reply=reply, layout=layout, model=llm or self.llm_name, tokens=tokens,
-                          seconds=time.perf_counter() - started, forward_passes=tokens)
+        return ChatResult(
+            reply=reply,
+            layout=layout,
+            model=llm or self.llm_name,
+            tokens=tokens,
+            seconds=time.perf_counter() - started,
+            forward_passes=tokens,
+        )
 
     def render(
         self,
@@ -266,22 +279,35 @@ class ScriptedEngine:
         seeds = variation_seeds(params.seed, count)
         hires = params.hr_scale > HR_MIN_SCALE
         if base is not None and (count != 1 or not hires):
-            raise OmostError("an upscale is of one image with hr_scale above 1.05 (variations.upscale_params)",
-                             parameter="base")
+            raise OmostError(
+                "an upscale is of one image with hr_scale above 1.05 (variations.upscale_params)",
+                parameter="base",
+            )
         with self._lock:
             prefixes = layout.conditions[0].prefixes if layout.conditions else ()
             self.calls.extend(("render", prefixes[0] if prefixes else "", seed) for seed in seeds)
         self._begin("render", cancel)
         seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
-        stages = ([] if base is not None else [("render", params.steps)]) + ([("hires", params.hr_steps)] if hires else [])
+        stages = ([] if base is not None else [("render", params.steps)]) + (
+            [("hires", params.hr_steps)] if hires else []
+        )
         total_steps = sum(steps for _, steps in stages)
         done = 0
         for stage, steps in stages:
             for step in range(1, steps + 1):
                 _sleep(seconds / total_steps, cancel)
                 done += 1
-                self._report(on_progress, RenderProgress(step=step, total=steps, stage=stage, run_step=done,
-                                                         run_total=total_steps, images=count))
+                self._report(
+                    on_progress,
+                    RenderProgress(
+                        step=step,
+                        total=steps,
+                        stage=stage,
+                        run_step=done,
+                        run_total=total_steps,
+                        images=count,
+                    ),
+                )
         scale = params.hr_scale if hires else 1.0
         if self.image_size is not None:
             width, height = self.image_size
@@ -294,9 +320,16 @@ class ScriptedEngine:
             # Seeded grain so that two seeds give two different pictures, as with a real sampler.
             grain = np.random.default_rng(seed).integers(-12, 13, size=(height, width, 3))
             images.append(Image.fromarray(np.clip(sketch + grain, 0, 255).astype(np.uint8)))
-        return RenderResult(image=images[0] if count == 1 else grid_image(images), masks=masks_image(layout, MASKS_SIZE),
-                            model=model or self.model_name, seconds=time.perf_counter() - started,
-                            params=params, images=tuple(images), seeds=seeds, batched=count > 1)
+        return RenderResult(
+            image=images[0] if count == 1 else grid_image(images),
+            masks=masks_image(layout, MASKS_SIZE),
+            model=model or self.model_name,
+            seconds=time.perf_counter() - started,
+            params=params,
+            images=tuple(images),
+            seeds=seeds,
+            batched=count > 1,
+        )
 
 
 def _sleep(seconds: float, cancel: CancelToken | None) -> None:

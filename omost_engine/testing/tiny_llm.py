@@ -32,10 +32,18 @@ PHI3_TEMPLATE = (
 )
 
 SPECIAL_TOKENS: dict[TinyFamily, dict[str, str | list[str]]] = {
-    "llama-3": {"bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": "<|end_of_text|>",
-                "extra": ["<|start_header_id|>", "<|end_header_id|>"]},
-    "phi-3": {"bos": "<s>", "eos": "<|endoftext|>", "pad": "<|endoftext|>",
-              "extra": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]},
+    "llama-3": {
+        "bos": "<|begin_of_text|>",
+        "eos": "<|eot_id|>",
+        "pad": "<|end_of_text|>",
+        "extra": ["<|start_header_id|>", "<|end_header_id|>"],
+    },
+    "phi-3": {
+        "bos": "<s>",
+        "eos": "<|endoftext|>",
+        "pad": "<|endoftext|>",
+        "extra": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"],
+    },
 }
 END_OF_TURN: dict[TinyFamily, str] = {"llama-3": "<|eot_id|>", "phi-3": "<|end|>"}
 
@@ -52,8 +60,17 @@ _PROGRAM = (
     "    atmosphere='Intense and chaotic.',\n    style='Epic fantasy',\n    quality_meta='High detail',\n"
     "    HTML_web_color_name='firebrick',\n)\n```\n"
 )
-TRAINING_TEXT = "\n".join([SYSTEM_PROMPT, _PROGRAM, *LOCATIONS, *OFFSETS, *AREAS,
-                           "a dragon fighting warriors", "change the dragon to a dinosaur"])
+TRAINING_TEXT = "\n".join(
+    [
+        SYSTEM_PROMPT,
+        _PROGRAM,
+        *LOCATIONS,
+        *OFFSETS,
+        *AREAS,
+        "a dragon fighting warriors",
+        "change the dragon to a dinosaur",
+    ]
+)
 
 
 def build_tokenizer(family: TinyFamily = "llama-3", *, vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -67,43 +84,75 @@ def build_tokenizer(family: TinyFamily = "llama-3", *, vocab_size: int = 512) ->
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_list,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_list,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator([TRAINING_TEXT], trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token=specials["bos"], eos_token=specials["eos"], pad_token=specials["pad"],
+        tokenizer_object=core,
+        bos_token=specials["bos"],
+        eos_token=specials["eos"],
+        pad_token=specials["pad"],
         additional_special_tokens=list(specials["extra"]),
     )
     tokenizer.chat_template = LLAMA3_TEMPLATE if family == "llama-3" else PHI3_TEMPLATE
     return tokenizer
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, family: TinyFamily = "llama-3", *, seed: int = 0,
-                hidden_size: int = 64, layers: int = 2, max_positions: int = 16384) -> PreTrainedModel:
+def build_model(
+    tokenizer: PreTrainedTokenizerFast,
+    family: TinyFamily = "llama-3",
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    max_positions: int = 16384,
+) -> PreTrainedModel:
     """A randomly initialised LlamaForCausalLM / Phi3ForCausalLM of about 100k parameters."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
     end_ids = [tokenizer.convert_tokens_to_ids(END_OF_TURN[family]), tokenizer.eos_token_id]
-    shape = dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
-                 num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
-                 eos_token_id=end_ids[0], pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    shape = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=end_ids[0],
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     if family == "llama-3":
         model: PreTrainedModel = LlamaForCausalLM(LlamaConfig(**shape))
     else:
         model = Phi3ForCausalLM(Phi3Config(**shape, original_max_position_embeddings=max_positions))
     model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=list(dict.fromkeys(end_ids)),
-        pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.6, top_p=0.9,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=list(dict.fromkeys(end_ids)),
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=True,
+        temperature=0.6,
+        top_p=0.9,
     )
     model.eval()
     return model
 
 
-def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
-                  quantization: Literal["none", "4bit", "8bit"] = "none", seed: int = 0) -> Path:
+def save_tiny_llm(
+    folder: str | Path,
+    family: TinyFamily = "llama-3",
+    *,
+    quantization: Literal["none", "4bit", "8bit"] = "none",
+    seed: int = 0,
+) -> Path:
     """Write a loadable model folder (config, weights, tokenizer); quantised ones pre-quantised,
     with the bitsandbytes config stored in config.json as the published 4/8-bit repos have it."""
     import torch
@@ -119,16 +168,26 @@ def save_tiny_llm(folder: str | Path, family: TinyFamily = "llama-3", *,
     return folder
 
 
-def save_prequantized(plain: Path, folder: Path, tokenizer: PreTrainedTokenizerFast,
-                      quantization: Literal["4bit", "8bit"], *, dtype: Any) -> None:
+def save_prequantized(
+    plain: Path,
+    folder: Path,
+    tokenizer: PreTrainedTokenizerFast,
+    quantization: Literal["4bit", "8bit"],
+    *,
+    dtype: Any,
+) -> None:
     """Quantise the model saved in ``plain`` with bitsandbytes and save it to ``folder``, as the published
     4/8-bit repos are (the bitsandbytes config in config.json)."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    quant = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-             if quantization == "4bit" else BitsAndBytesConfig(load_in_8bit=True))
-    quantized = AutoModelForCausalLM.from_pretrained(plain, quantization_config=quant, dtype=dtype,
-                                                     device_map={"": "cpu"})
+    quant = (
+        BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+        if quantization == "4bit"
+        else BitsAndBytesConfig(load_in_8bit=True)
+    )
+    quantized = AutoModelForCausalLM.from_pretrained(
+        plain, quantization_config=quant, dtype=dtype, device_map={"": "cpu"}
+    )
     quantized.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 

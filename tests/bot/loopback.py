@@ -148,7 +148,9 @@ class FakeDiscord:
             fault.hits += 1
         return fault
 
-    async def _apply_fault(self, fault: Fault, request: web.Request, method: str, path: str) -> web.Response | None:
+    async def _apply_fault(
+        self, fault: Fault, request: web.Request, method: str, path: str
+    ) -> web.Response | None:
         """The faulty answer; None to answer normally (after a hang)."""
         if fault.hang:
             with contextlib.suppress(TimeoutError):
@@ -651,7 +653,9 @@ class FakeDiscord:
 
 
 @contextlib.asynccontextmanager
-async def connected(bot: discord.Client, fake: FakeDiscord, *, ready_timeout: float = 10.0) -> AsyncIterator[None]:
+async def connected(
+    bot: discord.Client, fake: FakeDiscord, *, ready_timeout: float = 10.0
+) -> AsyncIterator[None]:
     """Point discord.py at the fake, start ``bot`` and wait until it is ready; close the bot after."""
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     discord.http.Route.BASE = fake.api  # type: ignore[misc]

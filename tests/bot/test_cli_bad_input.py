@@ -25,14 +25,23 @@ def one_line_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
 @pytest.fixture
 def layout_file(tmp_path: Path) -> Path:
     path = tmp_path / "layout.json"
-    path.write_text(Layout(conditions=[Condition(rect=(0, 90, 0, 90), prefixes=("A room.",), suffixes=(),
-                                                 color=(200, 180, 160))]).dumps())
+    path.write_text(
+        Layout(
+            conditions=[
+                Condition(rect=(0, 90, 0, 90), prefixes=("A room.",), suffixes=(), color=(200, 180, 160))
+            ]
+        ).dumps()
+    )
     return path
 
 
 @pytest.mark.parametrize("device", MISSING_DEVICES)
-def test_render_on_a_device_this_machine_lacks(device: str, layout_file: Path, tmp_path: Path, capsys) -> None:
-    err = one_line_exit_2(capsys, ["render", str(layout_file), "--out", str(tmp_path / "o"), "--device", device])
+def test_render_on_a_device_this_machine_lacks(
+    device: str, layout_file: Path, tmp_path: Path, capsys
+) -> None:
+    err = one_line_exit_2(
+        capsys, ["render", str(layout_file), "--out", str(tmp_path / "o"), "--device", device]
+    )
     assert err.startswith(f"omost-bot render: --device {device!r} is not")
     assert "allowed: cpu" in err
     assert not (tmp_path / "o").exists()  # refused before anything is made
@@ -41,8 +50,20 @@ def test_render_on_a_device_this_machine_lacks(device: str, layout_file: Path, t
 @pytest.mark.parametrize("device", ["tpu9", "cuda:99"])
 def test_compose_refuses_the_device_before_the_llm_runs(device: str, tmp_path: Path, capsys) -> None:
     # The endpoint is never called: nothing listens there, and the error is the device's.
-    err = one_line_exit_2(capsys, ["compose", "a cat", "--out", str(tmp_path / "o"), "--llm-endpoint",
-                                   "http://127.0.0.1:9/v1", "--device", device, "--quiet"])
+    err = one_line_exit_2(
+        capsys,
+        [
+            "compose",
+            "a cat",
+            "--out",
+            str(tmp_path / "o"),
+            "--llm-endpoint",
+            "http://127.0.0.1:9/v1",
+            "--device",
+            device,
+            "--quiet",
+        ],
+    )
     assert err.startswith(f"omost-bot compose: --device {device!r} is not")
 
 
@@ -54,7 +75,9 @@ def test_an_available_device_is_accepted() -> None:
     assert "cpu" in available_devices()
 
 
-def test_run_check_on_a_file_that_is_not_sqlite(tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_check_on_a_file_that_is_not_sqlite(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DISCORD_TOKEN", "x")  # only the database is wrong
     not_sqlite = tmp_path / "notes.txt"
@@ -64,13 +87,16 @@ def test_run_check_on_a_file_that_is_not_sqlite(tmp_path: Path, capsys, monkeypa
     assert not_sqlite.read_text() == "these are my notes, not a database\n" * 10
 
 
-@pytest.mark.parametrize(("url", "problem"), [
-    ("http://x", "must start with redis://, rediss:// or unix://"),
-    ("redis://x:notaport/0", "has port 'notaport', not a number from 1 to 65535"),
-    ("redis://x:70000/0", "has port '70000', not a number from 1 to 65535"),
-    ("redis://x:6379/zero", "names database 'zero', not a number"),
-    ("unix://", "names no socket path"),
-])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://x", "must start with redis://, rediss:// or unix://"),
+        ("redis://x:notaport/0", "has port 'notaport', not a number from 1 to 65535"),
+        ("redis://x:70000/0", "has port '70000', not a number from 1 to 65535"),
+        ("redis://x:6379/zero", "names database 'zero', not a number"),
+        ("unix://", "names no socket path"),
+    ],
+)
 @pytest.mark.parametrize("command", ["workers", "worker"])
 def test_a_malformed_redis_url(command: str, url: str, problem: str, capsys) -> None:
     argv = [command, "--redis-url", url] + (["--engine", "scripted"] if command == "worker" else [])
@@ -94,8 +120,16 @@ def test_workers_without_a_url_exits_2(capsys, monkeypatch: pytest.MonkeyPatch) 
     assert "a Redis URL is needed" in err
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://:pw@h:6380/2", "redis://h?db=3",
-                                 "unix:///run/redis.sock", "redis://"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0",
+        "rediss://:pw@h:6380/2",
+        "redis://h?db=3",
+        "unix:///run/redis.sock",
+        "redis://",
+    ],
+)
 def test_well_formed_redis_urls_pass(url: str) -> None:
     from bot.config import check_redis_url, redis_url_problem
 

@@ -37,16 +37,31 @@ def test_run_check_reads_the_database_and_creates_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-@pytest.mark.parametrize(("environ", "toml", "expected"), [
-    ({}, "", "no Discord bot token"),
-    ({"DISCORD_TOKEN": "t", "OMOST_DEVICE": "gpu9"}, "", "OMOST_DEVICE must be auto or a torch device"),
-    ({"DISCORD_TOKEN": "t", "OMOST_REDIS_URL": "redis://x:notaport/0"}, "", "OMOST_REDIS_URL: the Redis URL 'redis://x:notaport/0' has port 'notaport'"),
-    ({"DISCORD_TOKEN": "t"}, '[redis]\nurl = "redis://x:6379/0"\nspeed = 3\n', "unknown key 'speed' in [redis]"),
-    ({"DISCORD_TOKEN": "t"}, 'token = "t"\n', "'token' is at the top level"),
-])
+@pytest.mark.parametrize(
+    ("environ", "toml", "expected"),
+    [
+        ({}, "", "no Discord bot token"),
+        ({"DISCORD_TOKEN": "t", "OMOST_DEVICE": "gpu9"}, "", "OMOST_DEVICE must be auto or a torch device"),
+        (
+            {"DISCORD_TOKEN": "t", "OMOST_REDIS_URL": "redis://x:notaport/0"},
+            "",
+            "OMOST_REDIS_URL: the Redis URL 'redis://x:notaport/0' has port 'notaport'",
+        ),
+        (
+            {"DISCORD_TOKEN": "t"},
+            '[redis]\nurl = "redis://x:6379/0"\nspeed = 3\n',
+            "unknown key 'speed' in [redis]",
+        ),
+        ({"DISCORD_TOKEN": "t"}, 'token = "t"\n', "'token' is at the top level"),
+    ],
+)
 def test_run_check_reports_each_problem_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-    environ: dict[str, str], toml: str, expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    toml: str,
+    expected: str,
 ) -> None:
     """Issue 10, item 16: each problem is one line and exit 2, and nothing is created while checking."""
     monkeypatch.chdir(tmp_path)
@@ -100,8 +115,11 @@ def test_run_uses_redis_workers_when_a_redis_url_is_configured(tmp_path: Path) -
 
     config = BotConfig(db=tmp_path / "bot.sqlite3", device="cpu", max_queue=7)
     none_toml = tmp_path / "none.toml"
-    redis_bot = build_bot(config, config_path=none_toml,
-                          environ={"OMOST_REDIS_URL": "redis://127.0.0.1:9/0", "OMOST_REDIS_PREFIX": "t"})
+    redis_bot = build_bot(
+        config,
+        config_path=none_toml,
+        environ={"OMOST_REDIS_URL": "redis://127.0.0.1:9/0", "OMOST_REDIS_PREFIX": "t"},
+    )
     assert isinstance(redis_bot.backend, RedisJobBackend)
     assert redis_bot.engine is None  # the workers own the models
     assert redis_bot.backend.config.prefix == "t" and redis_bot.backend.max_queue == 7

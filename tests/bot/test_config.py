@@ -107,7 +107,7 @@ def test_the_one_documented_file_shape_is_accepted_exactly(tmp_path: Path) -> No
         "it belongs under [bot]",
         '[bot]\ntoken = "t"\n[redis]\nurl = "redis://x:6379/0"\nspeed = 3\n': "unknown key 'speed' in [redis]",
         '[bot]\ntoken = "t"\n[worker]\nname = "x"\n': "unknown key 'worker' at the top level",
-        'redis = 5\n': "'redis' is at the top level of omost-bot.toml; it belongs under a [redis] table",
+        "redis = 5\n": "'redis' is at the top level of omost-bot.toml; it belongs under a [redis] table",
     }
     for text, expected in cases.items():
         path.write_text(text)
@@ -116,10 +116,19 @@ def test_the_one_documented_file_shape_is_accepted_exactly(tmp_path: Path) -> No
         assert expected in str(error.value) and "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(("environ", "expected"), [
-    ({"OMOST_DEVICE": "gpu9"}, "OMOST_DEVICE must be auto or a torch device such as cuda, cuda:1, mps or cpu"),
-    ({"OMOST_MAX_LAYOUT_BYTES": "1" + "0" * 5000}, "OMOST_MAX_LAYOUT_BYTES must be a whole number from 1024"),
-])
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        (
+            {"OMOST_DEVICE": "gpu9"},
+            "OMOST_DEVICE must be auto or a torch device such as cuda, cuda:1, mps or cpu",
+        ),
+        (
+            {"OMOST_MAX_LAYOUT_BYTES": "1" + "0" * 5000},
+            "OMOST_MAX_LAYOUT_BYTES must be a whole number from 1024",
+        ),
+    ],
+)
 def test_device_and_huge_numbers_are_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], expected: str
 ) -> None:

@@ -89,11 +89,15 @@ def test_installed_migrations_are_found_without_a_checkout(tmp_path: Path) -> No
     installed.mkdir(parents=True)
     for sql in CHECKOUT_DIR.glob("*.sql"):
         (installed / sql.name).write_bytes(sql.read_bytes())
-    found = default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[tmp_path / "empty", tmp_path / "prefix"])
+    found = default_migrations_dir(
+        checkout=tmp_path / "no-checkout", data_roots=[tmp_path / "empty", tmp_path / "prefix"]
+    )
     assert found == installed
     assert find_migrations(found) == find_migrations(CHECKOUT_DIR)
     # With neither, the error names the checkout folder it looked in first.
-    assert default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[]) == tmp_path / "no-checkout"
+    assert (
+        default_migrations_dir(checkout=tmp_path / "no-checkout", data_roots=[]) == tmp_path / "no-checkout"
+    )
 
 
 def test_the_wheel_ships_every_migration_where_the_runner_looks(tmp_path: Path) -> None:
@@ -107,13 +111,32 @@ def test_the_wheel_ships_every_migration_where_the_runner_looks(tmp_path: Path) 
     repo = CHECKOUT_DIR.parent
     source = tmp_path / "src"
     source.mkdir()
-    tracked = subprocess.run(["git", "ls-files", "bot", "cogs", "omost_engine", "migrations", "pyproject.toml",
-                              "README.md"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", "bot", "cogs", "omost_engine", "migrations", "pyproject.toml", "README.md"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in tracked:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_bytes((repo / name).read_bytes())
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w",
-                    str(tmp_path / "dist"), str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     prefix = tmp_path / "prefix"
     with zipfile.ZipFile(wheel) as archive:
@@ -151,15 +174,21 @@ def test_statements_split_only_where_sqlite_says_they_end() -> None:
 
 
 async def test_a_migration_with_semicolons_in_strings_and_a_trigger_applies(tmp_path: Path) -> None:
-    migrations = [Migration(1, "triggers", (
-        "CREATE TABLE notes (text TEXT NOT NULL);\n"
-        "CREATE TABLE audit (note TEXT NOT NULL, seen TEXT NOT NULL);\n"
-        "INSERT INTO notes VALUES ('keep; this -- whole');\n"
-        "CREATE TRIGGER note_audit AFTER INSERT ON notes BEGIN\n"
-        "  INSERT INTO audit VALUES (new.text, 'first;');\n"
-        "  INSERT INTO audit VALUES (new.text, 'second');\n"
-        "END;\n"
-    ))]
+    migrations = [
+        Migration(
+            1,
+            "triggers",
+            (
+                "CREATE TABLE notes (text TEXT NOT NULL);\n"
+                "CREATE TABLE audit (note TEXT NOT NULL, seen TEXT NOT NULL);\n"
+                "INSERT INTO notes VALUES ('keep; this -- whole');\n"
+                "CREATE TRIGGER note_audit AFTER INSERT ON notes BEGIN\n"
+                "  INSERT INTO audit VALUES (new.text, 'first;');\n"
+                "  INSERT INTO audit VALUES (new.text, 'second');\n"
+                "END;\n"
+            ),
+        )
+    ]
     db = await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
     try:
         assert [r["text"] for r in await db.fetchall("SELECT text FROM notes")] == ["keep; this -- whole"]
@@ -171,11 +200,17 @@ async def test_a_migration_with_semicolons_in_strings_and_a_trigger_applies(tmp_
 
 
 async def test_a_failure_after_a_trigger_still_rolls_the_whole_migration_back(tmp_path: Path) -> None:
-    migrations = [Migration(1, "bad", (
-        "CREATE TABLE notes (text TEXT);\n"
-        "CREATE TRIGGER t AFTER INSERT ON notes BEGIN UPDATE notes SET text = 'a;b'; END;\n"
-        "INSERT INTO missing VALUES (1);\n"
-    ))]
+    migrations = [
+        Migration(
+            1,
+            "bad",
+            (
+                "CREATE TABLE notes (text TEXT);\n"
+                "CREATE TRIGGER t AFTER INSERT ON notes BEGIN UPDATE notes SET text = 'a;b'; END;\n"
+                "INSERT INTO missing VALUES (1);\n"
+            ),
+        )
+    ]
     with pytest.raises(OmostError, match="migration V1__bad failed: no such table: missing"):
         await Database.open(tmp_path / "bot.sqlite3", migrations=migrations)
     db = await Database.open(tmp_path / "bot.sqlite3", migrations=[Migration(1, "empty", "SELECT 1;")])

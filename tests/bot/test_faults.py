@@ -93,7 +93,9 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
 
 def result_writes(fake: FakeDiscord) -> list[Exchange]:
     """Result writes Discord accepted (a status message edited into the result, or a new message)."""
-    return [e for e in fake.exchanges if e.status == 200 and str(e.body.get("content") or "").startswith("✅")]
+    return [
+        e for e in fake.exchanges if e.status == 200 and str(e.body.get("content") or "").startswith("✅")
+    ]
 
 
 def result_message(fake: FakeDiscord, token: str) -> dict[str, Any] | None:
@@ -177,7 +179,10 @@ async def test_5xx_on_the_result_is_retried_and_delivered_once(
 
 @pytest.mark.parametrize(
     ("status", "body"),
-    [(404, {"message": "Unknown Webhook", "code": 10015}), (401, {"message": "Invalid Webhook Token", "code": 50027})],
+    [
+        (404, {"message": "Unknown Webhook", "code": 10015}),
+        (401, {"message": "Invalid Webhook Token", "code": 50027}),
+    ],
 )
 async def test_an_expired_interaction_token_at_delivery_sends_the_result_through_the_channel(
     wired: Wired, tracebacks: Callable[[], list[str]], status: int, body: dict[str, Any]
@@ -289,7 +294,11 @@ async def test_cdn_faults_on_a_reply_are_one_reply(
 @pytest.mark.parametrize(
     ("served", "claimed", "expected"),
     [
-        (b" " * 5000, 100, "the layout file is 5000 bytes; at most 4096 bytes are allowed"),  # more than it said
+        (
+            b" " * 5000,
+            100,
+            "the layout file is 5000 bytes; at most 4096 bytes are allowed",
+        ),  # more than it said
         (b"<html>Service Unavailable</html>", None, "not valid JSON"),  # an error page instead of the file
     ],
 )
@@ -316,7 +325,9 @@ async def test_a_good_layout_file_still_renders_on_both_paths(wired: Wired) -> N
     reply = await wired.fake.user_message(
         "", reply_to=int(status["id"]), attachments=[wired.fake.attachment("layout.json", LAYOUT)]
     )
-    await wired.fake.wait_for(lambda: any(m["content"].startswith("✅") for m in wired.fake.replies_to(reply)))
+    await wired.fake.wait_for(
+        lambda: any(m["content"].startswith("✅") for m in wired.fake.replies_to(reply))
+    )
     assert [c[0] for c in wired.engine.calls] == ["render", "render"]
 
 

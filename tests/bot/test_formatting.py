@@ -69,8 +69,9 @@ def test_the_time_left_in_the_high_res_pass_counts_every_step_of_the_render() ->
 
     now = {"t": 100.0}
     presenter = StatusPresenter(clock=lambda: now["t"])
-    tracker = Tracker(job_id=4, user_id=1, channel_id=2, guild_id=None, turn_id=3, phase="render",
-                      render_started=100.0)
+    tracker = Tracker(
+        job_id=4, user_id=1, channel_id=2, guild_id=None, turn_id=3, phase="render", render_started=100.0
+    )
     # 20 base steps done in 40 s, then 1 of 10 high-res steps in 2 s more: 21 of 30 steps in 42 s.
     tracker.render_progress = RenderProgress(step=1, total=10, stage="hires", run_step=21, run_total=30)
     now["t"] = 142.0

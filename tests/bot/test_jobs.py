@@ -176,7 +176,11 @@ async def test_stage_timeout_stops_the_engine_and_the_worker_goes_on() -> None:
     ("stage", "error", "expected"),
     [
         ("chat", RuntimeError("weights missing"), "the LLM step failed because of an error on my side"),
-        ("render", RuntimeError("CUDA out of memory"), "the render step failed because of an error on my side"),
+        (
+            "render",
+            RuntimeError("CUDA out of memory"),
+            "the render step failed because of an error on my side",
+        ),
         ("chat", OmostError("the LLM's reply is not a valid canvas program: line 3: bad"), "line 3: bad"),
     ],
 )
@@ -201,8 +205,12 @@ async def test_close_cancels_the_running_job() -> None:
     assert recorder.of(1, Cancelled)
 
 
-async def test_a_gate_left_closed_fails_its_stage_instead_of_hanging(caplog: pytest.LogCaptureFixture) -> None:
-    engine = ScriptedEngine(replies=[DRAGON], gate=threading.Event(), gate_stages={"render"}, gate_timeout=0.05)
+async def test_a_gate_left_closed_fails_its_stage_instead_of_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = ScriptedEngine(
+        replies=[DRAGON], gate=threading.Event(), gate_stages={"render"}, gate_timeout=0.05
+    )
     backend, recorder, _ = make(engine)
     with caplog.at_level("ERROR", logger="bot.jobs"):
         await backend.submit(Ticket(job_id=1, user_id=1))
@@ -230,7 +238,11 @@ async def test_an_engine_crash_is_logged_with_its_traceback_and_the_user_gets_on
         await backend.join()
     (failed,) = recorder.of(7, Failed)
     assert "job #7" in failed.message and "logged" in failed.message
-    assert "CUDA" not in failed.message and "/home" not in failed.message and "RuntimeError" not in failed.message
+    assert (
+        "CUDA" not in failed.message
+        and "/home" not in failed.message
+        and "RuntimeError" not in failed.message
+    )
     (record,) = [r for r in caplog.records if r.name == "bot.jobs"]
     assert record.levelname == "ERROR" and "job 7" in record.getMessage()
     assert record.exc_info is not None and CUDA_DUMP in str(record.exc_info[1])

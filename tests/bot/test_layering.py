@@ -30,7 +30,9 @@ def imports() -> dict[str, set[str]]:
 
 def test_the_walk_sees_the_modules() -> None:
     graph = imports()
-    assert {"bot.bot", "bot.service", "bot.messenger", "bot.presenter", "bot.job_store", "cogs.omost"} <= set(graph)
+    assert {"bot.bot", "bot.service", "bot.messenger", "bot.presenter", "bot.job_store", "cogs.omost"} <= set(
+        graph
+    )
 
 
 def test_nothing_below_the_composers_imports_the_bot() -> None:
@@ -40,7 +42,11 @@ def test_nothing_below_the_composers_imports_the_bot() -> None:
 
 def test_nothing_in_bot_imports_a_cog() -> None:
     graph = imports()
-    offenders = {m: sorted(d for d in found if d.startswith("cogs")) for m, found in graph.items() if m.startswith("bot")}
+    offenders = {
+        m: sorted(d for d in found if d.startswith("cogs"))
+        for m, found in graph.items()
+        if m.startswith("bot")
+    }
     assert not {m: d for m, d in offenders.items() if d}
 
 
@@ -52,7 +58,7 @@ def test_the_imports_have_no_cycle() -> None:
         state[module] = 1
         for dep in sorted(graph.get(module, ())):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(dep):], dep]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(dep) :], dep]))
             if dep in graph and dep not in state:
                 visit(dep, [*path, dep])
         state[module] = 2

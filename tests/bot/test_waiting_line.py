@@ -60,9 +60,13 @@ def test_positions_running_first_then_waiting() -> None:
     fill(line, [(1, 10), (2, 10), (3, 20), (4, 30)])
     assert line.take() == Ticket(job_id=1, user_id=10)  # now running
     line.start(Ticket(job_id=9, user_id=40))  # running elsewhere already (a restarted bot's held job)
-    assert line.snapshot() == [(Ticket(job_id=1, user_id=10), 0), (Ticket(job_id=9, user_id=40), 0),
-                               (Ticket(job_id=3, user_id=20), 1), (Ticket(job_id=4, user_id=30), 2),
-                               (Ticket(job_id=2, user_id=10), 3)]
+    assert line.snapshot() == [
+        (Ticket(job_id=1, user_id=10), 0),
+        (Ticket(job_id=9, user_id=40), 0),
+        (Ticket(job_id=3, user_id=20), 1),
+        (Ticket(job_id=4, user_id=30), 2),
+        (Ticket(job_id=2, user_id=10), 3),
+    ]
     assert [line.position(j) for j in (1, 9, 3, 4, 2, 99)] == [0, 0, 1, 2, 3, None]
     assert len(line) == 3 and line.held_by(10) == 2 and line.held_by(40) == 1 and line.held_by(50) == 0
     line.done(1)
@@ -75,7 +79,9 @@ def test_full_line_and_user_cap_counting_running_jobs() -> None:
     line.add(Ticket(job_id=1, user_id=1), user_cap=2)
     line.add(Ticket(job_id=2, user_id=1), user_cap=2)
     assert line.take() == Ticket(job_id=1, user_id=1)  # running: still counts against the cap
-    with pytest.raises(QueueFullError, match="you already have 2 jobs queued or running; the limit is 2") as info:
+    with pytest.raises(
+        QueueFullError, match="you already have 2 jobs queued or running; the limit is 2"
+    ) as info:
         line.add(Ticket(job_id=3, user_id=1), user_cap=2)
     assert info.value.parameter == "max_queued_per_user" and info.value.value == 2
     line.done(1)
@@ -122,7 +128,9 @@ def test_drain_and_announce() -> None:
 
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["add", "take", "cancel", "announce"]), st.integers(min_value=1, max_value=5)),
+        st.tuples(
+            st.sampled_from(["add", "take", "cancel", "announce"]), st.integers(min_value=1, max_value=5)
+        ),
         max_size=60,
     )
 )

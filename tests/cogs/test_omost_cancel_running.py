@@ -48,7 +48,9 @@ async def assert_cancelled_and_next_delivered(
     job = await world.bot.storage.job(1)
     assert job is not None and job.state == "cancelled"
     status = alices.response
-    assert status.content == "✖️ Job #1 was cancelled." and status.components == [] and status.attachments == []
+    assert (
+        status.content == "✖️ Job #1 was cancelled." and status.components == [] and status.attachments == []
+    )
     assert (await world.bot.storage.job(2)).state == "done"
     result = bobs.response
     assert "Done" in result.content and len(result.attachments) == 2
@@ -56,7 +58,9 @@ async def assert_cancelled_and_next_delivered(
     assert world.engine.calls[2][1] == "a quiet lake"
 
 
-async def test_cancel_button_stops_the_running_job_and_the_next_one_runs(world: World, gate: threading.Event) -> None:
+async def test_cancel_button_stops_the_running_job_and_the_next_one_runs(
+    world: World, gate: threading.Event
+) -> None:
     alices, bobs = await start_two_jobs(world)
     status = alices.response.message
     labels = [c["label"] for row in alices.response.components for c in row["components"]]
@@ -71,7 +75,9 @@ async def test_cancel_button_stops_the_running_job_and_the_next_one_runs(world: 
     await assert_cancelled_and_next_delivered(world, gate, alices, bobs)
 
 
-async def test_cancel_command_stops_the_running_job_and_the_next_one_runs(world: World, gate: threading.Event) -> None:
+async def test_cancel_command_stops_the_running_job_and_the_next_one_runs(
+    world: World, gate: threading.Event
+) -> None:
     alices, bobs = await start_two_jobs(world)
     refused = await world.bob.slash(world.channel, "omost cancel", job=1)
     assert refused.ephemeral and "only your own jobs" in refused.response.content

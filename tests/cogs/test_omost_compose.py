@@ -153,10 +153,17 @@ async def test_unexpected_errors_become_one_generic_ephemeral_message(world: Wor
     assert len(errors) == 1 and "database is on fire" in str(errors[0].__cause__ or errors[0])
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    ({"steps": 500}, "steps"), ({"cfg": 0.5}, "cfg"), ({"temperature": 3.0}, "temperature"), ({"seed": -1}, "seed"),
-    ({"global_strength": 0.0}, "global_strength"), ({"max_new_tokens": 10}, "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"steps": 500}, "steps"),
+        ({"cfg": 0.5}, "cfg"),
+        ({"temperature": 3.0}, "temperature"),
+        ({"seed": -1}, "seed"),
+        ({"global_strength": 0.0}, "global_strength"),
+        ({"max_new_tokens": 10}, "max_new_tokens"),
+    ],
+)
 async def test_option_ranges_come_from_the_declarations_and_the_client_enforces_them(
     world: World, options: dict, expected: str
 ) -> None:
@@ -168,8 +175,16 @@ async def test_option_ranges_come_from_the_declarations_and_the_client_enforces_
 
     command = world.bot.tree.get_command("omost").get_command("compose")  # type: ignore[union-attr]
     payload = {o["name"]: o for o in command.to_dict(world.bot.tree)["options"]}
-    for name in ("steps", "cfg", "seed", "global_strength", "region_strength", "temperature", "top_p",
-                 "max_new_tokens"):
+    for name in (
+        "steps",
+        "cfg",
+        "seed",
+        "global_strength",
+        "region_strength",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+    ):
         model = LLMParams if name in ("temperature", "top_p", "max_new_tokens") else RenderParams
         assert (payload[name]["min_value"], payload[name]["max_value"]) == bounds(model, name), name
     assert [c["value"] for c in payload["method"]["choices"]] == ["omost", "area"]
@@ -182,11 +197,14 @@ async def test_out_of_range_values_past_the_client_get_the_declarations_message(
     """A request that skips the client's checks (another client, a stale command) meets the same ranges."""
     from bot.settings import build_params, resolve_policy
 
-    policy = await resolve_policy(world.bot.storage, world.bot.config, guild_id=world.guild.id,
-                                  channel_id=world.channel.id)
-    for options, expected in [({"steps": 500}, "steps must be from 1 to 100, not 500"),
-                              ({"cfg": 0.5}, "cfg must be from 1 to 32, not 0.5"),
-                              ({"temperature": 3.0}, "temperature must be from 0 to 2, not 3.0"),
-                              ({"seed": -1}, "seed must be from 0 to 4294967295, not -1")]:
+    policy = await resolve_policy(
+        world.bot.storage, world.bot.config, guild_id=world.guild.id, channel_id=world.channel.id
+    )
+    for options, expected in [
+        ({"steps": 500}, "steps must be from 1 to 100, not 500"),
+        ({"cfg": 0.5}, "cfg must be from 1 to 32, not 0.5"),
+        ({"temperature": 3.0}, "temperature must be from 0 to 2, not 3.0"),
+        ({"seed": -1}, "seed must be from 0 to 4294967295, not -1"),
+    ]:
         with pytest.raises(OmostError, match=expected):
             build_params(policy, options, seed=1)

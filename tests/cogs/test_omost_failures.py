@@ -19,7 +19,9 @@ CUDA_DUMP = (
 
 def error_records(caplog: pytest.LogCaptureFixture, job_id: int) -> list[logging.LogRecord]:
     return [
-        r for r in caplog.records if r.levelno >= logging.ERROR and f"job {job_id}" in r.getMessage() and r.exc_info
+        r
+        for r in caplog.records
+        if r.levelno >= logging.ERROR and f"job {job_id}" in r.getMessage() and r.exc_info
     ]
 
 

@@ -218,7 +218,10 @@ async def test_status_edits_stay_within_one_bot_wide_budget_however_long_the_que
     world.engine.loop, world.engine.settled = asyncio.get_running_loop(), lambda: world.bot.jobs.idle
     members = [world.guild.add_member(world.env.create_user(f"user{i}")) for i in range(30)]
     await pause(world)
-    results = [await m.slash(world.channel, "omost compose", prompt=f"job {i}", steps=8) for i, m in enumerate(members)]
+    results = [
+        await m.slash(world.channel, "omost compose", prompt=f"job {i}", steps=8)
+        for i, m in enumerate(members)
+    ]
     assert "position 30" in results[-1].response.content
     before, start = len(world.env.http_requests), world.clock()
     await resume(world)

@@ -40,7 +40,9 @@ async def crash_while_running(world: World, job_id: int) -> None:
     await world.bot.storage.update_job(job_id, state="running")
 
 
-async def test_the_running_job_resumes_first_after_a_restart_and_the_waiting_one_follows(world: World) -> None:
+async def test_the_running_job_resumes_first_after_a_restart_and_the_waiting_one_follows(
+    world: World,
+) -> None:
     await pause(world)
     running = await world.alice.slash(world.channel, "omost compose", prompt="was running", seed=77)
     waiting = await world.bob.slash(world.channel, "omost compose", prompt="was waiting")
@@ -50,10 +52,16 @@ async def test_the_running_job_resumes_first_after_a_restart_and_the_waiting_one
     job1, job2 = await world.bot.storage.job(1), await world.bot.storage.job(2)
     assert (job1.state, job1.attempt, job2.state, job2.attempt) == ("done", 2, "done", 1)
     # Its turn first, then the one that was waiting; the LLM saw the same prompt and seed again.
-    assert [c[1:] for c in world.engine.calls if c[0] == "chat"] == [("was running", 77), ("was waiting", job2.llm_params.seed)]
+    assert [c[1:] for c in world.engine.calls if c[0] == "chat"] == [
+        ("was running", 77),
+        ("was waiting", job2.llm_params.seed),
+    ]
     assert job1.render_params.seed == 77
     # The status message said it resumes, then became the result: one delivery, no new message.
-    assert any("resume" in text and "after a restart (attempt 2)" in text for text in edits_of(world, running.response.id))
+    assert any(
+        "resume" in text and "after a restart (attempt 2)" in text
+        for text in edits_of(world, running.response.id)
+    )
     assert "Done" in running.response.content and len(running.response.attachments) == 2
     assert job1.result_message_id == running.response.id
     assert "Done" in waiting.response.content
@@ -105,9 +113,15 @@ async def test_a_result_discord_accepted_just_before_the_crash_is_kept(world: Wo
     assert "Done" in result.content
     # The crash came after Discord accepted the result edit and before the database recorded "done":
     # the row is as _deliver left it then (running, delivery intent recorded, no result message).
-    await world.bot.storage.db.execute("UPDATE jobs SET state = 'running', result_message_id = NULL WHERE id = 1")
+    await world.bot.storage.db.execute(
+        "UPDATE jobs SET state = 'running', result_message_id = NULL WHERE id = 1"
+    )
     assert (await world.bot.storage.job(1)).delivery_started_at is not None
-    edits, messages, calls = len(edits_of(world, result.id)), len(world.channel.history()), len(world.engine.calls)
+    edits, messages, calls = (
+        len(edits_of(world, result.id)),
+        len(world.channel.history()),
+        len(world.engine.calls),
+    )
     await world.restart()
     job = await world.bot.storage.job(1)
     assert job.state == "done" and job.result_message_id == result.id and job.attempt == 1
@@ -126,7 +140,9 @@ async def test_a_result_sent_as_a_new_message_before_the_crash_is_found_and_kept
     delivered = world.channel.last_message
     assert delivered.id != first.response.id and "Done" in delivered.content
     world.env.errors  # acknowledge the injected failures  # noqa: B018
-    await world.bot.storage.db.execute("UPDATE jobs SET state = 'running', result_message_id = NULL WHERE id = 1")
+    await world.bot.storage.db.execute(
+        "UPDATE jobs SET state = 'running', result_message_id = NULL WHERE id = 1"
+    )
     calls = len(world.engine.calls)
     await world.restart()
     job = await world.bot.storage.job(1)

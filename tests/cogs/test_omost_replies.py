@@ -145,7 +145,10 @@ async def test_render_command_with_a_bad_file_answers_ephemerally(world: World) 
 
 async def test_render_command_refuses_an_oversized_file_before_reading_it(world: World) -> None:
     result = await world.alice.slash(world.channel, "omost render", layout=("big.json", b" " * (600 * 1024)))
-    assert result.ephemeral and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
+    assert (
+        result.ephemeral
+        and "the layout file is 614400 bytes; at most 524288 bytes" in result.response.content
+    )
     assert await count(world, "jobs") == 0 and world.engine.calls == []
 
 
@@ -155,8 +158,9 @@ HOSTILE_RENDER = {"width": 2048, "height": 2048, "hr_scale": 2.0, "hr_steps": 10
 def _file_with_render(render: dict, version: int = 2) -> bytes:
     comfy = [{"rect": [0, 90, 0, 90], "prefixes": ["a storm"], "suffixes": [], "color": [20, 20, 40]}]
     if version == 1:
-        return json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": comfy,
-                           "meta": {"render": render}}).encode()
+        return json.dumps(
+            {"format": "omost-bot-layout", "version": 1, "conditions": comfy, "meta": {"render": render}}
+        ).encode()
     comfy[0]["omost_bot"] = {"format": "omost-bot-layout", "version": 2, "render": render}
     return json.dumps(comfy).encode()
 
@@ -166,8 +170,14 @@ async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> 
     /omost render and through a reply, in both file versions; nothing is stored."""
     first = await compose(world)
     await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="30", scope="channel")
-    await world.admin.slash(world.channel, "omost settings set", key="max_megapixels", value="4.2", scope="channel")
-    jobs, layouts, renders = await count(world, "jobs"), await count(world, "layouts"), len(world.engine.calls)
+    await world.admin.slash(
+        world.channel, "omost settings set", key="max_megapixels", value="4.2", scope="channel"
+    )
+    jobs, layouts, renders = (
+        await count(world, "jobs"),
+        await count(world, "layouts"),
+        len(world.engine.calls),
+    )
     for version in (2, 1):
         data = _file_with_render(HOSTILE_RENDER, version)
         result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", data))
@@ -179,13 +189,23 @@ async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> 
         # With the steps fixed, the size of the high-res output is what is refused.
         sized = _file_with_render({**HOSTILE_RENDER, "hr_steps": 20}, version)
         result = await world.alice.slash(world.channel, "omost render", layout=("storm.json", sized))
-        assert result.ephemeral and "the high-res output (hr_scale 2) 4096x4096 is 16.78 megapixels" in (
-            result.response.content) and "at most 4.2 are allowed here" in result.response.content
+        assert (
+            result.ephemeral
+            and "the high-res output (hr_scale 2) 4096x4096 is 16.78 megapixels" in (result.response.content)
+            and "at most 4.2 are allowed here" in result.response.content
+        )
     assert (await count(world, "jobs"), await count(world, "layouts")) == (jobs, layouts)
     assert len(world.engine.calls) == renders
     # An option can bring a file back inside the limits (and the new file records that it did).
-    fits = await world.alice.slash(world.channel, "omost render", layout=("storm.json", _file_with_render(
-        {"width": 1024, "height": 1024, "hr_scale": 2.0, "steps": 40, "hr_steps": 20})), steps=12)
+    fits = await world.alice.slash(
+        world.channel,
+        "omost render",
+        layout=(
+            "storm.json",
+            _file_with_render({"width": 1024, "height": 1024, "hr_scale": 2.0, "steps": 40, "hr_steps": 20}),
+        ),
+        steps=12,
+    )
     assert "Done" in fits.followups[0].content, fits.followups
     record = (await layout_of(fits.followups[0].message))[0]["omost_bot"]
     assert record["render"]["steps"] == 12 and record["overrides"] == ["steps: 40 -> 12 (the steps option)"]
@@ -193,7 +213,9 @@ async def test_a_layout_file_cannot_bypass_the_channels_limits(world: World) -> 
 
 async def test_a_file_asking_more_steps_than_allowed_is_refused_not_lowered(world: World) -> None:
     await world.admin.slash(world.channel, "omost settings set", key="max_steps", value="20")
-    result = await world.alice.slash(world.channel, "omost render", layout=("x.json", _file_with_render({"steps": 50})))
+    result = await world.alice.slash(
+        world.channel, "omost render", layout=("x.json", _file_with_render({"steps": 50}))
+    )
     assert result.ephemeral and "steps must be at most 20 here, not 50" in result.response.content
 
 
@@ -201,16 +223,30 @@ async def test_bad_render_settings_in_a_file_are_one_ephemeral_line(world: World
     cases = [
         (_file_with_render({"cfg": float("nan")}).replace(b"NaN", b"NaN"), "NaN"),
         (_file_with_render({"stepz": 3}), "unknown field 'stepz' in omost_bot.render"),
-        (_file_with_render({"seed": 1}).replace(b'"seed": 1', b'"seed": 1' + b"0" * 5000), "5001-digit number"),
+        (
+            _file_with_render({"seed": 1}).replace(b'"seed": 1', b'"seed": 1' + b"0" * 5000),
+            "5001-digit number",
+        ),
         (_file_with_render({}).replace(b'"version": 2', b'"version": 9'), "written by a newer omost-bot"),
-        (json.dumps({"format": "omost-bot-layout", "version": 1, "conditions": [
-            {"rect": [0, 90, 0, 90], "prefixes": ["a"], "suffixes": [], "color": [1, 2, 3]}],
-            "meta": {"render": "fast"}}).encode(), "meta.render 'fast' is not valid"),
+        (
+            json.dumps(
+                {
+                    "format": "omost-bot-layout",
+                    "version": 1,
+                    "conditions": [
+                        {"rect": [0, 90, 0, 90], "prefixes": ["a"], "suffixes": [], "color": [1, 2, 3]}
+                    ],
+                    "meta": {"render": "fast"},
+                }
+            ).encode(),
+            "meta.render 'fast' is not valid",
+        ),
     ]
     for data, expected in cases:
         result = await world.alice.slash(world.channel, "omost render", layout=("x.json", data))
-        assert result.ephemeral and expected in result.response.content and "\n" not in result.response.content, (
-            result.response.content)
+        assert (
+            result.ephemeral and expected in result.response.content and "\n" not in result.response.content
+        ), result.response.content
     assert await count(world, "jobs") == 0 and world.engine.calls == []
 
 
@@ -233,7 +269,6 @@ async def test_render_command_refuses_a_file_that_is_not_json_with_the_same_word
         "⚠️ only `.json` layout files can be attached; `cat.png` is not one"
     )
     assert await count(world, "jobs") == 0 and world.engine.calls == []
-
 
 
 async def test_an_unexpected_failure_of_a_reply_is_logged_and_answered(

@@ -35,8 +35,10 @@ def tiny_sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _bot(tmp_path: Path, tiny_sdxl_folder: Path) -> OmostBot:
     # The renderer picks its device like the CLI does, so both render on the same one.
-    engine = CombinedEngine(chat_service=ChatService(backend=ScriptedBackend([DRAGON], name="scripted-omost")),
-                            renderer=Renderer(default_model=str(tiny_sdxl_folder)))
+    engine = CombinedEngine(
+        chat_service=ChatService(backend=ScriptedBackend([DRAGON], name="scripted-omost")),
+        renderer=Renderer(default_model=str(tiny_sdxl_folder)),
+    )
     return OmostBot(config=BotConfig(db=tmp_path / "bot.sqlite3"), engine=engine)
 
 
@@ -57,8 +59,17 @@ async def test_a_bot_result_rendered_by_the_cli_gives_the_same_pixels(
         guild = env.create_guild()
         channel = guild.create_text_channel("studio")
         alice = guild.add_member(env.create_user("alice"))
-        result = await alice.slash(channel, "omost compose", prompt="a dragon battle", size="256x256", steps=3,
-                                   seed=41, method="area", cfg=6.5, negative="blurry")
+        result = await alice.slash(
+            channel,
+            "omost compose",
+            prompt="a dragon battle",
+            size="256x256",
+            steps=3,
+            seed=41,
+            method="area",
+            cfg=6.5,
+            negative="blurry",
+        )
         assert result.response is not None and "Done" in result.response.content, result.response
         files = await _attachments(result.response.message)
         await bot.storage.db.close()
@@ -82,9 +93,34 @@ async def test_a_cli_file_attached_to_omost_render_gives_the_clis_pixels(
     bare = tmp_path / "dragon.json"
     bare.write_text(json.dumps(parse_reply(DRAGON).to_comfyui()))
     out = tmp_path / "cli"
-    assert main(["render", str(bare), "--out", str(out), "--model", str(tiny_sdxl_folder), "--size", "320x256",
-                 "--steps", "3", "--seed", "1234", "--method", "area", "--overlap", "overlay",
-                 "--global-strength", "0.3", "--positive", "photo", "--quiet"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "render",
+                str(bare),
+                "--out",
+                str(out),
+                "--model",
+                str(tiny_sdxl_folder),
+                "--size",
+                "320x256",
+                "--steps",
+                "3",
+                "--seed",
+                "1234",
+                "--method",
+                "area",
+                "--overlap",
+                "overlay",
+                "--global-strength",
+                "0.3",
+                "--positive",
+                "photo",
+                "--quiet",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     cli_file = (out / "layout.json").read_bytes()
     check_project_file(cli_file.decode())
     bot = _bot(tmp_path, tiny_sdxl_folder)
@@ -105,7 +141,9 @@ async def test_a_cli_file_attached_to_omost_render_gives_the_clis_pixels(
     assert fields["Seed"] == "1234" and fields["Size"] == "320x256"
     assert np.array_equal(_pixels(files["image.png"]), _pixels((out / "image.png").read_bytes()))
     record = check_project_file(files["layout.json"].decode())[0]["omost_bot"]
-    assert record["render"] == json.loads(cli_file)[0]["omost_bot"]["render"] and record.get("overrides") is None
+    assert (
+        record["render"] == json.loads(cli_file)[0]["omost_bot"]["render"] and record.get("overrides") is None
+    )
     changed = check_project_file(other_files["layout.json"].decode())[0]["omost_bot"]
     assert changed["render"]["seed"] == 99 and changed["overrides"] == ["seed: 1234 -> 99 (the seed option)"]
     assert not np.array_equal(_pixels(other_files["image.png"]), _pixels(files["image.png"]))

@@ -167,7 +167,9 @@ async def test_decoding_switches_are_on_by_default_and_settings_turn_them_off(wo
     first = await world.alice.slash(world.channel, "omost compose", prompt="a dragon")
     assert switches(0) == (True, 20, True)
     await world.admin.slash(world.channel, "omost settings set", key="grammar", value="off")
-    await world.admin.slash(world.channel, "omost settings set", key="prompt_lookup", value="false", scope="channel")
+    await world.admin.slash(
+        world.channel, "omost settings set", key="prompt_lookup", value="false", scope="channel"
+    )
     await world.admin.slash(world.channel, "omost settings set", key="prompt_lookup_tokens", value="6")
     await world.alice.slash(world.channel, "omost compose", prompt="a castle")
     assert switches(1) == (False, 6, False)
@@ -176,7 +178,9 @@ async def test_decoding_switches_are_on_by_default_and_settings_turn_them_off(wo
     # A refinement of an older result uses the channel's switches now, not those of the result it refines.
     await world.alice.send(world.channel, "change the dragon to a dinosaur", reply_to=first.response)
     assert switches(2) == (False, 6, False)
-    bad = await world.admin.slash(world.channel, "omost settings set", key="prompt_lookup_tokens", value="500")
+    bad = await world.admin.slash(
+        world.channel, "omost settings set", key="prompt_lookup_tokens", value="500"
+    )
     assert "prompt_lookup_tokens must be a whole number from 1 to 100" in bad.response.content
     shown = await world.admin.slash(world.channel, "omost settings show")
     assert "`grammar` = False (server)" in shown.response.content

@@ -81,7 +81,9 @@ def test_sorting_is_far_to_near_and_stable_for_ties() -> None:
 def test_distance_must_be_a_positive_number(distance: object) -> None:
     canvas = Canvas()
     _global(canvas)
-    with pytest.raises(OmostError, match="distance_to_viewer of the local description 'A cat.' must be a positive"):
+    with pytest.raises(
+        OmostError, match="distance_to_viewer of the local description 'A cat.' must be a positive"
+    ):
         canvas.add_local_description(**{**LOCAL, "distance_to_viewer": distance})
 
 
@@ -98,7 +100,9 @@ def test_validation_order_is_the_originals() -> None:
     assert info.value.parameter == "tags"
     # ... then names: location, offset, area, colour.
     with pytest.raises(OmostError) as info:
-        canvas.add_local_description(**{**LOCAL, "area": "xyz", "HTML_web_color_name": "xyz", "offset": "xyz"})
+        canvas.add_local_description(
+            **{**LOCAL, "area": "xyz", "HTML_web_color_name": "xyz", "offset": "xyz"}
+        )
     assert info.value.parameter == "offset"
     with pytest.raises(OmostError) as info:
         canvas.set_global_description(None, "x", [], "xyz")
@@ -180,7 +184,9 @@ def test_the_largest_canvas_the_limits_allow_still_loads_back() -> None:
     fuzzy = {"location": "at the bottom right corner", "offset": "slightly left", "area": "a big square area",
              "HTML_web_color_name": "light sky blue"}  # fmt: skip
     for i in range(64):
-        canvas.add_local_description(**{**LOCAL, **fuzzy, "description": f"Object {i}.", "detailed_descriptions": ["x"] * 59})
+        canvas.add_local_description(
+            **{**LOCAL, **fuzzy, "description": f"Object {i}.", "detailed_descriptions": ["x"] * 59}
+        )
     layout = canvas.process()
     assert len(layout.conditions) == 65 and len(layout.warnings) == 1 + 64 * 4
     assert Layout.loads(layout.dumps()) == layout

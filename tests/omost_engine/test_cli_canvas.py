@@ -61,7 +61,11 @@ def test_an_invalid_program_exits_2_with_one_line(content, fragment, tmp_path: P
     assert main(["canvas", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.count("\n") == 1 and captured.err.startswith("omost-bot canvas: ") and fragment in captured.err
+    assert (
+        captured.err.count("\n") == 1
+        and captured.err.startswith("omost-bot canvas: ")
+        and fragment in captured.err
+    )
 
 
 def test_a_missing_file_exits_2(tmp_path: Path, capsys) -> None:
@@ -77,7 +81,9 @@ def layout_file(tmp_path: Path, golden) -> Path:
     return path
 
 
-def test_layout_draws_the_sketch_pixel_identical_at_90(layout_file: Path, tmp_path: Path, golden, decode_rle) -> None:
+def test_layout_draws_the_sketch_pixel_identical_at_90(
+    layout_file: Path, tmp_path: Path, golden, decode_rle
+) -> None:
     out = tmp_path / "sketch.png"
     assert main(["layout", str(layout_file), "--out", str(out), "--size", "90x90"]) == 0
     pixels = np.asarray(Image.open(out).convert("RGB"))
@@ -108,7 +114,9 @@ def test_layout_accepts_a_bare_comfyui_list(tmp_path: Path, layout_file: Path) -
         (None, ["--size", "huge"], "size 'huge' is not valid"),
     ],
 )
-def test_layout_errors_exit_2_with_one_line(content, args, fragment, tmp_path: Path, layout_file: Path, capsys) -> None:
+def test_layout_errors_exit_2_with_one_line(
+    content, args, fragment, tmp_path: Path, layout_file: Path, capsys
+) -> None:
     path = layout_file
     if content is not None:
         path = tmp_path / "bad.json"

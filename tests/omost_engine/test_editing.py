@@ -110,7 +110,11 @@ def test_location_offset_area_give_the_canvas_rect() -> None:
             for area in ("a small square area", "a large vertical area"):
                 edit = set_box(spec, 2, location=location, offset=offset, area=area)
                 region = edit.spec.region(edit.region)
-                assert edit.spec.layout().conditions[edit.region].rect == box(location, offset, area) == region.rect
+                assert (
+                    edit.spec.layout().conditions[edit.region].rect
+                    == box(location, offset, area)
+                    == region.rect
+                )
 
 
 def test_a_near_miss_name_is_corrected_with_a_note_and_a_bad_one_refused() -> None:
@@ -156,8 +160,15 @@ def test_closer_past_tied_and_infinite_distances() -> None:
 
 def test_text_edits_and_their_refusals() -> None:
     spec = _spec()
-    edit = set_text(spec, 2, description="A sleeping dragon", detailed_descriptions=lines("Green scales.\n\n Big wings. "),
-                    atmosphere="Quiet", style="Oil painting", quality_meta="Best")
+    edit = set_text(
+        spec,
+        2,
+        description="A sleeping dragon",
+        detailed_descriptions=lines("Green scales.\n\n Big wings. "),
+        atmosphere="Quiet",
+        style="Oil painting",
+        quality_meta="Best",
+    )
     cond = edit.spec.layout().conditions[2]
     assert cond.prefixes[-1] == "A sleeping dragon."
     assert cond.suffixes[:2] == ("Green scales.", "Big wings.")
@@ -169,7 +180,9 @@ def test_text_edits_and_their_refusals() -> None:
     with pytest.raises(OmostError, match="atmosphere is not a text field of the global description"):
         set_text(spec, 0, atmosphere="Calm")
     with pytest.raises(OmostError, match="76 CLIP tokens long"):
-        set_text(spec, 1, detailed_descriptions=["ok", "y"], count_tokens=lambda text: 76 if text == "y." else 3)
+        set_text(
+            spec, 1, detailed_descriptions=["ok", "y"], count_tokens=lambda text: 76 if text == "y." else 3
+        )
     glob = set_text(spec, 0, description="A quiet valley", tags="valley").spec.layout()
     assert glob.conditions[0].prefixes == ("A quiet valley.",)
     assert all(c.prefixes[0] == "A quiet valley." for c in glob.regions)

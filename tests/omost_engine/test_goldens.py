@@ -47,7 +47,10 @@ def test_sketch_is_byte_identical_to_the_original(number: str, golden, decode_rl
 def test_every_printed_correction_is_a_warning(number: str, golden) -> None:
     gold = golden(number)
     warnings = parse_reply(gold["bot_response"]).warnings
-    printed = [re.fullmatch(r"Automatically corrected \[(.*)\] -> \[(.*)\]\.", line).groups() for line in gold["stdout_lines"]]
+    printed = [
+        re.fullmatch(r"Automatically corrected \[(.*)\] -> \[(.*)\]\.", line).groups()
+        for line in gold["stdout_lines"]
+    ]
     assert [(w.split(" ", 1)[1]) for w in warnings] == [f"{src!r} -> '{dst}'" for src, dst in printed]
 
 
@@ -117,7 +120,11 @@ def test_invalid_programs_give_one_clear_error(number: str, golden, golden_progr
     if gold["error"]["phase"] == "from_bot_response":
         # The error names the line of the canvas call that failed.
         lines = golden_program(number).splitlines()
-        method = "set_global_description" if gold["error"]["message"].startswith("Global") else "add_local_description"
+        method = (
+            "set_global_description"
+            if gold["error"]["message"].startswith("Global")
+            else "add_local_description"
+        )
         if "[burgundy]" in gold["error"]["message"]:
             method = "set_global_description"
         expected = next(i for i, line in enumerate(lines, 1) if method in line)

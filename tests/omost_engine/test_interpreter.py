@@ -72,7 +72,9 @@ def test_canvas_calls_keyword_positional_mixed_and_in_loops() -> None:
 
 
 def test_the_canvas_variable_is_the_last_canvas_bound_to_it() -> None:
-    canvas = interpret(GLOBAL + "old = canvas\ncanvas = Canvas()\ncanvas.set_global_description('B.', [], '', 'red')")
+    canvas = interpret(
+        GLOBAL + "old = canvas\ncanvas = Canvas()\ncanvas.set_global_description('B.', [], '', 'red')"
+    )
     assert isinstance(canvas, Canvas) and canvas.global_prefix == "B."
 
 
@@ -182,10 +184,17 @@ LIMIT_CASES = [
     ("s = 'a' * 5000\nfor i in range(300):\n    t = s + str(i)", "builds too much text", "text"),
     ("x = [0] * 1000\nfor i in range(100):\n    y = 5 in x", "too much work", "steps"),
     ("h = 'a' * 9999\nfor i in range(1000):\n    y = 'ab' in h", "too much work", "steps"),
-    ("canvas = Canvas()\nfor i in range(5000):\n    canvas.set_global_description('g', [], 't', f'light sky blu{i}')",
-     "too much work", "steps"),
-    ("big = ['d' * 1999] * 59\ncanvas = Canvas()\nfor i in range(5000):\n"
-     "    canvas.set_global_description('g', big, 't', 'red')", "too much work", "steps"),
+    (
+        "canvas = Canvas()\nfor i in range(5000):\n    canvas.set_global_description('g', [], 't', f'light sky blu{i}')",
+        "too much work",
+        "steps",
+    ),
+    (
+        "big = ['d' * 1999] * 59\ncanvas = Canvas()\nfor i in range(5000):\n"
+        "    canvas.set_global_description('g', big, 't', 'red')",
+        "too much work",
+        "steps",
+    ),
 ]
 
 
@@ -204,7 +213,9 @@ def test_hard_limits_stop_a_program_with_a_clear_error(source: str, fragment: st
 
 def test_worst_case_work_is_bounded_by_the_step_limit() -> None:
     # Busy but legal: 10,000 iterations of a loop body that does as much as it can per step.
-    busy = "x = [str(i) for i in range(1000)]\nn = 0\nfor i in range(10000):\n    n = n + len(x) * 2 - (i in x)"
+    busy = (
+        "x = [str(i) for i in range(1000)]\nn = 0\nfor i in range(10000):\n    n = n + len(x) * 2 - (i in x)"
+    )
     interp = Interpreter()
     with pytest.raises(OmostError, match="too much work"):
         interp.run(busy)
@@ -253,7 +264,10 @@ def test_the_first_refusal_in_the_source_is_reported() -> None:
 def test_a_deeply_nested_value_in_an_error_message_is_quoted_safely() -> None:
     # 5,000 levels of lists: plain repr() would overflow the recursion limit.
     source = "x = []\nfor i in range(5000):\n    x = [x]\n" + GLOBAL.replace("'A room.'", "x")
-    with pytest.raises(OmostError, match=r"line 5: description of the global description must be a string, got \[\[\[\.\.\.\]\]\]"):
+    with pytest.raises(
+        OmostError,
+        match=r"line 5: description of the global description must be a string, got \[\[\[\.\.\.\]\]\]",
+    ):
         interpret(source)
 
 
@@ -299,12 +313,18 @@ HUGE_USES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("literal", [HUGE_HEX, HUGE_DECIMAL, "-" + HUGE_HEX, "9" * 5000],
-                         ids=["hex", "decimal", "negative-hex", "decimal-past-the-parser-limit"])
+@pytest.mark.parametrize(
+    "literal",
+    [HUGE_HEX, HUGE_DECIMAL, "-" + HUGE_HEX, "9" * 5000],
+    ids=["hex", "decimal", "negative-hex", "decimal-past-the-parser-limit"],
+)
 @pytest.mark.parametrize("use", HUGE_USES, ids=range(len(HUGE_USES)))
 def test_a_huge_integer_constant_is_one_clear_error_whatever_uses_it(literal: str, use: str) -> None:
     source = f"canvas = Canvas()\nx = {literal}\n{use}\n"
-    with pytest.raises(OmostError, match=r"^line 2: an integer constant (of \d+ bits )?is too large; allowed: at most 64 bits$") as info:
+    with pytest.raises(
+        OmostError,
+        match=r"^line 2: an integer constant (of \d+ bits )?is too large; allowed: at most 64 bits$",
+    ) as info:
         interpret(source)
     assert info.value.parameter == "integer"
     assert len(str(info.value)) < 200
@@ -314,19 +334,27 @@ def test_integer_constants_up_to_the_limit_still_run() -> None:
     assert run("x = 0xffffffffffffffff\ny = -9223372036854775808\nz = str(x)")["z"] == str(2**64 - 1)
 
 
-@pytest.mark.parametrize("literal", [HUGE_HEX, HUGE_DECIMAL, "9" * 5000], ids=["hex", "decimal", "5000-digits"])
+@pytest.mark.parametrize(
+    "literal", [HUGE_HEX, HUGE_DECIMAL, "9" * 5000], ids=["hex", "decimal", "5000-digits"]
+)
 def test_interpret_partial_does_not_raise_on_a_huge_integer(literal: str) -> None:
     from omost_engine.interpreter import interpret_partial
 
-    source = GLOBAL + f"x = {literal}\ny = str(x)\ncanvas.add_local_description('on the left', x, 'a', 1, 'a', [], 't', 'a', 's', 'q', 'red')\n"
+    source = (
+        GLOBAL
+        + f"x = {literal}\ny = str(x)\ncanvas.add_local_description('on the left', x, 'a', 1, 'a', [], 't', 'a', 's', 'q', 'red')\n"
+    )
     conditions = interpret_partial(source)
     # The statement with the constant is refused (or does not parse), so the region after it is never
     # drawn; at most the global description before it is.
     assert [c.prefixes for c in conditions] in ([], [("A room.",)])
 
 
-@pytest.mark.parametrize("value", [10**5000, -(10**5000), [1, 10**5000], {"k": 2**20000}, (2**70000,)],
-                         ids=["int", "negative", "in-a-list", "in-a-dict", "in-a-tuple"])
+@pytest.mark.parametrize(
+    "value",
+    [10**5000, -(10**5000), [1, 10**5000], {"k": 2**20000}, (2**70000,)],
+    ids=["int", "negative", "in-a-list", "in-a-dict", "in-a-tuple"],
+)
 def test_quoting_a_huge_integer_in_an_error_message_is_safe(value: object) -> None:
     from omost_engine.errors import quote
 

@@ -153,10 +153,48 @@ LITERALS = ["0", "1", "-3", "2.5", "1e308", "10**18", "float('nan')", "float('in
             "[1, 2, 3]", "('a', 'b')", "{'k': 1}", "range(5)", "'x' * 10", "'\\ud800'", "'é☃ 漢字'", "'\\n\\t'",
             "'\\x00'", "10 ** 18", "-0.0", "1e-320", "'1e999'", "'nan'", "0xffffffffffffffff", "2 ** 63",
             *HUGE_INTS]  # fmt: skip
-FORMAT_SPECS = [":c", ":>5", ":.2f", ":,", ":x", ":%", ":08.3f", ":e", ":^9", ":+d", ":=10", ":s", "!r", "!a", ""]
-ATTRS = ["add_local_description", "set_global_description", "__class__", "__dict__", "upper", "format", "real"]
+FORMAT_SPECS = [
+    ":c",
+    ":>5",
+    ":.2f",
+    ":,",
+    ":x",
+    ":%",
+    ":08.3f",
+    ":e",
+    ":^9",
+    ":+d",
+    ":=10",
+    ":s",
+    "!r",
+    "!a",
+    "",
+]
+ATTRS = [
+    "add_local_description",
+    "set_global_description",
+    "__class__",
+    "__dict__",
+    "upper",
+    "format",
+    "real",
+]
 BINOPS = ["+", "-", "*", "/", "//", "%", "**", "==", "<", "in", "not in", "is", "and", "or"]
-CALLEES = ["len", "range", "enumerate", "zip", "min", "max", "round", "str", "int", "float", "Canvas", "x", "canvas"]
+CALLEES = [
+    "len",
+    "range",
+    "enumerate",
+    "zip",
+    "min",
+    "max",
+    "round",
+    "str",
+    "int",
+    "float",
+    "Canvas",
+    "x",
+    "canvas",
+]
 
 NAME_TABLES = (LOCATIONS, OFFSETS, AREAS, COLORS)
 
@@ -177,7 +215,9 @@ class ProgramGenerator:
             return self.leaf()
         a, b = self.expr(depth - 1), self.expr(depth - 1)
         if rng.random() < 0.05:  # now and then something outside the allow-list
-            return rng.choice([f"{a}.{rng.choice(ATTRS)}", f"{rng.choice(HOSTILE_NAMES)}({a})", f"({a} << {b})"])
+            return rng.choice(
+                [f"{a}.{rng.choice(ATTRS)}", f"{rng.choice(HOSTILE_NAMES)}({a})", f"({a} << {b})"]
+            )
         forms = [
             f"({a} {rng.choice(BINOPS)} {b})", f"[{a}, {b}]", f"({a},)", f"-{a}", f"not {a}", f"{{{a}: {b}}}",
             f"{a}[{b}]", f"{a}[{b}:]", f"{rng.choice(CALLEES)}({a})", f"{rng.choice(CALLEES)}({a}, {b})",
@@ -197,13 +237,32 @@ class ProgramGenerator:
             return self.expr(2)
         if table is not None:
             name = rng.choice(list(table))
-            return repr(name if rng.random() < 0.8 else rng.choice([name.upper(), name[:-2], name.replace(" ", "")]))
+            return repr(
+                name if rng.random() < 0.8 else rng.choice([name.upper(), name[:-2], name.replace(" ", "")])
+            )
         if kind == "list":
-            return rng.choice(["[]", "['A detail.']", "[f'Detail {i}.' for i in range(3)]", "['a', 'b'] + ['c']"])
+            return rng.choice(
+                ["[]", "['A detail.']", "[f'Detail {i}.' for i in range(3)]", "['a', 'b'] + ['c']"]
+            )
         if kind == "num":
             return rng.choice(["1.0", "5", "2.5", "float(i + 1)", "i + 1", "10.0 - i", "True", "0", "-1"])
-        return rng.choice(["'A cat.'", "'tags, more'", "f'Object {i}'", "'x' * 3", "''", "'Calm.'", "str(i)",
-                           "'\\ud800'", "'é☃ 漢字'", "'a\\nb'", "f'{i:c}'", "'...'", "' , '"])
+        return rng.choice(
+            [
+                "'A cat.'",
+                "'tags, more'",
+                "f'Object {i}'",
+                "'x' * 3",
+                "''",
+                "'Calm.'",
+                "str(i)",
+                "'\\ud800'",
+                "'é☃ 漢字'",
+                "'a\\nb'",
+                "f'{i:c}'",
+                "'...'",
+                "' , '",
+            ]
+        )
 
     def canvas_call(self) -> str:
         rng = self.rng
@@ -262,7 +321,9 @@ class ProgramGenerator:
                 index = min(at, len(lines) - 1)
                 head, sep, _ = lines[index].partition("=")
                 if sep and lines[index].endswith(","):
-                    lines[index] = f"{head}={self.value(rng.choice(NAME_TABLES)) if rng.random() < 0.5 else self.expr()},"
+                    lines[index] = (
+                        f"{head}={self.value(rng.choice(NAME_TABLES)) if rng.random() < 0.5 else self.expr()},"
+                    )
             elif op == 1:
                 lines.insert(at, rng.choice(HOSTILE))
             elif op == 2 and lines:
@@ -292,7 +353,9 @@ def _golden_sources() -> list[str]:
 
 
 GOLDEN_SOURCES = _golden_sources()
-mutated_golden = st.tuples(st.sampled_from(GOLDEN_SOURCES), seeds).map(lambda t: ProgramGenerator(t[1]).mutate(t[0]))
+mutated_golden = st.tuples(st.sampled_from(GOLDEN_SOURCES), seeds).map(
+    lambda t: ProgramGenerator(t[1]).mutate(t[0])
+)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -322,7 +385,12 @@ def test_hostile_programs_are_refused_or_harmless(source: str, audit: AuditRecor
 
 @pytest.mark.parametrize(
     ("name", "strategy"),
-    [("grammar", programs), ("mutated", mutated_golden), ("tokens", token_soup), ("text", st.text(max_size=200))],
+    [
+        ("grammar", programs),
+        ("mutated", mutated_golden),
+        ("tokens", token_soup),
+        ("text", st.text(max_size=200)),
+    ],
 )
 def test_fuzz(name: str, strategy: st.SearchStrategy[str], audit: AuditRecorder) -> None:
     seen = _fuzz(strategy, COUNTS[name], audit)
@@ -331,7 +399,9 @@ def test_fuzz(name: str, strategy: st.SearchStrategy[str], audit: AuditRecorder)
         assert seen["ok"] > COUNTS[name] // 50, seen
 
 
-streams = st.tuples(st.one_of(mutated_golden, programs), st.floats(0, 1)).map(lambda t: t[0][: int(len(t[0]) * t[1])])
+streams = st.tuples(st.one_of(mutated_golden, programs), st.floats(0, 1)).map(
+    lambda t: t[0][: int(len(t[0]) * t[1])]
+)
 
 
 def test_partial_programs_never_raise(audit: AuditRecorder) -> None:

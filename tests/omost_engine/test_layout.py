@@ -60,27 +60,57 @@ def test_with_meta_does_not_change_the_original() -> None:
 
 
 OLD = {"format": FORMAT, "version": 1, "conditions": COMFY, "warnings": []}
-BOT_V1 = {**OLD, "meta": {"job": 6, "prompt": "a cat", "seed": 77, "llm": "omost-llama", "sdxl": "realvis",
-                          "render": RenderParams(seed=77, steps=9, width=512, height=768).to_dict()}}
-CLI_V1 = {**OLD, "meta": {"llm": "omost-llama", "prompt": "a cat", "llm_params": {"seed": 3, "temperature": 0.2},
-                          "render": {"model": "realvis", "seconds": 2.5,
-                                     "params": RenderParams(seed=3, cfg=6.5).to_dict()}}}
+BOT_V1 = {
+    **OLD,
+    "meta": {
+        "job": 6,
+        "prompt": "a cat",
+        "seed": 77,
+        "llm": "omost-llama",
+        "sdxl": "realvis",
+        "render": RenderParams(seed=77, steps=9, width=512, height=768).to_dict(),
+    },
+}
+CLI_V1 = {
+    **OLD,
+    "meta": {
+        "llm": "omost-llama",
+        "prompt": "a cat",
+        "llm_params": {"seed": 3, "temperature": 0.2},
+        "render": {"model": "realvis", "seconds": 2.5, "params": RenderParams(seed=3, cfg=6.5).to_dict()},
+    },
+}
 DOCS_V1 = {**OLD, "meta": {"seed": 12345, "size": [896, 1152]}}
 
 
-@pytest.mark.parametrize(("doc", "render", "meta", "note"), [
-    (BOT_V1, {"seed": 77, "steps": 9, "width": 512}, {"sdxl": "realvis", "job": 6, "llm": "omost-llama"},
-     "the bot's shape"),
-    (CLI_V1, {"seed": 3, "cfg": 6.5}, {"sdxl": "realvis", "seconds": 2.5, "llm_params": {"seed": 3, "temperature": 0.2}},
-     "the CLI's shape"),
-    (DOCS_V1, {"seed": 12345, "width": 896, "height": 1152}, {}, "the documentation's shape"),
-])
+@pytest.mark.parametrize(
+    ("doc", "render", "meta", "note"),
+    [
+        (
+            BOT_V1,
+            {"seed": 77, "steps": 9, "width": 512},
+            {"sdxl": "realvis", "job": 6, "llm": "omost-llama"},
+            "the bot's shape",
+        ),
+        (
+            CLI_V1,
+            {"seed": 3, "cfg": 6.5},
+            {"sdxl": "realvis", "seconds": 2.5, "llm_params": {"seed": 3, "temperature": 0.2}},
+            "the CLI's shape",
+        ),
+        (DOCS_V1, {"seed": 12345, "width": 896, "height": 1152}, {}, "the documentation's shape"),
+    ],
+)
 def test_version_1_files_are_upgraded_with_a_note(doc: dict, render: dict, meta: dict, note: str) -> None:
     layout = Layout.loads(json.dumps(doc))
     assert layout.to_comfyui() == COMFY
     assert {k: layout.meta["render"][k] for k in render} == render
     assert {k: layout.meta[k] for k in meta} == meta
-    assert len(layout.notes) == 1 and "upgraded from layout format version 1" in layout.notes[0] and note in layout.notes[0]
+    assert (
+        len(layout.notes) == 1
+        and "upgraded from layout format version 1" in layout.notes[0]
+        and note in layout.notes[0]
+    )
     written = Layout.loads(layout.dumps())  # written back in the new format, nothing lost
     assert written == layout and written.to_json()[0][META_KEY]["version"] == VERSION
 
@@ -106,8 +136,14 @@ RECORD_BAD = [
     (json.dumps({**OLD, "meta": {"render": {"params": 5}}}), "meta.render.params 5"),
     (json.dumps({**OLD, "meta": {"seed": -4}}), "meta.render.seed must be from 0 to 4294967295, not -4"),
     (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, 2" + "0" * 5000 + "]"), "a 5001-digit number"),
-    (json.dumps(COMFY).replace("[30, 90, 15, 75]", "[30, 90, 15, 7" + "5" * 4999 + "]"), "a 5000-digit number"),
-    (json.dumps({**OLD, "meta": {"seed": 7}}).replace('"seed": 7', '"seed": 1' + "0" * 4999), "a 5000-digit number"),
+    (
+        json.dumps(COMFY).replace("[30, 90, 15, 75]", "[30, 90, 15, 7" + "5" * 4999 + "]"),
+        "a 5000-digit number",
+    ),
+    (
+        json.dumps({**OLD, "meta": {"seed": 7}}).replace('"seed": 7', '"seed": 1' + "0" * 4999),
+        "a 5000-digit number",
+    ),
     (_record(render={"seed": 10**400}), "a 401-digit number"),
     (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, 1e999]"), "digit number|finite"),
     (json.dumps(COMFY).replace("[245, 245, 220]", "[245, 245, Infinity]"), "no NaN or Infinity"),
@@ -120,7 +156,9 @@ def test_every_bad_record_or_number_is_one_clear_line(data: str, fragment: str) 
     with pytest.raises(OmostError) as info:
         Layout.loads(data)
     message = str(info.value)
-    assert __import__("re").search(fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\["), message)
+    assert __import__("re").search(
+        fragment.replace("(", r"\(").replace(")", r"\)").replace("[", r"\["), message
+    )
     assert "\n" not in message and len(message) < 400 and info.value.parameter
 
 
@@ -128,7 +166,9 @@ def test_the_size_limit_is_the_one_given() -> None:
     """Issue 10 item 10: OMOST_MAX_LAYOUT_BYTES is THE limit; no hard cap below it in the loader."""
     big = json.dumps([{**COMFY[0], "suffixes": ["x" * 1900] * 60}] + [COMFY[1]] * 3)
     assert 256 * 1024 > len(big) > 100_000
-    huge = json.dumps([{**COMFY[0], "suffixes": ["x" * 1900] * 60}] + [{**COMFY[1], "suffixes": ["y" * 1900] * 60}] * 5)
+    huge = json.dumps(
+        [{**COMFY[0], "suffixes": ["x" * 1900] * 60}] + [{**COMFY[1], "suffixes": ["y" * 1900] * 60}] * 5
+    )
     assert len(huge) > 600 * 1024 > DEFAULT_MAX_LAYOUT_BYTES
     assert Layout.loads(huge, max_bytes=1024 * 1024).conditions[5].suffixes[0] == "y" * 1900
     with pytest.raises(OmostError, match=f"allowed: at most {DEFAULT_MAX_LAYOUT_BYTES} bytes"):
@@ -141,7 +181,10 @@ def test_a_golden_layout_loaded_from_comfyui_json_sketches_like_the_original(gol
     gold = golden("01")
     bare = parse_reply(gold["bot_response"]).to_comfyui()
     sketch = Layout.loads(json.dumps(bare)).sketch()
-    assert hashlib.sha256(sketch.tobytes()).hexdigest() == gold["process_output"]["initial_latent"]["sha256_c_order_bytes"]
+    assert (
+        hashlib.sha256(sketch.tobytes()).hexdigest()
+        == gold["process_output"]["initial_latent"]["sha256_c_order_bytes"]
+    )
 
 
 def test_a_missing_colour_defaults_to_white_with_a_warning() -> None:
@@ -166,8 +209,10 @@ BAD = [
     (b"\xff\xfe[]", "not UTF-8"),
     (b"[{", "not valid JSON"),
     (b"[" * 100000 + b"]" * 100000, "nests JSON too deeply|not valid JSON"),
-    (b"x" * (DEFAULT_MAX_LAYOUT_BYTES + 1),
-     f"too large: {DEFAULT_MAX_LAYOUT_BYTES + 1} bytes; allowed: at most {DEFAULT_MAX_LAYOUT_BYTES}"),
+    (
+        b"x" * (DEFAULT_MAX_LAYOUT_BYTES + 1),
+        f"too large: {DEFAULT_MAX_LAYOUT_BYTES + 1} bytes; allowed: at most {DEFAULT_MAX_LAYOUT_BYTES}",
+    ),
     (b"42", "layout 42 is not valid"),
     (b"[]", "conditions [] is not valid"),
     (json.dumps({"format": "other", "version": 1, "conditions": COMFY}), "format 'other'"),
@@ -196,15 +241,24 @@ BAD = [
     (json.dumps([COMFY[0]] + [COMFY[1]] * (MAX_REGIONS + 1)), f"too many conditions: {MAX_REGIONS + 2}"),
     (json.dumps([{"prefixes": ["x"], "suffixes": []}]), "rect, prefixes and suffixes are required"),
     (json.dumps(_with(1, prefixes=["\ud800"])), "no lone surrogates"),
-    ('{"format": "omost-bot-layout", "version": 1, "conditions": ' + json.dumps(COMFY) + ', "meta": {"x": NaN}}',
-     "NaN"),
-    (json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": {"k": "\udc00"}}), "no lone surrogates"),
+    (
+        '{"format": "omost-bot-layout", "version": 1, "conditions": '
+        + json.dumps(COMFY)
+        + ', "meta": {"x": NaN}}',
+        "NaN",
+    ),
+    (
+        json.dumps({"format": FORMAT, "version": 1, "conditions": COMFY, "meta": {"k": "\udc00"}}),
+        "no lone surrogates",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("data", "fragment"), BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_every_bad_file_is_one_clear_error(data: bytes | str, fragment: str) -> None:
-    with pytest.raises(OmostError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")) as info:
+    with pytest.raises(
+        OmostError, match=fragment.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+    ) as info:
         Layout.loads(data)
     message = str(info.value)
     assert "allowed" in message and "\n" not in message and info.value.parameter
@@ -251,7 +305,9 @@ def test_any_json_is_accepted_and_round_trips_or_is_one_clear_error() -> None:
 
 
 def test_a_file_rendered_again_and_again_stays_within_its_declared_lists() -> None:
-    layout = Layout.loads(json.dumps(COMFY)).with_meta(overrides=[f"seed: {i} -> {i + 1} (--seed)" for i in range(70)])
+    layout = Layout.loads(json.dumps(COMFY)).with_meta(
+        overrides=[f"seed: {i} -> {i + 1} (--seed)" for i in range(70)]
+    )
     layout.warnings.extend(f"w{i}" for i in range(1200))
     again = Layout.loads(layout.dumps())
     assert again.meta["overrides"][-1] == "seed: 69 -> 70 (--seed)" and len(again.meta["overrides"]) == 64

@@ -25,23 +25,33 @@ def test_the_schema_in_the_repository_is_the_one_the_declarations_give() -> None
 
 def test_a_layout_with_every_field_is_valid_and_loads_in_comfyui(golden) -> None:
     layout = parse_reply(golden("01")["bot_response"]).with_meta(
-        render=RenderParams(seed=9, hr_scale=1.5, initial_latent_denoise=0.97).to_dict(), sdxl="realvis",
-        llm="omost-llama", llm_params=LLMParams(seed=9).to_dict(), prompt="a dragon", program="canvas = Canvas()",
-        job=3, seconds=1.25, overrides=["steps: 25 -> 10 (--steps)"])
+        render=RenderParams(seed=9, hr_scale=1.5, initial_latent_denoise=0.97).to_dict(),
+        sdxl="realvis",
+        llm="omost-llama",
+        llm_params=LLMParams(seed=9).to_dict(),
+        prompt="a dragon",
+        program="canvas = Canvas()",
+        job=3,
+        seconds=1.25,
+        overrides=["steps: 25 -> 10 (--steps)"],
+    )
     doc = check_project_file(layout.dumps())
     assert doc[0][META_KEY]["render"]["hr_scale"] == 1.5 and len(doc) == len(layout.conditions)
     bare = json.dumps(layout.to_comfyui())
     assert comfyui_conditions(bare) == layout.conditions and not schema_errors(bare)
 
 
-@pytest.mark.parametrize(("change", "where"), [
-    (lambda d: d[0][META_KEY]["render"].update(steps=0), "steps"),
-    (lambda d: d[0][META_KEY].update(version=3), "version"),
-    (lambda d: d[0][META_KEY].update(extra=1), "extra"),
-    (lambda d: d[1].update(rect=[0, 95, 0, 10]), "rect"),
-    (lambda d: d[0].pop("color"), "color"),
-    (lambda d: d[1].update({META_KEY: {"format": "omost-bot-layout", "version": 2}}), "1"),
-])
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (lambda d: d[0][META_KEY]["render"].update(steps=0), "steps"),
+        (lambda d: d[0][META_KEY].update(version=3), "version"),
+        (lambda d: d[0][META_KEY].update(extra=1), "extra"),
+        (lambda d: d[1].update(rect=[0, 95, 0, 10]), "rect"),
+        (lambda d: d[0].pop("color"), "color"),
+        (lambda d: d[1].update({META_KEY: {"format": "omost-bot-layout", "version": 2}}), "1"),
+    ],
+)
 def test_the_schema_refuses_what_the_loader_refuses(golden, change, where: str) -> None:
     doc = parse_reply(golden("01")["bot_response"]).with_meta(render=RenderParams().to_dict()).to_json()
     change(doc)

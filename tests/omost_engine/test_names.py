@@ -23,7 +23,9 @@ def _cases() -> list[tuple[str, dict]]:
     return [(kind, case) for kind, cases in results.items() for case in cases]
 
 
-@pytest.mark.parametrize(("kind", "case"), _cases(), ids=lambda v: v if isinstance(v, str) else repr(v["input"]))
+@pytest.mark.parametrize(
+    ("kind", "case"), _cases(), ids=lambda v: v if isinstance(v, str) else repr(v["input"])
+)
 def test_resolution_matches_golden_61(kind: str, case: dict) -> None:
     parameter = KINDS[kind]
     table = TABLES[parameter]

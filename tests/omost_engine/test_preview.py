@@ -57,7 +57,9 @@ def test_short_labels() -> None:
     assert long.startswith("1 A stormy sky") and long.endswith("…") and len(long) <= 34
 
 
-@pytest.mark.parametrize(("text", "size"), [("90x90", (90, 90)), ("512X768", (512, 768)), (" 1024 x 16 ", (1024, 16))])
+@pytest.mark.parametrize(
+    ("text", "size"), [("90x90", (90, 90)), ("512X768", (512, 768)), (" 1024 x 16 ", (1024, 16))]
+)
 def test_parse_size(text: str, size: tuple[int, int]) -> None:
     assert parse_size(text) == size
 

@@ -37,10 +37,14 @@ def test_an_unterminated_block_is_read_to_the_end_while_streaming() -> None:
     assert extract_code("```python\ncanvas = Canvas()\ncanvas.set_gl") == "canvas = Canvas()\ncanvas.set_gl"
 
 
-@pytest.mark.parametrize("reply", ["", "Sorry, I cannot draw that.", "```text\nhello\n```", "```\nx = 1\n```"])
+@pytest.mark.parametrize(
+    "reply", ["", "Sorry, I cannot draw that.", "```text\nhello\n```", "```\nx = 1\n```"]
+)
 def test_a_reply_without_a_program_is_one_clear_error(reply: str) -> None:
     assert extract_code(reply) is None
-    with pytest.raises(OmostError, match="the reply contains no canvas program; allowed: a ```python") as info:
+    with pytest.raises(
+        OmostError, match="the reply contains no canvas program; allowed: a ```python"
+    ) as info:
         parse_reply(reply)
     assert info.value.parameter == "reply"
 
@@ -84,7 +88,9 @@ def test_partial_program_ignores_an_incomplete_tail_and_stops_at_errors() -> Non
     assert len(interpret_partial(head + "x = 5")) == 1  # may still grow: not run, but nothing breaks
     assert interpret_partial("canvas = Canv") == []
     assert interpret_partial(head + "import os\n") == []  # refused code shows nothing
-    assert len(interpret_partial(head + "x = undefined\nmore = 1\n")) == 1  # a failing statement keeps the rest
+    assert (
+        len(interpret_partial(head + "x = undefined\nmore = 1\n")) == 1
+    )  # a failing statement keeps the rest
     assert interpret_partial(12) == []  # type: ignore[arg-type]
 
 
@@ -104,10 +110,14 @@ def test_complete_prefix_of_a_program_broken_early_stays_cheap(golden_program, m
     import ast as ast_module
 
     code = golden_program("01")
-    broken = code.replace("canvas.add_local_description(", "canvas.add_local_description((", 1)  # never closes
+    broken = code.replace(
+        "canvas.add_local_description(", "canvas.add_local_description((", 1
+    )  # never closes
     calls = []
     real_parse = ast_module.parse
-    monkeypatch.setattr(ast_module, "parse", lambda text, *a, **k: calls.append(1) or real_parse(text, *a, **k))
+    monkeypatch.setattr(
+        ast_module, "parse", lambda text, *a, **k: calls.append(1) or real_parse(text, *a, **k)
+    )
     tree = complete_prefix(broken + "\n".join(f"x{i} = {i}" for i in range(300)) + "\n")
     assert tree is not None and len(tree.body) == 2  # canvas = Canvas() and the global call
     assert len(calls) <= 15  # not one parse per line (there are over 300 candidate cuts)

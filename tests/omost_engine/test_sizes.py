@@ -9,9 +9,15 @@ from omost_engine.params import RenderParams, parse_width_height
 from omost_engine.preview import parse_size
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("512x768", (512, 768)), ("512X768", (512, 768)), ("512×768", (512, 768)), (" 512 x 768 ", (512, 768)),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512x768", (512, 768)),
+        ("512X768", (512, 768)),
+        ("512×768", (512, 768)),
+        (" 512 x 768 ", (512, 768)),
+    ],
+)
 def test_both_callers_read_the_same_spellings(text: str, size: tuple[int, int]) -> None:
     assert parse_width_height(text) == size
     assert RenderParams.size_from_aspect(text) == size

@@ -36,7 +36,9 @@ def test_every_box_is_non_empty_and_inside_the_grid() -> None:
 def test_colour_table_matches_golden_62_in_order(golden) -> None:
     gold = golden("62")
     assert len(COLORS) == gold["count"] == 149
-    assert [(name, list(rgb)) for name, rgb in COLORS.items()] == [(c["name"], c["rgb"]) for c in gold["colors"]]
+    assert [(name, list(rgb)) for name, rgb in COLORS.items()] == [
+        (c["name"], c["rgb"]) for c in gold["colors"]
+    ]
     assert COLORS["navyblue"] == (0, 0, 128) and COLORS["rebeccapurple"] == (102, 51, 153)
 
 

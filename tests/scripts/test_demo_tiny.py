@@ -27,17 +27,24 @@ def load_demo() -> ModuleType:
 def test_run_as_a_file_the_script_finds_the_project_without_an_installed_package(tmp_path: Path) -> None:
     # -S: no site-packages, so nothing installed (and no active environment) can provide `bot`; the
     # script itself must put the repository on sys.path, as `python scripts/demo_tiny.py` needs.
-    probe = (f"import runpy, sys; runpy.run_path({str(SCRIPT)!r}, run_name='demo'); "
-             "import bot, omost_engine; print(bot.__file__); print(omost_engine.__file__)")
-    done = subprocess.run([sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=60)
+    probe = (
+        f"import runpy, sys; runpy.run_path({str(SCRIPT)!r}, run_name='demo'); "
+        "import bot, omost_engine; print(bot.__file__); print(omost_engine.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == [str(REPO / "bot" / "__init__.py"),
-                                        str(REPO / "omost_engine" / "__init__.py")]
+    assert done.stdout.splitlines() == [
+        str(REPO / "bot" / "__init__.py"),
+        str(REPO / "omost_engine" / "__init__.py"),
+    ]
 
 
 @pytest.mark.slow
-def test_the_demo_draws_regions_and_writes_every_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_demo_draws_regions_and_writes_every_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     demo = load_demo()
     assert demo.main([str(tmp_path), "--steps", "1"]) == 0
     turn = tmp_path / "turn-1"

@@ -33,10 +33,15 @@ def run_install(tmp_path: Path, succeeds_when: str, **env: str) -> tuple[int, li
     pip.chmod(0o755)
     log = tmp_path / "pip.log"
     log.unlink(missing_ok=True)
-    environ = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PIP_LOG": str(log),
-               "PIP_SUCCEEDS_WHEN": succeeds_when, **env}
-    done = subprocess.run([shutil.which("bash") or "bash", str(SCRIPT)], env=environ, capture_output=True,
-                          text=True, timeout=60)
+    environ = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PIP_LOG": str(log),
+        "PIP_SUCCEEDS_WHEN": succeeds_when,
+        **env,
+    }
+    done = subprocess.run(
+        [shutil.which("bash") or "bash", str(SCRIPT)], env=environ, capture_output=True, text=True, timeout=60
+    )
     return done.returncode, log.read_text().splitlines() if log.exists() else [], done.stdout
 
 
@@ -52,8 +57,10 @@ def test_a_pip_that_reaches_only_the_public_index_gets_the_cpu_build_from_pytorc
     # The public index has no "+cpu" build (its Linux torch==2.13.0 is the CUDA one): PyTorch's CPU index.
     status, calls, out = run_install(tmp_path, f"*--extra-index-url {PYTORCH_CPU}*")
     assert status == 0
-    assert calls == ["install -q torch==2.13.0+cpu",
-                     f"install -q torch==2.13.0+cpu --extra-index-url {PYTORCH_CPU}"]
+    assert calls == [
+        "install -q torch==2.13.0+cpu",
+        f"install -q torch==2.13.0+cpu --extra-index-url {PYTORCH_CPU}",
+    ]
     assert f"torch 2.13.0+cpu from {PYTORCH_CPU}" in out
 
 

@@ -13,6 +13,15 @@ from omost_engine.llm.decoding.loop import (
 from omost_engine.llm.decoding.prompt_lookup import PromptLookup
 
 __all__ = [
-    "CanvasNames", "CausalLMStepper", "DecodeConfig", "DecodeStats", "GrammarFactory", "GrammarLimits",
-    "GrammarState", "LoopResult", "PromptLookup", "Stepper", "decode",
+    "CanvasNames",
+    "CausalLMStepper",
+    "DecodeConfig",
+    "DecodeStats",
+    "GrammarFactory",
+    "GrammarLimits",
+    "GrammarState",
+    "LoopResult",
+    "PromptLookup",
+    "Stepper",
+    "decode",
 ]

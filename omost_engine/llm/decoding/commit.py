@@ -30,8 +30,13 @@ class Output:
     each one, so a cancel set in a callback takes effect at the next token even inside a run one
     pass decided. Committed tokens extend the prompt lookup's sequence (drafts copy from them too)."""
 
-    def __init__(self, *, on_token: TokenCallback | None = None, cancel: CancelToken | None = None,
-                 lookup: PromptLookup | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_token: TokenCallback | None = None,
+        cancel: CancelToken | None = None,
+        lookup: PromptLookup | None = None,
+    ) -> None:
         self.tokens: list[int] = []
         self.on_token = on_token
         self.cancel = cancel

@@ -37,13 +37,20 @@ log = logging.getLogger(__name__)
 # kernel (ImportError where Triton is missing, a C compiler needed on first use); its torch_native
 # backend works on every device.
 MaskBackend = Literal["auto", "cpu", "cuda", "triton", "torch_compile", "torch_native"]  # xgrammar's names
-MASK_BACKENDS: dict[str, tuple[MaskBackend, ...]] = {"cpu": ("cpu", "torch_native"), "cuda": ("triton", "torch_native")}
+MASK_BACKENDS: dict[str, tuple[MaskBackend, ...]] = {
+    "cpu": ("cpu", "torch_native"),
+    "cuda": ("triton", "torch_native"),
+}
 _DEFAULT_BACKENDS: tuple[MaskBackend, ...] = ("auto", "torch_native")
 _failed_backends: set[tuple[str, str]] = set()  # (device type, backend) that raised once: not tried again
 
 
-def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int,
-                  backends: Sequence[MaskBackend] | None = None) -> str:
+def apply_bitmask(
+    logits: torch.Tensor,
+    bitmask: torch.Tensor,
+    vocab_size: int,
+    backends: Sequence[MaskBackend] | None = None,
+) -> str:
     """Mask ``logits`` (2-D, in place) with an xgrammar token bitmask on the same device, with the first
     of ``backends`` that works on this machine (default ``MASK_BACKENDS`` for the device); returns its name."""
     device = logits.device.type
@@ -59,8 +66,13 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor, vocab_size: int,
             return backend
         except Exception as exc:  # ImportError (no Triton), a failed kernel compile, an unsupported device
             _failed_backends.add((device, backend))
-            log.warning("grammar masking: xgrammar's %s backend failed on %s (%s: %s); using the next one",
-                        backend, device, type(exc).__name__, " ".join(str(exc).split())[:200])
+            log.warning(
+                "grammar masking: xgrammar's %s backend failed on %s (%s: %s); using the next one",
+                backend,
+                device,
+                type(exc).__name__,
+                " ".join(str(exc).split())[:200],
+            )
             last_error = exc
     raise RuntimeError(f"no xgrammar masking backend works on {device}") from last_error
 
@@ -84,8 +96,12 @@ class CanvasNames:
         """The names of ``omost_engine.tables`` (the canvas's single source of truth)."""
         from omost_engine import tables
 
-        return cls(locations=tuple(tables.LOCATIONS), offsets=tuple(tables.OFFSETS),
-                   areas=tuple(tables.AREAS), colors=tuple(tables.COLORS))
+        return cls(
+            locations=tuple(tables.LOCATIONS),
+            offsets=tuple(tables.OFFSETS),
+            areas=tuple(tables.AREAS),
+            colors=tuple(tables.COLORS),
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,8 +121,13 @@ def _choice(values: Sequence[str]) -> str:
     return " | ".join(f"\"'{value}'\"" for value in values)
 
 
-def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None, *,
-                        bounded_text: bool = False, leading_space: bool = False) -> str:
+def canvas_grammar_ebnf(
+    names: CanvasNames,
+    limits: GrammarLimits | None = None,
+    *,
+    bounded_text: bool = False,
+    leading_space: bool = False,
+) -> str:
     """The EBNF of one reply: a fenced canvas program, nothing before or after. It is GBNF-compatible,
     so a remote llama.cpp server (``grammar``) or vLLM (``guided_grammar``) can take it as well.
 
@@ -120,20 +141,31 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
     text_bound = f"{{0,{lim.max_string_bytes}}}" if bounded_text else "*"
     comment_bound = f"{{0,{lim.max_comment_bytes}}}" if bounded_text else "*"
     local_args = (
-        ("location", "location"), ("offset", "offset"), ("area", "area"),
-        ("distance_to_viewer", "distance"), ("description", "str"), ("detailed_descriptions", "str_list"),
-        ("tags", "str"), ("atmosphere", "str"), ("style", "str"), ("quality_meta", "str"),
+        ("location", "location"),
+        ("offset", "offset"),
+        ("area", "area"),
+        ("distance_to_viewer", "distance"),
+        ("description", "str"),
+        ("detailed_descriptions", "str_list"),
+        ("tags", "str"),
+        ("atmosphere", "str"),
+        ("style", "str"),
+        ("quality_meta", "str"),
         ("HTML_web_color_name", "color"),
     )
-    global_args = (("description", "str"), ("detailed_descriptions", "str_list"), ("tags", "str"),
-                   ("HTML_web_color_name", "color"))
+    global_args = (
+        ("description", "str"),
+        ("detailed_descriptions", "str_list"),
+        ("tags", "str"),
+        ("HTML_web_color_name", "color"),
+    )
 
     def call(method: str, args: tuple[tuple[str, str], ...]) -> str:
         lines = " ".join(f'"    {name}=" {rule} ",\\n"' for name, rule in args)
         return f'"canvas.{method}(\\n" {lines} ")"'
 
     rules = [
-        ('root ::= " "? ' if leading_space else 'root ::= ') + '"```python\\n" program "\\n```"',
+        ('root ::= " "? ' if leading_space else "root ::= ") + '"```python\\n" program "\\n```"',
         # Statements are separated by a blank line, as the models write them; one without is fine too.
         'program ::= comments "canvas = Canvas()\\n" "\\n"? comments global_call local_block'
         f"{{0,{lim.max_locals}}}",
@@ -144,7 +176,7 @@ def canvas_grammar_ebnf(names: CanvasNames, limits: GrammarLimits | None = None,
         f"local_call ::= {call('add_local_description', local_args)}",
         f'str_list ::= "[]" | "[\\n" list_item{{0,{lim.max_list_items}}} "    ]"',
         'list_item ::= "        " str ",\\n"',
-        f"str ::= \"'\" [^'\\\\{_NOT_PRINTABLE}]{text_bound} \"'\" | \"\\\"\" [^\"\\\\{_NOT_PRINTABLE}]{text_bound} \"\\\"\"",
+        f'str ::= "\'" [^\'\\\\{_NOT_PRINTABLE}]{text_bound} "\'" | "\\"" [^"\\\\{_NOT_PRINTABLE}]{text_bound} "\\""',
         # Positive numbers only: the canvas rejects zero and negative distances.
         'distance ::= [1-9] [0-9]{0,3} ("." [0-9]{1,4})? | "0." [0-9]{0,3} [1-9]',
         f"location ::= {_choice(names.locations)}",
@@ -214,7 +246,7 @@ class LengthGuard:
         self._history.append((mode, length, due))
 
     def pop(self, count: int) -> None:
-        del self._history[len(self._history) - count:]
+        del self._history[len(self._history) - count :]
 
 
 class GrammarFactory:
@@ -224,20 +256,29 @@ class GrammarFactory:
     matcher microseconds. ``stop_token_ids`` should be the ids the decode loop stops on.
     """
 
-    def __init__(self, tokenizer: Any, *, names: CanvasNames | None = None,
-                 limits: GrammarLimits | None = None, vocab_size: int | None = None,
-                 stop_token_ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        names: CanvasNames | None = None,
+        limits: GrammarLimits | None = None,
+        vocab_size: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> None:
         import xgrammar as xgr
 
         self.tokenizer = tokenizer
         self.limits = limits or GrammarLimits()
         self.vocab_size = vocab_size or len(tokenizer)
         self.info = xgr.TokenizerInfo.from_huggingface(
-            tokenizer, vocab_size=self.vocab_size,
+            tokenizer,
+            vocab_size=self.vocab_size,
             stop_token_ids=list(stop_token_ids) if stop_token_ids else None,
         )
         special = set(self.info.special_token_ids)
-        self.pieces: list[bytes] = [b"" if i in special else bytes(p) for i, p in enumerate(self.info.decoded_vocab)]
+        self.pieces: list[bytes] = [
+            b"" if i in special else bytes(p) for i, p in enumerate(self.info.decoded_vocab)
+        ]
         single = {piece: i for i, piece in reversed(list(enumerate(self.pieces))) if len(piece) == 1}
         self.byte_token: dict[bytes, int] = {b: single[b] for b in (b"'", b'"', b"\n") if b in single}
         self._sorted_pieces = sorted(set(self.pieces))
@@ -245,7 +286,9 @@ class GrammarFactory:
         self._longest = max(map(len, self._by_piece))
         self._runs: dict[str, tuple[int, ...]] = {}
         names = names or CanvasNames.from_tables()
-        longest = max(len(n.encode()) for n in (*names.locations, *names.offsets, *names.areas, *names.colors))
+        longest = max(
+            len(n.encode()) for n in (*names.locations, *names.offsets, *names.areas, *names.colors)
+        )
         if self.limits.max_string_bytes < longest:  # the guard would cut an allowed name short
             raise ValueError(f"max_string_bytes must be at least {longest}, the longest allowed name")
         # A tokenizer that prepends a space marker (SentencePiece: Phi-3) begins replies with "▁```".
@@ -262,7 +305,8 @@ class GrammarFactory:
         opened = self.matcher()
         opened.matcher.accept_string(
             "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='',\n"
-            f"    detailed_descriptions=[],\n    tags='',\n    HTML_web_color_name='{names.colors[0]}',\n)\n\n")
+            f"    detailed_descriptions=[],\n    tags='',\n    HTML_web_color_name='{names.colors[0]}',\n)\n\n"
+        )
         self.call_tokens = len(opened.completion() or ())
 
     def matcher(self) -> GrammarState:
@@ -291,8 +335,12 @@ class GrammarFactory:
             return encoded
         data, ids, at = text.encode(), [], 0
         while at < len(data):
-            size = next(n for n in range(min(self._longest, len(data) - at), 0, -1) if data[at:at + n] in self._by_piece)
-            ids.append(self._by_piece[data[at:at + size]])
+            size = next(
+                n
+                for n in range(min(self._longest, len(data) - at), 0, -1)
+                if data[at : at + n] in self._by_piece
+            )
+            ids.append(self._by_piece[data[at : at + size]])
             at += size
         return ids
 
@@ -382,7 +430,7 @@ class GrammarState:
         bitmask = self._bitmask.to(masked.device, non_blocking=True)
         apply_bitmask(masked.unsqueeze(0), bitmask, self.factory.vocab_size)
         if masked.shape[-1] > self.factory.vocab_size:  # padded embedding rows are never valid
-            masked[self.factory.vocab_size:] = float("-inf")
+            masked[self.factory.vocab_size :] = float("-inf")
         return masked
 
     def completion(self) -> list[int] | None:

@@ -87,8 +87,9 @@ class CausalLMStepper:
     def feed(self, token_ids: Sequence[int], *, keep: int) -> torch.Tensor:
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep,
-                             **{self._cache_arg: self.cache})
+            out = self.model(
+                input_ids=ids, use_cache=True, logits_to_keep=keep, **{self._cache_arg: self.cache}
+            )
         self._length += len(token_ids)
         logits: torch.Tensor = out.logits[0, -keep:]
         return logits
@@ -128,9 +129,15 @@ class DecodeConfig:
 
     @classmethod
     def from_params(cls, params: LLMParams, *, stop_ids: Sequence[int]) -> DecodeConfig:
-        return cls(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                   seed=params.seed, prompt_lookup=params.prompt_lookup,
-                   draft_tokens=params.prompt_lookup_tokens, stop_ids=tuple(stop_ids))
+        return cls(
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=params.seed,
+            prompt_lookup=params.prompt_lookup,
+            draft_tokens=params.prompt_lookup_tokens,
+            stop_ids=tuple(stop_ids),
+        )
 
 
 @dataclass(kw_only=True)
@@ -178,8 +185,15 @@ def decode(
     sampling (extra logits processors); it must see every position, so forced runs are off while it
     is set."""
     started = time.perf_counter()
-    generation = _Generation(stepper, prompt_ids, config, grammar=grammar, on_token=on_token, cancel=cancel,
-                             logits_hook=logits_hook)
+    generation = _Generation(
+        stepper,
+        prompt_ids,
+        config,
+        grammar=grammar,
+        on_token=on_token,
+        cancel=cancel,
+        logits_hook=logits_hook,
+    )
     reason = generation.run()
     output, stats = generation.output, generation.stats
     trim_cache(stepper, len(prompt_ids) + len(output.tokens))
@@ -192,25 +206,43 @@ class _Generation:
     """One call of ``decode``: plan a pass (planning.py), run it, verify the draft (verification.py),
     commit and rewind (commit.py), until an ending."""
 
-    def __init__(self, stepper: Stepper, prompt_ids: Sequence[int], config: DecodeConfig, *,
-                 grammar: GrammarState | None, on_token: TokenCallback | None, cancel: CancelToken | None,
-                 logits_hook: LogitsHook | None) -> None:
+    def __init__(
+        self,
+        stepper: Stepper,
+        prompt_ids: Sequence[int],
+        config: DecodeConfig,
+        *,
+        grammar: GrammarState | None,
+        on_token: TokenCallback | None,
+        cancel: CancelToken | None,
+        logits_hook: LogitsHook | None,
+    ) -> None:
         # The matcher's own stop tokens end the reply too (it allows them once the program is complete).
         self.stops = frozenset(config.stop_ids) | frozenset(grammar.stop_ids if grammar is not None else ())
-        lookup = (PromptLookup(prompt_ids, stop_ids=config.stop_ids)
-                  if config.prompt_lookup and config.draft_tokens > 0 else None)
+        lookup = (
+            PromptLookup(prompt_ids, stop_ids=config.stop_ids)
+            if config.prompt_lookup and config.draft_tokens > 0
+            else None
+        )
         forcing = config.forced_runs and logits_hook is None  # a hook must see every position
         sampler = Sampler(temperature=config.temperature, top_p=config.top_p, seed=config.seed)
-        self.planner = Planner(grammar=grammar, lookup=lookup, draft_tokens=config.draft_tokens,
-                               forcing=forcing, stop_ids=config.stop_ids, stops=self.stops)
-        self.verifier = Verifier(pick=sampler.pick, grammar=grammar, forcing=forcing, stops=self.stops,
-                                 hook=logits_hook)
+        self.planner = Planner(
+            grammar=grammar,
+            lookup=lookup,
+            draft_tokens=config.draft_tokens,
+            forcing=forcing,
+            stop_ids=config.stop_ids,
+            stops=self.stops,
+        )
+        self.verifier = Verifier(
+            pick=sampler.pick, grammar=grammar, forcing=forcing, stops=self.stops, hook=logits_hook
+        )
         self.output = Output(on_token=on_token, cancel=cancel, lookup=lookup)
         self.stats = DecodeStats()
         self.stepper = stepper
         self.prompt_ids = prompt_ids
         self.max_new_tokens = config.max_new_tokens
-        self.pending: list[int] = list(prompt_ids[stepper.length:])  # fed at the next pass, before the draft
+        self.pending: list[int] = list(prompt_ids[stepper.length :])  # fed at the next pass, before the draft
 
     def run(self) -> StopReason:
         while not self.output.cancelled:
@@ -258,6 +290,7 @@ class _Generation:
             return "stop"
         if verdict.refused:
             return "grammar"
-        self.pending = next_feed(self.stepper, kept_length=kept_length, unfed=verdict.unfed,
-                                 reply=self.output.tokens)
+        self.pending = next_feed(
+            self.stepper, kept_length=kept_length, unfed=verdict.unfed, reply=self.output.tokens
+        )
         return None

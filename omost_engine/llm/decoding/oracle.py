@@ -39,8 +39,16 @@ class TranscriptOracle:
     ``stop_id`` too (the bench would show that as a short output).
     """
 
-    def __init__(self, tokenizer: Any, *, prompt_length: int, reply: str, stop_id: int,
-                 vocab_size: int | None = None, pieces: Sequence[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        prompt_length: int,
+        reply: str,
+        stop_id: int,
+        vocab_size: int | None = None,
+        pieces: Sequence[bytes] | None = None,
+    ) -> None:
         self.vocab_size = vocab_size or len(tokenizer)
         self.prompt_length = prompt_length
         self.stop_id = stop_id
@@ -67,7 +75,7 @@ class TranscriptOracle:
             return self.stop_id
         if len(produced) in self._canonical:
             return self._canonical[len(produced)]
-        rest = self.reply[len(produced):]
+        rest = self.reply[len(produced) :]
         for size in range(min(self._longest, len(rest)), 0, -1):
             token = self._by_bytes.get(rest[:size])
             if token is not None:
@@ -83,13 +91,15 @@ class TranscriptOracle:
             self._generated.append(before + self._pieces[self._tokens[position]])
         logits = torch.zeros(keep, self.vocab_size)
         for row, position in enumerate(range(len(self._tokens) - keep, len(self._tokens))):
-            produced = self._generated[position - self.prompt_length] if position >= self.prompt_length else b""
+            produced = (
+                self._generated[position - self.prompt_length] if position >= self.prompt_length else b""
+            )
             logits[row, self._next(produced)] = _PEAK
         return logits
 
     def truncate(self, length: int) -> None:
         del self._tokens[length:]
-        del self._generated[max(0, length - self.prompt_length):]
+        del self._generated[max(0, length - self.prompt_length) :]
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
@@ -106,11 +116,19 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 2048) -> PreTrain
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=names, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=names,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator(list(texts), trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=specials["bos"],
-                                        eos_token=specials["eos"], pad_token=specials["pad"],
-                                        additional_special_tokens=extra)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=specials["bos"],
+        eos_token=specials["eos"],
+        pad_token=specials["pad"],
+        additional_special_tokens=extra,
+    )
     tokenizer.chat_template = LLAMA3_TEMPLATE
     return tokenizer

@@ -79,8 +79,16 @@ class Planner:
     the first one allowed); ``stops`` also holds the matcher's own. ``forcing`` appends forced runs
     (off without a grammar and while a logits hook must see every position)."""
 
-    def __init__(self, *, grammar: GrammarState | None, lookup: PromptLookup | None, draft_tokens: int,
-                 forcing: bool, stop_ids: Sequence[int], stops: frozenset[int]) -> None:
+    def __init__(
+        self,
+        *,
+        grammar: GrammarState | None,
+        lookup: PromptLookup | None,
+        draft_tokens: int,
+        forcing: bool,
+        stop_ids: Sequence[int],
+        stops: frozenset[int],
+    ) -> None:
         self.grammar = grammar
         self.lookup = lookup
         self.draft_tokens = draft_tokens

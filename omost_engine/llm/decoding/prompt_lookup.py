@@ -24,8 +24,14 @@ class PromptLookup:
     ``extend`` appends accepted tokens; ``draft`` proposes up to ``max_tokens`` next tokens.
     """
 
-    def __init__(self, context: Sequence[int], *, min_match: int = 1, max_context: int = 64,
-                 stop_ids: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        context: Sequence[int],
+        *,
+        min_match: int = 1,
+        max_context: int = 64,
+        stop_ids: Sequence[int] = (),
+    ) -> None:
         self._buffer = np.zeros(max(1024, 2 * len(context) + 256), dtype=np.int64)
         self._length = 0
         self.min_match = min_match
@@ -47,13 +53,13 @@ class PromptLookup:
             grown[: self._length] = self._buffer[: self._length]
             self._buffer = grown
         start = self._length
-        self._buffer[start: start + count] = np.asarray(token_ids, dtype=np.int64)
+        self._buffer[start : start + count] = np.asarray(token_ids, dtype=np.int64)
         self._length += count
         # The cursor survives while the new tokens are exactly what the source says next.
         if self._cursor is not None:
             cursor = self._cursor
-            source = self._buffer[cursor: cursor + count]
-            if cursor + count <= start and np.array_equal(source, self._buffer[start: start + count]):
+            source = self._buffer[cursor : cursor + count]
+            if cursor + count <= start and np.array_equal(source, self._buffer[start : start + count]):
                 self._cursor = cursor + count
             else:
                 self._cursor = None
@@ -95,7 +101,7 @@ class PromptLookup:
             if source is None:
                 return []
             self._cursor = source
-        proposal: list[int] = self._buffer[source: min(source + max_tokens, self._length)].tolist()
+        proposal: list[int] = self._buffer[source : min(source + max_tokens, self._length)].tolist()
         for index, token in enumerate(proposal):
             if token in self.stop_ids:
                 return proposal[: index + 1]

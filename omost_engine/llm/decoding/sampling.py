@@ -77,5 +77,7 @@ class Sampler:
             return int(index.clamp_(max=cumulative.shape[-1] - 1))
         ordered, order, cumulative = self.nucleus(logits)
         # Inverse-CDF sampling on the ordered nucleus: a third of the cost of torch.multinomial here.
-        index = torch.searchsorted(cumulative, threshold * cumulative[-1], right=True).clamp_(max=len(order) - 1)
+        index = torch.searchsorted(cumulative, threshold * cumulative[-1], right=True).clamp_(
+            max=len(order) - 1
+        )
         return int(order[index])

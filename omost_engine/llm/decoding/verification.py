@@ -80,16 +80,24 @@ class Verifier:
     """Checks drafts for one generation. ``pick`` chooses a token from a row (the sampler);
     ``forcing`` compares the draft with forced runs; ``hook`` rewrites each row before the mask."""
 
-    def __init__(self, *, pick: Pick, grammar: GrammarState | None, forcing: bool, stops: frozenset[int],
-                 hook: LogitsHook | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pick: Pick,
+        grammar: GrammarState | None,
+        forcing: bool,
+        stops: frozenset[int],
+        hook: LogitsHook | None = None,
+    ) -> None:
         self.pick = pick
         self.grammar = grammar
         self.forcing = forcing and grammar is not None
         self.stops = stops
         self.hook = hook
 
-    def check(self, logits: torch.Tensor, draft: Sequence[int], *, limit: int,
-              context: Sequence[int] = ()) -> Verdict:
+    def check(
+        self, logits: torch.Tensor, draft: Sequence[int], *, limit: int, context: Sequence[int] = ()
+    ) -> Verdict:
         """Check ``draft`` against ``logits`` (one row per draft position and one after it) and decide
         at most ``limit`` tokens. ``context`` (every id before the first row) is for the hook."""
         tally = _Tally(draft=draft, limit=limit)
@@ -108,8 +116,10 @@ class Verifier:
         if not self.forcing:
             return True
         assert self.grammar is not None
-        run = accept_prefix(self.grammar, self.grammar.forced_tokens()[: tally.limit - tally.index], self.stops)
-        same = common_prefix_length(run, tally.draft[tally.index:])
+        run = accept_prefix(
+            self.grammar, self.grammar.forced_tokens()[: tally.limit - tally.index], self.stops
+        )
+        same = common_prefix_length(run, tally.draft[tally.index :])
         tally.accepted += run[:same]
         tally.forced += len(run)
         if same < len(run):
@@ -130,7 +140,9 @@ class Verifier:
             self.grammar.accept(choice)
         return choice not in self.stops
 
-    def _row(self, logits: torch.Tensor, index: int, draft: Sequence[int], context: Sequence[int]) -> torch.Tensor:
+    def _row(
+        self, logits: torch.Tensor, index: int, draft: Sequence[int], context: Sequence[int]
+    ) -> torch.Tensor:
         row = logits[index]
         if self.hook is not None:
             row = self.hook([*context, *draft[:index]], row)
@@ -141,5 +153,11 @@ class Verifier:
         new_token, refused = tally.new_token, False
         if new_token is not None and self.grammar is not None and not self.grammar.accept(new_token):
             new_token, refused = None, True
-        return Verdict(accepted=tally.accepted, tail=tally.tail, new_token=new_token, forced=tally.forced,
-                       sampled=int(tally.new_token is not None), refused=refused)
+        return Verdict(
+            accepted=tally.accepted,
+            tail=tally.tail,
+            new_token=new_token,
+            forced=tally.forced,
+            sampled=int(tally.new_token is not None),
+            refused=refused,
+        )

@@ -29,7 +29,11 @@ VERSION = "sdxl-base-1.0-v1"
 def byte_characters() -> list[str]:
     """CLIP's (and GPT-2's) reversible map of the 256 bytes to printable characters, in byte order of
     the printable ones first."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     codes = printable[:]
     extra = 0
     for byte in range(256):
@@ -43,7 +47,7 @@ def byte_characters() -> list[str]:
 def clip_vocab_and_merges(bpe_gz: Path = CLIP_BPE) -> tuple[dict[str, int], list[str]]:
     """CLIP's vocabulary (49,408 ids) and merge list from its BPE file."""
     lines = gzip.decompress(bpe_gz.read_bytes()).decode("utf-8").split("\n")
-    merges = lines[1:1 + CLIP_MERGES]
+    merges = lines[1 : 1 + CLIP_MERGES]
     characters = byte_characters()
     tokens = characters + [c + "</w>" for c in characters] + ["".join(m.split()) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
@@ -71,7 +75,9 @@ def sdxl_base_config_dir(cache: Path | None = None) -> Path:
             folder = building / name
             (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
             (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-            (folder / "special_tokens_map.json").write_text(json.dumps({**special, "pad_token": pad}), encoding="utf-8")
+            (folder / "special_tokens_map.json").write_text(
+                json.dumps({**special, "pad_token": pad}), encoding="utf-8"
+            )
         try:
             building.rename(target)
         except OSError:  # another process finished first

@@ -31,8 +31,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     folder = tmp_path_factory.mktemp("redis")
     server = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -57,8 +71,9 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def start_worker(redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(
+    redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
     log_dir = tmp_path_factory.mktemp("workers")
 
@@ -70,5 +85,3 @@ def start_worker(redis_url: str, prefix: str, tmp_path_factory: pytest.TempPathF
     yield start
     for worker in started:
         worker.stop()
-
-

@@ -29,16 +29,45 @@ SMALL_RENDER = RenderParams(width=256, height=256, steps=4)
 class WorkerProcess:
     """``python -m bot.distributed.worker --engine scripted`` in a child process."""
 
-    def __init__(self, redis_url: str, prefix: str, name: str, log_dir: Path, *, seconds: float = 0.3,
-                 heartbeat: float = 0.2, lease: float = 1.0) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str,
+        name: str,
+        log_dir: Path,
+        *,
+        seconds: float = 0.3,
+        heartbeat: float = 0.2,
+        lease: float = 1.0,
+    ) -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.distributed.worker", "--redis-url", redis_url, "--prefix", prefix,
-                 "--name", name, "--engine", "scripted", "--scripted-seconds", str(seconds),
-                 "--heartbeat", str(heartbeat), "--lease", str(lease)],
-                cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=log, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "bot.distributed.worker",
+                    "--redis-url",
+                    redis_url,
+                    "--prefix",
+                    prefix,
+                    "--name",
+                    name,
+                    "--engine",
+                    "scripted",
+                    "--scripted-seconds",
+                    str(seconds),
+                    "--heartbeat",
+                    str(heartbeat),
+                    "--lease",
+                    str(lease),
+                ],
+                cwd=REPO,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -56,7 +85,9 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")
 
 
-async def wait_until(condition: Callable[[], object], *, timeout: float = 20.0, what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], object], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -64,8 +95,9 @@ async def wait_until(condition: Callable[[], object], *, timeout: float = 20.0, 
         await asyncio.sleep(0.02)
 
 
-async def wait_until_async(condition: Callable[[], Awaitable[object]], *, timeout: float = 20.0,
-                           what: str = "condition") -> None:
+async def wait_until_async(
+    condition: Callable[[], Awaitable[object]], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await condition():
         if time.monotonic() > deadline:
@@ -76,8 +108,13 @@ async def wait_until_async(condition: Callable[[], Awaitable[object]], *, timeou
 class RecordingHandler:
     """Stands in for ``bot.service.JobService`` (which needs Discord): gives specs, records events."""
 
-    def __init__(self, *, prompts: dict[int, str] | None = None, layouts: dict[int, Layout] | None = None,
-                 render_params: RenderParams = SMALL_RENDER) -> None:
+    def __init__(
+        self,
+        *,
+        prompts: dict[int, str] | None = None,
+        layouts: dict[int, Layout] | None = None,
+        render_params: RenderParams = SMALL_RENDER,
+    ) -> None:
         self.prompts = prompts or {}
         self.layouts = layouts or {}
         self.render_params = render_params
@@ -86,9 +123,15 @@ class RecordingHandler:
 
     async def prepare(self, job_id: int) -> JobSpec | None:
         self.prepared.append(job_id)
-        return JobSpec(job_id=job_id, prompt=self.prompts.get(job_id, f"a lighthouse at dusk, job {job_id}"),
-                       history=(), llm=None, llm_params=LLMParams(), render_params=self.render_params,
-                       layout=self.layouts.get(job_id))
+        return JobSpec(
+            job_id=job_id,
+            prompt=self.prompts.get(job_id, f"a lighthouse at dusk, job {job_id}"),
+            history=(),
+            llm=None,
+            llm_params=LLMParams(),
+            render_params=self.render_params,
+            layout=self.layouts.get(job_id),
+        )
 
     def on_event(self, event: JobEvent) -> None:
         self.events.append(event)
@@ -115,7 +158,9 @@ async def wait_for_workers(backend: object, names: set[str], *, timeout: float =
 
 
 @asynccontextmanager
-async def bot_on_redis(tmp_path: Path, redis_url: str, prefix: str, workers: set[str]) -> AsyncIterator[World]:
+async def bot_on_redis(
+    tmp_path: Path, redis_url: str, prefix: str, workers: set[str]
+) -> AsyncIterator[World]:
     """The real bot (simcord) with the Redis backend from its configuration, once ``workers`` are online."""
     config = make_config(tmp_path)
     environ = {"OMOST_REDIS_URL": redis_url, "OMOST_REDIS_PREFIX": prefix, "OMOST_REDIS_WATCHDOG_S": "0.2"}
@@ -126,10 +171,19 @@ async def bot_on_redis(tmp_path: Path, redis_url: str, prefix: str, workers: set
     env = simcord.Env(bot)
     await env.start()
     guild = env.create_guild(name="Studio")
-    world = World(env=env, bot=bot, engine=None, clock=None, config=config,  # type: ignore[arg-type]
-                  guild=guild, channel=guild.create_text_channel("studio"),
-                  alice=guild.add_member(env.create_user("alice")), bob=guild.add_member(env.create_user("bob")),
-                  admin=guild.add_member(env.create_user("admin")), owner=guild.add_member(env.create_user("owner")))
+    world = World(
+        env=env,
+        bot=bot,
+        engine=None,
+        clock=None,
+        config=config,  # type: ignore[arg-type]
+        guild=guild,
+        channel=guild.create_text_channel("studio"),
+        alice=guild.add_member(env.create_user("alice")),
+        bob=guild.add_member(env.create_user("bob")),
+        admin=guild.add_member(env.create_user("admin")),
+        owner=guild.add_member(env.create_user("owner")),
+    )
     bot.config = replace(config, owner_ids=(world.owner.id,))
     world.extra.update(environ=environ, no_toml=tmp_path / "none.toml")
     try:

@@ -50,7 +50,9 @@ def workers(start_worker: Callable[..., WorkerProcess]) -> dict[str, WorkerProce
 
 
 @pytest.fixture
-async def backend(redis_url: str, prefix: str, workers: dict[str, WorkerProcess]) -> AsyncIterator[RedisJobBackend]:
+async def backend(
+    redis_url: str, prefix: str, workers: dict[str, WorkerProcess]
+) -> AsyncIterator[RedisJobBackend]:
     backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2))
     await wait_for_workers(backend, WORKERS)
     yield backend
@@ -88,7 +90,9 @@ async def test_fair_order_and_user_caps_across_workers(backend: RedisJobBackend)
     backend.bind(handler)
     backend.pause()
     alice, bob = 1, 2
-    positions = [await backend.submit(Ticket(job_id=job_id, user_id=alice), user_cap=4) for job_id in (11, 12, 13, 14)]
+    positions = [
+        await backend.submit(Ticket(job_id=job_id, user_id=alice), user_cap=4) for job_id in (11, 12, 13, 14)
+    ]
     positions += [await backend.submit(Ticket(job_id=job_id, user_id=bob), user_cap=4) for job_id in (21, 22)]
     assert positions == [1, 2, 3, 4, 2, 4]  # bob's jobs take turns with alice's
     with pytest.raises(QueueFullError, match="limit is 4"):
@@ -140,13 +144,16 @@ async def test_cancel_reaches_the_worker_process(backend: RedisJobBackend) -> No
     assert not await backend.cancel(999)
 
 
-async def test_stage_time_limit_engine_failure_and_layout_render(redis_url: str, prefix: str,
-                                                                 workers: dict[str, WorkerProcess]) -> None:
+async def test_stage_time_limit_engine_failure_and_layout_render(
+    redis_url: str, prefix: str, workers: dict[str, WorkerProcess]
+) -> None:
     layout = ScriptedEngine().chat([], "a red barn", LLMParams()).layout
-    handler = RecordingHandler(prompts={41: "a slow river {{delay=20}}", 42: "a crash {{fail=internal}}"},
-                               layouts={43: layout})
-    backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2),
-                              timeouts=StageTimeouts(llm=0.5, render=30))
+    handler = RecordingHandler(
+        prompts={41: "a slow river {{delay=20}}", 42: "a crash {{fail=internal}}"}, layouts={43: layout}
+    )
+    backend = RedisJobBackend(
+        RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2), timeouts=StageTimeouts(llm=0.5, render=30)
+    )
     backend.bind(handler)
     try:
         for job_id in (41, 42, 43):
@@ -165,10 +172,14 @@ async def test_stage_time_limit_engine_failure_and_layout_render(redis_url: str,
     assert [e.stage for e in handler.of(43, Started)] == ["render"]  # type: ignore[attr-defined]
 
 
-async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, workers: dict[str, WorkerProcess]) -> None:
+async def test_results_reach_a_restarted_bot(
+    redis_url: str, prefix: str, workers: dict[str, WorkerProcess]
+) -> None:
     config = RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2)
-    first, before = RedisJobBackend(config), RecordingHandler(prompts={51: "a slow harbour {{delay=1.5}}",
-                                                                      52: "a quick one {{delay=0.2}}"})
+    first, before = (
+        RedisJobBackend(config),
+        RecordingHandler(prompts={51: "a slow harbour {{delay=1.5}}", 52: "a quick one {{delay=0.2}}"}),
+    )
     first.bind(before)
     await first.submit(Ticket(job_id=51, user_id=7))
     await first.submit(Ticket(job_id=52, user_id=8))
@@ -178,7 +189,9 @@ async def test_results_reach_a_restarted_bot(redis_url: str, prefix: str, worker
     await first.close()  # the bot stops; both jobs go on on the workers, 52 finishes while it is down
     redis = Redis.from_url(redis_url)
     try:
-        await wait_until_async(lambda: redis.exists(Keys(prefix).result(run_52)), what="job 52's result in Redis")
+        await wait_until_async(
+            lambda: redis.exists(Keys(prefix).result(run_52)), what="job 52's result in Redis"
+        )
     finally:
         await redis.aclose()
 
@@ -214,8 +227,9 @@ async def delivered_result(storage: Storage, message: discord.Message, prompt: s
 
 
 @pytest.fixture
-async def redis_world(tmp_path: Path, redis_url: str, prefix: str,
-                      workers: dict[str, WorkerProcess]) -> AsyncIterator[World]:
+async def redis_world(
+    tmp_path: Path, redis_url: str, prefix: str, workers: dict[str, WorkerProcess]
+) -> AsyncIterator[World]:
     """The real bot (simcord) with the Redis backend in place of the in-process queue."""
     async with bot_on_redis(tmp_path, redis_url, prefix, WORKERS) as world:
         yield world
@@ -230,7 +244,10 @@ async def test_compose_through_the_bot_with_remote_workers(redis_world: World) -
     assert "next in the queue" in a1.response.content and "position 2" in b1.response.content
     listing = await world.bob.slash(world.channel, "omost queue")
     assert [line.split(" · ")[1] for line in listing.response.content.splitlines()[:3]] == [
-        "job #1", "job #3", "job #2"]
+        "job #1",
+        "job #3",
+        "job #2",
+    ]
     await world.owner.slash(world.channel, "omost resume")
     await world.bot.backend.join(timeout=30)  # type: ignore[attr-defined]
     await world.env.settle()
@@ -259,10 +276,12 @@ async def test_the_bot_restarted_while_a_job_runs(redis_world: World, redis_url:
     status messages, and nothing is reported as interrupted."""
     world = redis_world
     await world.owner.slash(world.channel, "omost pause")  # so that the slashes return before the jobs run
-    slow = await world.alice.slash(world.channel, "omost compose", prompt="a slow harbour {{delay=2}}",
-                                   steps=4, size="256x256")
-    quick = await world.bob.slash(world.channel, "omost compose", prompt="a quick lane {{delay=0.3}}",
-                                  steps=4, size="256x256")
+    slow = await world.alice.slash(
+        world.channel, "omost compose", prompt="a slow harbour {{delay=2}}", steps=4, size="256x256"
+    )
+    quick = await world.bob.slash(
+        world.channel, "omost compose", prompt="a quick lane {{delay=0.3}}", steps=4, size="256x256"
+    )
     backend = world.bot.backend
     assert isinstance(backend, RedisJobBackend)
     backend.resume()

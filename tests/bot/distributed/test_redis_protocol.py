@@ -27,32 +27,49 @@ def layout() -> Layout:
 
 
 def test_job_message_round_trip(layout: Layout) -> None:
-    spec = JobSpec(job_id=7, prompt="make the boat red", llm="omost-llama",
-                   history=(ChatMessage("user", "a harbour"), ChatMessage("assistant", "```python\n...\n```")),
-                   llm_params=LLMParams(temperature=0.3, seed=5), render_params=RenderParams(steps=12, cfg=4.5),
-                   layout=layout, sdxl="realvis")
+    spec = JobSpec(
+        job_id=7,
+        prompt="make the boat red",
+        llm="omost-llama",
+        history=(ChatMessage("user", "a harbour"), ChatMessage("assistant", "```python\n...\n```")),
+        llm_params=LLMParams(temperature=0.3, seed=5),
+        render_params=RenderParams(steps=12, cfg=4.5),
+        layout=layout,
+        sdxl="realvis",
+    )
     message = JobMessage(spec=spec, user_id=42, timeouts=StageTimeouts(llm=30, render=60), max_attempts=2)
     back = JobMessage.from_json(message.to_json())
     assert back.spec.history == spec.history and back.spec.prompt == spec.prompt
     assert back.spec.llm_params == spec.llm_params and back.spec.render_params == spec.render_params
     assert back.spec.layout is not None and back.spec.layout.conditions == layout.conditions
-    assert (back.spec.llm, back.spec.sdxl, back.user_id, back.max_attempts) == ("omost-llama", "realvis", 42, 2)
+    assert (back.spec.llm, back.spec.sdxl, back.user_id, back.max_attempts) == (
+        "omost-llama",
+        "realvis",
+        42,
+        2,
+    )
     assert back.timeouts == StageTimeouts(llm=30, render=60)
     assert back.job_id == "7"
 
 
-@pytest.mark.parametrize(("change", "parameter"), [
-    ({"v": 99}, "v"),
-    ({"history": [["system", "x"]]}, "history"),
-    ({"job_id": True}, "job_id"),
-    ({"render_params": {"steps": 0}}, "steps"),
-    ({"llm_timeout": -1}, "llm_timeout"),
-    ({"prompt": 5}, "prompt"),
-    ({"layout": [{"rect": [0, 90, 0, 90]}]}, None),  # Layout's own error
-])
+@pytest.mark.parametrize(
+    ("change", "parameter"),
+    [
+        ({"v": 99}, "v"),
+        ({"history": [["system", "x"]]}, "history"),
+        ({"job_id": True}, "job_id"),
+        ({"render_params": {"steps": 0}}, "steps"),
+        ({"llm_timeout": -1}, "llm_timeout"),
+        ({"prompt": 5}, "prompt"),
+        ({"layout": [{"rect": [0, 90, 0, 90]}]}, None),  # Layout's own error
+    ],
+)
 def test_bad_job_messages_get_one_clear_error(change: dict, parameter: str | None) -> None:
-    data = JobMessage(spec=JobSpec(job_id=1, prompt="x", history=(), llm=None, llm_params=LLMParams(),
-                                   render_params=RenderParams())).to_json()
+    data = JobMessage(
+        spec=JobSpec(
+            job_id=1, prompt="x", history=(), llm=None, llm_params=LLMParams(), render_params=RenderParams()
+        )
+    ).to_json()
     with pytest.raises(OmostError) as error:
         JobMessage.from_json({**data, **change})
     if parameter is not None:
@@ -60,20 +77,32 @@ def test_bad_job_messages_get_one_clear_error(change: dict, parameter: str | Non
 
 
 def test_wire_event_round_trip_and_progress(layout: Layout) -> None:
-    llm = LLMProgress(tokens=12, tokens_per_second=30.5, text="canvas = Canvas()",
-                      conditions=tuple(layout.conditions[:2]))
+    llm = LLMProgress(
+        tokens=12, tokens_per_second=30.5, text="canvas = Canvas()", conditions=tuple(layout.conditions[:2])
+    )
     type_, data = progress_data(llm)
     event = WireEvent(type=type_, job_id="3", attempt=2, worker="gpu-1", data=data)
     back = WireEvent.decode({k.encode(): v for k, v in event.encode().items()}, b"1-0")
-    assert (back.type, back.job_id, back.attempt, back.worker, back.stream_id) == ("llm", "3", 2, "gpu-1", "1-0")
+    assert (back.type, back.job_id, back.attempt, back.worker, back.stream_id) == (
+        "llm",
+        "3",
+        2,
+        "gpu-1",
+        "1-0",
+    )
     assert back.progress() == llm
     type_, data = progress_data(RenderProgress(step=3, total=20, stage="hires"))
-    assert WireEvent(type=type_, job_id="3", data=data).progress() == RenderProgress(step=3, total=20, stage="hires")
+    assert WireEvent(type=type_, job_id="3", data=data).progress() == RenderProgress(
+        step=3, total=20, stage="hires"
+    )
     counted = RenderProgress(step=3, total=10, stage="hires", run_step=23, run_total=30)
     type_, data = progress_data(counted)
     encoded = WireEvent(type=type_, job_id="3", data=data).encode()
     assert WireEvent.decode({k.encode(): v for k, v in encoded.items()}).progress() == counted
-    assert WireEvent(type="result", job_id="3").terminal and WireEvent(type="result", job_id="3").progress() is None
+    assert (
+        WireEvent(type="result", job_id="3").terminal
+        and WireEvent(type="result", job_id="3").progress() is None
+    )
 
 
 def test_png_round_trip() -> None:
@@ -85,8 +114,17 @@ def test_png_round_trip() -> None:
 
 def test_keys_share_one_prefix() -> None:
     keys = Keys("bot2")
-    names = [keys.queue(), keys.queue("sdxl-turbo"), keys.events, keys.cancel_channel, keys.cancelled("1"),
-             keys.result("1"), keys.worker("w"), keys.workers, keys.jobs]
+    names = [
+        keys.queue(),
+        keys.queue("sdxl-turbo"),
+        keys.events,
+        keys.cancel_channel,
+        keys.cancelled("1"),
+        keys.result("1"),
+        keys.worker("w"),
+        keys.workers,
+        keys.jobs,
+    ]
     assert all(name.startswith("bot2:") for name in names) and len(set(names)) == len(names)
 
 
@@ -95,20 +133,35 @@ def test_redis_config_from_toml_and_environment(tmp_path: Path) -> None:
     toml = tmp_path / "omost-bot.toml"
     toml.write_text('[bot]\nmax_queue = 5\n\n[redis]\nurl = "redis://gpu-box:6379/2"\nqueue = "big"\n')
     config = RedisConfig.load(environ={}, path=toml)
-    assert config is not None and (config.url, config.queue, config.prefix) == ("redis://gpu-box:6379/2", "big", "omost")
-    config = RedisConfig.load(environ={"OMOST_REDIS_URL": "redis://other:1/0", "OMOST_REDIS_WATCHDOG_S": "0.5",
-                                       "OMOST_REDIS_MAX_ATTEMPTS": "5"}, path=toml)
+    assert config is not None and (config.url, config.queue, config.prefix) == (
+        "redis://gpu-box:6379/2",
+        "big",
+        "omost",
+    )
+    config = RedisConfig.load(
+        environ={
+            "OMOST_REDIS_URL": "redis://other:1/0",
+            "OMOST_REDIS_WATCHDOG_S": "0.5",
+            "OMOST_REDIS_MAX_ATTEMPTS": "5",
+        },
+        path=toml,
+    )
     assert config is not None and config.url == "redis://other:1/0" and config.watchdog_s == 0.5
     assert RedisJobBackend(config).max_attempts == 5
 
 
-@pytest.mark.parametrize(("environ", "toml", "parameter"), [
-    ({"OMOST_REDIS_URL": "http://localhost"}, "", "url"),
-    ({"OMOST_REDIS_URL": "redis://x", "OMOST_REDIS_WATCHDOG_S": "often"}, "", "watchdog_s"),
-    ({}, '[redis]\nurl = "redis://x"\nspeed = 3\n', "speed"),
-    ({}, '[redis]\nurl = "redis://x"\nmax_attempts = 0\n', "max_attempts"),
-])
-def test_bad_redis_settings_name_the_setting(tmp_path: Path, environ: dict, toml: str, parameter: str) -> None:
+@pytest.mark.parametrize(
+    ("environ", "toml", "parameter"),
+    [
+        ({"OMOST_REDIS_URL": "http://localhost"}, "", "url"),
+        ({"OMOST_REDIS_URL": "redis://x", "OMOST_REDIS_WATCHDOG_S": "often"}, "", "watchdog_s"),
+        ({}, '[redis]\nurl = "redis://x"\nspeed = 3\n', "speed"),
+        ({}, '[redis]\nurl = "redis://x"\nmax_attempts = 0\n', "max_attempts"),
+    ],
+)
+def test_bad_redis_settings_name_the_setting(
+    tmp_path: Path, environ: dict, toml: str, parameter: str
+) -> None:
     path = tmp_path / "omost-bot.toml"
     path.write_text(toml)
     with pytest.raises(OmostError) as error:
@@ -119,8 +172,9 @@ def test_bad_redis_settings_name_the_setting(tmp_path: Path, environ: dict, toml
 def test_in_process_queue_stays_the_default(tmp_path: Path) -> None:
     config = BotConfig(max_queue=7, llm_timeout_s=11.0, render_timeout_s=22.0)
     assert backend_from_config(config, environ={}, path=tmp_path / "none.toml") is None
-    backend = backend_from_config(config, environ={"OMOST_REDIS_URL": "redis://localhost:6379/0"},
-                                  path=tmp_path / "none.toml")
+    backend = backend_from_config(
+        config, environ={"OMOST_REDIS_URL": "redis://localhost:6379/0"}, path=tmp_path / "none.toml"
+    )
     assert isinstance(backend, RedisJobBackend)
     assert backend.max_queue == 7 and backend.timeouts == StageTimeouts(llm=11.0, render=22.0)
 
@@ -128,18 +182,24 @@ def test_in_process_queue_stays_the_default(tmp_path: Path) -> None:
 def test_the_redis_path_needs_only_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 13: one queue primitive (Redis streams); no queue library is imported, none of its keys read."""
     monkeypatch.setitem(sys.modules, "arq", None)  # any import of it now fails
-    backend = backend_from_config(BotConfig(), environ={"OMOST_REDIS_URL": "redis://localhost:6379/0"},
-                                  path=tmp_path / "none.toml")
+    backend = backend_from_config(
+        BotConfig(), environ={"OMOST_REDIS_URL": "redis://localhost:6379/0"}, path=tmp_path / "none.toml"
+    )
     assert isinstance(backend, RedisJobBackend)
-    sources = "".join(path.read_text() for path in Path(__file__).resolve().parents[3].glob("bot/distributed/*.py"))
+    sources = "".join(
+        path.read_text() for path in Path(__file__).resolve().parents[3].glob("bot/distributed/*.py")
+    )
     assert "arq:" not in sources and "import arq" not in sources
 
 
-@pytest.mark.parametrize(("change", "parameter"), [
-    ({"concurrency": 0}, "concurrency"),
-    ({"heartbeat_s": 2.0, "lease_s": 3.0}, "lease_s"),
-    ({"redis_url": "localhost:6379"}, "redis_url"),
-])
+@pytest.mark.parametrize(
+    ("change", "parameter"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"heartbeat_s": 2.0, "lease_s": 3.0}, "lease_s"),
+        ({"redis_url": "localhost:6379"}, "redis_url"),
+    ],
+)
 def test_bad_worker_settings(change: dict, parameter: str) -> None:
     with pytest.raises(OmostError) as error:
         WorkerConfig(**{"redis_url": "redis://localhost:6379/0", **change}).validated()

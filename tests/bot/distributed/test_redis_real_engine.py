@@ -40,13 +40,17 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> CombinedEngine:
 
 async def test_real_engine_results_cross_redis(redis_url: str, engine: CombinedEngine) -> None:
     prefix = f"real-{uuid.uuid4().hex[:8]}"
-    worker = GpuWorker(engine, WorkerConfig(redis_url=redis_url, prefix=prefix, worker_id="tiny-gpu"),
-                       models={"llm": "scripted-omost", "sdxl": "tiny"})
+    worker = GpuWorker(
+        engine,
+        WorkerConfig(redis_url=redis_url, prefix=prefix, worker_id="tiny-gpu"),
+        models={"llm": "scripted-omost", "sdxl": "tiny"},
+    )
     task = asyncio.create_task(worker.run())
     backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2))
-    handler = RecordingHandler(prompts={1: "generate an image of the fierce battle of warriors and the dragon",
-                                        2: "make it better"},
-                               render_params=RenderParams(width=256, height=256, steps=3, seed=1))
+    handler = RecordingHandler(
+        prompts={1: "generate an image of the fierce battle of warriors and the dragon", 2: "make it better"},
+        render_params=RenderParams(width=256, height=256, steps=3, seed=1),
+    )
     backend.bind(handler)
     try:
         await wait_for_workers(backend, {"tiny-gpu"})
@@ -67,7 +71,9 @@ async def test_real_engine_results_cross_redis(redis_url: str, engine: CombinedE
     assert output.render.params.seed == 1 and output.render.params.steps == 3
     assert output.render.masks.size[0] > 0
     steps = [e.progress for e in handler.of(1, Progress) if isinstance(e.progress, RenderProgress)]  # type: ignore[attr-defined]
-    assert steps and steps[-1].step == steps[-1].total == 3 and steps[-1].preview is None  # previews stay there
+    assert (
+        steps and steps[-1].step == steps[-1].total == 3 and steps[-1].preview is None
+    )  # previews stay there
     assert handler.of(1, ChatDone)
     # The LLM's second reply has no program: the user gets the chat service's one clear sentence.
     failed = handler.ended(2)

@@ -20,15 +20,20 @@ def pool(start_worker: Callable[..., WorkerProcess]) -> dict[str, WorkerProcess]
 
 
 @pytest.fixture
-async def backend(redis_url: str, prefix: str, pool: dict[str, WorkerProcess]) -> AsyncIterator[RedisJobBackend]:
-    backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2, no_worker_timeout_s=1.0))
+async def backend(
+    redis_url: str, prefix: str, pool: dict[str, WorkerProcess]
+) -> AsyncIterator[RedisJobBackend]:
+    backend = RedisJobBackend(
+        RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2, no_worker_timeout_s=1.0)
+    )
     await wait_for_workers(backend, {name for name, w in pool.items() if w.process.poll() is None})
     yield backend
     await backend.close()
 
 
-async def test_killed_worker_job_runs_again_on_the_other(backend: RedisJobBackend,
-                                                        pool: dict[str, WorkerProcess]) -> None:
+async def test_killed_worker_job_runs_again_on_the_other(
+    backend: RedisJobBackend, pool: dict[str, WorkerProcess]
+) -> None:
     handler = RecordingHandler(prompts={1: "a long voyage {{delay=1.5}}"})
     backend.bind(handler)
     await backend.submit(Ticket(job_id=1, user_id=1))
@@ -47,8 +52,9 @@ async def test_killed_worker_job_runs_again_on_the_other(backend: RedisJobBacken
     del pool[victim]
 
 
-async def test_stopping_worker_gives_its_job_back(backend: RedisJobBackend, pool: dict[str, WorkerProcess],
-                                                  start_worker: Callable[..., WorkerProcess]) -> None:
+async def test_stopping_worker_gives_its_job_back(
+    backend: RedisJobBackend, pool: dict[str, WorkerProcess], start_worker: Callable[..., WorkerProcess]
+) -> None:
     pool["w3"] = start_worker("w3")
     await wait_for_workers(backend, set(pool))
     handler = RecordingHandler(prompts={2: "a long walk {{delay=1.5}}"})
@@ -70,13 +76,18 @@ async def test_stopping_worker_gives_its_job_back(backend: RedisJobBackend, pool
 
 
 async def test_the_status_message_says_when_a_lost_worker_sent_the_job_back(
-        tmp_path: Path, redis_url: str, prefix: str, pool: dict[str, WorkerProcess],
-        start_worker: Callable[..., WorkerProcess]) -> None:
+    tmp_path: Path,
+    redis_url: str,
+    prefix: str,
+    pool: dict[str, WorkerProcess],
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
     pool["w4"] = start_worker("w4")
     async with bot_on_redis(tmp_path, redis_url, prefix, set(pool)) as world:
         await world.owner.slash(world.channel, "omost pause")  # the slash returns before the job runs
-        result = await world.alice.slash(world.channel, "omost compose", prompt="a long road {{delay=1.5}}",
-                                         steps=4, size="256x256")
+        result = await world.alice.slash(
+            world.channel, "omost compose", prompt="a long road {{delay=1.5}}", steps=4, size="256x256"
+        )
         backend = world.bot.backend
         assert isinstance(backend, RedisJobBackend)
         edits: list[str] = []
@@ -101,7 +112,9 @@ async def test_the_status_message_says_when_a_lost_worker_sent_the_job_back(
         assert job is not None and job.state == "done" and backend.ran_on[1][1] == 2
 
 
-async def test_user_is_told_when_no_worker_is_left(backend: RedisJobBackend, pool: dict[str, WorkerProcess]) -> None:
+async def test_user_is_told_when_no_worker_is_left(
+    backend: RedisJobBackend, pool: dict[str, WorkerProcess]
+) -> None:
     (last,) = pool.values()
     handler = RecordingHandler(prompts={3: "the last light {{delay=5}}"})
     backend.bind(handler)

@@ -28,10 +28,21 @@ from omost_engine.testing.scripted_engine import ScriptedEngine
 
 
 def _local_worker(redis_url: str, prefix: str, **options: object) -> GpuWorker:
-    config = WorkerConfig(redis_url=redis_url, prefix=prefix, **{"worker_id": "local", "heartbeat_s": 0.1,  # type: ignore[arg-type]
-                                                                 "lease_s": 1.0, **options})
-    return GpuWorker(ScriptedEngine(chat_seconds=0.05, render_seconds=0.05), config,
-                     models={"llm": "tiny", "sdxl": "tiny-xl"})
+    config = WorkerConfig(
+        redis_url=redis_url,
+        prefix=prefix,
+        **{
+            "worker_id": "local",
+            "heartbeat_s": 0.1,  # type: ignore[arg-type]
+            "lease_s": 1.0,
+            **options,
+        },
+    )
+    return GpuWorker(
+        ScriptedEngine(chat_seconds=0.05, render_seconds=0.05),
+        config,
+        models={"llm": "tiny", "sdxl": "tiny-xl"},
+    )
 
 
 @pytest.fixture
@@ -67,8 +78,14 @@ async def _events(pool: Redis, keys: Keys, job_id: str, *, until: str) -> list[W
 
 
 def _message(job_id: int, **options: object) -> dict:
-    spec = JobSpec(job_id=job_id, prompt=f"a quiet field {job_id}", history=(), llm=None, llm_params=LLMParams(),
-                   render_params=RenderParams(width=256, height=256, steps=3))
+    spec = JobSpec(
+        job_id=job_id,
+        prompt=f"a quiet field {job_id}",
+        history=(),
+        llm=None,
+        llm_params=LLMParams(),
+        render_params=RenderParams(width=256, height=256, steps=3),
+    )
     return JobMessage(spec=spec, **options).to_json()  # type: ignore[arg-type]
 
 
@@ -77,7 +94,12 @@ async def test_a_job_from_the_stream_to_the_result_hash(served: tuple[GpuWorker,
     await _enqueue(pool, keys, "a1", _message(1))
     events = await _events(pool, keys, "1", until="result")
     assert [e.type for e in events if e.type not in ("llm", "render")] == [
-        "started", "stage", "chat", "stage", "result"]
+        "started",
+        "stage",
+        "chat",
+        "stage",
+        "result",
+    ]
     stored = await pool.hgetall(keys.result("a1"))
     meta = loads(stored[b"meta"])
     assert meta["worker"] == "local" and meta["attempt"] == 1 and len(meta["layout"]) == 3
@@ -116,7 +138,9 @@ async def test_a_dead_workers_jobs_are_claimed_with_the_delivery_count_as_attemp
     spent = await _enqueue(pool, keys, "a3", _message(3, max_attempts=2))
     again = await _enqueue(pool, keys, "a6", _message(6, max_attempts=3))
     await pool.xreadgroup(WORKER_GROUP, "dead-1", {stream: ">"}, count=2)  # delivery 1
-    await pool.xclaim(stream, WORKER_GROUP, "dead-2", min_idle_time=0, message_ids=[spent, again])  # delivery 2
+    await pool.xclaim(
+        stream, WORKER_GROUP, "dead-2", min_idle_time=0, message_ids=[spent, again]
+    )  # delivery 2
     worker = _local_worker(redis_url, prefix)
     task = asyncio.create_task(worker.run())
     try:
@@ -133,15 +157,20 @@ async def test_a_dead_workers_jobs_are_claimed_with_the_delivery_count_as_attemp
         await pool.aclose()
 
 
-async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[GpuWorker, Redis, Keys],
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+async def test_health_lists_live_and_gone_workers(
+    redis_url: str, served: tuple[GpuWorker, Redis, Keys], capsys: pytest.CaptureFixture[str]
+) -> None:
     _, pool, keys = served
     await pool.zadd(keys.workers, {"old-box": time.time() - 3600, "ancient": 1.0e9})  # no live records
 
     health = await read_health(pool, keys)
     (live,) = health.alive
     assert (live.worker_id, live.queue, live.models, live.concurrency) == (
-        "local", "default", {"llm": "tiny", "sdxl": "tiny-xl"}, 1)
+        "local",
+        "default",
+        {"llm": "tiny", "sdxl": "tiny-xl"},
+        1,
+    )
     assert health.capacity("default") == 1 and health.capacity("other") == 0
     lines = health.lines()
     assert lines[0].startswith("workers: 1 online, 1 gone")
@@ -154,7 +183,9 @@ async def test_health_lists_live_and_gone_workers(redis_url: str, served: tuple[
     assert "1 online" in out and "- local on " in out
 
 
-def test_worker_command_needs_a_redis_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_command_needs_a_redis_url(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("OMOST_REDIS_URL", raising=False)
     assert main(["worker", "--engine", "scripted"]) == 2
     assert "a Redis URL is needed" in capsys.readouterr().err
@@ -197,8 +228,10 @@ async def test_outbox_keeps_order_and_thins_out_progress() -> None:
 async def test_status_text_for_both_backends(redis_url: str, served: tuple[GpuWorker, Redis, Keys]) -> None:
     _, _, keys = served
     local = InProcessJobBackend(ScriptedEngine())
-    assert await status_lines(local) == ["queue: 0 running, 0 waiting in the bot",
-                                         "workers: this process (in-process queue)"]
+    assert await status_lines(local) == [
+        "queue: 0 running, 0 waiting in the bot",
+        "workers: this process (in-process queue)",
+    ]
     remote = RedisJobBackend(RedisConfig(url=redis_url, prefix=keys.prefix))
     lines = await status_lines(remote)
     await remote.close()
@@ -213,7 +246,9 @@ async def test_watchdog_tells_of_a_gone_worker_and_of_a_vanished_job(redis_url: 
     client = RedisJobClient(RedisConfig(url=redis_url, prefix=f"unit-{uuid.uuid4().hex[:8]}", queue="nobody"))
     await client.connect()
     try:
-        spec = JobSpec(job_id=9, prompt="x", history=(), llm=None, llm_params=LLMParams(), render_params=RenderParams())
+        spec = JobSpec(
+            job_id=9, prompt="x", history=(), llm=None, llm_params=LLMParams(), render_params=RenderParams()
+        )
         await client.submit(JobMessage(spec=spec, max_attempts=2))
         stream = client.keys.queue("nobody")
         # A worker takes it, says so, and dies: its entry stays pending under a worker no longer alive.
@@ -225,7 +260,10 @@ async def test_watchdog_tells_of_a_gone_worker_and_of_a_vanished_job(redis_url: 
         await client.watch()
         (requeued,) = await client.read_events(block_s=0.01)
         assert (requeued.type, requeued.attempt, requeued.data["reason"]) == (
-            "requeued", 1, "the GPU worker running it stopped")
+            "requeued",
+            1,
+            "the GPU worker running it stopped",
+        )
         await client.ack(requeued)
         await client.watch()  # said once per attempt
         assert await client.read_events(block_s=0.01) == []
@@ -241,7 +279,9 @@ async def test_watchdog_tells_of_a_gone_worker_and_of_a_vanished_job(redis_url: 
         await client.close()
 
 
-async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple[GpuWorker, Redis, Keys]) -> None:
+async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(
+    served: tuple[GpuWorker, Redis, Keys],
+) -> None:
     worker, pool, keys = served
     message = _message(5)
     message["prompt"] = "a long night {{delay=20}}"
@@ -259,8 +299,9 @@ async def test_a_worker_that_lost_its_lease_stops_and_stays_silent(served: tuple
 
 def test_real_engine_comes_from_the_workers_own_configuration(tmp_path: Path) -> None:
     config = tmp_path / "worker.toml"
-    config.write_text('[bot]\nllm_endpoint = "http://10.0.0.7:8000/v1"\nsdxl = "SG161222/RealVisXL_V4.0"\n'
-                      'device = "cpu"\n')
+    config.write_text(
+        '[bot]\nllm_endpoint = "http://10.0.0.7:8000/v1"\nsdxl = "SG161222/RealVisXL_V4.0"\ndevice = "cpu"\n'
+    )
     engine, models = build_engine(argparse.Namespace(engine="real", config=str(config), scripted_seconds=0.2))
     assert models == {"llm": "http://10.0.0.7:8000/v1", "sdxl": "SG161222/RealVisXL_V4.0"}
     assert callable(engine.chat) and callable(engine.render)  # built lazily: no model is loaded yet

@@ -156,21 +156,37 @@ class FakeOpenAIServer:
             self.failures_left -= 1
             headers = {"Retry-After": self.retry_after} if self.retry_after is not None else None
             message = {503: "model is loading", 429: "rate limit reached", 500: "internal error"}.get(
-                self.failure_status, "failed")
-            return web.json_response({"error": {"message": message}}, status=self.failure_status, headers=headers)
+                self.failure_status, "failed"
+            )
+            return web.json_response(
+                {"error": {"message": message}}, status=self.failure_status, headers=headers
+            )
         if refused := [name for name in self.refuse_fields if name in self.requests[-1]]:
-            return web.json_response({"error": {"message": f"Unrecognized request argument supplied: {refused[0]}",
-                                                "type": "invalid_request_error"}}, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "message": f"Unrecognized request argument supplied: {refused[0]}",
+                        "type": "invalid_request_error",
+                    }
+                },
+                status=400,
+            )
         if self.mode == "404":
-            return web.json_response({"error": {"message": "model 'x' not found", "type": "invalid_request"}},
-                                     status=404)
+            return web.json_response(
+                {"error": {"message": "model 'x' not found", "type": "invalid_request"}}, status=404
+            )
         if self.mode == "500":
             return web.Response(text="Internal Server Error: CUDA out of memory", status=500)
         if self.mode == "stall-before-headers":
             await self.stall()
         if self.mode == "json":
-            return web.json_response({"choices": [{"message": {"role": "assistant", "content": self.reply},
-                                                   "finish_reason": "stop"}]})
+            return web.json_response(
+                {
+                    "choices": [
+                        {"message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                    ]
+                }
+            )
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(b": keep-alive\n\n")
@@ -181,7 +197,9 @@ class FakeOpenAIServer:
             if self.mode == "error-event" and i == 3:
                 await response.write(sse({"error": {"message": "generation failed"}}))
                 return response
-            await response.write(sse({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]}))
+            await response.write(
+                sse({"choices": [{"index": 0, "delta": {"content": token}, "finish_reason": None}]})
+            )
         finish = "length" if self.mode == "length" else "stop"
         await response.write(sse({"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
         await response.write(b"data: [DONE]\n\n")

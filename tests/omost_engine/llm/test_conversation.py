@@ -36,11 +36,14 @@ def test_messages_are_system_then_pairs_then_prompt() -> None:
 
 def test_history_keeps_only_pairs_with_text_on_both_sides() -> None:
     history = [
-        ChatMessage("user", "a cat"), ChatMessage("assistant", "program 1"),
+        ChatMessage("user", "a cat"),
+        ChatMessage("assistant", "program 1"),
         ChatMessage("user", "unanswered"),
-        ChatMessage("user", "a dog"), ChatMessage("assistant", ""),  # empty reply: dropped
+        ChatMessage("user", "a dog"),
+        ChatMessage("assistant", ""),  # empty reply: dropped
         ChatMessage("assistant", "orphan reply"),
-        ChatMessage("user", "a fox"), ChatMessage("assistant", "program 2"),
+        ChatMessage("user", "a fox"),
+        ChatMessage("assistant", "program 2"),
     ]
     assert history_pairs(history) == [("a cat", "program 1"), ("a fox", "program 2")]
 
@@ -88,7 +91,9 @@ def test_conversation_file_round_trip(tmp_path: Path) -> None:
     assert load_conversation(tmp_path / "conversation.json") == (history, "m")
 
 
-@pytest.mark.parametrize("content", ["not json", '{"messages": 3}', '{"messages": [{"role": "system", "content": "x"}]}'])
+@pytest.mark.parametrize(
+    "content", ["not json", '{"messages": 3}', '{"messages": [{"role": "system", "content": "x"}]}']
+)
 def test_bad_conversation_files_are_clear_errors(tmp_path: Path, content: str) -> None:
     path = tmp_path / "conversation.json"
     path.write_text(content)

@@ -38,8 +38,12 @@ def chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
 @pytest.fixture(scope="module")
 def edit_turn(program_tokenizer, golden_reply) -> tuple[list[int], str]:
     first = golden_reply("01")
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "a dragon battle"},
-                {"role": "assistant", "content": first}, {"role": "user", "content": EDIT_REQUEST}]
+    messages = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "a dragon battle"},
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": EDIT_REQUEST},
+    ]
     return chat_ids(program_tokenizer, messages), golden_reply("02")
 
 
@@ -49,6 +53,7 @@ def oracle_for(tokenizer, prompt: list[int], reply: str) -> TranscriptOracle:
 
 
 # --- prompt lookup -------------------------------------------------------------------------------
+
 
 def test_draft_copies_what_followed_the_longest_matching_context() -> None:
     # "9 1 2" occurs twice; only the second is preceded by 7 like the end of the sequence.
@@ -76,19 +81,35 @@ def test_greedy_output_is_identical_with_and_without_prompt_lookup(tiny, grammar
 
     tokenizer, model, stop = tiny
     factory = GrammarFactory(tokenizer, stop_token_ids=[stop]) if grammar else None
-    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
-                                  {"role": "user", "content": "a dragon fighting warriors"}])
+    prompt = chat_ids(
+        tokenizer,
+        [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "a dragon fighting warriors"},
+        ],
+    )
     for draft_tokens in (5, 20):
         outputs, stats = [], []
         for lookup in (False, True):
-            config = DecodeConfig(max_new_tokens=160, temperature=0.0, prompt_lookup=lookup,
-                                  draft_tokens=draft_tokens, stop_ids=(stop,))
-            result = decode(CausalLMStepper(model), prompt, config,
-                            grammar=factory.matcher() if factory is not None else None)
+            config = DecodeConfig(
+                max_new_tokens=160,
+                temperature=0.0,
+                prompt_lookup=lookup,
+                draft_tokens=draft_tokens,
+                stop_ids=(stop,),
+            )
+            result = decode(
+                CausalLMStepper(model),
+                prompt,
+                config,
+                grammar=factory.matcher() if factory is not None else None,
+            )
             outputs.append(result.token_ids)
             stats.append(result.stats)
         assert outputs[0] == outputs[1]
-        assert stats[0].forward_passes == len(outputs[0]) - stats[0].forced - (outputs[0][-1] == stop) * grammar
+        assert (
+            stats[0].forward_passes == len(outputs[0]) - stats[0].forced - (outputs[0][-1] == stop) * grammar
+        )
         assert stats[1].accepted > 0  # drafts were verified and kept, not just skipped
         assert stats[1].forward_passes < stats[0].forward_passes
 
@@ -172,7 +193,9 @@ def test_cancel_takes_effect_at_the_next_token_even_inside_a_draft(program_token
             cancel.cancel()
 
     oracle = oracle_for(program_tokenizer, prompt, reply)
-    result = decode(oracle, prompt, DecodeConfig(temperature=0.0, draft_tokens=50), on_token=on_token, cancel=cancel)
+    result = decode(
+        oracle, prompt, DecodeConfig(temperature=0.0, draft_tokens=50), on_token=on_token, cancel=cancel
+    )
     assert result.stop_reason == "cancelled"
     assert seen == result.token_ids and len(seen) == 30
     assert reply.startswith(program_tokenizer.decode(seen))

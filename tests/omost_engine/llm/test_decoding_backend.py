@@ -32,12 +32,19 @@ def test_switches_off_give_one_pass_per_token(tiny_backend: TransformersBackend)
 
 
 @pytest.mark.parametrize("grammar", [False, True], ids=["free", "grammar"])
-def test_prompt_lookup_keeps_greedy_output_and_saves_passes(tiny_backend: TransformersBackend, grammar) -> None:
+def test_prompt_lookup_keeps_greedy_output_and_saves_passes(
+    tiny_backend: TransformersBackend, grammar
+) -> None:
     messages = build_messages([], "a dragon fighting warriors")
     runs = {}
     for lookup in (False, True):
-        params = LLMParams(temperature=0.0, max_new_tokens=300, prompt_lookup=lookup, prompt_lookup_tokens=10,
-                           grammar=grammar)
+        params = LLMParams(
+            temperature=0.0,
+            max_new_tokens=300,
+            prompt_lookup=lookup,
+            prompt_lookup_tokens=10,
+            grammar=grammar,
+        )
         runs[lookup] = tiny_backend.generate(messages, params)
     assert runs[True].text == runs[False].text
     assert runs[True].forward_passes <= runs[False].forward_passes

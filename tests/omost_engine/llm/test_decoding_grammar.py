@@ -16,8 +16,9 @@ from omost_engine.tables import COLORS, LOCATIONS
 
 GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
 # Small bounds keep random programs short (a test generates 20 of them).
-SMALL = GrammarLimits(max_string_bytes=32, max_comment_bytes=16, max_list_items=2, max_locals=1,
-                      max_comment_lines=1)
+SMALL = GrammarLimits(
+    max_string_bytes=32, max_comment_bytes=16, max_list_items=2, max_locals=1, max_comment_lines=1
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,7 +30,12 @@ def tiny() -> tuple:
 
     tokenizer = build_tokenizer()
     stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    return tokenizer, build_model(tokenizer), stop, GrammarFactory(tokenizer, limits=SMALL, stop_token_ids=[stop])
+    return (
+        tokenizer,
+        build_model(tokenizer),
+        stop,
+        GrammarFactory(tokenizer, limits=SMALL, stop_token_ids=[stop]),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +72,19 @@ def test_the_published_format_is_accepted_token_by_token(program_grammar, golden
     assert feed_text(factory, golden_reply(case))[0]
 
 
-@pytest.mark.parametrize("change", [
-    ("location='on the left'", "location='on the upper left'"),  # a name the original would fuzz-correct
-    ("distance_to_viewer=5.0", "distance_to_viewer=0"),
-    ("distance_to_viewer=5.0", "distance_to_viewer=-5.0"),
-    ("HTML_web_color_name='firebrick'", "HTML_web_color_name='#ff0000'"),
-    ("    atmosphere='Determined", "    mood='Determined"),  # unknown keyword
-    ("    tags='warriors, armor", "    tags=['warriors', 'armor"),  # tags must be a string
-    ("canvas = Canvas()", "import os\ncanvas = Canvas()"),
-    ("A mighty dragon.", "A mighty\x00dragon."),  # control characters never fit in a string
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("location='on the left'", "location='on the upper left'"),  # a name the original would fuzz-correct
+        ("distance_to_viewer=5.0", "distance_to_viewer=0"),
+        ("distance_to_viewer=5.0", "distance_to_viewer=-5.0"),
+        ("HTML_web_color_name='firebrick'", "HTML_web_color_name='#ff0000'"),
+        ("    atmosphere='Determined", "    mood='Determined"),  # unknown keyword
+        ("    tags='warriors, armor", "    tags=['warriors', 'armor"),  # tags must be a string
+        ("canvas = Canvas()", "import os\ncanvas = Canvas()"),
+        ("A mighty dragon.", "A mighty\x00dragon."),  # control characters never fit in a string
+    ],
+)
 def test_invalid_programs_are_refused(program_grammar, golden_reply, change) -> None:
     _, _, factory = program_grammar
     old, new = change
@@ -104,8 +113,13 @@ def test_random_tiny_model_always_writes_a_valid_program(tiny) -> None:
     """20 seeds of a random model under the constraint, prompt lookup on (the defaults): every reply
     is a program that the safe interpreter accepts."""
     tokenizer, model, stop, factory = tiny
-    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
-                                  {"role": "user", "content": "a dragon fighting warriors"}])
+    prompt = chat_ids(
+        tokenizer,
+        [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "a dragon fighting warriors"},
+        ],
+    )
     passes = tokens = 0
     for seed in range(20):
         config = DecodeConfig(seed=seed, temperature=0.6 if seed else 0.0, stop_ids=(stop,))
@@ -122,8 +136,10 @@ def test_random_tiny_model_always_writes_a_valid_program(tiny) -> None:
 def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_grammar, golden_reply) -> None:
     tokenizer, stop, factory = program_grammar
     reply = golden_reply("01")
-    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
-                                  {"role": "user", "content": "a dragon battle"}])
+    prompt = chat_ids(
+        tokenizer,
+        [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "a dragon battle"}],
+    )
     runs = {}
     for label, lookup in (("grammar", False), ("both", True)):
         oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=reply, stop_id=stop)
@@ -140,14 +156,21 @@ def test_forced_runs_reproduce_the_first_turn_in_fewer_passes(program_grammar, g
 def test_both_together_on_the_edit_turn(program_grammar, golden_reply) -> None:
     tokenizer, stop, factory = program_grammar
     first, edit = golden_reply("01"), golden_reply("02")
-    prompt = chat_ids(tokenizer, [{"role": "system", "content": SYSTEM_PROMPT},
-                                  {"role": "user", "content": "a dragon battle"},
-                                  {"role": "assistant", "content": first},
-                                  {"role": "user", "content": "change the dragon to a dinosaur"}])
+    prompt = chat_ids(
+        tokenizer,
+        [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": "a dragon battle"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "change the dragon to a dinosaur"},
+        ],
+    )
     outputs = {}
     for temperature, lookup in ((0.0, False), (0.0, True), (0.6, True)):
         oracle = TranscriptOracle(tokenizer, prompt_length=len(prompt), reply=edit, stop_id=stop)
-        config = DecodeConfig(temperature=temperature, prompt_lookup=lookup, draft_tokens=20, stop_ids=(stop,))
+        config = DecodeConfig(
+            temperature=temperature, prompt_lookup=lookup, draft_tokens=20, stop_ids=(stop,)
+        )
         result = decode(oracle, prompt, config, grammar=factory.matcher())
         assert tokenizer.decode(result.token_ids, skip_special_tokens=True) == edit
         outputs[temperature, lookup] = result.token_ids
@@ -180,8 +203,14 @@ def test_logits_processors_see_every_position_with_drafts_and_grammar(tiny, gold
     tokenizer, model, stop, _ = tiny
     factory = GrammarFactory(tokenizer, stop_token_ids=[stop])
     reply = golden_reply("04")
-    prompt = chat_ids(tokenizer, [{"role": "user", "content": "an apple"}, {"role": "assistant", "content": reply},
-                                  {"role": "user", "content": "the same again"}])
+    prompt = chat_ids(
+        tokenizer,
+        [
+            {"role": "user", "content": "an apple"},
+            {"role": "assistant", "content": reply},
+            {"role": "user", "content": "the same again"},
+        ],
+    )
     hook = processors_hook([forced_reply_processor(tokenizer, reply, "<|eot_id|>")])
     config = DecodeConfig(seed=3, stop_ids=(stop,))
     result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher(), logits_hook=hook)
@@ -196,20 +225,25 @@ def test_a_string_limit_below_the_longest_name_is_refused(tiny) -> None:
         GrammarFactory(tokenizer, limits=GrammarLimits(max_string_bytes=20))
 
 
-HEAD = ("```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
-        "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='red',\n)\n\n")
-
-
-@pytest.mark.parametrize("prefix", [
-    "",
-    "```python\n# Initialize the can",  # inside a comment
-    "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A dra",  # in a string
+HEAD = (
     "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
-    "    detailed_descriptions=[\n        'x',\n",  # between list items
-    HEAD + "canvas.add_local_description(\n    location='on the ",  # in a name
-    HEAD + "canvas.add_local_description(\n    location='on the left',\n    offset='no offset',\n"
-    "    area='a small square area',\n    distance_to_viewer=5.",  # in a number
-])
+    "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='red',\n)\n\n"
+)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "",
+        "```python\n# Initialize the can",  # inside a comment
+        "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A dra",  # in a string
+        "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
+        "    detailed_descriptions=[\n        'x',\n",  # between list items
+        HEAD + "canvas.add_local_description(\n    location='on the ",  # in a name
+        HEAD + "canvas.add_local_description(\n    location='on the left',\n    offset='no offset',\n"
+        "    area='a small square area',\n    distance_to_viewer=5.",  # in a number
+    ],
+)
 def test_completion_finishes_any_partial_program(tiny, prefix) -> None:
     tokenizer, _, _, factory = tiny
     state = factory.matcher()
@@ -236,8 +270,10 @@ def test_a_small_token_budget_still_ends_in_a_valid_program(tiny) -> None:
         parse_reply(tokenizer.decode(result.token_ids, skip_special_tokens=True))
 
 
-_COLOUR_HEAD = ("```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
-                "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='")
+_COLOUR_HEAD = (
+    "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A',\n"
+    "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='"
+)
 _CLOSE_A_COLOUR = f"""
 from omost_engine.llm.decoding.grammar import GrammarFactory
 from omost_engine.testing.tiny_llm import build_tokenizer
@@ -265,8 +301,15 @@ def test_completion_names_the_same_colour_whatever_the_hash_seed(tiny) -> None:
     assert tokenizer.decode(state.completion()).startswith("red',\n)")
     # On the set-based code, PYTHONHASHSEED=2 closed with 'tan'.
     env = {**os.environ, "PYTHONHASHSEED": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run([sys.executable, "-c", _CLOSE_A_COLOUR], env=env, capture_output=True, text=True,
-                          timeout=300, check=False, cwd=Path(__file__).resolve().parents[3])
+    done = subprocess.run(
+        [sys.executable, "-c", _CLOSE_A_COLOUR],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).resolve().parents[3],
+    )
     assert done.stdout.strip() == "red',", (done.stdout, done.stderr[-2000:])
 
 
@@ -278,7 +321,9 @@ def test_masking_falls_back_to_a_backend_that_works_here() -> None:
     from omost_engine.llm.decoding.grammar import apply_bitmask
 
     logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0))
-    bitmask = torch.randint(-(2**31), 2**31 - 1, (1, 32), dtype=torch.int32, generator=torch.Generator().manual_seed(1))
+    bitmask = torch.randint(
+        -(2**31), 2**31 - 1, (1, 32), dtype=torch.int32, generator=torch.Generator().manual_seed(1)
+    )
     expected = logits.clone()
     xgr.apply_token_bitmask_inplace(expected, bitmask, vocab_size=1000, backend="cpu")
     masked = logits.clone()

@@ -16,8 +16,10 @@ from omost_engine.reply import parse_reply
 
 VOCAB = 8
 STOP = 7
-HEAD = ("```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A dragon',\n"
-        "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='red',\n)\n")
+HEAD = (
+    "```python\ncanvas = Canvas()\n\ncanvas.set_global_description(\n    description='A dragon',\n"
+    "    detailed_descriptions=[],\n    tags='t',\n    HTML_web_color_name='red',\n)\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,11 @@ def grammar_kit() -> tuple:
 
     tokenizer = build_tokenizer()
     stop = tokenizer.convert_tokens_to_ids("<|eot_id|>")
-    return tokenizer, stop, GrammarFactory(tokenizer, limits=GrammarLimits(max_locals=1), stop_token_ids=[stop])
+    return (
+        tokenizer,
+        stop,
+        GrammarFactory(tokenizer, limits=GrammarLimits(max_locals=1), stop_token_ids=[stop]),
+    )
 
 
 def state_after(kit: tuple, text: str):
@@ -69,10 +75,12 @@ def test_common_prefix_length() -> None:
 
 # --- planning ------------------------------------------------------------------------------------
 
+
 def test_without_a_grammar_the_plan_is_the_budget_and_a_lookup_draft() -> None:
     lookup = PromptLookup([1, 2, 3, 4, 5, 1, 2])
-    planner = Planner(grammar=None, lookup=lookup, draft_tokens=2, forcing=True, stop_ids=(STOP,),
-                      stops=frozenset({STOP}))
+    planner = Planner(
+        grammar=None, lookup=lookup, draft_tokens=2, forcing=True, stop_ids=(STOP,), stops=frozenset({STOP})
+    )
     assert planner.before_pass(9) == ForcedRun(tokens=(), limit=9)
     assert planner.before_pass(0) == Ending(reason="length")
     assert planner.end_without_pass() is None
@@ -83,8 +91,9 @@ def test_without_a_grammar_the_plan_is_the_budget_and_a_lookup_draft() -> None:
 def test_the_forced_run_is_accepted_and_leaves_the_room_after_it(grammar_kit) -> None:
     tokenizer, stop, factory = grammar_kit
     state = factory.matcher()
-    planner = Planner(grammar=state, lookup=None, draft_tokens=20, forcing=True, stop_ids=(stop,),
-                      stops=frozenset({stop}))
+    planner = Planner(
+        grammar=state, lookup=None, draft_tokens=20, forcing=True, stop_ids=(stop,), stops=frozenset({stop})
+    )
     before = planner.before_pass(1000)
     assert isinstance(before, ForcedRun) and before.tokens
     assert "```python\n".startswith(tokenizer.decode(list(before.tokens)))
@@ -92,22 +101,40 @@ def test_the_forced_run_is_accepted_and_leaves_the_room_after_it(grammar_kit) ->
     assert planner.reserve == factory.call_tokens + CLOSING_MARGIN
     assert state.allowed_tokens() != factory.matcher().allowed_tokens()  # the matcher moved past the run
     # Without forcing nothing is appended before the pass.
-    off = Planner(grammar=factory.matcher(), lookup=None, draft_tokens=20, forcing=False, stop_ids=(stop,),
-                  stops=frozenset({stop}))
+    off = Planner(
+        grammar=factory.matcher(),
+        lookup=None,
+        draft_tokens=20,
+        forcing=False,
+        stop_ids=(stop,),
+        stops=frozenset({stop}),
+    )
     assert off.before_pass(1000) == ForcedRun(tokens=(), limit=1000 - off.reserve)
 
 
 def test_a_budget_inside_the_reserve_closes_the_program_without_a_pass(grammar_kit) -> None:
     tokenizer, stop, _ = grammar_kit
     text = HEAD + "\ncanvas.add_local_description(\n    location='on the"
-    planner = Planner(grammar=state_after(grammar_kit, text), lookup=None, draft_tokens=20, forcing=True,
-                      stop_ids=(stop,), stops=frozenset({stop}))
+    planner = Planner(
+        grammar=state_after(grammar_kit, text),
+        lookup=None,
+        draft_tokens=20,
+        forcing=True,
+        stop_ids=(stop,),
+        stops=frozenset({stop}),
+    )
     ending = planner.before_pass(planner.reserve)
     assert isinstance(ending, Ending) and ending.reason == "stop" and ending.end == (stop,)
     parse_reply(text + tokenizer.decode(list(ending.closing)))
     # An ending that fills the budget leaves no room for the end token: the reply stops at the length.
-    short = Planner(grammar=state_after(grammar_kit, text), lookup=None, draft_tokens=20, forcing=True,
-                    stop_ids=(stop,), stops=frozenset({stop}))
+    short = Planner(
+        grammar=state_after(grammar_kit, text),
+        lookup=None,
+        draft_tokens=20,
+        forcing=True,
+        stop_ids=(stop,),
+        stops=frozenset({stop}),
+    )
     cut = short.before_pass(3)
     assert cut == Ending(reason="length", closing=ending.closing[:3])
 
@@ -115,8 +142,9 @@ def test_a_budget_inside_the_reserve_closes_the_program_without_a_pass(grammar_k
 def test_a_complete_program_ends_with_the_end_token_and_no_pass(grammar_kit) -> None:
     _, stop, _ = grammar_kit
     state = state_after(grammar_kit, HEAD + "```")
-    planner = Planner(grammar=state, lookup=None, draft_tokens=20, forcing=True, stop_ids=(stop,),
-                      stops=frozenset({stop}))
+    planner = Planner(
+        grammar=state, lookup=None, draft_tokens=20, forcing=True, stop_ids=(stop,), stops=frozenset({stop})
+    )
     before = planner.before_pass(1000)
     assert before == ForcedRun(tokens=(), limit=1000 - planner.reserve)
     assert planner.end_without_pass() == Ending(reason="stop", end=(stop,))
@@ -131,17 +159,24 @@ def test_the_draft_is_cut_where_the_grammar_refuses_and_the_matcher_stays(gramma
     good = tokenizer.encode("\ncanvas.add_local_description(\n", add_special_tokens=False)
     bad = tokenizer.encode("import os", add_special_tokens=False)
     lookup = PromptLookup([5, *good, *bad, 6, 5])
-    planner = Planner(grammar=state, lookup=lookup, draft_tokens=50, forcing=True, stop_ids=(stop,),
-                      stops=frozenset({stop}))
+    planner = Planner(
+        grammar=state, lookup=lookup, draft_tokens=50, forcing=True, stop_ids=(stop,), stops=frozenset({stop})
+    )
     assert planner.draft(limit=50) == good
     assert state.allowed_tokens() == allowed
 
 
 # --- verification --------------------------------------------------------------------------------
 
+
 def verifier(**options) -> Verifier:
-    return Verifier(pick=options.pop("pick", argmax), grammar=options.pop("grammar", None),
-                    forcing=options.pop("forcing", False), stops=options.pop("stops", frozenset({STOP})), **options)
+    return Verifier(
+        pick=options.pop("pick", argmax),
+        grammar=options.pop("grammar", None),
+        forcing=options.pop("forcing", False),
+        stops=options.pop("stops", frozenset({STOP})),
+        **options,
+    )
 
 
 def test_a_draft_the_model_agrees_with_is_kept_and_the_last_row_adds_a_token() -> None:
@@ -201,6 +236,7 @@ def test_a_token_the_grammar_refuses_is_dropped_and_reported(grammar_kit) -> Non
 
 
 # --- commit and rewind ---------------------------------------------------------------------------
+
 
 def test_commit_hands_tokens_out_in_order_and_feeds_the_lookup() -> None:
     seen: list[int] = []

@@ -35,16 +35,28 @@ def prompts(tiny, golden_reply) -> dict[str, list[int]]:
     tokenizer = tiny[0]
     system = {"role": "system", "content": SYSTEM_PROMPT}
     first = [system, {"role": "user", "content": "a dragon fighting warriors"}]
-    edit = [*first, {"role": "assistant", "content": golden_reply("04")}, {"role": "user", "content": "make it red"}]
+    edit = [
+        *first,
+        {"role": "assistant", "content": golden_reply("04")},
+        {"role": "user", "content": "make it red"},
+    ]
     return {"first turn": chat_ids(tokenizer, first), "edit turn": chat_ids(tokenizer, edit)}
 
 
 def generate(model, tokenizer, prompt: list[int], stop: int, max_new_tokens: int, **options) -> list[int]:
     ids = torch.tensor([prompt])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, temperature=None, top_p=None,
-                         max_new_tokens=max_new_tokens, eos_token_id=[stop], pad_token_id=tokenizer.pad_token_id,
-                         **options)
-    return out[0, len(prompt):].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=[stop],
+        pad_token_id=tokenizer.pad_token_id,
+        **options,
+    )
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("turn", ["first turn", "edit turn"])
@@ -53,7 +65,9 @@ def test_greedy_output_matches_generate_with_prompt_lookup(tiny, prompts, turn) 
     prompt = prompts[turn]
     for draft_tokens in (3, 10):
         expected = generate(model, tokenizer, prompt, stop, 120, prompt_lookup_num_tokens=draft_tokens)
-        config = DecodeConfig(max_new_tokens=120, temperature=0.0, draft_tokens=draft_tokens, stop_ids=(stop,))
+        config = DecodeConfig(
+            max_new_tokens=120, temperature=0.0, draft_tokens=draft_tokens, stop_ids=(stop,)
+        )
         result = decode(CausalLMStepper(model), prompt, config)
         assert result.token_ids == expected
         assert result.stats.accepted > 0  # drafts were checked and kept, not skipped
@@ -69,12 +83,14 @@ def test_greedy_output_under_the_grammar_matches_generate_with_xgrammars_process
     prompt = prompts["edit turn"]
     budget = 320
     before_reserve = budget - factory.call_tokens - CLOSING_MARGIN
-    expected = generate(model, tokenizer, prompt, stop, before_reserve,
-                        logits_processor=[LogitsProcessor(factory.compiled)])
+    expected = generate(
+        model, tokenizer, prompt, stop, before_reserve, logits_processor=[LogitsProcessor(factory.compiled)]
+    )
     assert len(expected) == before_reserve and stop not in expected
     for lookup in (False, True):
-        config = DecodeConfig(max_new_tokens=budget, temperature=0.0, prompt_lookup=lookup, forced_runs=False,
-                              stop_ids=(stop,))
+        config = DecodeConfig(
+            max_new_tokens=budget, temperature=0.0, prompt_lookup=lookup, forced_runs=False, stop_ids=(stop,)
+        )
         result = decode(CausalLMStepper(model), prompt, config, grammar=factory.matcher())
         assert result.token_ids[:before_reserve] == expected
         assert result.stop_reason == "stop"  # and then the program was closed within the budget
@@ -90,5 +106,12 @@ def test_xgrammars_processor_cannot_run_under_prompt_lookup(tiny, prompts) -> No
 
     tokenizer, model, stop, factory = tiny
     with pytest.raises(AssertionError):
-        generate(model, tokenizer, prompts["edit turn"], stop, 200, prompt_lookup_num_tokens=10,
-                 logits_processor=[LogitsProcessor(factory.compiled)])
+        generate(
+            model,
+            tokenizer,
+            prompts["edit turn"],
+            stop,
+            200,
+            prompt_lookup_num_tokens=10,
+            logits_processor=[LogitsProcessor(factory.compiled)],
+        )

@@ -6,7 +6,9 @@ from omost_engine.reply import parse_reply
 
 
 @pytest.mark.parametrize("case", ["01", "02"])
-def test_every_cut_of_a_golden_reply_reads_without_error_and_regions_only_grow(golden_reply, case: str) -> None:
+def test_every_cut_of_a_golden_reply_reads_without_error_and_regions_only_grow(
+    golden_reply, case: str
+) -> None:
     reply = golden_reply(case)
     final = tuple(parse_reply(reply).conditions)
     canvas = IncrementalCanvas()

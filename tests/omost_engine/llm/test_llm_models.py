@@ -18,9 +18,14 @@ from omost_engine.memory import ModelManager
 def test_registry_lists_the_published_models() -> None:
     repos = {m.repo for m in KNOWN_MODELS}
     assert DEFAULT_LLM == "lllyasviel/omost-llama-3-8b-4bits"
-    assert {"lllyasviel/omost-llama-3-8b-4bits", "lllyasviel/omost-dolphin-2.9-llama3-8b-4bits",
-            "lllyasviel/omost-phi-3-mini-128k-8bits", "lllyasviel/omost-llama-3-8b",
-            "lllyasviel/omost-dolphin-2.9-llama3-8b", "lllyasviel/omost-phi-3-mini-128k"} <= repos
+    assert {
+        "lllyasviel/omost-llama-3-8b-4bits",
+        "lllyasviel/omost-dolphin-2.9-llama3-8b-4bits",
+        "lllyasviel/omost-phi-3-mini-128k-8bits",
+        "lllyasviel/omost-llama-3-8b",
+        "lllyasviel/omost-dolphin-2.9-llama3-8b",
+        "lllyasviel/omost-phi-3-mini-128k",
+    } <= repos
     assert is_unfiltered("lllyasviel/omost-dolphin-2.9-llama3-8b-4bits")
     assert is_unfiltered("omost-dolphin-2.9-llama3-8b")
     assert not is_unfiltered(DEFAULT_LLM)
@@ -74,13 +79,17 @@ def test_plain_model_loads_once_and_is_reused(tiny_llm_dir: Path) -> None:
     assert loader.loaded() == [str(tiny_llm_dir.resolve())]
 
 
-@pytest.mark.parametrize(("family", "quantization", "layer"), [
-    ("llama-3", "4bit", "Linear4bit"),  # as omost-llama-3-8b-4bits / dolphin 4bits
-    ("llama-3", "8bit", "Linear8bitLt"),
-    ("phi-3", "8bit", "Linear8bitLt"),  # as omost-phi-3-mini-128k-8bits
-])
-def test_prequantized_checkpoints_load_with_their_own_config(tmp_path: Path, family: str, quantization: str,
-                                                            layer: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "quantization", "layer"),
+    [
+        ("llama-3", "4bit", "Linear4bit"),  # as omost-llama-3-8b-4bits / dolphin 4bits
+        ("llama-3", "8bit", "Linear8bitLt"),
+        ("phi-3", "8bit", "Linear8bitLt"),  # as omost-phi-3-mini-128k-8bits
+    ],
+)
+def test_prequantized_checkpoints_load_with_their_own_config(
+    tmp_path: Path, family: str, quantization: str, layer: str
+) -> None:
     from omost_engine.llm.conversation import build_messages
     from omost_engine.llm.transformers_backend import TransformersBackend
     from omost_engine.params import LLMParams
@@ -150,7 +159,9 @@ def test_backend_registers_as_llm_and_loads_it_before_generating(tiny_llm_dir: P
     assert backend._state is None  # the cached prompt state never outlives a move
 
 
-def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_hub_id_that_cannot_be_fetched_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing cached under cache_dir, no network
     with pytest.raises(OmostError, match="cannot load the LLM someone/omost-finetune") as info:
         LLMLoader(allow_cpu=True, cache_dir=str(tmp_path)).get("someone/omost-finetune")

@@ -19,13 +19,16 @@ def server(openai_server):
     return openai_server
 
 
-@pytest.mark.parametrize(("base", "url"), [
-    ("http://h:8000", "http://h:8000/v1/chat/completions"),
-    ("http://h:8000/", "http://h:8000/v1/chat/completions"),
-    ("http://h:8000/v1", "http://h:8000/v1/chat/completions"),
-    ("https://h/api/v1/", "https://h/api/v1/chat/completions"),
-    ("http://h:11434/v1/chat/completions", "http://h:11434/v1/chat/completions"),
-])
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("http://h:8000", "http://h:8000/v1/chat/completions"),
+        ("http://h:8000/", "http://h:8000/v1/chat/completions"),
+        ("http://h:8000/v1", "http://h:8000/v1/chat/completions"),
+        ("https://h/api/v1/", "https://h/api/v1/chat/completions"),
+        ("http://h:11434/v1/chat/completions", "http://h:11434/v1/chat/completions"),
+    ],
+)
 def test_base_urls(base: str, url: str) -> None:
     assert chat_completions_url(base) == url
 
@@ -39,7 +42,9 @@ def test_bad_endpoint_urls(base: str) -> None:
 def test_streams_the_reply_and_passes_the_parameters(server) -> None:
     backend = OpenAIBackend(server.base + "/v1", model="omost", api_key="sk-test")
     pieces: list[str] = []
-    generation = backend.generate(build_messages([], "a dragon"), PARAMS, on_text=lambda p, n: pieces.append(p))
+    generation = backend.generate(
+        build_messages([], "a dragon"), PARAMS, on_text=lambda p, n: pieces.append(p)
+    )
     assert generation.text == server.reply == "".join(pieces)
     assert generation.stop_reason == "end"
     assert generation.tokens == len(split_tokens(server.reply))
@@ -66,11 +71,14 @@ def test_length_finish_and_non_streaming_servers(server) -> None:
     assert generation.text == server.reply and generation.stop_reason == "end"
 
 
-@pytest.mark.parametrize(("mode", "pattern"), [
-    ("404", r"HTTP 404: model 'x' not found"),
-    ("500", r"HTTP 500: Internal Server Error: CUDA out of memory"),
-    ("error-event", r"reported an error: generation failed"),
-])
+@pytest.mark.parametrize(
+    ("mode", "pattern"),
+    [
+        ("404", r"HTTP 404: model 'x' not found"),
+        ("500", r"HTTP 500: Internal Server Error: CUDA out of memory"),
+        ("error-event", r"reported an error: generation failed"),
+    ],
+)
 def test_http_failures_are_clear_errors(server, mode: str, pattern: str) -> None:
     server.mode = mode
     with pytest.raises(OmostError, match=pattern) as info:
@@ -109,8 +117,9 @@ def test_a_server_error_is_retried_with_jittered_exponential_backoff(server) -> 
     server.failures_left, server.failure_status = 2, 500
     waits = RecordedWaits()
     factors = iter([0.5, 1.25, 1.0])
-    backend = OpenAIBackend(server.base, model="m", retries=3, retry_delay=0.2, sleep=waits,
-                            jitter=lambda: next(factors))
+    backend = OpenAIBackend(
+        server.base, model="m", retries=3, retry_delay=0.2, sleep=waits, jitter=lambda: next(factors)
+    )
     assert backend.generate(build_messages([], "a"), PARAMS).text == server.reply
     assert len(server.requests) == 3
     assert waits.waits == pytest.approx([0.2 * 1 * 0.5, 0.2 * 2 * 1.25])
@@ -163,8 +172,9 @@ def test_cancel_interrupts_a_stalled_read(server) -> None:
     server.mode = "stall"
     cancel = CancelToken()
     backend = OpenAIBackend(server.base, model="m", read_timeout=60)
-    generation = backend.generate(build_messages([], "a"), PARAMS, cancel=cancel,
-                                  on_text=lambda p, n: n == 5 and cancel.cancel())
+    generation = backend.generate(
+        build_messages([], "a"), PARAMS, cancel=cancel, on_text=lambda p, n: n == 5 and cancel.cancel()
+    )
     assert generation.stop_reason == "cancelled"
     assert generation.tokens == 5
 
@@ -223,28 +233,42 @@ def test_the_remote_grammar_compiles_and_accepts_golden_01(grammar_text: str, go
     assert "{0,1000}" in grammar_text  # string lengths are bounded inside the grammar: no guard on a server
 
 
-@pytest.mark.parametrize(("grammar_field", "fields"), [
-    ("llama.cpp", {"grammar"}),
-    ("vllm", {"structured_outputs"}),
-    ("vllm-guided", {"guided_grammar"}),
-    ("none", set()),
-])
-def test_the_grammar_goes_in_the_named_field(server, grammar_text: str, grammar_field, fields: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("grammar_field", "fields"),
+    [
+        ("llama.cpp", {"grammar"}),
+        ("vllm", {"structured_outputs"}),
+        ("vllm-guided", {"guided_grammar"}),
+        ("none", set()),
+    ],
+)
+def test_the_grammar_goes_in_the_named_field(
+    server, grammar_text: str, grammar_field, fields: set[str]
+) -> None:
     backend = OpenAIBackend(server.base, model="m", grammar_field=grammar_field)
     generation = backend.generate(build_messages([], "a"), PARAMS)
     assert generation.text == server.reply and generation.notes == ()
     assert sent_grammar(server.requests[0], grammar_text) == fields
 
 
-@pytest.mark.parametrize(("owned_by", "version", "fields"), [
-    ("llamacpp", None, {"grammar"}),
-    ("vllm", "0.13.1", {"structured_outputs"}),
-    ("vllm", "0.11.2", {"guided_grammar"}),
-    ("vllm", None, {"structured_outputs"}),
-    ("library", None, {"grammar", "structured_outputs"}),  # Ollama: both, it ignores what it does not know
-    (None, None, {"grammar", "structured_outputs"}),
-])
-def test_auto_asks_the_server_what_it_is(server, grammar_text: str, owned_by, version, fields: set[str]) -> None:
+@pytest.mark.parametrize(
+    ("owned_by", "version", "fields"),
+    [
+        ("llamacpp", None, {"grammar"}),
+        ("vllm", "0.13.1", {"structured_outputs"}),
+        ("vllm", "0.11.2", {"guided_grammar"}),
+        ("vllm", None, {"structured_outputs"}),
+        (
+            "library",
+            None,
+            {"grammar", "structured_outputs"},
+        ),  # Ollama: both, it ignores what it does not know
+        (None, None, {"grammar", "structured_outputs"}),
+    ],
+)
+def test_auto_asks_the_server_what_it_is(
+    server, grammar_text: str, owned_by, version, fields: set[str]
+) -> None:
     server.owned_by, server.version = owned_by, version
     backend = OpenAIBackend(server.base, model="m")
     backend.generate(build_messages([], "a"), PARAMS)
@@ -256,7 +280,8 @@ def test_auto_asks_the_server_what_it_is(server, grammar_text: str, owned_by, ve
 def test_no_grammar_field_when_the_grammar_is_off(server, grammar_field) -> None:
     server.owned_by = "vllm"
     OpenAIBackend(server.base, model="m", grammar_field=grammar_field).generate(
-        build_messages([], "a"), PARAMS.replace(grammar=False))
+        build_messages([], "a"), PARAMS.replace(grammar=False)
+    )
     assert not GRAMMAR_FIELDS & server.requests[0].keys()
 
 
@@ -268,8 +293,10 @@ def test_a_refused_grammar_is_dropped_once_and_remembered(server, grammar_text: 
     with caplog.at_level("WARNING", logger="omost_engine.llm.openai_backend"):
         generation = backend.generate(build_messages([], "a"), PARAMS)
     assert generation.text == server.reply
-    assert [sent_grammar(body, grammar_text) for body in server.requests] == [{"grammar", "structured_outputs"},
-                                                                               set()]
+    assert [sent_grammar(body, grammar_text) for body in server.requests] == [
+        {"grammar", "structured_outputs"},
+        set(),
+    ]
     (note,) = generation.notes
     assert "refused the canvas grammar (HTTP 400: Unrecognized request argument supplied: grammar)" in note
     assert "not constrained" in note and "refused the canvas grammar" in caplog.text
@@ -296,12 +323,24 @@ def test_an_unknown_grammar_field_kind_is_refused() -> None:
 
 
 @pytest.mark.parametrize(("flags", "fields"), [((), {"grammar"}), (("--no-grammar",), set())])
-def test_compose_no_grammar_turns_the_remote_grammar_off(server, grammar_text: str, tmp_path: Path, capsys,
-                                                         flags: tuple[str, ...], fields: set[str]) -> None:
+def test_compose_no_grammar_turns_the_remote_grammar_off(
+    server, grammar_text: str, tmp_path: Path, capsys, flags: tuple[str, ...], fields: set[str]
+) -> None:
     from bot.cli import main
 
     server.owned_by = "llamacpp"
-    status = main(["compose", "a dragon", "--llm-endpoint", server.base, "--no-render", "--quiet",
-                   "--out", str(tmp_path / "out"), *flags])
+    status = main(
+        [
+            "compose",
+            "a dragon",
+            "--llm-endpoint",
+            server.base,
+            "--no-render",
+            "--quiet",
+            "--out",
+            str(tmp_path / "out"),
+            *flags,
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     assert sent_grammar(server.requests[-1], grammar_text) == fields

@@ -49,7 +49,9 @@ def rows(vocab: int) -> list[torch.Tensor]:
     return [peaked, flat, masked, single]
 
 
-@pytest.mark.parametrize(("top_p", "temperature"), [(0.05, 1.0), (0.5, 0.3), (0.9, 0.6), (0.9, 1.7), (0.999, 1.0)])
+@pytest.mark.parametrize(
+    ("top_p", "temperature"), [(0.05, 1.0), (0.5, 0.3), (0.9, 0.6), (0.9, 1.7), (0.999, 1.0)]
+)
 def test_same_nucleus_probabilities_and_seeded_draws_as_a_full_sort(top_p, temperature) -> None:
     for row in rows(32_064):
         new = Sampler(temperature=temperature, top_p=top_p, seed=11)

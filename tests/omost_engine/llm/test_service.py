@@ -19,7 +19,9 @@ def test_chat_returns_the_parsed_layout_and_progress(golden_reply) -> None:
     reply = golden_reply("01")
     backend = ScriptedBackend([reply], name="scripted-omost")
     progress: list[LLMProgress] = []
-    result = ChatService(backend=backend).chat([], "a dragon fighting warriors", PARAMS, on_progress=progress.append)
+    result = ChatService(backend=backend).chat(
+        [], "a dragon fighting warriors", PARAMS, on_progress=progress.append
+    )
     assert isinstance(result, ChatResult)
     assert result.reply == reply
     assert result.layout.conditions == parse_reply(reply).conditions
@@ -108,7 +110,8 @@ def test_a_cut_reply_says_so(golden_reply) -> None:
         ChatService(backend=ScriptedBackend([reply])).chat([], "a cat", LLMParams(max_new_tokens=128))
     # A program that is complete within the limit carries a note when the limit was reached anyway.
     result = ChatService(backend=ScriptedBackend([reply + "\n" + "trailing words " * 200])).chat(
-        [], "a cat", LLMParams(max_new_tokens=len(split_tokens(reply)) + 10))
+        [], "a cat", LLMParams(max_new_tokens=len(split_tokens(reply)) + 10)
+    )
     assert any("max_new_tokens" in note for note in result.notes)
 
 

@@ -39,8 +39,11 @@ def test_phi3_chat_template_and_end_tokens(tiny_phi3_dir: Path) -> None:
 
 def test_streamed_pieces_make_the_reply(tiny_backend: TransformersBackend) -> None:
     pieces: list[tuple[str, int]] = []
-    generation = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=200, seed=3),
-                                       on_text=lambda piece, tokens: pieces.append((piece, tokens)))
+    generation = tiny_backend.generate(
+        build_messages([], "a dragon"),
+        LLMParams(max_new_tokens=200, seed=3),
+        on_text=lambda piece, tokens: pieces.append((piece, tokens)),
+    )
     assert "".join(p for p, _ in pieces) == generation.text
     counts = [n for _, n in pieces]
     assert counts == sorted(counts) and counts[-1] <= generation.tokens <= 200
@@ -69,13 +72,17 @@ def test_temperature_zero_is_greedy_whatever_the_seed(tiny_backend: Transformers
     pieces: list[int] = []
     tiny_backend._state = None
     # Unconstrained: under the canvas grammar the first token is the forced code fence.
-    tiny_backend._generate(tiny_backend.encode(messages), GREEDY.replace(grammar=False), pieces.append, CancelToken())
+    tiny_backend._generate(
+        tiny_backend.encode(messages), GREEDY.replace(grammar=False), pieces.append, CancelToken()
+    )
     assert pieces[0] == expected
 
 
 def test_max_new_tokens_stops_a_reply(tiny_backend: TransformersBackend) -> None:
     # A low temperature keeps the random model away from its end-of-turn token for a while.
-    generation = tiny_backend.generate(build_messages([], "a"), LLMParams(max_new_tokens=128, seed=5, top_p=0.5))
+    generation = tiny_backend.generate(
+        build_messages([], "a"), LLMParams(max_new_tokens=128, seed=5, top_p=0.5)
+    )
     assert generation.tokens <= 128
     if generation.stop_reason == "length":
         assert generation.tokens == 128
@@ -90,8 +97,12 @@ def test_cancel_stops_within_two_tokens(tiny_backend: TransformersBackend) -> No
         if tokens >= 5:
             cancel.cancel()
 
-    generation = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, seed=11),
-                                       on_text=on_text, cancel=cancel)
+    generation = tiny_backend.generate(
+        build_messages([], "a dragon"),
+        LLMParams(max_new_tokens=4096, seed=11),
+        on_text=on_text,
+        cancel=cancel,
+    )
     assert generation.stop_reason == "cancelled"
     assert 5 <= generation.tokens <= 7
 
@@ -102,8 +113,12 @@ def test_cancel_from_another_thread(tiny_backend: TransformersBackend) -> None:
     result = {}
 
     def run() -> None:
-        result["g"] = tiny_backend.generate(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, seed=2,
-                                            top_p=0.3), on_text=lambda p, n: started.set(), cancel=cancel)
+        result["g"] = tiny_backend.generate(
+            build_messages([], "a dragon"),
+            LLMParams(max_new_tokens=4096, seed=2, top_p=0.3),
+            on_text=lambda p, n: started.set(),
+            cancel=cancel,
+        )
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -137,7 +152,9 @@ async def test_astream_yields_pieces_without_blocking_the_loop(tiny_backend: Tra
             await asyncio.sleep(0.001)
 
     task = asyncio.create_task(ticker())
-    pieces = [p async for p in tiny_backend.astream(build_messages([], "a dragon"), LLMParams(max_new_tokens=300))]
+    pieces = [
+        p async for p in tiny_backend.astream(build_messages([], "a dragon"), LLMParams(max_new_tokens=300))
+    ]
     task.cancel()
     assert pieces
     assert ticks > 5  # the loop kept running while the model generated
@@ -145,8 +162,9 @@ async def test_astream_yields_pieces_without_blocking_the_loop(tiny_backend: Tra
 
 async def test_leaving_astream_early_cancels_generation(tiny_backend: TransformersBackend) -> None:
     cancel = CancelToken()
-    stream = tiny_backend.astream(build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, top_p=0.3),
-                                  cancel=cancel)
+    stream = tiny_backend.astream(
+        build_messages([], "a dragon"), LLMParams(max_new_tokens=4096, top_p=0.3), cancel=cancel
+    )
     async for _ in stream:
         break
     await stream.aclose()
@@ -173,7 +191,9 @@ def test_incremental_decoder_matches_a_full_decode(tiny_backend: TransformersBac
 def test_a_tiny_top_p_keeps_only_the_most_likely_token(tiny_backend: TransformersBackend) -> None:
     messages = build_messages([], "a dragon")
     greedy = tiny_backend.generate(messages, GREEDY)
-    nucleus = tiny_backend.generate(messages, LLMParams(max_new_tokens=128, temperature=1.0, top_p=1e-6, seed=9))
+    nucleus = tiny_backend.generate(
+        messages, LLMParams(max_new_tokens=128, temperature=1.0, top_p=1e-6, seed=9)
+    )
     assert nucleus.text == greedy.text
 
 
@@ -213,7 +233,8 @@ def test_local_model_end_to_end_with_exact_trimming(tiny_backend: TransformersBa
     backend = TransformersBackend(tiny_backend.llm, context_tokens=minimum + 200, logits_processors=[forced])
     progress = []
     result = ChatService(backend=backend, reply_reserve_tokens=150).chat(
-        history, "edit", LLMParams(), on_progress=progress.append)
+        history, "edit", LLMParams(), on_progress=progress.append
+    )
     assert result.reply == reply
     assert result.layout.conditions == parse_reply(reply).conditions
     assert result.trimmed_turns == 2  # a turn is far more than the 50 spare tokens: only the latest fits

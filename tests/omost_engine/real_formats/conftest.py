@@ -56,8 +56,13 @@ def real_llm_dir(real_formats: Path, tmp_path_factory: pytest.TempPathFactory):
     def get(family: str, *, quantization: str = "none", rope: str = "longrope") -> Path:
         key = (family, quantization, rope)
         if key not in built:
-            built[key] = save_real_llm(root / "-".join(key), family, formats=real_formats,  # type: ignore[arg-type]
-                                       quantization=quantization, rope=rope)  # type: ignore[arg-type]
+            built[key] = save_real_llm(
+                root / "-".join(key),
+                family,
+                formats=real_formats,  # type: ignore[arg-type]
+                quantization=quantization,
+                rope=rope,
+            )  # type: ignore[arg-type]
         return built[key]
 
     return get
@@ -70,7 +75,12 @@ def real_backend(real_llm_dir):
     from omost_engine.llm.transformers_backend import TransformersBackend
 
     backends: dict[str, TransformersBackend] = {}
-    setups = {"llama-3": {}, "dolphin": {}, "phi-3": {}, "phi-3 8bit su": {"quantization": "8bit", "rope": "su"}}
+    setups = {
+        "llama-3": {},
+        "dolphin": {},
+        "phi-3": {},
+        "phi-3 8bit su": {"quantization": "8bit", "rope": "su"},
+    }
 
     def get(family: str) -> TransformersBackend:
         if family not in backends:

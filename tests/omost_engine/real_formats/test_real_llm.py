@@ -21,14 +21,23 @@ PROMPT = "a dragon fighting warriors"
 MESSAGES = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": PROMPT}]
 # (first ids, last ids, text after the system prompt) of the templated first turn.
 EXPECTED_PROMPT = {
-    "llama-3": ([128000, 128006, 9125, 128007, 271], [64, 26161, 11039, 43600, 128009, 128006, 78191, 128007, 271],
-                "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\na dragon fighting warriors<|eot_id|>"
-                "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-    "dolphin": ([128257, 9125, 198], [64, 26161, 11039, 43600, 128256, 198, 128257, 78191, 198],
-                "<|im_end|>\n<|im_start|>user\na dragon fighting warriors<|im_end|>\n<|im_start|>assistant\n"),
+    "llama-3": (
+        [128000, 128006, 9125, 128007, 271],
+        [64, 26161, 11039, 43600, 128009, 128006, 78191, 128007, 271],
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\na dragon fighting warriors<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    "dolphin": (
+        [128257, 9125, 198],
+        [64, 26161, 11039, 43600, 128256, 198, 128257, 78191, 198],
+        "<|im_end|>\n<|im_start|>user\na dragon fighting warriors<|im_end|>\n<|im_start|>assistant\n",
+    ),
     # Phi-3's role tags strip the newline after them; SentencePiece prepends a space to each text run.
-    "phi-3": ([1, 32006], [32007, 32010, 264, 18984, 8552, 26510, 32007, 32001],
-              "<|end|><|user|> a dragon fighting warriors<|end|><|assistant|>"),
+    "phi-3": (
+        [1, 32006],
+        [32007, 32010, 264, 18984, 8552, 26510, 32007, 32001],
+        "<|end|><|user|> a dragon fighting warriors<|end|><|assistant|>",
+    ),
 }
 # The ids that must end a reply: the model's eos and the chat format's end of turn.
 EXPECTED_STOPS = {"llama-3": {128009}, "dolphin": {128256}, "phi-3": {32000, 32007}}
@@ -41,7 +50,7 @@ def test_prompt_text_ids_and_stop_tokens(real_backend, family) -> None:
     ids = backend.encode(MESSAGES)
     first, last, tail = EXPECTED_PROMPT[family]
     assert ids[: len(first)] == first
-    assert ids[-len(last):] == last
+    assert ids[-len(last) :] == last
     assert backend.tokenizer.decode(ids).endswith(tail)
     assert EXPECTED_STOPS[family] <= set(backend.eos_token_ids)
     assert backend.llm.model.config.vocab_size == VOCAB[family]
@@ -54,15 +63,16 @@ def reply_tokens(backend, reply: str) -> list[int]:
     encoded = backend.tokenizer.apply_chat_template([*MESSAGES, {"role": "assistant", "content": reply}])
     full = list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
     assert full[: len(prompt)] == prompt
-    rest = full[len(prompt):]
+    rest = full[len(prompt) :]
     end = next(i for i, t in enumerate(rest) if t in backend.eos_token_ids)
     return rest[: end + 1]
 
 
 @pytest.mark.parametrize("case", ["01", "02", "04"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_grammar_accepts_every_golden_token_as_the_real_tokenizer_splits_it(real_backend, golden_reply, family,
-                                                                            case) -> None:
+def test_grammar_accepts_every_golden_token_as_the_real_tokenizer_splits_it(
+    real_backend, golden_reply, family, case
+) -> None:
     """Phi-3 starts its reply with the token '▁```': the grammar must take it (and every later one),
     the end-of-turn token must end it, and the streamed text must parse back to the golden layout."""
     backend = real_backend(family)
@@ -109,7 +119,9 @@ def test_a_config_the_library_cannot_read_is_one_clear_message(real_llm_dir, tmp
     config = json.loads((broken / "config.json").read_text())
     config["hidden_act"] = "no-such-activation"
     (broken / "config.json").write_text(json.dumps(config))
-    with pytest.raises(OmostError, match=r"cannot load the LLM .*broken-phi-3: KeyError: .*no-such-activation") as info:
+    with pytest.raises(
+        OmostError, match=r"cannot load the LLM .*broken-phi-3: KeyError: .*no-such-activation"
+    ) as info:
         LLMLoader().get(str(broken))
     assert "\n" not in str(info.value)
 

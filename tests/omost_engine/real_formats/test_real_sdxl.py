@@ -25,7 +25,10 @@ def test_shipped_clip_vocabulary_is_the_registry_one(real_formats: Path) -> None
     tokenizers built from it split text as CLIP does."""
     from transformers import CLIPTokenizer
 
-    assert clip_vocab_and_merges(real_formats / "clip" / "bpe_simple_vocab_16e6.txt.gz") == clip_vocab_and_merges()
+    assert (
+        clip_vocab_and_merges(real_formats / "clip" / "bpe_simple_vocab_16e6.txt.gz")
+        == clip_vocab_and_merges()
+    )
     folder = sdxl_base_config_dir()
     clip_l = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
     clip_g = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
@@ -53,10 +56,15 @@ def test_regional_render_at_the_real_unet_configuration(real_sdxl, method) -> No
     assert unet.dtype == torch.bfloat16
     layout = _layout_of("04")
     seen: Counter[int] = Counter()
-    hooks = [module.register_forward_pre_hook(lambda _m, args: seen.update([args[0].shape[1]]))
-             for name, module in unet.named_modules() if name.endswith("attn2")]
+    hooks = [
+        module.register_forward_pre_hook(lambda _m, args: seen.update([args[0].shape[1]]))
+        for name, module in unet.named_modules()
+        if name.endswith("attn2")
+    ]
     try:
-        image = real_sdxl(layout.conditions, RenderParams(width=256, height=256, steps=1, method=method, seed=1))
+        image = real_sdxl(
+            layout.conditions, RenderParams(width=256, height=256, steps=1, method=method, seed=1)
+        )
     finally:
         for hook in hooks:
             hook.remove()

@@ -39,7 +39,9 @@ def test_average_shares_overlaps() -> None:
 def test_blend_matches_hand_computed_predictions(overlap: str) -> None:
     g, a, b = 1.0, 10.0, 100.0  # constant predictions of global, FAR, NEAR
     preds = torch.stack([torch.full((4, 90, 90), v) for v in (g, a, b)])
-    weights = area_weights(MASKS, overlap=overlap, global_strength=0.2, region_strength=0.8, latent_hw=(90, 90))
+    weights = area_weights(
+        MASKS, overlap=overlap, global_strength=0.2, region_strength=0.8, latent_hw=(90, 90)
+    )
     out = blend(preds, weights)[0]
     assert float(out[NONE]) == pytest.approx(g)
     assert float(out[ONLY_FAR]) == pytest.approx(0.2 * g + 0.8 * a, rel=1e-5)
@@ -50,19 +52,29 @@ def test_blend_matches_hand_computed_predictions(overlap: str) -> None:
 
 def test_only_the_strength_ratio_matters_inside_regions() -> None:
     preds = torch.stack([torch.full((1, 90, 90), v) for v in (1.0, 10.0, 100.0)])
-    low = blend(preds, area_weights(MASKS, overlap="overlay", global_strength=0.1, region_strength=0.4,
-                                    latent_hw=(90, 90)))
-    high = blend(preds, area_weights(MASKS, overlap="overlay", global_strength=0.2, region_strength=0.8,
-                                     latent_hw=(90, 90)))
+    low = blend(
+        preds,
+        area_weights(MASKS, overlap="overlay", global_strength=0.1, region_strength=0.4, latent_hw=(90, 90)),
+    )
+    high = blend(
+        preds,
+        area_weights(MASKS, overlap="overlay", global_strength=0.2, region_strength=0.8, latent_hw=(90, 90)),
+    )
     torch.testing.assert_close(low, high)
 
 
 def test_masks_are_resized_bilinearly_to_the_latent() -> None:
-    weights = area_weights(MASKS, overlap="overlay", global_strength=0.2, region_strength=0.8, latent_hw=(32, 24))
+    weights = area_weights(
+        MASKS, overlap="overlay", global_strength=0.2, region_strength=0.8, latent_hw=(32, 24)
+    )
     assert weights.shape == (3, 32, 24)
     torch.testing.assert_close(weights[0], torch.full((32, 24), 0.2))
-    expected = torch.nn.functional.interpolate(overlap_masks(MASKS[1:], "overlay")[:, None], size=(32, 24),
-                                               mode="bilinear", align_corners=False)[:, 0] * 0.8
+    expected = (
+        torch.nn.functional.interpolate(
+            overlap_masks(MASKS[1:], "overlay")[:, None], size=(32, 24), mode="bilinear", align_corners=False
+        )[:, 0]
+        * 0.8
+    )
     torch.testing.assert_close(weights[1:], expected)
     edge = weights[1][:, 15:18]  # FAR's right edge (column 60 of 90) falls between latent columns: soft
     assert bool(((edge > 0) & (edge < 0.8)).any())

@@ -51,8 +51,9 @@ def golden72() -> dict:
 def _attention_module(weights: dict, heads: int, head_dim: int) -> Attention:
     query_dim = len(weights["to_q"][0])
     cross_dim = len(weights["to_k"][0])
-    attn = Attention(query_dim=query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=head_dim,
-                     out_bias=True)
+    attn = Attention(
+        query_dim=query_dim, cross_attention_dim=cross_dim, heads=heads, dim_head=head_dim, out_bias=True
+    )
     with torch.no_grad():
         attn.to_q.weight.copy_(torch.tensor(weights["to_q"]))
         attn.to_k.weight.copy_(torch.tensor(weights["to_k"]))
@@ -133,11 +134,14 @@ def test_pixel_attends_only_to_global_and_covering_regions() -> None:
     plan = state.plan(n, torch.float32, torch.device("cpu"))
     # The negative row runs unmasked over its three live tokens; the positive row masked over all.
     assert [(p.rows, p.tokens, p.bias is None, p.key_scale is None) for p in plan] == [
-        (slice(0, 1), tokens, False, False), (slice(1, 2), 3, True, True)]
+        (slice(0, 1), tokens, False, False),
+        (slice(1, 2), 3, True, True),
+    ]
     probs = regional_attention(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens), plan)
     bias, key_scale = state.bias_and_scale(n, torch.float32, torch.device("cpu"))
-    torch.testing.assert_close(probs, regional_sdpa(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens),
-                                                    bias, key_scale))
+    torch.testing.assert_close(
+        probs, regional_sdpa(q, k, torch.eye(tokens).expand(2, heads, tokens, tokens), bias, key_scale)
+    )
     resized = resize_masks(masks, height, width).reshape(len(rects), n)
     for p in range(n):
         for j in range(tokens):
@@ -153,13 +157,15 @@ def test_pixel_attends_only_to_global_and_covering_regions() -> None:
 
 
 def test_grid_inferred_from_latent_and_sequence_length() -> None:
-    state = RegionState(masks=torch.ones(1, 90, 90), token_region=torch.zeros(1, 1, dtype=torch.long),
-                        latent_hw=(144, 112))
+    state = RegionState(
+        masks=torch.ones(1, 90, 90), token_region=torch.zeros(1, 1, dtype=torch.long), latent_hw=(144, 112)
+    )
     assert state.grid_for(144 * 112) == (144, 112)
     assert state.grid_for(72 * 56) == (72, 56)
     assert state.grid_for(36 * 28) == (36, 28)
-    odd = RegionState(masks=torch.ones(1, 90, 90), token_region=torch.zeros(1, 1, dtype=torch.long),
-                      latent_hw=(13, 9))
+    odd = RegionState(
+        masks=torch.ones(1, 90, 90), token_region=torch.zeros(1, 1, dtype=torch.long), latent_hw=(13, 9)
+    )
     assert odd.grid_for(7 * 5) == (7, 5)
     with pytest.raises(ValueError):
         state.grid_for(1000)
@@ -172,16 +178,23 @@ class ReferenceOmostProcessor:
     def __init__(self, masks: torch.Tensor, token_counts: list[int], latent_hw: tuple[int, int]) -> None:
         self.masks, self.token_counts, self.latent_hw = masks, token_counts, latent_hw
 
-    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 attention_mask: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor:
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
         batch, n, _ = hidden_states.shape
         h_lat, w_lat = self.latent_hw
         height = round((n * h_lat / w_lat) ** 0.5)
         width = n // height
         tokens = encoder_hidden_states.shape[1]
         if tokens == sum(self.token_counts):
-            resized = torch.nn.functional.interpolate(self.masks[:, None], size=(height, width),
-                                                      mode="nearest-exact")[:, 0].reshape(len(self.masks), n)
+            resized = torch.nn.functional.interpolate(
+                self.masks[:, None], size=(height, width), mode="nearest-exact"
+            )[:, 0].reshape(len(self.masks), n)
             m = torch.cat([resized[i][:, None].expand(n, c) for i, c in enumerate(self.token_counts)], dim=1)
         else:  # the negative prompt: one full mask
             m = torch.ones(n, tokens)
@@ -213,17 +226,32 @@ def test_processor_in_the_unet_equals_the_original_two_pass_formulation(tiny_com
 
         controller = RegionalAttention()
         controller.install(unet)
-        token_region = torch.tensor([
-            [i for i, c in enumerate(counts) for _ in range(c)],
-            [len(rects)] * 77 + [-1] * (sum(counts) - 77),
-        ])
+        token_region = torch.tensor(
+            [
+                [i for i, c in enumerate(counts) for _ in range(c)],
+                [len(rects)] * 77 + [-1] * (sum(counts) - 77),
+            ]
+        )
         context = torch.cat([positive, torch.nn.functional.pad(negative, (0, 0, 0, sum(counts) - 77))])
-        with torch.no_grad(), controller.regions(torch.cat([masks, torch.ones(1, 90, 90)]), token_region, latent_hw):
-            ours = unet(x.expand(2, -1, -1, -1), t, encoder_hidden_states=context,
-                        added_cond_kwargs={k: v.expand(2, -1) for k, v in added.items()}).sample
+        with (
+            torch.no_grad(),
+            controller.regions(torch.cat([masks, torch.ones(1, 90, 90)]), token_region, latent_hw),
+        ):
+            ours = unet(
+                x.expand(2, -1, -1, -1),
+                t,
+                encoder_hidden_states=context,
+                added_cond_kwargs={k: v.expand(2, -1) for k, v in added.items()},
+            ).sample
 
-        reference = {name: (ReferenceOmostProcessor(masks, counts, latent_hw)
-                            if name.endswith("attn2.processor") else AttnProcessor2_0()) for name in saved}
+        reference = {
+            name: (
+                ReferenceOmostProcessor(masks, counts, latent_hw)
+                if name.endswith("attn2.processor")
+                else AttnProcessor2_0()
+            )
+            for name in saved
+        }
         unet.set_attn_processor(dict(reference))
         with torch.no_grad():
             ref_pos = unet(x, t, encoder_hidden_states=positive, added_cond_kwargs=added).sample

@@ -22,9 +22,18 @@ GOLDENS = Path(__file__).resolve().parents[2] / "fixtures" / "goldens"
 @pytest.fixture(scope="module")
 def golden_layout_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Golden 09's conditions as the bare ComfyUI_omost list a user would paste."""
-    bag = json.loads((GOLDENS / "09_same_distance_ties.json").read_text())["process_output"]["bag_of_conditions"]
-    items = [{"rect": c["mask"]["rect"], "prefixes": c["prefixes"], "suffixes": c["suffixes"],
-              "color": [40 * i, 100, 200]} for i, c in enumerate(bag)]
+    bag = json.loads((GOLDENS / "09_same_distance_ties.json").read_text())["process_output"][
+        "bag_of_conditions"
+    ]
+    items = [
+        {
+            "rect": c["mask"]["rect"],
+            "prefixes": c["prefixes"],
+            "suffixes": c["suffixes"],
+            "color": [40 * i, 100, 200],
+        }
+        for i, c in enumerate(bag)
+    ]
     path = tmp_path_factory.mktemp("layouts") / "cats.json"
     path.write_text(json.dumps(items))
     return path
@@ -35,12 +44,34 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-def test_render_writes_image_masks_and_a_reproducible_layout(golden_layout_file: Path, tiny_sdxl: TinySDXLPaths,
-                                                              tmp_path: Path, capsys) -> None:
+def test_render_writes_image_masks_and_a_reproducible_layout(
+    golden_layout_file: Path, tiny_sdxl: TinySDXLPaths, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "cats"
-    status, err = run(capsys, str(golden_layout_file), "--out", str(out), "--model", str(tiny_sdxl.folder),
-                      "--size", "256x256", "--steps", "2", "--seed", "7", "--method", "area",
-                      "--overlap", "overlay", "--region-strength", "0.7", "--positive", "photo", "--device", "cpu")
+    status, err = run(
+        capsys,
+        str(golden_layout_file),
+        "--out",
+        str(out),
+        "--model",
+        str(tiny_sdxl.folder),
+        "--size",
+        "256x256",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+        "--method",
+        "area",
+        "--overlap",
+        "overlay",
+        "--region-strength",
+        "0.7",
+        "--positive",
+        "photo",
+        "--device",
+        "cpu",
+    )
     assert status == 0, err
     image = Image.open(out / "image.png")
     assert image.size == (256, 256)
@@ -51,8 +82,12 @@ def test_render_writes_image_masks_and_a_reproducible_layout(golden_layout_file:
     check_project_file((out / "layout.json").read_text())  # the schema, ComfyUI's loader, our loader
     params = RenderParams.from_dict(saved.meta["render"])
     assert (params.width, params.height, params.steps, params.seed) == (256, 256, 2, 7)
-    assert (params.method, params.overlap, params.region_strength, params.positive) == ("area", "overlay", 0.7,
-                                                                                          "photo")
+    assert (params.method, params.overlap, params.region_strength, params.positive) == (
+        "area",
+        "overlay",
+        0.7,
+        "photo",
+    )
     # The written layout alone reproduces the image: model and parameters come from its meta.
     again = tmp_path / "again"
     status, err = run(capsys, str(out / "layout.json"), "--out", str(again), "--quiet", "--device", "cpu")
@@ -61,14 +96,18 @@ def test_render_writes_image_masks_and_a_reproducible_layout(golden_layout_file:
     assert np.array_equal(np.asarray(Image.open(again / "image.png")), np.asarray(image))
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--width", "100"], "width must be from 256 to 2048"),
-    (["--size", "huge"], "size must be WIDTHxHEIGHT"),
-    (["--hr-scale", "5"], "hr_scale"),
-    (["--model", "does-not-exist.safetensors"], "does not exist"),
-])
-def test_bad_input_is_exit_2_and_one_line(argv: list[str], message: str, golden_layout_file: Path,
-                                          tiny_sdxl: TinySDXLPaths, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--width", "100"], "width must be from 256 to 2048"),
+        (["--size", "huge"], "size must be WIDTHxHEIGHT"),
+        (["--hr-scale", "5"], "hr_scale"),
+        (["--model", "does-not-exist.safetensors"], "does not exist"),
+    ],
+)
+def test_bad_input_is_exit_2_and_one_line(
+    argv: list[str], message: str, golden_layout_file: Path, tiny_sdxl: TinySDXLPaths, tmp_path: Path, capsys
+) -> None:
     base = [str(golden_layout_file), "--out", str(tmp_path / "x"), "--quiet"]
     if "--model" not in argv:
         base += ["--model", str(tiny_sdxl.folder)]
@@ -87,11 +126,26 @@ def test_bad_layout_files_are_exit_2(tmp_path: Path, capsys) -> None:
     assert status == 2 and "cannot read" in err
 
 
-def test_flags_override_the_file_and_the_override_is_recorded(golden_layout_file: Path, tiny_sdxl: TinySDXLPaths,
-                                                               tmp_path: Path, capsys, monkeypatch) -> None:
+def test_flags_override_the_file_and_the_override_is_recorded(
+    golden_layout_file: Path, tiny_sdxl: TinySDXLPaths, tmp_path: Path, capsys, monkeypatch
+) -> None:
     first = tmp_path / "first"
-    status, err = run(capsys, str(golden_layout_file), "--out", str(first), "--model", str(tiny_sdxl.folder),
-                      "--size", "256x256", "--steps", "2", "--seed", "7", "--device", "cpu")
+    status, err = run(
+        capsys,
+        str(golden_layout_file),
+        "--out",
+        str(first),
+        "--model",
+        str(tiny_sdxl.folder),
+        "--size",
+        "256x256",
+        "--steps",
+        "2",
+        "--seed",
+        "7",
+        "--device",
+        "cpu",
+    )
     assert status == 0 and "note: a bare ComfyUI_omost list" in err  # what was assumed is said
     # From stdin, with one flag over the file's settings: the new file says what was overridden.
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO((first / "layout.json").read_bytes())))
@@ -100,19 +154,46 @@ def test_flags_override_the_file_and_the_override_is_recorded(golden_layout_file
     assert status == 0, err
     saved = Layout.loads((second / "layout.json").read_bytes())
     assert saved.meta["render"]["seed"] == 8 and saved.meta["render"]["steps"] == 2
-    assert saved.meta["overrides"] == ["seed: 7 -> 8 (--seed)"] and saved.meta["sdxl"] == str(tiny_sdxl.folder)
+    assert saved.meta["overrides"] == ["seed: 7 -> 8 (--seed)"] and saved.meta["sdxl"] == str(
+        tiny_sdxl.folder
+    )
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (lambda doc: {"format": "omost-bot-layout", "version": 1, "conditions": doc, "meta": {"render": 5}},
-     "meta.render 5 is not valid"),
-    (lambda doc: {"format": "omost-bot-layout", "version": 1, "conditions": doc, "meta": {"render": "x"}},
-     "meta.render 'x' is not valid"),
-    (lambda doc: [{**doc[0], "omost_bot": {"format": "omost-bot-layout", "version": 2, "render": {"hr_steps": 500}}}],
-     "omost_bot.render.hr_steps must be from 1 to 100, not 500"),
-])
-def test_bad_render_settings_in_the_file_are_exit_2(content, message: str, golden_layout_file: Path, tmp_path: Path,
-                                                    capsys) -> None:
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            lambda doc: {
+                "format": "omost-bot-layout",
+                "version": 1,
+                "conditions": doc,
+                "meta": {"render": 5},
+            },
+            "meta.render 5 is not valid",
+        ),
+        (
+            lambda doc: {
+                "format": "omost-bot-layout",
+                "version": 1,
+                "conditions": doc,
+                "meta": {"render": "x"},
+            },
+            "meta.render 'x' is not valid",
+        ),
+        (
+            lambda doc: [
+                {
+                    **doc[0],
+                    "omost_bot": {"format": "omost-bot-layout", "version": 2, "render": {"hr_steps": 500}},
+                }
+            ],
+            "omost_bot.render.hr_steps must be from 1 to 100, not 500",
+        ),
+    ],
+)
+def test_bad_render_settings_in_the_file_are_exit_2(
+    content, message: str, golden_layout_file: Path, tmp_path: Path, capsys
+) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(content(json.loads(golden_layout_file.read_text()))))
     status, err = run(capsys, str(path), "--out", str(tmp_path / "o"))

@@ -30,12 +30,18 @@ def test_shipped_configs_are_sdxl_base() -> None:
     counts = {}
     with torch.device("meta"):
         for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
-            counts[name] = sum(p.numel() for p in cls.from_config(cls.load_config(folder, subfolder=name)).parameters())
+            counts[name] = sum(
+                p.numel() for p in cls.from_config(cls.load_config(folder, subfolder=name)).parameters()
+            )
         for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
             model = cls(CLIPTextConfig.from_pretrained(folder, subfolder=name))
             counts[name] = sum(p.numel() for p in model.parameters())
-    assert counts == {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
-                      "text_encoder_2": 694_659_840}
+    assert counts == {
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+    }
     assert {p.name for p in folder.iterdir()} >= {"model_index.json", "scheduler", "tokenizer", "tokenizer_2"}
     assert len(json.loads((folder / "tokenizer_2" / "vocab.json").read_text())) == 49408
 
@@ -50,7 +56,9 @@ def test_the_fp16_variant_is_preferred_where_there_is_one(tmp_path: Path, tiny_s
     marked.save_pretrained(folder / "unet", variant="fp16")
     preferred = load_components(str(folder))
     assert torch.all(preferred.unet.conv_in.weight == 0.25)
-    assert not torch.all(load_components(str(tiny_sdxl.folder)).unet.conv_in.weight == 0.25)  # no variant: plain
+    assert not torch.all(
+        load_components(str(tiny_sdxl.folder)).unet.conv_in.weight == 0.25
+    )  # no variant: plain
 
 
 def test_dtypes_per_device_and_size(tmp_path: Path, tiny_sdxl: TinySDXLPaths) -> None:
@@ -80,12 +88,30 @@ def test_render_with_an_uncached_hub_model_is_one_line_without_library_noise(tmp
     layout.write_text(interpret(program).process().dumps())
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("PYTHONWARNINGS", None)  # Python's default filters, as a user has them
-    done = subprocess.run([sys.executable, "-m", "bot.cli", "render", str(layout), "--out", str(tmp_path / "out"),
-                           "--model", "nobody/uncached-sdxl"], capture_output=True, text=True, env=env, cwd=ROOT,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "render",
+            str(layout),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            "nobody/uncached-sdxl",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 2
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("omost-bot render: model nobody/uncached-sdxl is not in the local Hugging Face cache")
+    assert lines[0].startswith(
+        "omost-bot render: model nobody/uncached-sdxl is not in the local Hugging Face cache"
+    )
     assert "`hf download nobody/uncached-sdxl`" in lines[0]

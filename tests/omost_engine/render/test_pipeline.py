@@ -30,8 +30,15 @@ SMALL = RenderParams(width=256, height=256, steps=2)
 def golden_conditions(name: str = "09_same_distance_ties") -> list[Condition]:
     bag = json.loads((GOLDENS / f"{name}.json").read_text())["process_output"]["bag_of_conditions"]
     colors = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
-    return [Condition(rect=tuple(c["mask"]["rect"]), prefixes=tuple(c["prefixes"]), suffixes=tuple(c["suffixes"]),
-                      color=colors[i % len(colors)]) for i, c in enumerate(bag)]
+    return [
+        Condition(
+            rect=tuple(c["mask"]["rect"]),
+            prefixes=tuple(c["prefixes"]),
+            suffixes=tuple(c["suffixes"]),
+            color=colors[i % len(colors)],
+        )
+        for i, c in enumerate(bag)
+    ]
 
 
 class RecordingManager(ModelManager):
@@ -94,10 +101,17 @@ def test_methods_and_sizes(renderer: Renderer, layout: Layout) -> None:
 
 def test_hr_fix_progress_counts_base_and_hr_steps(renderer: Renderer, layout: Layout) -> None:
     seen: list[RenderProgress] = []
-    result = renderer.render(layout, SMALL.replace(hr_scale=1.5, hr_steps=3, hr_denoise=0.5), on_progress=seen.append)
+    result = renderer.render(
+        layout, SMALL.replace(hr_scale=1.5, hr_steps=3, hr_denoise=0.5), on_progress=seen.append
+    )
     assert result.image.size == (384, 384)
     assert [(p.stage, p.step, p.total) for p in seen] == [
-        ("render", 1, 2), ("render", 2, 2), ("hires", 1, 3), ("hires", 2, 3), ("hires", 3, 3)]
+        ("render", 1, 2),
+        ("render", 2, 2),
+        ("hires", 1, 3),
+        ("hires", 2, 3),
+        ("hires", 3, 3),
+    ]
     # The whole render is 2 base + 3 high-res steps: the time left is computed over all five.
     assert [(p.steps_done, p.steps_in_all) for p in seen] == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
     assert seen[2].seconds_left(30.0) == pytest.approx(20.0)  # 3 of 5 steps in 30 s: 2 more take 20 s
@@ -154,9 +168,13 @@ def test_cancel_between_steps(renderer: Renderer, layout: Layout) -> None:
 
 
 def test_bad_parameters_are_clear_errors(renderer: Renderer, layout: Layout) -> None:
-    for bad, match in [({"width": 100}, "width"), ({"height": 260}, "multiple of 8"),
-                       ({"method": "magic"}, "method"), ({"steps": 0}, "steps"),
-                       ({"hr_scale": 3.0}, "hr_scale")]:
+    for bad, match in [
+        ({"width": 100}, "width"),
+        ({"height": 260}, "multiple of 8"),
+        ({"method": "magic"}, "method"),
+        ({"steps": 0}, "steps"),
+        ({"hr_scale": 3.0}, "hr_scale"),
+    ]:
         with pytest.raises(OmostError, match=match):
             renderer.render(layout, RenderParams(**{**SMALL.to_dict(), **bad}))
     with pytest.raises(OmostError, match="no conditions"):
@@ -168,13 +186,24 @@ def test_bad_parameters_are_clear_errors(renderer: Renderer, layout: Layout) -> 
 def test_stages_take_turns_on_the_accelerator(tiny_components) -> None:
     manager = RecordingManager()
     pipeline = RegionalPipeline(tiny_components, memory=manager)
-    assert isinstance(tiny_components.unet.attn_processors[
-        "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"], RegionalAttnProcessor)
-    assert not isinstance(tiny_components.unet.attn_processors[
-        "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"], RegionalAttnProcessor)
+    assert isinstance(
+        tiny_components.unet.attn_processors[
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
+        ],
+        RegionalAttnProcessor,
+    )
+    assert not isinstance(
+        tiny_components.unet.attn_processors[
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
+        ],
+        RegionalAttnProcessor,
+    )
     layout = Layout(conditions=golden_conditions()[:2])
-    pipeline(layout.conditions, SMALL.replace(steps=1, initial_latent_denoise=0.95, hr_scale=1.25, hr_steps=1),
-             sketch=layout.sketch())
+    pipeline(
+        layout.conditions,
+        SMALL.replace(steps=1, initial_latent_denoise=0.95, hr_scale=1.25, hr_steps=1),
+        sketch=layout.sketch(),
+    )
     assert manager.calls == ["text", "vae", "unet", "vae", "vae", "unet", "vae"]
     # A second pipeline on the same components takes the processors over; the first one gets them back.
     other = RegionalPipeline(tiny_components, memory=ModelManager(device="cpu"))
@@ -186,10 +215,13 @@ def test_stages_take_turns_on_the_accelerator(tiny_components) -> None:
 
 def test_positive_text_is_added_to_every_condition(tiny_components) -> None:
     pipeline = RegionalPipeline(tiny_components, memory=ModelManager(device="cpu"))
-    conditions = golden_conditions("03_minimal_global_only") + golden_conditions("01_readme_dragon_battle")[1:3]
+    conditions = (
+        golden_conditions("03_minimal_global_only") + golden_conditions("01_readme_dragon_battle")[1:3]
+    )
     prompts = pipeline.encode(conditions, SMALL.replace(positive="red cat"))
     expected = pipeline.encoder.encode(
-        [pipeline.encoder.chunks(c.prefixes, (*c.suffixes, "red cat")) for c in conditions])
+        [pipeline.encoder.chunks(c.prefixes, (*c.suffixes, "red cat")) for c in conditions]
+    )
     for got, want in zip(prompts.positives, expected, strict=True):
         torch.testing.assert_close(got.cond, want.cond)
     plain = pipeline.encode(conditions, SMALL)
@@ -209,12 +241,15 @@ def test_area_batches_padded_conditions_like_separate_passes(tiny_components) ->
     sigma = torch.tensor(3.0)
     with torch.no_grad():
         batched = denoise(x, sigma)
-        separate = [pipeline._unet(x, sigma, p.cond, p.pooled, time_ids[:1])
-                    for p in [*prompts.positives, prompts.negative]]
+        separate = [
+            pipeline._unet(x, sigma, p.cond, p.pooled, time_ids[:1])
+            for p in [*prompts.positives, prompts.negative]
+        ]
     from omost_engine.render.area import area_weights, blend
 
-    weights = area_weights(prompts.masks, overlap="average", global_strength=0.2, region_strength=0.8,
-                           latent_hw=latent_hw)
+    weights = area_weights(
+        prompts.masks, overlap="average", global_strength=0.2, region_strength=0.8, latent_hw=latent_hw
+    )
     eps_pos = blend(torch.cat(separate[:-1]), weights)[None]
     expected = x - (separate[-1] + 3.0 * (eps_pos - separate[-1])) * sigma
     torch.testing.assert_close(batched, expected, atol=1e-4, rtol=1e-4)
@@ -232,11 +267,13 @@ def test_initial_latent_from_the_blurred_sketch(renderer: Renderer, layout: Layo
     assert not np.array_equal(pixels(plain), pixels(sketched))
 
 
-def test_models_are_loaded_once_and_single_file_matches_folder(tiny_sdxl: TinySDXLPaths, renderer: Renderer,
-                                                              layout: Layout) -> None:
+def test_models_are_loaded_once_and_single_file_matches_folder(
+    tiny_sdxl: TinySDXLPaths, renderer: Renderer, layout: Layout
+) -> None:
     assert renderer.pipeline() is renderer.pipeline(str(tiny_sdxl.folder))
-    single = Renderer(default_model=str(tiny_sdxl.single_file), device="cpu",
-                      single_file_config=str(tiny_sdxl.folder))
+    single = Renderer(
+        default_model=str(tiny_sdxl.single_file), device="cpu", single_file_config=str(tiny_sdxl.folder)
+    )
     assert np.array_equal(pixels(single.render(layout, SMALL)), pixels(renderer.render(layout, SMALL)))
 
 
@@ -253,7 +290,10 @@ def test_bad_checkpoints_are_clear_errors(tmp_path: Path, tiny_sdxl: TinySDXLPat
         (str(tmp_path / "missing.safetensors"), "does not exist"),
         (str(tmp_path), "not a diffusers SDXL model"),
         ("no-such-model", "neither a folder"),
-        ("nobody/not-a-cached-model", r"not in the local Hugging Face cache .*`hf download nobody/not-a-cached-model`"),
+        (
+            "nobody/not-a-cached-model",
+            r"not in the local Hugging Face cache .*`hf download nobody/not-a-cached-model`",
+        ),
         # no config given: the shipped SDXL base configs are used (offline), and the tiny weights do not fit them
         (str(tiny_sdxl.single_file), r"weights do not fit the config in .*sdxl-base-1\.0"),
     ]
@@ -278,5 +318,7 @@ def test_gpu_dtypes_fp16_unet_bf16_vae_run(tiny_sdxl: TinySDXLPaths) -> None:
     assert components.unet.dtype == torch.float16 and components.vae.dtype == torch.bfloat16
     pipeline = RegionalPipeline(components, memory=ModelManager(device="cpu"))
     layout = Layout(conditions=golden_conditions()[:2])
-    image = pipeline(layout.conditions, SMALL.replace(steps=1, initial_latent_denoise=0.95), sketch=layout.sketch())
+    image = pipeline(
+        layout.conditions, SMALL.replace(steps=1, initial_latent_denoise=0.95), sketch=layout.sketch()
+    )
     assert image.size == (256, 256) and np.asarray(image).std() > 1

@@ -18,7 +18,9 @@ from omost_engine.render.prompt_encoding import (
     plain_chunk,
 )
 
-GOLDEN = Path(__file__).resolve().parents[2] / "fixtures" / "goldens" / "74_prompt_bagging_fake_tokenizer.json"
+GOLDEN = (
+    Path(__file__).resolve().parents[2] / "fixtures" / "goldens" / "74_prompt_bagging_fake_tokenizer.json"
+)
 SPECIAL = SpecialTokens(bos=49406, eos=49407, pad_l=49407, pad_g=0)
 
 
@@ -27,9 +29,17 @@ def fake_ids(text: str) -> list[int]:
     return [zlib.crc32(word.encode()) % 40000 + 1000 for word in text.split()]
 
 
-def chunks(prefixes: list[str], suffixes: list[str], *, keep_suffixes: bool) -> list[tuple[list[int], list[int]]]:
-    return greedy_chunks(prefixes, suffixes, tokenize_l=fake_ids, tokenize_g=fake_ids, special=SPECIAL,
-                         keep_suffixes=keep_suffixes)
+def chunks(
+    prefixes: list[str], suffixes: list[str], *, keep_suffixes: bool
+) -> list[tuple[list[int], list[int]]]:
+    return greedy_chunks(
+        prefixes,
+        suffixes,
+        tokenize_l=fake_ids,
+        tokenize_g=fake_ids,
+        special=SPECIAL,
+        keep_suffixes=keep_suffixes,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +55,9 @@ def test_original_bagging_reproduces_golden_74(golden: dict) -> None:
             assert [c[0] for c in got] == cond["bags_ids_t1"], (case["source"], cond["mask_rect"])
             assert [c[1] for c in got] == cond["bags_ids_t2"]
             checked += 1
-        negative = plain_chunk(fake_ids(golden["negative_prompt"]), fake_ids(golden["negative_prompt"]), SPECIAL)
+        negative = plain_chunk(
+            fake_ids(golden["negative_prompt"]), fake_ids(golden["negative_prompt"]), SPECIAL
+        )
         assert list(negative) == [case["negative"]["ids_t1"], case["negative"]["ids_t2"]]
     assert checked >= 10
 
@@ -87,7 +99,7 @@ def test_prefix_overflow_keeps_every_suffix(golden: dict) -> None:
 
 
 def _contains(seq: list[int], sub: list[int]) -> bool:
-    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+    return any(seq[i : i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
 
 
 def test_long_suffix_is_split_not_cut() -> None:
@@ -106,13 +118,19 @@ def test_mismatched_tokenizers_are_a_clear_error() -> None:
     from omost_engine.errors import OmostError
 
     with pytest.raises(OmostError, match="tokenizers"):
-        greedy_chunks(["a b"], [], tokenize_l=fake_ids, tokenize_g=lambda t: fake_ids(t) + [1], special=SPECIAL)
+        greedy_chunks(
+            ["a b"], [], tokenize_l=fake_ids, tokenize_g=lambda t: fake_ids(t) + [1], special=SPECIAL
+        )
 
 
 def test_encoding_shapes_and_pooled_from_first_chunk(tiny_components) -> None:
     c = tiny_components
-    encoder = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
-                            text_encoder_2=c.text_encoder_2)
+    encoder = PromptEncoder(
+        tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2,
+        text_encoder=c.text_encoder,
+        text_encoder_2=c.text_encoder_2,
+    )
     long_suffixes = [f"a red cat {i} sitting on the wall." for i in range(12)]
     groups = [encoder.chunks(["A cat on a wall."], long_suffixes), encoder.chunks(["A dog."], ["blue."])]
     assert len(groups[0]) > 1
@@ -128,23 +146,39 @@ def test_encoding_shapes_and_pooled_from_first_chunk(tiny_components) -> None:
     expected_l = c.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     torch.testing.assert_close(encoded[1].cond[..., : expected_l.shape[-1]], expected_l)
     # Projected (SDXL) vs unprojected (original) pooled vectors really differ.
-    original = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
-                             text_encoder_2=c.text_encoder_2, pooled="unprojected")
+    original = PromptEncoder(
+        tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2,
+        text_encoder=c.text_encoder,
+        text_encoder_2=c.text_encoder_2,
+        pooled="unprojected",
+    )
     unprojected = original.encode([groups[1]])[0].pooled
     out = c.text_encoder_2(torch.tensor([groups[1][0][1]]))
-    torch.testing.assert_close(unprojected, out.last_hidden_state[:, groups[1][0][1].index(c.tokenizer.eos_token_id)])
+    torch.testing.assert_close(
+        unprojected, out.last_hidden_state[:, groups[1][0][1].index(c.tokenizer.eos_token_id)]
+    )
     torch.testing.assert_close(encoded[1].pooled, out.text_embeds)
     # CLIP-G pads with its own pad id ("!" = 0), CLIP-L with eos.
     assert groups[1][0][1][-1] == c.tokenizer_2.pad_token_id == 0
     assert groups[1][0][0][-1] == c.tokenizer.eos_token_id
 
 
-@pytest.mark.parametrize("text", ["lowres, bad anatomy, bad hands, cropped, worst quality",
-                                  " ".join(["a very long negative prompt"] * 20)])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "lowres, bad anatomy, bad hands, cropped, worst quality",
+        " ".join(["a very long negative prompt"] * 20),
+    ],
+)
 def test_negative_chunk_equals_the_standard_tokenizer_call(tiny_components, text: str) -> None:
     c = tiny_components
-    encoder = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
-                            text_encoder_2=c.text_encoder_2)
+    encoder = PromptEncoder(
+        tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2,
+        text_encoder=c.text_encoder,
+        text_encoder_2=c.text_encoder_2,
+    )
     ids_l, ids_g = encoder.negative_chunk(text)
     assert ids_l == c.tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
     assert ids_g == c.tokenizer_2(text, padding="max_length", max_length=77, truncation=True).input_ids
@@ -162,7 +196,8 @@ def test_no_token_of_a_suffix_longer_than_a_chunk_is_dropped(suffix_tokens: int,
     suffixes = ["before it.", long_suffix, "after it."]
     fixed = chunks([prefix] if prefix else [], suffixes, keep_suffixes=True)
     kept_prefix = len(_content(fixed[0][0])) - len(
-        [i for i in _content(fixed[0][0]) if i in set(fake_ids(" ".join(suffixes)))])
+        [i for i in _content(fixed[0][0]) if i in set(fake_ids(" ".join(suffixes)))]
+    )
     # Every chunk starts with the same (possibly shortened) prefixes; what follows them, in chunk order,
     # is every suffix token, in order: the tokens that reach the encoder.
     after_prefix = [i for c in fixed for i in _content(c[0])[kept_prefix:]]
@@ -172,10 +207,16 @@ def test_no_token_of_a_suffix_longer_than_a_chunk_is_dropped(suffix_tokens: int,
 
 
 @pytest.mark.parametrize("suffix_tokens", [80, 90])
-def test_the_encoder_receives_every_token_of_an_80_and_90_token_suffix(tiny_components, suffix_tokens: int) -> None:
+def test_the_encoder_receives_every_token_of_an_80_and_90_token_suffix(
+    tiny_components, suffix_tokens: int
+) -> None:
     c = tiny_components
-    encoder = PromptEncoder(tokenizer=c.tokenizer, tokenizer_2=c.tokenizer_2, text_encoder=c.text_encoder,
-                            text_encoder_2=c.text_encoder_2)
+    encoder = PromptEncoder(
+        tokenizer=c.tokenizer,
+        tokenizer_2=c.tokenizer_2,
+        text_encoder=c.text_encoder,
+        text_encoder_2=c.text_encoder_2,
+    )
     long_suffix = " ".join(["x"] * suffix_tokens)  # one token a word in the tiny vocabulary
     (word,) = c.tokenizer("x", add_special_tokens=False).input_ids
     assert len(c.tokenizer(long_suffix, add_special_tokens=False).input_ids) == suffix_tokens

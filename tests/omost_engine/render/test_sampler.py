@@ -26,7 +26,10 @@ def test_karras_schedule_and_strength() -> None:
     assert float(full[-2]) == pytest.approx(float(train[0]), rel=1e-5)
     rho = 7.0
     i = 10
-    expected = (float(train[-1]) ** (1 / rho) + i / 24 * (float(train[0]) ** (1 / rho) - float(train[-1]) ** (1 / rho))) ** rho
+    expected = (
+        float(train[-1]) ** (1 / rho)
+        + i / 24 * (float(train[0]) ** (1 / rho) - float(train[-1]) ** (1 / rho))
+    ) ** rho
     assert float(full[i]) == pytest.approx(expected, rel=1e-5)
     # HR fix 20 steps at denoise 0.4: the last 21 of a 50-point schedule, starting near sigma 0.6403.
     hires = karras_sigmas(20, strength=0.4)

@@ -42,14 +42,17 @@ def _close(a: Image.Image, b: Image.Image) -> None:
 
 
 @pytest.mark.parametrize("method", ["omost", "area"])
-def test_batched_image_i_is_the_single_render_of_seed_i(renderer: Renderer, layout: Layout, method: str) -> None:
+def test_batched_image_i_is_the_single_render_of_seed_i(
+    renderer: Renderer, layout: Layout, method: str
+) -> None:
     params = SMALL.replace(method=method, steps=2 if method == "omost" else 1)
     seen: list[RenderProgress] = []
     batch = renderer.render(layout, params, count=4, strategy="batched", on_progress=seen.append)
     assert batch.batched and batch.seeds == (41, 42, 43, 44) and batch.count == 4
     # One sampling run for all four: progress counts its steps once, for four images.
     assert [(p.steps_done, p.steps_in_all, p.images) for p in seen] == [
-        (s, params.steps, 4) for s in range(1, params.steps + 1)]
+        (s, params.steps, 4) for s in range(1, params.steps + 1)
+    ]
     singles = [renderer.render(layout, params.replace(seed=seed)).image for seed in batch.seeds]
     for batched, single in zip(batch.images, singles, strict=True):
         _close(batched, single)
@@ -63,19 +66,29 @@ def test_batched_image_i_is_the_single_render_of_seed_i(renderer: Renderer, layo
     assert picked.params.replace(seed=41) == params
 
 
-def test_sequential_renders_each_seed_alone_with_progress_over_the_job(renderer: Renderer, layout: Layout) -> None:
+def test_sequential_renders_each_seed_alone_with_progress_over_the_job(
+    renderer: Renderer, layout: Layout
+) -> None:
     seen: list[RenderProgress] = []
     result = renderer.render(layout, SMALL, count=2, strategy="sequential", on_progress=seen.append)
     assert not result.batched and result.seeds == (41, 42)
     for image, seed in zip(result.images, result.seeds, strict=True):
-        assert np.array_equal(np.asarray(image), np.asarray(renderer.render(layout, SMALL.replace(seed=seed)).image))
-    assert [(p.step, p.steps_done, p.steps_in_all) for p in seen] == [(1, 1, 4), (2, 2, 4), (1, 3, 4), (2, 4, 4)]
+        assert np.array_equal(
+            np.asarray(image), np.asarray(renderer.render(layout, SMALL.replace(seed=seed)).image)
+        )
+    assert [(p.step, p.steps_done, p.steps_in_all) for p in seen] == [
+        (1, 1, 4),
+        (2, 2, 4),
+        (1, 3, 4),
+        (2, 4, 4),
+    ]
     assert seen[1].seconds_left(10.0) == pytest.approx(10.0)
     assert result.image.size == (512, 256)  # two images side by side
 
 
 def test_auto_batches_on_the_cpu_and_falls_back_to_sequence_when_memory_runs_out(
-        renderer: Renderer, layout: Layout, monkeypatch) -> None:
+    renderer: Renderer, layout: Layout, monkeypatch
+) -> None:
     params = SMALL.replace(steps=1)
     assert renderer.render(layout, params, count=2).batched
     pipeline = renderer.pipeline()
@@ -98,7 +111,9 @@ def test_cancel_stops_the_whole_batch(renderer: Renderer, layout: Layout) -> Non
         token = CancelToken()
         steps: list[int] = []
 
-        def on_progress(progress: RenderProgress, steps: list[int] = steps, token: CancelToken = token) -> None:
+        def on_progress(
+            progress: RenderProgress, steps: list[int] = steps, token: CancelToken = token
+        ) -> None:
             steps.append(progress.steps_done)
             token.cancel()
 
@@ -107,7 +122,9 @@ def test_cancel_stops_the_whole_batch(renderer: Renderer, layout: Layout) -> Non
         assert steps == [1]
 
 
-def test_upscale_of_a_result_equals_the_render_with_the_high_res_pass(renderer: Renderer, layout: Layout) -> None:
+def test_upscale_of_a_result_equals_the_render_with_the_high_res_pass(
+    renderer: Renderer, layout: Layout
+) -> None:
     first = renderer.render(layout, SMALL.replace(hr_steps=2))
     params = upscale_params(first.params)
     assert params.hr_scale == 1.5 and params.seed == first.params.seed and params.width == 256
@@ -117,7 +134,10 @@ def test_upscale_of_a_result_equals_the_render_with_the_high_res_pass(renderer: 
     assert [p.stage for p in seen] == ["hires"] * params.hr_steps  # the base pass is not run again
     full = renderer.render(layout, params)
     assert np.array_equal(np.asarray(upscaled.image), np.asarray(full.image))
-    assert renderer.render(layout, upscale_params(first.params, 2.0), base=first.image).image.size == (512, 512)
+    assert renderer.render(layout, upscale_params(first.params, 2.0), base=first.image).image.size == (
+        512,
+        512,
+    )
 
 
 def test_bad_counts_scales_and_upscale_input_are_clear_errors(renderer: Renderer, layout: Layout) -> None:
