@@ -41,7 +41,7 @@ def bot_intents() -> discord.Intents:
 class OmostTree(app_commands.CommandTree["OmostBot"]):
     async def on_error(
         self,
-        interaction: discord.Interaction[OmostBot],  # type: ignore[override]
+        interaction: discord.Interaction[OmostBot],
         error: app_commands.AppCommandError,
     ) -> None:
         """One clear ephemeral message for every failure; never a traceback in Discord."""
@@ -86,12 +86,15 @@ class OmostBot(commands.Bot):
         )
         self.config = config
         self.engine = engine
-        self.backend: JobBackend = backend or InProcessJobBackend(
-            engine,  # type: ignore[arg-type]
-            max_queue=config.max_queue,
-            clock=clock,
-            timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s),
-        )
+        if backend is None:
+            assert engine is not None  # checked above: without a backend the bot has an engine
+            backend = InProcessJobBackend(
+                engine,
+                max_queue=config.max_queue,
+                clock=clock,
+                timeouts=StageTimeouts(llm=config.llm_timeout_s, render=config.render_timeout_s),
+            )
+        self.backend: JobBackend = backend
         self.clock = clock
         self.wall_clock = wall_clock
         self.db: Database | None = None

@@ -15,7 +15,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import ConfigDict, Field
@@ -301,7 +301,10 @@ def _values(
     return values
 
 
-def _build(cls: type[Any], values: Mapping[str, tuple[Any, str]], *, name_source: bool) -> Any:
+ConfigT = TypeVar("ConfigT")
+
+
+def _build(cls: type[ConfigT], values: Mapping[str, tuple[Any, str]], *, name_source: bool) -> ConfigT:
     """The config from checked values; errors name the variable or key (``parameter``: it, or the field)."""
     checked: dict[str, Any] = {}
     for name, (value, source) in values.items():

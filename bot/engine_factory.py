@@ -5,23 +5,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.config import BotConfig
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from omost_engine.engine import ChatMessage, ChatResult, RenderResult
     from omost_engine.layout import Layout
+    from omost_engine.llm.service import ChatService
     from omost_engine.params import LLMParams, RenderParams
     from omost_engine.progress import CancelToken, ProgressCallback
+    from omost_engine.render.renderer import Renderer
 
 
 @dataclass
 class CombinedEngine:
     """``Engine``: ``chat`` from one object, ``render`` from another."""
 
-    chat_service: Any
-    renderer: Any
+    chat_service: ChatService
+    renderer: Renderer
 
     def chat(
         self,
@@ -45,8 +49,12 @@ class CombinedEngine:
         model: str | None = None,
         on_progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
+        count: int = 1,
+        base: Image | None = None,
     ) -> RenderResult:
-        return self.renderer.render(layout, params, model=model, on_progress=on_progress, cancel=cancel)
+        return self.renderer.render(
+            layout, params, model=model, on_progress=on_progress, cancel=cancel, count=count, base=base
+        )
 
 
 def create_engine(config: BotConfig) -> CombinedEngine:
@@ -54,6 +62,7 @@ def create_engine(config: BotConfig) -> CombinedEngine:
     from omost_engine.llm.models import DEFAULT_LLM
     from omost_engine.llm.service import ChatService
     from omost_engine.memory import ModelManager
+    from omost_engine.render.loading import DEFAULT_MODEL
     from omost_engine.render.renderer import Renderer
 
     manager = ModelManager(device=None if config.device == "auto" else config.device, mode=config.memory)
@@ -61,8 +70,6 @@ def create_engine(config: BotConfig) -> CombinedEngine:
     default_llm = config.llm_endpoint or config.llm or DEFAULT_LLM
     chat = ChatService(manager=manager, default_llm=default_llm)
     renderer = Renderer(
-        memory=manager,
-        single_file_config=config.sdxl_config,
-        **({"default_model": config.sdxl} if config.sdxl else {}),
+        memory=manager, single_file_config=config.sdxl_config, default_model=config.sdxl or DEFAULT_MODEL
     )
     return CombinedEngine(chat_service=chat, renderer=renderer)

@@ -113,7 +113,9 @@ def encode_image(image: Image.Image, *, limit: int, stem: str = "image") -> Enco
             )
     scaled = rgb
     while min(scaled.size) > 16:
-        scaled = scaled.resize((max(1, scaled.width * 3 // 4), max(1, scaled.height * 3 // 4)), Image.LANCZOS)
+        scaled = scaled.resize(
+            (max(1, scaled.width * 3 // 4), max(1, scaled.height * 3 // 4)), Image.Resampling.LANCZOS
+        )
         buffer = io.BytesIO()
         scaled.save(buffer, format="JPEG", quality=80)
         if buffer.tell() <= limit:

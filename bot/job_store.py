@@ -47,7 +47,7 @@ class StoredJob:
 class JobStore:
     """Jobs in ``Storage`` and on the ``JobBackend``."""
 
-    def __init__(self, storage: Storage, backend: JobBackend, *, sdxl: str) -> None:
+    def __init__(self, storage: Storage, backend: JobBackend, *, sdxl: str | None) -> None:
         self.storage = storage
         self.backend = backend
         self.sdxl = sdxl

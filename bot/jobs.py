@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from omost_engine.engine import ChatMessage, ChatResult, Engine, RenderResult
 from omost_engine.errors import CancelledError, OmostError
@@ -184,7 +184,12 @@ class StageTimeouts:
     render: float = 900.0
 
 
-async def _run_stage(stage: Stage, timeout: float, token: CancelToken, call: Callable[[], object]) -> object:
+StageResult = TypeVar("StageResult")
+
+
+async def _run_stage(
+    stage: Stage, timeout: float, token: CancelToken, call: Callable[[], StageResult]
+) -> StageResult:
     """Run ``call`` in a thread; at the timeout ask it to stop (the engine honours the token) and fail."""
     work = asyncio.ensure_future(asyncio.to_thread(call))
     try:

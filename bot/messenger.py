@@ -333,7 +333,8 @@ class Messenger:
                 )
             await channel.send(
                 f"⚠️ <@{user_id}>, job #{job_id} failed: {error}. Run it again (for a reply, reply again).",
-                reference=reference,
+                # discord.utils.MISSING is send's own default (no reply); its type does not admit None
+                reference=reference if reference is not None else discord.utils.MISSING,
                 allowed_mentions=formatting.notify_only(user_id),
             )
         except discord.HTTPException as exc:

@@ -19,6 +19,7 @@ from bot import formatting
 from bot.jobs import Cancelled, Failed, JobOutput
 from bot.views import result_view
 from omost_engine.layout import Layout
+from omost_engine.png import png_bytes
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.reply import extract_code
 
@@ -86,16 +87,16 @@ class StatusPresenter:
             regions = len(progress.conditions) if progress else 0
             if progress is not None and regions and regions != tracker.preview_regions:
                 tracker.preview_regions = regions
-                png = formatting.png_bytes(formatting.preview_image(progress.conditions))
+                png = png_bytes(formatting.preview_image(progress.conditions))
                 return text, discord.File(io.BytesIO(png), filename="preview.png")
             return text, None
         if tracker.phase == "render":
-            progress = tracker.render_progress
+            render_progress = tracker.render_progress
             eta = None
-            if progress is not None and tracker.render_started is not None:
+            if render_progress is not None and tracker.render_started is not None:
                 # Over the whole render (base and high-res steps), not this pass alone.
-                eta = progress.seconds_left(self.clock() - tracker.render_started)
-            return formatting.render_text(tracker.job_id, progress, eta), None
+                eta = render_progress.seconds_left(self.clock() - tracker.render_started)
+            return formatting.render_text(tracker.job_id, render_progress, eta), None
         return formatting.queued_text(tracker.job_id, tracker.position), None
 
     def progress_kwargs(self, tracker: Tracker) -> MessageKwargs:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field
+from pydantic.config import JsonDict
 
 from bot.config import BotConfig, QueuedPerUser, RateLimit
 from bot.storage import Storage
@@ -30,9 +31,11 @@ from omost_engine.params import (
 )
 
 Scope = Literal["guild", "channel"]
+ALL_SCOPES: tuple[Scope, ...] = ("guild", "channel")
 Kind = Literal["bool", "int", "float", "text", "choice", "size", "channels"]
+KINDS: dict[object, Kind] = {kind: kind for kind in get_args(Kind)}
 
-GUILD_ONLY = {"scopes": ["guild"]}
+GUILD_ONLY: JsonDict = {"scopes": ["guild"]}
 SettingText = Annotated[PromptText, Field(min_length=1)]
 Megapixels = Annotated[float, Field(ge=0.06, le=4.2)]
 
@@ -84,19 +87,26 @@ class SettingSpec:
 
     kind: Kind
     help: str
-    scopes: tuple[Scope, ...] = ("guild", "channel")
+    scopes: tuple[Scope, ...] = ALL_SCOPES
     choices: tuple[str, ...] = ()
 
 
 def _spec(name: str) -> SettingSpec:
     info = fields_of(ServerSettings)[name]
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    kind = "channels" if name == "allowed_channels" else extra.get("kind") or field_kind(ServerSettings, name)
-    scopes = tuple(extra.get("scopes", ("guild", "channel")))
+    found_kind = (
+        "channels" if name == "allowed_channels" else extra.get("kind") or field_kind(ServerSettings, name)
+    )
+    if found_kind not in KINDS:
+        raise TypeError(f"{name}: setting kind {found_kind!r} is none of {tuple(KINDS)}")
+    declared_scopes = extra.get("scopes", list(ALL_SCOPES))
+    if not isinstance(declared_scopes, list) or not all(scope in ALL_SCOPES for scope in declared_scopes):
+        raise TypeError(f"{name}: json_schema_extra 'scopes' must be a list drawn from {ALL_SCOPES}")
+    scopes = tuple(scope for scope in ALL_SCOPES if scope in declared_scopes)
     return SettingSpec(
-        kind=kind,
+        kind=KINDS[found_kind],
         help=info.description or "",
-        scopes=scopes,  # type: ignore[arg-type]
+        scopes=scopes,
         choices=choices(ServerSettings, name),
     )
 

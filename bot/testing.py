@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from omost_engine.testing.scripted_engine import FakeClock
 from omost_engine.testing.scripted_engine import ScriptedEngine as BaseScriptedEngine
@@ -33,7 +33,13 @@ class ScriptedEngine(BaseScriptedEngine):
         gate: threading.Event | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         settled: Callable[[], bool] = lambda: True,
-        **options: object,
+        chat_seconds: float = 0.0,
+        render_seconds: float = 0.0,
+        llm_name: str = "scripted-llm",
+        model_name: str = "scripted-sdxl",
+        seconds_per_event: float = 1.0,
+        gate_stages: Collection[str] = ("chat", "render"),
+        gate_timeout: float = 30.0,
     ) -> None:
         super().__init__(
             replies=replies,
@@ -42,8 +48,14 @@ class ScriptedEngine(BaseScriptedEngine):
             image_size=image_size,
             clock=clock,
             gate=gate,
-            **options,
-        )  # type: ignore[arg-type]
+            chat_seconds=chat_seconds,
+            render_seconds=render_seconds,
+            llm_name=llm_name,
+            model_name=model_name,
+            seconds_per_event=seconds_per_event,
+            gate_stages=gate_stages,
+            gate_timeout=gate_timeout,
+        )
         self.loop = loop
         self.settled = settled
 

@@ -3,7 +3,8 @@ declarations say (ranges, choices, guild-only, admin and owner checks), ``OmostA
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import discord
 from discord import app_commands
@@ -33,8 +34,11 @@ Interaction = discord.Interaction[OmostBot]
 def _range(model: type, name: str) -> Any:
     """The option type Discord enforces in the client, from the field's declaration (its one range)."""
     low, high = bounds(model, name)
-    kind = int if field_kind(model, name) == "int" else float
-    return app_commands.Range[kind, kind(low), kind(high)]  # type: ignore[index,misc]
+    if low is None or high is None:
+        raise TypeError(f"{model.__name__}.{name} declares no range for its option")
+    if field_kind(model, name) == "int":
+        return app_commands.Range[int, int(low), int(high)]
+    return app_commands.Range[float, float(low), float(high)]
 
 
 def _describe(model: type, name: str, text: str | None = None) -> str:
@@ -47,14 +51,25 @@ def _describe(model: type, name: str, text: str | None = None) -> str:
 
 
 # Option types and descriptions, all from the declarations in omost_engine.params (nothing restated here).
-SeedOption = _range(RenderParams, "seed")
-StepsOption = _range(RenderParams, "steps")
-CfgOption = _range(RenderParams, "cfg")
-GlobalStrengthOption = _range(RenderParams, "global_strength")
-RegionStrengthOption = _range(RenderParams, "region_strength")
-TemperatureOption = _range(LLMParams, "temperature")
-TopPOption = _range(LLMParams, "top_p")
-MaxNewTokensOption = _range(LLMParams, "max_new_tokens")
+# To a type checker each is the plain type a Range stands for (what discord.py hands the command).
+if TYPE_CHECKING:
+    SeedOption = int
+    StepsOption = int
+    CfgOption = float
+    GlobalStrengthOption = float
+    RegionStrengthOption = float
+    TemperatureOption = float
+    TopPOption = float
+    MaxNewTokensOption = int
+else:
+    SeedOption = _range(RenderParams, "seed")
+    StepsOption = _range(RenderParams, "steps")
+    CfgOption = _range(RenderParams, "cfg")
+    GlobalStrengthOption = _range(RenderParams, "global_strength")
+    RegionStrengthOption = _range(RenderParams, "region_strength")
+    TemperatureOption = _range(LLMParams, "temperature")
+    TopPOption = _range(LLMParams, "top_p")
+    MaxNewTokensOption = _range(LLMParams, "max_new_tokens")
 TextOption = app_commands.Range[str, 1, constraints(fields_of(RenderParams)["negative"])["max_length"]]
 
 _RENDER_DESCRIPTIONS = {
@@ -77,7 +92,10 @@ _RENDER_DESCRIPTIONS = {
 _LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
 
 
-def admins_only(what: str) -> Any:
+CommandT = TypeVar("CommandT")
+
+
+def admins_only(what: str) -> Callable[[CommandT], CommandT]:
     """A declared check: only members with Manage Server. (Discord's ``default_permissions`` applies to
     top-level commands only, and these are subcommands of ``/omost``; the check answers like an error.)"""
 
@@ -89,7 +107,7 @@ def admins_only(what: str) -> Any:
     return app_commands.check(predicate)
 
 
-def owners_only() -> Any:
+def owners_only() -> Callable[[CommandT], CommandT]:
     """A declared check: only the bot's owners (``owner_ids``, else the application's owners)."""
 
     async def predicate(interaction: Interaction) -> bool:

@@ -44,6 +44,7 @@ from bot.views import send_error
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import MAX_SEED, describe_overrides
+from omost_engine.png import png_bytes
 from omost_engine.preview import masks_image, sketch_image
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,9 @@ class OmostActions:
         )
         overrides = list(layout.meta.get("overrides") or [])
         overrides += describe_overrides(file_params, render_params, given, source="option")
-        meta = {k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta}
+        meta: dict[str, object] = {
+            k: layout.meta[k] for k in ("llm", "llm_params", "prompt", "program") if k in layout.meta
+        }
         meta["render"] = file_params.to_dict() if file_settings else None
         # What loading assumed (an old file upgraded, a bare ComfyUI list) is shown with the result and kept.
         warnings = [*layout.notes, *layout.warnings]  # the record keeps the first MAX_WARNINGS
@@ -382,7 +385,7 @@ class OmostActions:
             guild_id=guild.id,
             channel=channel,
             bot_permissions=channel.permissions_for(guild.me),
-        )  # type: ignore[union-attr,arg-type]
+        )
         if files:
             data = await download_layout(files[0], max_bytes=limit, timeout_s=self.config.download_timeout_s)
             layout = layout_from_upload(data, max_bytes=limit)
@@ -448,10 +451,8 @@ class OmostActions:
                 f"{formatting.shorten(' '.join(condition.prefixes), 120)}"
             )
         files = [
-            discord.File(
-                io.BytesIO(formatting.png_bytes(sketch_image(layout, (360, 360)))), filename="sketch.png"
-            ),
-            discord.File(io.BytesIO(formatting.png_bytes(masks_image(layout))), filename="masks.png"),
+            discord.File(io.BytesIO(png_bytes(sketch_image(layout, (360, 360)))), filename="sketch.png"),
+            discord.File(io.BytesIO(png_bytes(masks_image(layout))), filename="masks.png"),
             discord.File(io.BytesIO(data.encode("utf-8")), filename="layout.json"),
         ]
         await interaction.response.send_message("\n".join(lines)[:1990], files=files, ephemeral=True)

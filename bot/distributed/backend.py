@@ -21,7 +21,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.distributed.client import RedisConfig, RedisError, RedisJobClient
+from bot.config import RedisConfig
+from bot.distributed.client import RedisError, RedisJobClient
 from bot.distributed.protocol import JobMessage, WireEvent
 from bot.jobs import (
     Cancelled,

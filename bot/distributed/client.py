@@ -21,6 +21,7 @@ from bot.config import RedisConfig
 from bot.distributed.health import ClusterHealth, read_health
 from bot.distributed.protocol import (
     WORKER_GROUP,
+    EventType,
     JobMessage,
     Keys,
     WireEvent,
@@ -38,9 +39,9 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 try:  # the redis package is the optional extra; without it this module is never used
-    from redis.exceptions import RedisError
+    from redis.exceptions import RedisError as RedisError  # re-exported for bot.distributed.backend
 except ModuleNotFoundError:  # pragma: no cover
-    RedisError = OSError  # type: ignore[misc,assignment]
+    RedisError = OSError  # type: ignore[misc,assignment]  # the stand-in when the extra is not installed
 
 GROUP = "bot"  # the consumer group the bot reads the event stream with
 CANCEL_TTL_S = 86_400
@@ -123,7 +124,7 @@ class RedisJobClient:
         self._redis = Redis.from_url(self.config.url, socket_connect_timeout=5)
         try:
             await self._create_groups()
-            stored = await self._redis.hgetall(self.keys.jobs)
+            stored = await self._redis.hgetall(self.keys.jobs)  # type: ignore[misc]  # redis-py types its asyncio commands as Awaitable[T] | T
         except (OSError, RedisError) as exc:
             await self.close()
             raise OmostError(
@@ -178,11 +179,12 @@ class RedisJobClient:
             submitted_ns=now_ns,
         )
         entry_id = await self.redis.xadd(
-            self.keys.queue(record.queue), job_entry(record.run_id, record.request)
-        )  # type: ignore[arg-type]
+            self.keys.queue(record.queue),
+            job_entry(record.run_id, record.request),  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
+        )
         record.entry_id = _text(entry_id)
         self._records[record.job_id] = record
-        await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))
+        await self.redis.hset(self.keys.jobs, record.job_id, dumps(record.to_json()))  # type: ignore[misc,arg-type]  # redis-py: Awaitable[T] | T results, str-only hash values
 
     async def cancel(self, job_id: str) -> bool:
         """Stop a job wherever it is. True when it was still waiting (it will never start)."""
@@ -193,7 +195,7 @@ class RedisJobClient:
             pipe.set(self.keys.cancelled(record.run_id), b"1", ex=CANCEL_TTL_S)
             pipe.publish(self.keys.cancel_channel, record.run_id)
             await pipe.execute()
-        removed = record.entry_id and await self.redis.eval(  # type: ignore[misc]
+        removed = record.entry_id and await self.redis.eval(  # type: ignore[misc]  # redis-py types its asyncio commands as Awaitable[T] | T
             CANCEL_WAITING_SCRIPT, 1, self.keys.queue(record.queue), WORKER_GROUP, record.entry_id
         )
         if removed:
@@ -276,7 +278,7 @@ class RedisJobClient:
                 pipe.xack(self.keys.events, GROUP, *ids)
                 pipe.xdel(self.keys.events, *ids)
             for job_id in started:  # persisted so that a restarted bot still knows how far a job got
-                pipe.hset(self.keys.jobs, job_id, dumps(self._records[job_id].to_json()))
+                pipe.hset(self.keys.jobs, job_id, dumps(self._records[job_id].to_json()))  # type: ignore[arg-type]  # redis-py types a hash value as str; bytes are accepted
             await pipe.execute()
 
     async def outcome(self, job_id: str) -> JobOutput:
@@ -284,7 +286,7 @@ class RedisJobClient:
         from omost_engine.layout import Layout
 
         record = self._records.get(job_id)
-        data = await self.redis.hgetall(self.keys.result(record.run_id)) if record else {}
+        data = await self.redis.hgetall(self.keys.result(record.run_id)) if record else {}  # type: ignore[misc]  # redis-py types its asyncio commands as Awaitable[T] | T
         if not data or b"meta" not in data or b"image" not in data:
             raise OmostError(
                 f"the result of job {job_id} is no longer in Redis", parameter="job_id", value=job_id
@@ -384,16 +386,16 @@ class RedisJobClient:
                     f"(waited {now - w.no_worker_since:.0f} s); try again later",
                 )
 
-    async def _say(self, record: _Record, type_: str, **data: Any) -> None:
+    async def _say(self, record: _Record, type_: EventType, **data: Any) -> None:
         """Write an event of the bot's own into the stream, so it is handled like a worker's."""
         event = WireEvent(
             type=type_,
             job_id=record.job_id,
-            attempt=record.attempt,  # type: ignore[arg-type]
+            attempt=record.attempt,
             worker=WATCHDOG,
             data=data,
         )
-        await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
+        await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
 
 
 def _text(value: bytes | str) -> str:

@@ -15,6 +15,8 @@ from bot.distributed.protocol import Keys, loads
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from bot.jobs import JobBackend
+
 SEEN_FOR_S = 7 * 86_400  # workers not heard from for a week drop out of the list
 
 
@@ -115,13 +117,13 @@ async def read_health(redis: Redis, keys: Keys) -> ClusterHealth:
     return ClusterHealth(workers=tuple(workers), queued=queued)
 
 
-async def status_lines(backend: object) -> list[str]:
+async def status_lines(backend: JobBackend) -> list[str]:
     """The text of ``/omost status`` for any ``JobBackend``: the bot's queue, then the workers.
 
     The in-process queue has one worker, this process; the Redis backend adds what the workers
     report (models, jobs, last heartbeat). Redis being down is reported, not raised.
     """
-    snapshot = backend.snapshot()  # type: ignore[attr-defined]
+    snapshot = backend.snapshot()
     running = sum(1 for _, position in snapshot if position == 0)
     lines = [f"queue: {running} running, {len(snapshot) - running} waiting in the bot"]
     read = getattr(backend, "health", None)

@@ -274,12 +274,14 @@ def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, di
 
 
 def condition_from_json(data: dict[str, Any]) -> Condition:
+    top, bottom, left, right = (int(v) for v in data["rect"])
+    red, green, blue = (int(v) for v in data["color"])
     return Condition(
-        rect=tuple(int(v) for v in data["rect"]),  # type: ignore[arg-type]
+        rect=(top, bottom, left, right),
         prefixes=tuple(data["prefixes"]),
         suffixes=tuple(data["suffixes"]),
-        color=tuple(int(v) for v in data["color"]),
-    )  # type: ignore[arg-type]
+        color=(red, green, blue),
+    )
 
 
 def png_bytes(image: Image) -> bytes:

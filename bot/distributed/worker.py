@@ -35,6 +35,7 @@ from bot.config import REDIS_URL_FORMS, RedisUrl, check_redis_url
 from bot.distributed.protocol import (
     DEFAULT_QUEUE,
     WORKER_GROUP,
+    EventType,
     JobMessage,
     Keys,
     WireEvent,
@@ -393,7 +394,7 @@ class GpuWorker:
         kept = await self.redis.eval(
             OWN_ENTRIES_SCRIPT,
             1,
-            self.stream,  # type: ignore[misc]
+            self.stream,  # type: ignore[misc]  # redis-py types its asyncio commands as Awaitable[T] | T
             WORKER_GROUP,
             self.config.worker_id,
             str(idle_ms),
@@ -423,19 +424,19 @@ class GpuWorker:
                         job.stop("cancel")
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
     # -- jobs ------------------------------------------------------------------------------------
 
-    async def _emit(self, job_id: str, type_: str, attempt: int, **data: Any) -> None:
+    async def _emit(self, job_id: str, type_: EventType, attempt: int, **data: Any) -> None:
         event = WireEvent(
             type=type_,
             job_id=job_id,
-            attempt=attempt,  # type: ignore[arg-type]
+            attempt=attempt,
             worker=self.config.worker_id,
             data=data,
         )
-        await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
+        await self.redis.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
 
     async def _done_with(self, entry_id: str) -> None:
         """The job ended here: its entry leaves the pending list and the stream."""
@@ -478,7 +479,7 @@ class GpuWorker:
                 transaction=False
             ) as pipe:  # one round trip before the engine starts
                 pipe.exists(self.keys.cancelled(run_id))
-                pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]
+                pipe.xadd(self.keys.events, started.encode())  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
                 cancelled, _ = await pipe.execute()
             outcome = "cancelled"
             if cancelled:
@@ -563,9 +564,9 @@ class GpuWorker:
         event = WireEvent(type="result", job_id=job.job_id, attempt=job.attempt, worker=self.config.worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # the event never comes without its result
             pipe.delete(key)
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.hset(key, mapping=fields)
             pipe.expire(key, RESULT_TTL_S)
-            pipe.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]
+            pipe.xadd(self.keys.events, event.encode())  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
             await pipe.execute()
 
 
