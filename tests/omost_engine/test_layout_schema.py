@@ -70,4 +70,6 @@ def test_the_comfyui_rules_refuse_the_old_wrapped_object(golden) -> None:
 def test_every_golden_canvas_writes_a_file_comfyui_and_the_schema_accept(golden) -> None:
     for name in ("01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "20", "21"):
         layout = parse_reply(golden(name)["bot_response"])
-        check_project_file(layout.dumps())
+        # check_project_file asserts the schema, ComfyUI's rules and the round trip.
+        document = check_project_file(layout.dumps())
+        assert isinstance(document, list) and len(document) == len(layout.conditions), name
