@@ -15,6 +15,7 @@ from bot.access import is_admin
 from bot.bot import OmostBot
 from bot.distributed.health import status_lines
 from bot.settings import (
+    RENDER_OPTIONS,
     SETTINGS,
     is_unfiltered_model,
     known_llms,
@@ -75,19 +76,7 @@ TextOption = app_commands.Range[str, 1, constraints(fields_of(RenderParams)["neg
 _RENDER_DESCRIPTIONS = {
     "seed": _describe(RenderParams, "seed", "random seed; random if left out"),
     "size": f"a preset ({', '.join(ASPECT_PRESETS)}) or WIDTHxHEIGHT"[:100],
-    **{
-        name: _describe(RenderParams, name)
-        for name in (
-            "steps",
-            "cfg",
-            "method",
-            "global_strength",
-            "region_strength",
-            "overlap",
-            "negative",
-            "positive",
-        )
-    },
+    **{name: _describe(RenderParams, name) for name in RENDER_OPTIONS if name != "seed"},
 }
 _LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
 
