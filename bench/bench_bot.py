@@ -135,7 +135,7 @@ async def omost(users: int, jobs_per_user: int, db_dir: Path) -> dict[str, objec
     engine = TimedEngine(ScriptedEngine(replies=replies, llm_events=3))
     config = BotConfig(
         db=db_dir / "bench.sqlite3",
-        max_queue=users * jobs_per_user + 10,
+        max_queue=min(users * jobs_per_user + 10, 10_000),  # the declared ceiling: 10,000 waiting jobs
         max_queued_per_user=jobs_per_user,
         rate_limit=10_000,
         # The instant engine needs milliseconds. Short stage timeouts because simcord keeps a cancelled timer
