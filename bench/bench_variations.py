@@ -16,39 +16,19 @@ real SDXL (hub id, folder or .safetensors) where one is at hand.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from bench_pipeline import dragon_layout  # the golden's layout, as the pipeline benchmark renders it
 
-from omost_engine.conditions import Condition
-from omost_engine.layout import Layout
 from omost_engine.params import RenderParams
 from omost_engine.render.renderer import Renderer
 from omost_engine.testing.tiny_sdxl import save_tiny_sdxl
 
-GOLDEN = (
-    Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "goldens" / "01_readme_dragon_battle.json"
-)
 COUNT = 4
-
-
-def dragon_layout() -> Layout:
-    bag = json.loads(GOLDEN.read_text())["process_output"]["bag_of_conditions"]
-    return Layout(
-        conditions=[
-            Condition(
-                rect=tuple(c["mask"]["rect"]),
-                prefixes=tuple(c["prefixes"]),
-                suffixes=tuple(c["suffixes"]),
-                color=(128, 128, 128),
-            )
-            for c in bag
-        ]
-    )
 
 
 def fastest(
