@@ -18,6 +18,7 @@ from typing import Any
 import discord
 
 from bot import formatting
+from bot.events import JobUpdate, JobUpdates, Phase
 from bot.job_store import JobRequest, JobStore
 from bot.jobs import (
     Cancelled,
@@ -39,7 +40,7 @@ from bot.presenter import StatusPresenter, Tracker, end_text, plain_kwargs
 from bot.recovery import Recovery
 from bot.storage import JobRecord
 from bot.views import status_view
-from omost_engine.progress import LLMProgress
+from omost_engine.progress import LLMProgress, RenderProgress
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class JobService:
         self.delivered = 0  # results delivered since start (benchmarks, health)
         self.shutting_down = False  # set by the bot's close(): a job stopped now resumes after the restart
         self._cancel_requested: set[int] = set()  # cancelled by a user or admin, not by a shutdown
+        # Every recorded change of a job, for the cog (bot/events.py); the messages here never wait on it.
+        self.events = JobUpdates()
 
     # -- submitting ------------------------------------------------------------------------------------
 
@@ -159,7 +162,34 @@ class JobService:
         tracker = self.trackers.get(event.job_id)
         if tracker is not None:
             self._apply(tracker, event)
+            if isinstance(event, Queued | Requeued | Started | Progress):
+                self._publish(
+                    tracker,
+                    "render" if tracker.phase == "render" else "llm" if tracker.phase == "llm" else "queued",
+                )
         self.messenger.flush_due()
+
+    def _publish(
+        self, tracker: Tracker, phase: Phase, *, message_id: int | None = None, error: str | None = None
+    ) -> None:
+        """Tell the listeners (the cog) what the job's records now say."""
+        fraction = None
+        progress = tracker.render_progress
+        if phase == "render" and isinstance(progress, RenderProgress) and progress.steps_in_all > 0:
+            fraction = min(1.0, progress.steps_done / progress.steps_in_all)
+        self.events.publish(
+            JobUpdate(
+                job_id=tracker.job_id,
+                user_id=tracker.user_id,
+                channel_id=tracker.channel_id,
+                guild_id=tracker.guild_id,
+                phase=phase,
+                position=tracker.position if phase == "queued" else 0,
+                fraction=fraction,
+                message_id=message_id if message_id is not None else tracker.message_id,
+                error=error,
+            )
+        )
 
     def _apply(self, tracker: Tracker, event: JobEvent) -> None:
         edit = self.messenger.request_edit
@@ -248,6 +278,7 @@ class JobService:
         if tracker is not None:
             with _logged(f"job {job_id}: reporting the failure"):
                 await self.messenger.edit(tracker, plain_kwargs(text), final=True)
+            self._publish(tracker, "failed", error=internal_failure(job_id, what))
 
     @property
     def idle(self) -> bool:
@@ -306,6 +337,7 @@ class JobService:
             )
             self.trackers.pop(tracker.job_id, None)
             self.delivered += 1
+        self._publish(tracker, "done", message_id=message_id)
 
     async def _end(self, tracker: Tracker, event: Failed | Cancelled) -> None:
         await self.messenger.stop_progress(tracker)
@@ -315,6 +347,7 @@ class JobService:
             await self.storage.update_job(tracker.job_id, state=state, error=error)
             await self.messenger.edit(tracker, plain_kwargs(text), final=True)
             self.trackers.pop(tracker.job_id, None)
+        self._publish(tracker, "cancelled" if state == "cancelled" else "failed", error=error)
 
     # -- restart -----------------------------------------------------------------------------------------
 

@@ -121,9 +121,13 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(JobButton)  # buttons of results posted before a restart still answer
+        # Job progress and results reach the cog as events (bot/events.py); its actions follow their jobs.
+        self._unsubscribe = self.bot.jobs.events.subscribe(self.actions.on_job_update)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(JobButton)
+        self._unsubscribe()
+        await self.actions.drain()
 
     async def on_job_button(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> None:
         """A click on a job's button (bot/views.JobButton hands it here): the actions' registry answers."""

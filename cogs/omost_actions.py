@@ -22,6 +22,7 @@ import discord
 from bot import formatting
 from bot.access import is_admin, require_bot_permissions, require_channel_allowed, require_rate
 from bot.config import BotConfig
+from bot.events import JobUpdate
 from bot.job_store import (
     STORED_LAYOUT_BYTES,
     JobRequest,
@@ -132,6 +133,11 @@ class JobQueue(Protocol):
 
 
 ButtonAction = Callable[[discord.Interaction[Any], JobRecord], Awaitable[None]]
+JobFollower = Callable[[JobUpdate], Awaitable[None]]
+
+
+def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
 class EditModal(discord.ui.Modal):
@@ -170,6 +176,36 @@ class OmostActions:
             "delete": self.delete_result,
             "cancel": self.cancel,
         }
+        # Jobs an action follows until they end (the job service's updates reach the cog as events).
+        self.followers: dict[int, list[JobFollower]] = {}
+        self._follower_tasks: set[asyncio.Task[None]] = set()
+
+    # -- job updates -------------------------------------------------------------------------------------
+
+    def follow(self, job_id: int, follower: JobFollower) -> None:
+        """Call ``follower`` with each update of the job until (and including) the one that ends it."""
+        self.followers.setdefault(job_id, []).append(follower)
+
+    def on_job_update(self, update: JobUpdate) -> None:
+        """The cog's subscription to the job service's updates: hand them to the job's followers."""
+        followers = (
+            self.followers.pop(update.job_id, []) if update.ended else self.followers.get(update.job_id, [])
+        )
+        for follower in followers:
+            task = asyncio.ensure_future(self._run_follower(follower, update))
+            self._follower_tasks.add(task)
+            task.add_done_callback(self._follower_tasks.discard)
+
+    async def _run_follower(self, follower: JobFollower, update: JobUpdate) -> None:
+        try:
+            await follower(update)
+        except Exception:  # a follower only adds to what the job's own messages say: log it and go on
+            log.exception("job %s: acting on its %s update failed", update.job_id, update.phase)
+
+    async def drain(self) -> None:
+        """Wait for the followers still running (shutdown, tests)."""
+        while self._follower_tasks:
+            await asyncio.gather(*list(self._follower_tasks), return_exceptions=True)
 
     # -- checks ----------------------------------------------------------------------------------------
 
@@ -228,6 +264,7 @@ class OmostActions:
             if interaction.response.is_done():  # deferred (privately) while a file was read: answer, then
                 # the status message follows for everyone
                 await interaction.edit_original_response(content=f"📥 Job #{job_id} is queued.")
+                self.follow(job_id, lambda update: self._update_private_answer(interaction, update))
                 return await interaction.followup.send(content, view=view, wait=True)
             callback = await interaction.response.send_message(content, view=view)
             if isinstance(callback.resource, discord.InteractionMessage):
@@ -235,6 +272,22 @@ class OmostActions:
             return await interaction.original_response()
 
         await self.jobs.announce(job_id, position, send, interaction=interaction)
+
+    async def _update_private_answer(self, interaction: discord.Interaction[Any], update: JobUpdate) -> None:
+        """The private "queued" answer of a deferred command says how its job ended, with a link to the
+        result, so that it is not left saying "queued" (best effort: the token lasts 15 minutes)."""
+        if not update.ended:
+            return
+        if update.phase == "done" and update.message_id is not None:
+            text = f"✅ Job #{update.job_id} is done: {jump_url(update.guild_id, update.channel_id, update.message_id)}"
+        elif update.phase == "failed":
+            text = f"❌ Job #{update.job_id} failed: {update.error or 'see its message'}."
+        else:
+            text = f"✖️ Job #{update.job_id} was {'cancelled' if update.phase == 'cancelled' else 'stopped'}."
+        try:
+            await interaction.edit_original_response(content=text)
+        except discord.HTTPException as exc:  # the token expired: the job's own message says it all
+            log.info("job %s: could not update its private answer: %s", update.job_id, exc)
 
     async def compose(
         self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, Any]

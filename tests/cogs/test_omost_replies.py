@@ -128,9 +128,12 @@ async def test_render_command_takes_a_layout_attachment(world: World) -> None:
         seed=99,
         size="square",
     )
-    # Acknowledged privately before the file was read; the status message (now the result) follows for all.
-    assert result.ephemeral and result.response.content == "📥 Job #1 is queued."
+    # Acknowledged privately before the file was read; the status message (now the result) follows for all,
+    # and the private answer ends up linking to it (tests/cogs/test_omost_events.py).
     message = result.followups[0]
+    assert result.ephemeral and result.response.content.startswith(
+        ("📥 Job #1 is queued.", "✅ Job #1 is done")
+    )
     assert not message.ephemeral and "Done" in message.content
     fields = {f.name: f.value for f in message.embeds[0].fields}
     assert fields["Seed"] == "99" and fields["Size"] == "1024x1024" and fields["LLM"].startswith("—")
