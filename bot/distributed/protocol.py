@@ -7,7 +7,6 @@ small and a result outlives a bot restart.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from omost_engine.engine import ChatMessage
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.png import png_bytes as encode_png
+from omost_engine.png import png_image as png_image  # re-exported: the client decodes results with it
 from omost_engine.progress import LLMProgress, RenderProgress
 
 if TYPE_CHECKING:
@@ -287,14 +287,6 @@ def condition_from_json(data: dict[str, Any]) -> Condition:
 def png_bytes(image: Image) -> bytes:
     # Fast, light compression: the bytes cross a LAN once and the bot re-encodes for Discord anyway.
     return encode_png(image, compress_level=1)
-
-
-def png_image(data: bytes) -> Image:
-    from PIL import Image as PILImage
-
-    image = PILImage.open(io.BytesIO(data))
-    image.load()
-    return image
 
 
 def job_entry(run_id: str, request: dict[str, Any]) -> dict[str, bytes]:
