@@ -77,11 +77,11 @@ def render_text(job_id: int, progress: RenderProgress | None, eta: float | None)
     if progress is None:
         return f"🎨 Job #{job_id}: rendering…"
     stage = "high-res pass" if progress.stage == "hires" else "diffusion"
-    if progress.images > 1:  # variations: the steps are of all images at once (or one after another)
-        stage += f" of {progress.images} images"
+    # Variations: one job for every image (a batched step advances all of them).
+    images = f" · {progress.images} images" if progress.images > 1 else ""
     eta_text = f", about {format_seconds(eta)} left" if eta is not None else ""
     return (
-        f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}\n"
+        f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}{images}\n"
         f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}"
     )
 
