@@ -17,7 +17,6 @@ from bot.config import UPSCALE_ALLOWED, BotConfig, QueuedPerUser, RateLimit, Ups
 from bot.storage import Storage
 from omost_engine.declared import Declared, allowed_text, check_value, choices, field_kind, fields_of
 from omost_engine.errors import OmostError
-from omost_engine.variations import DEFAULT_UPSCALE, MAX_COUNT, check_count
 from omost_engine.params import (
     Cfg,
     DraftTokens,
@@ -30,6 +29,7 @@ from omost_engine.params import (
     Temperature,
     TopP,
 )
+from omost_engine.variations import DEFAULT_UPSCALE, MAX_COUNT, check_count
 
 Scope = Literal["guild", "channel"]
 ALL_SCOPES: tuple[Scope, ...] = ("guild", "channel")

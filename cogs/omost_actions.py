@@ -30,6 +30,7 @@ from bot.job_store import (
     layout_from_upload,
     params_from_layout,
 )
+from bot.jobs import JobOutput
 from bot.settings import (
     RENDER_OPTIONS,
     Policy,
@@ -39,7 +40,6 @@ from bot.settings import (
     resolve_policy,
     with_decoding,
 )
-from bot.jobs import JobOutput
 from bot.storage import JobRecord, Storage
 from bot.views import PICK_PREFIX, send_error
 from omost_engine.engine import RenderResult
