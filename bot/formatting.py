@@ -77,12 +77,16 @@ def render_text(job_id: int, progress: RenderProgress | None, eta: float | None)
     if progress is None:
         return f"🎨 Job #{job_id}: rendering…"
     stage = "high-res pass" if progress.stage == "hires" else "diffusion"
-    # Variations: one job for every image (a batched step advances all of them).
-    images = f" · {progress.images} images" if progress.images > 1 else ""
+    fraction = progress.step / max(progress.total, 1)
+    images = ""
+    if progress.images > 1:
+        # Variations are one job: the bar covers every image (rendered together, or one after another).
+        images = f" · {progress.images} images"
+        fraction = progress.steps_done / max(progress.steps_in_all, 1)
     eta_text = f", about {format_seconds(eta)} left" if eta is not None else ""
     return (
         f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}{images}\n"
-        f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}"
+        f"`{progress_bar(fraction)}`{eta_text}"
     )
 
 

@@ -240,3 +240,18 @@ async def test_a_cancelled_grid_stops_as_one_job(world: World) -> None:
     assert (await job(world, 1)).state == "cancelled" and (await job(world, 1)).count == 4
     await world.owner.slash(world.channel, "omost resume")
     assert world.engine.renders == []
+
+
+async def test_render_command_with_count_4_and_a_layout_file(world: World) -> None:
+    single = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", seed=40)
+    layout_file = await attachment(single.response, "layout.json")
+    result = await world.bob.slash(
+        world.channel, "omost render", layout=("dragon.json", layout_file), count=4, steps=2
+    )
+    message = result.followups[0]
+    assert "Pick an image" in message.content and labels(message) == GRID_LABELS
+    # The file's seed, and three after it; the count is not a render setting the file records.
+    assert fields(message)["Seeds"] == "1: 40 · 2: 41 · 3: 42 · 4: 43"
+    assert world.engine.renders[-1] == (4, None) and (await job(world, 2)).count == 4
+    record = json.loads(await attachment(message, "layout.json"))[0]["omost_bot"]
+    assert record["overrides"] == ["steps: 25 -> 2 (the steps option)"]  # the default 25 in the file
