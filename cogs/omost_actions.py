@@ -583,6 +583,7 @@ class OmostActions:
             with contextlib.suppress(discord.NotFound):  # deleted already
                 await interaction.message.delete()
         await self.storage.update_job(job.id, result_message_id=None)
+        await self.storage.drop_images(job.id)  # a deleted picture is not kept for picks and upscales either
         await interaction.followup.send(f"🗑️ Deleted the result of job #{job.id}.", ephemeral=True)
 
     async def cancel(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:

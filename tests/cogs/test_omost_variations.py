@@ -9,7 +9,7 @@ import io
 import json
 
 from PIL import Image
-from simenv import World
+from simenv import World, assert_no_mass_mentions
 
 from bot.storage import JobRecord
 from omost_engine.variations import variation_seeds
@@ -97,6 +97,11 @@ async def test_pick_posts_that_image_as_a_result_without_rendering(world: World)
     assert (await world.bot.storage.result_image(2, 0)) is not None
     await world.alice.send(world.channel, "now a dinosaur", reply_to=result)
     assert world.engine.histories[-1][0].content == "a dragon battle"
+    assert_no_mass_mentions(world, may_ping={world.alice.id, world.bob.id})
+    # Deleting the grid deletes its kept images too.
+    deleted = await world.alice.click(message, label="Delete")
+    assert "Deleted" in deleted.response.content
+    assert all([await world.bot.storage.result_image(1, n) is None for n in range(4)])
 
 
 async def test_pick_after_the_images_were_pruned_renders_that_seed(world: World) -> None:
