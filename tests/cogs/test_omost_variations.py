@@ -5,6 +5,7 @@ real SQLite file through simcord, with the scripted engine."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 
@@ -52,6 +53,8 @@ async def grid(world: World, **options: object):
 
 
 async def test_count_4_renders_four_seeds_in_one_job_and_posts_a_grid(world: World) -> None:
+    # The engine waits for the bot after each progress event (as in test_omost_compose): the edits are exact.
+    world.engine.loop, world.engine.settled = asyncio.get_running_loop(), lambda: world.bot.jobs.idle
     message = await grid(world)
     assert "Pick an image with 1–4" in message.content
     assert labels(message) == GRID_LABELS
@@ -72,7 +75,7 @@ async def test_count_4_renders_four_seeds_in_one_job_and_posts_a_grid(world: Wor
         assert kept is not None and kept.seed == seed and kept.png.startswith(b"\x89PNG")
     # The status message showed the whole grid's progress.
     edits = [str(e.json) for e in world.env.http_requests if e.method == "PATCH" and e.json]
-    assert any("diffusion step" in text and "· 4 images" in text for text in edits)
+    assert any("diffusion step 2/3 · 4 images" in text for text in edits)
 
 
 async def test_pick_posts_that_image_as_a_result_without_rendering(world: World) -> None:
