@@ -109,7 +109,13 @@ class OmostBot(commands.Bot):
         # The job service's parts each get only what they use: the bot lends the messenger its Discord client.
         presenter = StatusPresenter(clock=self.clock)
         self.jobs = JobService(
-            store=JobStore(Storage(self.db, clock=self.wall_clock), self.backend, sdxl=self.config.sdxl),
+            store=JobStore(
+                Storage(self.db, clock=self.wall_clock),
+                self.backend,
+                sdxl=self.config.sdxl,
+                keep_images_s=self.config.image_store_hours * 3600.0,
+                keep_images_bytes=self.config.image_store_mb * 1024 * 1024,
+            ),
             presenter=presenter,
             messenger=Messenger(
                 self,

@@ -24,6 +24,7 @@ from pydantic.dataclasses import dataclass
 from omost_engine.declared import check_value, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.layout import DEFAULT_MAX_LAYOUT_BYTES, LayoutBytes
+from omost_engine.variations import DEFAULT_UPSCALE, UPSCALE_MAX, UPSCALE_MIN
 
 DEFAULT_CONFIG_FILE = "omost-bot.toml"
 TABLES = ("bot", "redis")  # the config file's one shape: [bot] and [redis]
@@ -36,6 +37,9 @@ QueuedPerUser = Annotated[int, Field(ge=1, le=1000)]
 RateLimit = Annotated[int, Field(ge=1, le=10_000)]
 Seconds = Annotated[float, Field(ge=1.0, le=86_400.0)]
 Attempts = Annotated[int, Field(ge=1, le=100)]  # runs of one job (Redis settings and job messages)
+# The Upscale button's factor: above the high-res pass's threshold, at most RenderParams' hr_scale limit.
+UpscaleScale = Annotated[float, Field(gt=UPSCALE_MIN, le=UPSCALE_MAX)]
+UPSCALE_ALLOWED = f"a number above {UPSCALE_MIN:g} and at most {UPSCALE_MAX:g}"
 OptionalText = Annotated[str, Field(min_length=1, max_length=4096)] | None
 
 _STRICT = ConfigDict(strict=True, allow_inf_nan=False)
@@ -100,6 +104,19 @@ class BotConfig:
     )
     download_timeout_s: Annotated[float, Field(ge=0.1, le=120.0)] = Field(
         10.0, description="longest wait for a layout file from Discord's CDN"
+    )
+    image_store_hours: Annotated[float, Field(ge=0.0, le=8760.0)] = Field(
+        24.0,
+        description="results' images are kept this long for picks and upscales without rendering again "
+        "(0: not kept)",
+    )
+    image_store_mb: Annotated[int, Field(ge=0, le=1_000_000)] = Field(
+        512, description="the kept images take at most this many MB in the database; the oldest go first"
+    )
+    upscale_scale: UpscaleScale = Field(
+        DEFAULT_UPSCALE,
+        description="the Upscale button's factor (a server or channel setting can change it)",
+        json_schema_extra={"allowed": UPSCALE_ALLOWED},
     )
 
 

@@ -77,10 +77,16 @@ def render_text(job_id: int, progress: RenderProgress | None, eta: float | None)
     if progress is None:
         return f"🎨 Job #{job_id}: rendering…"
     stage = "high-res pass" if progress.stage == "hires" else "diffusion"
+    fraction = progress.step / max(progress.total, 1)
+    images = ""
+    if progress.images > 1:
+        # Variations are one job: the bar covers every image (rendered together, or one after another).
+        images = f" · {progress.images} images"
+        fraction = progress.steps_done / max(progress.steps_in_all, 1)
     eta_text = f", about {format_seconds(eta)} left" if eta is not None else ""
     return (
-        f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}\n"
-        f"`{progress_bar(progress.step / max(progress.total, 1))}`{eta_text}"
+        f"🎨 Job #{job_id}: {stage} step {progress.step}/{progress.total}{images}\n"
+        f"`{progress_bar(fraction)}`{eta_text}"
     )
 
 
@@ -138,11 +144,20 @@ def result_embed(
     image_filename: str,
     requester: str,
     notes: Sequence[str] = (),
+    seeds: Sequence[int] = (),
 ) -> discord.Embed:
+    """A result's embed; ``seeds``: a grid's seeds in grid order (listed instead of the one seed)."""
     embed = discord.Embed(title=shorten(prompt, 250) or "Layout render", color=EMBED_COLOR)
     embed.set_image(url=f"attachment://{image_filename}")
-    embed.add_field(name="Seed", value=str(params.seed))
-    embed.add_field(name="Size", value=f"{params.width}x{params.height}")
+    if len(seeds) > 1:
+        embed.add_field(name="Seeds", value=" · ".join(f"{n}: {seed}" for n, seed in enumerate(seeds, 1)))
+    else:
+        embed.add_field(name="Seed", value=str(params.seed))
+    size = f"{params.width}x{params.height}"
+    if params.output_size != (params.width, params.height):  # the high-res pass ran (an upscale)
+        width, height = params.output_size
+        size += f" → {width}x{height} (high-res ×{params.hr_scale:g})"
+    embed.add_field(name="Size", value=size)
     embed.add_field(name="Steps · CFG", value=f"{params.steps} · {params.cfg:g}")
     method = (
         params.method
@@ -184,5 +199,6 @@ result branches from there. **Reply with a layout .json** (ours or ComfyUI_omost
 `/omost new` — start a fresh conversation here. `/omost history` — your recent results.
 `/omost queue` — what is waiting. `/omost cancel` — stop your job.
 `/omost settings` — defaults and limits (admins). `/omost status` — the GPU workers and the queue (admins).
-Buttons: 🎲 reroll (same layout, new seed) · 🧩 layout & masks · ✏️ edit · 🗑️ delete.
+`count: 4` on compose or render — four variations (seeds) of one layout in a grid.
+Buttons: 🎲 reroll (same layout, new seed) · 🔀 variations (four new seeds in a grid) · 🔍 upscale (the high-res pass) · 🧩 layout & masks · ✏️ edit · 🗑️ delete. On a grid: **1–4** posts that image as a result of its own, 🔁 again renders four new seeds.
 """

@@ -3,14 +3,18 @@ undone when the queue refuses it; the spec a backend runs; the LLM's answer kept
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field, replace
+
+from PIL import Image
 
 from bot.jobs import JobBackend, JobSpec, Ticket
 from bot.storage import JobKind, Storage
-from omost_engine.engine import ChatResult
+from omost_engine.engine import ChatResult, RenderResult
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import LLMParams, RenderParams
+from omost_engine.png import png_bytes, png_image
 
 STORED_LAYOUT_BYTES = 64 * 1024 * 1024  # layouts in the database were checked on the way in (plus our record)
 
@@ -33,6 +37,8 @@ class JobRequest:
     layout_json: str | None = None  # a render job's layout (Layout.dumps())
     layout_id: int | None = None
     requester: str = ""  # display name for the result embed
+    count: int = 1  # images: 1, or up to 4 variations (seeds render_params.seed, +1, ...) shown as a grid
+    base_job_id: int | None = None  # an upscale: the job whose stored image the high-res pass starts from
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,20 @@ class StoredJob:
 class JobStore:
     """Jobs in ``Storage`` and on the ``JobBackend``."""
 
-    def __init__(self, storage: Storage, backend: JobBackend, *, sdxl: str | None) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        backend: JobBackend,
+        *,
+        sdxl: str | None,
+        keep_images_s: float = 24 * 3600.0,
+        keep_images_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self.storage = storage
         self.backend = backend
         self.sdxl = sdxl
+        self.keep_images_s = keep_images_s  # results' images are kept this long (picks, upscales) ...
+        self.keep_images_bytes = keep_images_bytes  # ... and take at most this much, the oldest pruned first
 
     async def create(self, request: JobRequest) -> StoredJob:
         """Store a request: its turn (and layout, and conversation when it starts one) and its job row."""
@@ -94,6 +110,8 @@ class JobStore:
             render_params=request.render_params,
             layout_id=layout_id,
             requester=request.requester,
+            count=request.count,
+            base_job_id=request.base_job_id,
         )
         return StoredJob(job_id, turn_id, created)
 
@@ -142,6 +160,8 @@ class JobStore:
                 render_params=job.render_params,
                 layout=Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES),
                 sdxl=self.sdxl,
+                count=job.count,
+                base=await self.base_image(job.base_job_id),
             )
         history = await self.storage.history(turn.parent_id)
         return JobSpec(
@@ -152,6 +172,28 @@ class JobStore:
             llm_params=job.llm_params,
             render_params=job.render_params,
             sdxl=self.sdxl,
+            count=job.count,
+        )
+
+    async def base_image(self, base_job_id: int | None) -> Image.Image | None:
+        """An upscale's base: the source result's image while it is kept; None renders it in full (the same
+        layout and seed give the same base image, then the high-res pass)."""
+        if base_job_id is None:
+            return None
+        stored = await self.storage.result_image(base_job_id, 0)
+        return png_image(stored.png) if stored is not None else None
+
+    async def keep_images(self, job_id: int, render: RenderResult) -> None:
+        """Keep a result's images (each with its seed) for picks and upscales, pruning old ones."""
+        if self.keep_images_s <= 0 or self.keep_images_bytes <= 0:
+            return
+        # PNG encoding of full-size images takes tens of milliseconds each: off the event loop.
+        pngs = await asyncio.to_thread(lambda: [png_bytes(image) for image in render.images])
+        await self.storage.store_images(
+            job_id,
+            list(zip(render.seeds, pngs, strict=True)),
+            keep_s=self.keep_images_s,
+            keep_bytes=self.keep_images_bytes,
         )
 
     async def store_chat(self, job_id: int, turn_id: int, result: ChatResult) -> None:

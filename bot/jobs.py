@@ -28,6 +28,8 @@ from omost_engine.params import LLMParams, RenderParams
 from omost_engine.progress import CancelToken, LLMProgress, RenderProgress
 
 if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
     from omost_engine.layout import Layout
 
 Stage = Literal["llm", "render"]
@@ -55,7 +57,9 @@ class Ticket:
 
 @dataclass(frozen=True, kw_only=True)
 class JobSpec:
-    """Everything one run needs. ``layout`` set: render it without the LLM."""
+    """Everything one run needs. ``layout`` set: render it without the LLM. ``count`` images (variations:
+    seeds ``render_params.seed``, +1, ...); ``base``: an upscale's image without the high-res pass (the same
+    layout and seed), so only the high-res pass runs."""
 
     job_id: int
     prompt: str
@@ -65,6 +69,8 @@ class JobSpec:
     render_params: RenderParams
     layout: Layout | None = None
     sdxl: str | None = None
+    count: int = 1
+    base: PILImage | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,7 +264,13 @@ async def execute_job(
             timeouts.render,
             cancel,
             lambda: engine.render(
-                layout, spec.render_params, model=spec.sdxl, on_progress=on_progress, cancel=cancel
+                layout,
+                spec.render_params,
+                model=spec.sdxl,
+                on_progress=on_progress,
+                cancel=cancel,
+                count=spec.count,
+                base=spec.base,
             ),
         )
         assert isinstance(render, RenderResult)

@@ -286,11 +286,12 @@ class Messenger:
 
         Raises ``discord.HTTPException`` when Discord cannot tell now."""
         channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
-        wanted = custom_id("reroll", job_id)
+        # Every result has Layout & masks (a single image and a grid alike); results from before grids had Reroll.
+        wanted = {custom_id("layout", job_id), custom_id("reroll", job_id)}
 
         def shows_result(message: discord.Message) -> bool:
             return any(
-                getattr(item, "custom_id", None) == wanted
+                getattr(item, "custom_id", None) in wanted
                 for row in message.components
                 for item in getattr(row, "children", ())
             )

@@ -22,6 +22,7 @@ from omost_engine.layout import Layout
 from omost_engine.png import png_bytes
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.reply import extract_code
+from omost_engine.variations import UPSCALE_MIN
 
 UPLOAD_HEADROOM = 64 * 1024  # room for the layout file and the request's own bytes
 
@@ -133,6 +134,7 @@ class StatusPresenter:
             formatting.encode_image,
             render.image,
             limit=max(upload_limit - len(layout_file) - UPLOAD_HEADROOM, 64 * 1024),
+            stem="grid" if render.count > 1 else "image",
         )
         if image.note:
             notes.append(image.note)
@@ -147,13 +149,18 @@ class StatusPresenter:
             image_filename=image.filename,
             requester=requester,
             notes=notes,
+            seeds=render.seeds,
         )
+        content = f"✅ Done, <@{tracker.user_id}>."
+        if render.count > 1:
+            content += f" Pick an image with 1–{render.count}, or **Again** for {render.count} new seeds."
+        view = result_view(tracker.job_id, count=render.count, upscaled=render.params.hr_scale > UPSCALE_MIN)
 
         def kwargs() -> dict[str, Any]:
             return {
-                "content": f"✅ Done, <@{tracker.user_id}>.",
+                "content": content,
                 "embed": embed,
-                "view": result_view(tracker.job_id),
+                "view": view,
                 "attachments": [
                     discord.File(io.BytesIO(image.data), filename=image.filename),
                     discord.File(io.BytesIO(layout_file), filename="layout.json"),

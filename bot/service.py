@@ -40,6 +40,7 @@ from bot.presenter import StatusPresenter, Tracker, end_text, plain_kwargs
 from bot.recovery import Recovery
 from bot.storage import JobRecord
 from bot.views import status_view
+from omost_engine.errors import OmostError
 from omost_engine.progress import LLMProgress, RenderProgress
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,58 @@ class JobService:
             self.messenger.queue_edit(tracker)
             self.messenger.pump_edits()
         return message
+
+    async def post_result(
+        self,
+        request: JobRequest,
+        output: JobOutput,
+        send: Callable[[dict[str, Any]], Awaitable[discord.Message]],
+        *,
+        interaction: discord.Interaction[Any] | None = None,
+    ) -> int:
+        """A result that needs no render (an image picked from a grid, still kept): stored as a job of its
+        own, posted with ``send(message kwargs)`` and recorded done; returns its job id.
+
+        Until it is recorded done the job stays queued, so a crash in between renders it after the restart.
+        """
+        stored = await self.store.create(request)
+        job_id = stored.job_id
+        tracker = Tracker(
+            job_id=job_id,
+            user_id=request.user_id,
+            channel_id=request.channel_id,
+            guild_id=request.guild_id,
+            turn_id=stored.turn_id,
+            prompt=request.prompt,
+            requester=request.requester,
+            interaction=interaction,
+        )
+        try:
+            result = await self.presenter.result_kwargs(
+                tracker,
+                output,
+                upload_limit=self.upload_limit(tracker),
+                requester=self.messenger.requester_name(tracker),
+            )
+            with _logged(f"job {job_id}: keeping its image"):
+                await self.store.keep_images(job_id, output.render)
+            message = await send(result())
+        except Exception:
+            log.exception("job %s: the picked image could not be posted", job_id)
+            what = "posting the picked image failed"
+            await self.storage.update_job(job_id, state="failed", error=what)
+            raise OmostError(internal_failure(job_id, what), parameter="job", value=job_id) from None
+        await self.storage.update_job(
+            job_id,
+            state="done",
+            status_message_id=message.id,
+            result_message_id=message.id,
+            render_model=output.render.model,
+            render_params=output.render.params,
+        )
+        self.delivered += 1
+        self._publish(tracker, "done", message_id=message.id)
+        return job_id
 
     async def cancel(self, job_id: int) -> bool:
         self._cancel_requested.add(job_id)
@@ -323,6 +376,10 @@ class JobService:
                 upload_limit=self.upload_limit(tracker),
                 requester=self.messenger.requester_name(tracker),
             )
+            # Kept before the result shows, so its pick and upscale buttons find them; a failure here costs
+            # only a render later (a pick or an upscale then renders the image again).
+            with _logged(f"job {tracker.job_id}: keeping its images"):
+                await self.store.keep_images(tracker.job_id, output.render)
             # The intent first: a crash after Discord accepted the result but before "done" is recorded leaves a
             # running job with this set, and recovery then looks at Discord before touching the job.
             await self.storage.update_job(tracker.job_id, delivery_started_at=self.storage.clock())

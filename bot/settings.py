@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field
 from pydantic.config import JsonDict
 
-from bot.config import BotConfig, QueuedPerUser, RateLimit
+from bot.config import UPSCALE_ALLOWED, BotConfig, QueuedPerUser, RateLimit, UpscaleScale
 from bot.storage import Storage
 from omost_engine.declared import Declared, allowed_text, check_value, choices, field_kind, fields_of
 from omost_engine.errors import OmostError
@@ -29,6 +29,7 @@ from omost_engine.params import (
     Temperature,
     TopP,
 )
+from omost_engine.variations import DEFAULT_UPSCALE, MAX_COUNT, check_count
 
 Scope = Literal["guild", "channel"]
 ALL_SCOPES: tuple[Scope, ...] = ("guild", "channel")
@@ -38,6 +39,7 @@ KINDS: dict[object, Kind] = {kind: kind for kind in get_args(Kind)}
 GUILD_ONLY: JsonDict = {"scopes": ["guild"]}
 SettingText = Annotated[PromptText, Field(min_length=1)]
 Megapixels = Annotated[float, Field(ge=0.06, le=4.2)]
+Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]  # images in one job: 1, or variations in a grid
 
 
 class ServerSettings(Declared):
@@ -77,6 +79,14 @@ class ServerSettings(Declared):
     max_megapixels: Megapixels | None = Field(
         None, description="largest image a user may ask for (the high-res output included)"
     )
+    max_count: Count | None = Field(
+        None, description="most images in one job (4: variations in a grid; 1 turns variations off)"
+    )
+    upscale_scale: UpscaleScale | None = Field(
+        None,
+        description="the Upscale button's factor (the output is held to max_megapixels)",
+        json_schema_extra={"allowed": UPSCALE_ALLOWED},
+    )
     max_queued_per_user: QueuedPerUser | None = Field(None, description="jobs one user may have waiting")
     rate_limit: RateLimit | None = Field(None, description="jobs one user may submit per window")
 
@@ -114,7 +124,7 @@ def _spec(name: str) -> SettingSpec:
 SETTINGS: dict[str, SettingSpec] = {name: _spec(name) for name in fields_of(ServerSettings)}
 
 # The limits' defaults where no server or channel set them.
-DEFAULT_LIMITS = {"max_steps": 100, "max_megapixels": 4.2}
+DEFAULT_LIMITS: dict[str, Any] = {"max_steps": 100, "max_megapixels": 4.2, "max_count": MAX_COUNT}
 
 # Decoding switches (speed and validity, not the composition): every job takes them from the channel's settings,
 # refinements of older results included.
@@ -202,6 +212,8 @@ class Policy:
     unfiltered: bool
     max_queued_per_user: int
     rate_limit: int
+    max_count: int = MAX_COUNT
+    upscale_scale: float = DEFAULT_UPSCALE
     # Whether an explicit LLM choice may name a local model: not when the server has an LLM endpoint
     # and no local LLM configured (OMOST_LLM_ENDPOINT without OMOST_LLM).
     local_llms: bool = True
@@ -226,6 +238,7 @@ async def resolve_policy(
         "unfiltered": False,
         "max_queued_per_user": config.max_queued_per_user,
         "rate_limit": config.rate_limit,
+        "upscale_scale": config.upscale_scale,
     }
     stored: dict[str, Any] = {}
     if guild_id is not None:
@@ -258,6 +271,8 @@ async def resolve_policy(
         unfiltered=bool(values["unfiltered"]),
         max_queued_per_user=int(values["max_queued_per_user"]),
         rate_limit=int(values["rate_limit"]),
+        max_count=int(values["max_count"]),
+        upscale_scale=float(values["upscale_scale"]),
         local_llms=config.llm_endpoint is None or config.llm is not None,
     )
 
@@ -303,15 +318,26 @@ RENDER_OPTIONS = (
 )
 
 
-def enforce_limits(policy: Policy, params: RenderParams) -> RenderParams:
+def enforce_limits(policy: Policy, params: RenderParams, *, count: int = 1) -> RenderParams:
     """The channel's limits, applied to the FINAL render parameters of every job, whatever built them
-    (a command's options, a reply, a layout file, a reroll, the edit form).
+    (a command's options, a reply, a layout file, a reroll, the edit form, Variations, Again, Upscale).
 
-    ``max_steps`` holds for the base pass and the high-res pass; ``max_megapixels`` for the base size and
-    for the image the high-res pass delivers. Every other number is held to its declared range by
+    ``max_count`` holds for the images of one job (``count``: 4 for variations); ``max_steps`` for the
+    base pass and the high-res pass; ``max_megapixels`` for the base size and for the image the high-res
+    pass delivers (an upscale's output). Every other number is held to its declared range by
     ``RenderParams`` itself. Returns ``params`` unchanged when they fit; otherwise one ``OmostError``
     naming the limit and the range allowed here.
     """
+    check_count(count)
+    if count > policy.max_count:
+        raise OmostError(
+            f"{count} images in one job (variations) are not allowed here; this channel's max_count is "
+            f"{policy.max_count} (allowed: 1{f' to {policy.max_count}' if policy.max_count > 1 else ''} "
+            f"image{'s' if policy.max_count > 1 else ''} a job)",
+            parameter="count",
+            value=count,
+            allowed=f"1..{policy.max_count}",
+        )
     hires = params.output_size != (params.width, params.height)
     passes = [("steps", params.steps)] + ([("hr_steps", params.hr_steps)] if hires else [])
     for name, steps in passes:
@@ -343,7 +369,8 @@ def build_params(
     policy: Policy, options: dict[str, Any], *, seed: int
 ) -> tuple[str | None, LLMParams, RenderParams]:
     """The (llm, LLMParams, RenderParams) of a request: the policy's defaults, the user's options over them,
-    validated and held to the channel's limits. ``seed`` is used where the user gave none."""
+    validated and held to the channel's limits (``count`` among the options: the images of the job).
+    ``seed`` is used where the user gave none."""
     options = {k: v for k, v in options.items() if v is not None}
     options.setdefault("seed", seed)
     chosen = options.get("llm")
@@ -363,5 +390,7 @@ def build_params(
         render_changes.update(_size_fields(options["size"]))
     if "steps" not in options:  # a default above the channel's limit is lowered, not held against the user
         render_changes["steps"] = min(policy.render_params.steps, policy.max_steps)
-    render_params = enforce_limits(policy, policy.render_params.replace(**render_changes))
+    render_params = enforce_limits(
+        policy, policy.render_params.replace(**render_changes), count=options.get("count", 1)
+    )
     return llm, llm_params, render_params

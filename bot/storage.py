@@ -53,6 +53,18 @@ class JobRecord:
     requester: str  # the requester's display name when the job was made ("" for jobs from before V2)
     attempt: int  # 1 for the first run; a job resumed after a restart runs again as 2, 3 ...
     delivery_started_at: float | None  # set before the result is sent to Discord (see recovery)
+    count: int  # images rendered: 1, or up to 4 variations shown as a grid (V3)
+    base_job_id: int | None  # an upscale: the job whose stored image is the base (V3)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoredImage:
+    """One image of a recent result, kept in ``result_images`` for picks and upscales."""
+
+    job_id: int
+    index: int  # 0-based place in the job's grid
+    seed: int
+    png: bytes
 
 
 def _record(cls: type[Record], row: aiosqlite.Row, **decoded: Any) -> Record:
@@ -187,10 +199,13 @@ class Storage:
         render_params: RenderParams,
         layout_id: int | None = None,
         requester: str = "",
+        count: int = 1,
+        base_job_id: int | None = None,
     ) -> int:
         job_id = await self.db.execute(
             "INSERT INTO jobs (kind, user_id, guild_id, channel_id, turn_id, llm, llm_params, render_params,"
-            " layout_id, requester, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " layout_id, requester, count, base_job_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kind,
                 user_id,
@@ -202,6 +217,8 @@ class Storage:
                 json.dumps(render_params.to_dict()),
                 layout_id,
                 requester,
+                count,
+                base_job_id,
                 self.clock(),
             ),
         )
@@ -271,6 +288,42 @@ class Storage:
             if turn is not None:
                 out.append((job, turn))
         return out
+
+    # -- result images -------------------------------------------------------------------------------
+
+    async def store_images(
+        self, job_id: int, images: list[tuple[int, bytes]], *, keep_s: float, keep_bytes: int
+    ) -> None:
+        """Keep a result's images ((seed, PNG) in grid order), then prune: images older than ``keep_s``
+        seconds go, then the oldest until all of them together take at most ``keep_bytes``."""
+        now = self.clock()
+        async with self.db.transaction() as tx:
+            for index, (seed, png) in enumerate(images):
+                await tx.execute(
+                    "INSERT OR REPLACE INTO result_images (job_id, idx, seed, png, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (job_id, index, seed, png, now),
+                )
+            await tx.execute("DELETE FROM result_images WHERE created_at < ?", (now - keep_s,))
+            # The newest first; every image from where the running total passes the bound on goes.
+            await tx.execute(
+                "DELETE FROM result_images WHERE rowid IN (SELECT rowid FROM (SELECT rowid, SUM(LENGTH(png))"
+                " OVER (ORDER BY created_at DESC, job_id DESC, idx DESC) AS total FROM result_images)"
+                " WHERE total > ?)",
+                (keep_bytes,),
+            )
+
+    async def result_image(self, job_id: int, index: int) -> StoredImage | None:
+        """Image ``index`` of a job's result, while it is kept."""
+        row = await self.db.fetchone(
+            "SELECT job_id, idx, seed, png FROM result_images WHERE job_id = ? AND idx = ?", (job_id, index)
+        )
+        if row is None:
+            return None
+        return StoredImage(job_id=row["job_id"], index=row["idx"], seed=row["seed"], png=bytes(row["png"]))
+
+    async def drop_images(self, job_id: int) -> None:
+        await self.db.execute("DELETE FROM result_images WHERE job_id = ?", (job_id,))
 
     # -- settings and meta ---------------------------------------------------------------------------
 

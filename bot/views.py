@@ -13,19 +13,28 @@ from typing import Any, Protocol
 
 import discord
 
+from omost_engine.variations import MAX_COUNT
+
 log = logging.getLogger(__name__)
 
 BUTTON_COG = "Omost"  # the cog that answers clicks (cogs/omost.py)
 
 # action -> (style, label, emoji)
-BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str]] = {
+BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str | None]] = {
     "reroll": (discord.ButtonStyle.primary, "Reroll", "🎲"),
+    "variations": (discord.ButtonStyle.primary, "Variations", "🔀"),
+    "upscale": (discord.ButtonStyle.primary, "Upscale", "🔍"),
     "layout": (discord.ButtonStyle.secondary, "Layout & masks", "🧩"),
     "edit": (discord.ButtonStyle.secondary, "Edit", "✏️"),
     "delete": (discord.ButtonStyle.danger, "Delete", "🗑️"),
     "cancel": (discord.ButtonStyle.danger, "Cancel", "✖️"),
+    # A grid of variations: post image N as a result of its own, or four new seeds.
+    **{f"pick{n}": (discord.ButtonStyle.secondary, str(n), None) for n in range(1, MAX_COUNT + 1)},
+    "again": (discord.ButtonStyle.primary, "Again", "🔁"),
 }
-RESULT_ACTIONS = ("reroll", "layout", "edit", "delete")
+RESULT_ACTIONS = ("reroll", "variations", "upscale", "layout", "edit", "delete")
+GRID_ACTIONS = ("again", "layout", "delete")  # after the pick buttons, one per image
+PICK_PREFIX = "pick"
 
 
 class ButtonHandler(Protocol):
@@ -42,7 +51,7 @@ def custom_id(action: str, job_id: int) -> str:
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"omost:(?P<action>reroll|layout|edit|delete|cancel):(?P<job_id>\d+)",
+    template=rf"omost:(?P<action>{'|'.join(BUTTONS)}):(?P<job_id>\d+)",
 ):
     def __init__(self, action: str, job_id: int) -> None:
         style, label, emoji = BUTTONS[action]
@@ -66,9 +75,24 @@ class JobButton(
         await handler.on_job_button(interaction, self.action, self.job_id)
 
 
-def result_view(job_id: int) -> discord.ui.View:
+def pick_index(action: str) -> int | None:
+    """The 0-based image a pick button names ("pick2" -> 1); None for other actions."""
+    if action.startswith(PICK_PREFIX) and action[len(PICK_PREFIX) :].isdigit():
+        return int(action[len(PICK_PREFIX) :]) - 1
+    return None
+
+
+def result_actions(*, count: int = 1, upscaled: bool = False) -> tuple[str, ...]:
+    """The buttons of a result: a grid's pick buttons (one per image), Again, Layout, Delete; a single
+    image's Reroll, Variations, Upscale (not on an upscaled image), Layout, Edit, Delete."""
+    if count > 1:
+        return tuple(f"{PICK_PREFIX}{n}" for n in range(1, count + 1)) + GRID_ACTIONS
+    return tuple(a for a in RESULT_ACTIONS if not (upscaled and a == "upscale"))
+
+
+def result_view(job_id: int, *, count: int = 1, upscaled: bool = False) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for action in RESULT_ACTIONS:
+    for action in result_actions(count=count, upscaled=upscaled):
         view.add_item(JobButton(action, job_id))
     return view
 

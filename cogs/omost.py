@@ -28,6 +28,7 @@ from cogs.omost_actions import OmostActions
 from omost_engine.declared import allowed_text, bounds, constraints, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS, LLMParams, Method, Overlap, RenderParams
+from omost_engine.variations import MAX_COUNT
 
 Interaction = discord.Interaction[OmostBot]
 
@@ -79,6 +80,12 @@ _RENDER_DESCRIPTIONS = {
     **{name: _describe(RenderParams, name) for name in RENDER_OPTIONS if name != "seed"},
 }
 _LLM_DESCRIPTIONS = {name: _describe(LLMParams, name) for name in ("temperature", "top_p", "max_new_tokens")}
+COUNT_DESCRIPTION = "1 image, or 4 variations (four seeds of the layout) in a grid"
+# The images of one job: Discord offers only these (the channel's max_count is checked on the final request).
+COUNT_CHOICES = [
+    app_commands.Choice(name="1 image", value=1),
+    app_commands.Choice(name=f"{MAX_COUNT} variations (a grid)", value=MAX_COUNT),
+]
 
 
 CommandT = TypeVar("CommandT")
@@ -141,9 +148,11 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     @app_commands.describe(
         prompt="what the image should show",
         llm="LLM id (default: the server's)",
+        count=COUNT_DESCRIPTION,
         **_LLM_DESCRIPTIONS,
         **_RENDER_DESCRIPTIONS,
     )
+    @app_commands.choices(count=COUNT_CHOICES)
     async def compose(
         self,
         interaction: Interaction,
@@ -162,8 +171,10 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         overlap: Overlap | None = None,
         negative: TextOption | None = None,
         positive: TextOption | None = None,
+        count: int | None = None,
     ) -> None:
         options = {
+            "count": count,
             "llm": llm,
             "seed": seed,
             "temperature": temperature,
@@ -184,7 +195,8 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
     @app_commands.command(
         name="render", description="Render a layout file (ours or ComfyUI_omost's) without the LLM"
     )
-    @app_commands.describe(layout="a layout .json file", **_RENDER_DESCRIPTIONS)
+    @app_commands.describe(layout="a layout .json file", count=COUNT_DESCRIPTION, **_RENDER_DESCRIPTIONS)
+    @app_commands.choices(count=COUNT_CHOICES)
     async def render(
         self,
         interaction: Interaction,
@@ -199,8 +211,10 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         overlap: Overlap | None = None,
         negative: TextOption | None = None,
         positive: TextOption | None = None,
+        count: int | None = None,
     ) -> None:
         options = {
+            "count": count,
             "seed": seed,
             "size": size,
             "steps": steps,

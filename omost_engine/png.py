@@ -14,3 +14,10 @@ def png_bytes(image: Image.Image, *, compress_level: int = 6) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
+
+
+def png_image(data: bytes) -> Image.Image:
+    """A picture from PNG bytes, fully read (the bytes may go away)."""
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image

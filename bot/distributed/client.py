@@ -11,6 +11,7 @@ delivered the outcome.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections import OrderedDict
@@ -28,6 +29,7 @@ from bot.distributed.protocol import (
     dumps,
     job_entry,
     loads,
+    png_bytes,
     png_image,
 )
 from bot.jobs import JobOutput
@@ -45,6 +47,7 @@ except ModuleNotFoundError:  # pragma: no cover
 
 GROUP = "bot"  # the consumer group the bot reads the event stream with
 CANCEL_TTL_S = 86_400
+BASE_TTL_S = 86_400  # an upscale's base waits this long for a worker (then the render runs in full)
 WATCHDOG = "watchdog"  # the ``worker`` of events the bot itself writes
 
 # Delete a job's entry only while no worker has taken it (it is not pending): 1 when it was waiting.
@@ -178,6 +181,12 @@ class RedisJobClient:
             request=message.to_json(),
             submitted_ns=now_ns,
         )
+        base = message.spec.base
+        if (
+            base is not None
+        ):  # large bytes go beside the message, under the run's key, before the job is visible
+            png = await asyncio.to_thread(png_bytes, base)
+            await self.redis.set(self.keys.base(record.run_id), png, ex=BASE_TTL_S)
         entry_id = await self.redis.xadd(
             self.keys.queue(record.queue),
             job_entry(record.run_id, record.request),  # type: ignore[arg-type]  # redis-py wants an invariant dict[FieldT, EncodableT] of fields
@@ -306,12 +315,17 @@ class RedisJobClient:
                 notes=tuple(c.get("notes", ())),
             )
         r = meta["render"]
+        seeds = tuple(int(seed) for seed in r.get("seeds", ()))
+        images = tuple(png_image(data[f"image:{n}".encode()]) for n in range(len(seeds)) if len(seeds) > 1)
         render = RenderResult(
             image=png_image(data[b"image"]),
             masks=png_image(data[b"masks"]),
             model=r["model"],
             seconds=float(r["seconds"]),
             params=RenderParams.from_dict(r["params"]),
+            images=images,
+            seeds=seeds if images else (),
+            batched=bool(r.get("batched", False)),
         )
         return JobOutput(chat=chat, render=render, layout=Layout.from_json(meta["layout"]))
 
@@ -321,7 +335,7 @@ class RedisJobClient:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hdel(self.keys.jobs, job_id)
             if record is not None:
-                pipe.delete(self.keys.result(record.run_id))
+                pipe.delete(self.keys.result(record.run_id), self.keys.base(record.run_id))
                 pipe.set(self.keys.cancelled(record.run_id), b"1", ex=CANCEL_TTL_S)
                 pipe.publish(self.keys.cancel_channel, record.run_id)
                 if record.entry_id:  # no worker may claim it any more (a worker that held it stops silently)

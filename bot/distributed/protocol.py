@@ -7,7 +7,6 @@ small and a result outlives a bot restart.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,9 @@ from omost_engine.engine import ChatMessage
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.png import png_bytes as encode_png
+from omost_engine.png import png_image as png_image  # re-exported: the client decodes results with it
 from omost_engine.progress import LLMProgress, RenderProgress
+from omost_engine.variations import MAX_COUNT
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -65,6 +66,9 @@ class Keys:
 
     def result(self, run_id: str) -> str:
         return f"{self.prefix}:result:{run_id}"
+
+    def base(self, run_id: str) -> str:  # an upscale's base image (PNG), beside the job message, not in it
+        return f"{self.prefix}:base:{run_id}"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
@@ -122,6 +126,8 @@ class JobWire(Declared):
     llm_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
     render_timeout: Annotated[float, Field(ge=0.01, le=86_400)] = 900.0
     max_attempts: Attempts = 3
+    count: Annotated[int, Field(ge=1, le=MAX_COUNT)] = Field(1, description="images (variations)")
+    base: bool = Field(False, description="an upscale: its base image waits under the run's base key")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,6 +138,8 @@ class JobMessage:
     user_id: int = 0
     timeouts: StageTimeouts = field(default_factory=StageTimeouts)
     max_attempts: int = 3  # runs allowed when workers die mid-job
+    # An upscale's base image travels beside the message (``Keys.base``); a message read back says it has one.
+    has_base: bool = False
 
     @property
     def job_id(self) -> str:
@@ -153,6 +161,8 @@ class JobMessage:
             "llm_timeout": self.timeouts.llm,
             "render_timeout": self.timeouts.render,
             "max_attempts": self.max_attempts,
+            "count": spec.count,
+            "base": spec.base is not None or self.has_base,
         }
 
     @classmethod
@@ -181,12 +191,14 @@ class JobMessage:
             render_params=RenderParams.from_dict(wire.render_params or {}),
             layout=layout,
             sdxl=wire.sdxl,
+            count=wire.count,
         )
         return cls(
             spec=spec,
             user_id=wire.user_id,
             timeouts=StageTimeouts(llm=wire.llm_timeout, render=wire.render_timeout),
             max_attempts=wire.max_attempts,
+            has_base=wire.base,
         )
 
 
@@ -251,6 +263,7 @@ class WireEvent:
                 stage=str(self.data.get("stage", "render")),
                 run_step=None if run_step is None else int(run_step),
                 run_total=None if run_total is None else int(run_total),
+                images=int(self.data.get("images", 1)),
             )
         return None
 
@@ -270,6 +283,7 @@ def progress_data(progress: LLMProgress | RenderProgress) -> tuple[EventType, di
         "stage": progress.stage,
         "run_step": progress.run_step,
         "run_total": progress.run_total,
+        "images": progress.images,
     }
 
 
@@ -289,12 +303,10 @@ def png_bytes(image: Image) -> bytes:
     return encode_png(image, compress_level=1)
 
 
-def png_image(data: bytes) -> Image:
-    from PIL import Image as PILImage
-
-    image = PILImage.open(io.BytesIO(data))
-    image.load()
-    return image
+def result_fields(images: list[Image]) -> dict[str, bytes]:
+    """A result's images in its hash: ``image`` (the grid, or the one image) and ``image:<n>`` for each
+    image of a grid (0-based, grid order)."""
+    return {f"image:{n}": png_bytes(image) for n, image in enumerate(images)} if len(images) > 1 else {}
 
 
 def job_entry(run_id: str, request: dict[str, Any]) -> dict[str, bytes]:

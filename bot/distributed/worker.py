@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -42,8 +43,10 @@ from bot.distributed.protocol import (
     dumps,
     interrupted_message,
     png_bytes,
+    png_image,
     progress_data,
     read_job_entry,
+    result_fields,
 )
 from bot.jobs import (
     Cancelled,
@@ -462,6 +465,8 @@ class GpuWorker:
             await self._done_with(entry_id)
             return "invalid"
         job = RunningJob(message.job_id, attempt, run_id, entry_id)
+        if message.has_base:
+            message = await self._with_base(message, run_id)
         if attempt > message.max_attempts:
             await self._emit(job.job_id, "failed", attempt, message=interrupted_message(attempt - 1))
             await self._done_with(entry_id)
@@ -491,6 +496,16 @@ class GpuWorker:
             return outcome
         finally:
             self.running.pop(entry_id, None)
+
+    async def _with_base(self, message: JobMessage, run_id: str) -> JobMessage:
+        """An upscale's message with its base image from the run's base key; without it (expired, Redis
+        flushed) the render runs in full: the same layout and seed give the same base, then the high-res pass."""
+        data = await self.redis.get(self.keys.base(run_id))
+        if data is None:
+            log.warning("job %s: its base image is gone from Redis; rendering it in full", message.job_id)
+            return dataclasses.replace(message, has_base=False)
+        spec = dataclasses.replace(message.spec, base=png_image(data))
+        return dataclasses.replace(message, spec=spec)
 
     async def _execute(self, message: JobMessage, job: RunningJob) -> str:
         """Run the bot's own ``execute_job`` (same stages, time limits and messages as in-process)."""
@@ -555,12 +570,23 @@ class GpuWorker:
             "worker": self.config.worker_id,
             "attempt": job.attempt,
             "layout": output.layout.to_json(),
-            "render": {"model": render.model, "seconds": render.seconds, "params": render.params.to_dict()},
+            "render": {
+                "model": render.model,
+                "seconds": render.seconds,
+                "params": render.params.to_dict(),
+                "seeds": list(render.seeds),
+                "batched": render.batched,
+            },
         }
         if output.chat is not None:
             meta["chat"] = chat_json(output.chat)
         key = self.keys.result(job.run_id)
-        fields = {"image": png_bytes(render.image), "masks": png_bytes(render.masks), "meta": dumps(meta)}
+        fields = {
+            "image": png_bytes(render.image),
+            "masks": png_bytes(render.masks),
+            "meta": dumps(meta),
+            **result_fields(list(render.images)),
+        }
         event = WireEvent(type="result", job_id=job.job_id, attempt=job.attempt, worker=self.config.worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # the event never comes without its result
             pipe.delete(key)

@@ -162,6 +162,8 @@ class ScriptedEngine:
         self.calls: list[tuple[str, str, int]] = []  # (stage, prompt or first prefix, seed)
         self.histories: list[list[ChatMessage]] = []
         self.llm_params: list[LLMParams] = []  # what each chat call was given
+        # Each render call's image count and its base's size (an upscale's image; None: rendered in full).
+        self.renders: list[tuple[int, tuple[int, int] | None]] = []
         self._lock = threading.Lock()  # the engine may serve several worker threads
         self._chats = 0
 
@@ -286,6 +288,7 @@ class ScriptedEngine:
         with self._lock:
             prefixes = layout.conditions[0].prefixes if layout.conditions else ()
             self.calls.extend(("render", prefixes[0] if prefixes else "", seed) for seed in seeds)
+            self.renders.append((count, base.size if base is not None else None))
         self._begin("render", cancel)
         seconds = float(layout.meta.get("scripted_render_seconds", self.render_seconds))
         stages = ([] if base is not None else [("render", params.steps)]) + (

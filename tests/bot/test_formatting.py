@@ -78,3 +78,14 @@ def test_the_time_left_in_the_high_res_pass_counts_every_step_of_the_render() ->
     text, _ = presenter.phase_status(tracker)
     assert "high-res pass step 1/10" in text
     assert "about 18s left" in text  # 9 steps at 2 s each; counting the base pass as one step said 378 s
+
+
+def test_a_grids_status_counts_every_image() -> None:
+    """Variations rendered one after another: image 3 of 4 at its step 10/20 is half of the whole job."""
+    sequential = RenderProgress(step=10, total=20, run_step=50, run_total=80, images=4)
+    text = render_text(5, sequential, eta=None)
+    assert text.startswith("🎨 Job #5: diffusion step 10/20 · 4 images\n")
+    assert text.endswith(f"`{progress_bar(50 / 80)}`")
+    batched = RenderProgress(step=10, total=20, run_step=10, run_total=20, images=4)
+    assert render_text(5, batched, eta=None).endswith(f"`{progress_bar(0.5)}`")
+    assert "images" not in render_text(5, RenderProgress(step=10, total=20), eta=None)

@@ -91,3 +91,32 @@ async def test_jobs_keep_every_parameter(storage: Storage) -> None:
         await storage.count_recent_jobs(3, since=0) == 1
         and await storage.count_recent_jobs(3, since=1e9) == 0
     )
+
+
+async def test_result_images_are_kept_for_a_bounded_time_and_size(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "images.sqlite3")
+    now = [1000.0]
+    storage = Storage(db, clock=lambda: now[0])
+    try:
+        await storage.store_images(1, [(10, b"a" * 100), (11, b"b" * 100)], keep_s=3600, keep_bytes=1000)
+        kept = await storage.result_image(1, 1)
+        assert kept is not None and (kept.job_id, kept.index, kept.seed, kept.png) == (1, 1, 11, b"b" * 100)
+        assert await storage.result_image(1, 2) is None
+        # Past the time bound: storing the next result prunes the old one.
+        now[0] += 3601
+        await storage.store_images(2, [(20, b"c" * 100)], keep_s=3600, keep_bytes=1000)
+        assert await storage.result_image(1, 0) is None and await storage.result_image(2, 0) is not None
+        # Past the size bound: the oldest images go first, the newest result stays whole.
+        now[0] += 1
+        await storage.store_images(3, [(30, b"d" * 400), (31, b"e" * 400)], keep_s=3600, keep_bytes=850)
+        assert await storage.result_image(2, 0) is None
+        assert await storage.result_image(3, 0) is not None and await storage.result_image(3, 1) is not None
+        now[0] += 1
+        await storage.store_images(4, [(40, b"f" * 400)], keep_s=3600, keep_bytes=850)
+        # 400 + 400 fit; the third 400 (job 3's first image, the oldest of the newest result) does not.
+        found = [await storage.result_image(job, n) for job, n in ((3, 0), (3, 1), (4, 0))]
+        assert [image is not None for image in found] == [False, True, True]
+        await storage.drop_images(4)
+        assert await storage.result_image(4, 0) is None
+    finally:
+        await db.close()

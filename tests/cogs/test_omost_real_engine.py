@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -15,6 +16,7 @@ from simenv import DRAGON, simulate
 from bot.bot import OmostBot
 from bot.config import BotConfig
 from bot.engine_factory import CombinedEngine
+from omost_engine.engine import RenderResult
 from omost_engine.layout import Layout
 from omost_engine.llm.scripted import ScriptedBackend
 from omost_engine.llm.service import ChatService
@@ -56,4 +58,57 @@ async def test_compose_and_reroll_with_the_real_engine(tmp_path: Path, tiny_sdxl
         assert reroll.response is not None and "Done" in reroll.response.content
         rerolled = Image.open(io.BytesIO(await reroll.response.attachments[0].read()))
         assert rerolled.size == (256, 256) and rerolled.tobytes() != image.tobytes()  # a new seed
+        await bot.storage.db.close()
+
+
+class CountingRenderer(Renderer):
+    """The real renderer, counting its calls and noting whether each was given a base image."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls: list[tuple[int, bool]] = []
+
+    def render(self, *args: Any, **kwargs: Any) -> RenderResult:
+        self.calls.append((kwargs.get("count", 1), kwargs.get("base") is not None))
+        return super().render(*args, **kwargs)
+
+
+@pytest.mark.slow
+async def test_variations_pick_and_upscale_with_the_real_engine(
+    tmp_path: Path, tiny_sdxl_folder: Path
+) -> None:
+    """Issue 12: a grid of four seeds from the regional renderer on a tiny SDXL, a pick that renders
+    nothing, and an upscale whose base is the kept image (only the high-res pass runs), larger."""
+    chat = ChatService(backend=ScriptedBackend([DRAGON], name="scripted-omost"))
+    renderer = CountingRenderer(device="cpu", default_model=str(tiny_sdxl_folder))
+    engine = CombinedEngine(chat_service=chat, renderer=renderer)
+    bot = OmostBot(config=BotConfig(db=tmp_path / "bot.sqlite3"), engine=engine)
+    async with simulate(bot, settle_timeout=180) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("studio")
+        alice = guild.add_member(env.create_user("alice"))
+        result = await alice.slash(
+            channel, "omost compose", prompt="a dragon battle", size="256x256", steps=2, seed=3, count=4
+        )
+        grid = result.response
+        assert grid is not None and "Done" in grid.content, grid
+        files = {a.filename: a for a in grid.attachments}
+        cells = Image.open(io.BytesIO(await files["grid.png"].read())).convert("RGB")
+        assert cells.size == (512, 512) and renderer.calls == [(4, False)]
+        fields = {f.name: f.value for f in grid.embeds[0].fields}
+        assert fields["Seeds"] == "1: 3 · 2: 4 · 3: 5 · 4: 6"
+
+        picked = await alice.click(grid, label="3")
+        assert picked.response is not None and "Done" in picked.response.content
+        assert renderer.calls == [(4, False)]  # no render for the pick
+        image = Image.open(io.BytesIO(await picked.response.attachments[0].read())).convert("RGB")
+        assert image.tobytes() == cells.crop((0, 256, 256, 512)).tobytes()
+        layout = json.loads(await picked.response.attachments[1].read())
+        assert layout[0]["omost_bot"]["render"]["seed"] == 5
+
+        upscaled = await alice.click(picked.response, label="Upscale")
+        assert upscaled.response is not None and "Done" in upscaled.response.content, upscaled.response
+        assert renderer.calls[-1] == (1, True)  # the kept image was the base
+        larger = Image.open(io.BytesIO(await upscaled.response.attachments[0].read()))
+        assert larger.size == (384, 384)
         await bot.storage.db.close()

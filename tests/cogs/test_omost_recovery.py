@@ -133,6 +133,23 @@ async def test_a_result_discord_accepted_just_before_the_crash_is_kept(world: Wo
     assert "Done" in world.channel.last_message.content
 
 
+async def test_a_grid_discord_accepted_just_before_the_crash_is_kept(world: World) -> None:
+    """A grid has no Reroll button: recovery knows a delivered result by its Layout & masks button."""
+    first = await world.alice.slash(world.channel, "omost compose", prompt="a dragon battle", count=4)
+    result = first.response
+    assert "Pick an image" in result.content
+    await world.bot.storage.db.execute(
+        "UPDATE jobs SET state = 'running', result_message_id = NULL WHERE id = 1"
+    )
+    renders = len(world.engine.renders)
+    await world.restart()
+    job = await world.bot.storage.job(1)
+    assert job.state == "done" and job.result_message_id == result.id and job.attempt == 1
+    assert len(world.engine.renders) == renders and "Pick an image" in result.content
+    picked = await world.bob.click(result, label="1")
+    assert picked.response is not None and "Done" in picked.response.content
+
+
 async def test_a_result_sent_as_a_new_message_before_the_crash_is_found_and_kept(world: World) -> None:
     world.env.inject_error("PATCH", "/webhooks/*", status=500, times=None)
     world.env.inject_error("PATCH", "/channels/*/messages/*", status=500, times=None)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import simcord
 from simenv import World, make_config
@@ -114,16 +115,18 @@ class RecordingHandler:
         prompts: dict[int, str] | None = None,
         layouts: dict[int, Layout] | None = None,
         render_params: RenderParams = SMALL_RENDER,
+        changes: dict[int, dict[str, Any]] | None = None,
     ) -> None:
         self.prompts = prompts or {}
         self.layouts = layouts or {}
+        self.changes = changes or {}  # job id -> JobSpec fields to set (count, base, render_params, ...)
         self.render_params = render_params
         self.prepared: list[int] = []
         self.events: list[JobEvent] = []
 
     async def prepare(self, job_id: int) -> JobSpec | None:
         self.prepared.append(job_id)
-        return JobSpec(
+        spec = JobSpec(
             job_id=job_id,
             prompt=self.prompts.get(job_id, f"a lighthouse at dusk, job {job_id}"),
             history=(),
@@ -132,6 +135,7 @@ class RecordingHandler:
             render_params=self.render_params,
             layout=self.layouts.get(job_id),
         )
+        return replace(spec, **self.changes.get(job_id, {}))
 
     def on_event(self, event: JobEvent) -> None:
         self.events.append(event)

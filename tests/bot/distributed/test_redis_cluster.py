@@ -3,6 +3,7 @@ stage limits, failures, a bot restart while a job runs, and the real bot (simcor
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 from redis.asyncio import Redis
 from redis_harness import (
+    SMALL_RENDER,
     RecordingHandler,
     WorkerProcess,
     bot_on_redis,
@@ -40,6 +42,7 @@ from bot.storage import JobRecord, Storage
 from omost_engine.params import LLMParams
 from omost_engine.progress import LLMProgress, RenderProgress
 from omost_engine.testing.scripted_engine import ScriptedEngine
+from omost_engine.variations import variation_seeds
 
 WORKERS = {"gpu-a", "gpu-b"}
 
@@ -304,3 +307,81 @@ async def test_the_bot_restarted_while_a_job_runs(redis_world: World, redis_url:
         await delivered_result(restarted.storage, result.response, prompt)
     assert not [m for m in world.channel.history() if "interrupted" in m.content]
     assert restarted.jobs.trackers == {}
+
+
+async def test_a_grid_and_an_upscale_base_cross_redis(
+    redis_url: str, prefix: str, workers: dict[str, WorkerProcess]
+) -> None:
+    """Issue 12: the job message carries the count and (beside it, in its own key) an upscale's base image;
+    the result hash carries every image of a grid with the seeds."""
+    layout = ScriptedEngine().chat([], "a red barn", LLMParams()).layout
+    base = Image.new("RGB", (32, 32), (200, 10, 10))
+    handler = RecordingHandler(
+        layouts={61: layout, 62: layout},
+        changes={
+            61: {"count": 4},
+            62: {"base": base, "render_params": SMALL_RENDER.replace(hr_scale=1.5, hr_steps=3)},
+        },
+    )
+    backend = RedisJobBackend(RedisConfig(url=redis_url, prefix=prefix, watchdog_s=0.2))
+    backend.bind(handler)
+    try:
+        for job_id in (61, 62):
+            await backend.submit(Ticket(job_id=job_id, user_id=job_id))
+        await backend.join(timeout=30)
+        leftover = await backend.client.redis.keys(f"{prefix}:base:*")
+    finally:
+        await backend.close()
+    grid = handler.ended(61)
+    assert isinstance(grid, Finished)
+    render = grid.output.render
+    assert render.count == 4 and render.batched
+    assert render.seeds == variation_seeds(SMALL_RENDER.seed, 4)
+    assert [image.size for image in render.images] == [(32, 32)] * 4 and render.image.size == (64, 64)
+    assert len({image.tobytes() for image in render.images}) == 4  # four seeds, four pictures
+    assert render.image.crop((32, 32, 64, 64)).tobytes() == render.images[3].convert("RGB").tobytes()
+    grid_steps = [e.progress for e in handler.of(61, Progress) if isinstance(e.progress, RenderProgress)]
+    assert grid_steps and all(p.images == 4 for p in grid_steps)  # progress covers the whole grid
+    upscale = handler.ended(62)
+    assert isinstance(upscale, Finished) and upscale.output.render.image.size == (48, 48)
+    stages = {e.progress.stage for e in handler.of(62, Progress) if isinstance(e.progress, RenderProgress)}
+    assert stages == {"hires"}  # the worker had the base: only the high-res pass ran
+    assert leftover == []  # the base key went with the delivered job
+
+
+async def test_a_grid_a_pick_and_an_upscale_through_the_bot_with_remote_workers(redis_world: World) -> None:
+    world = redis_world
+    backend = world.bot.backend
+    assert isinstance(backend, RedisJobBackend)
+
+    async def finished() -> None:
+        await backend.join(timeout=30)
+        await world.bot.jobs.drain()
+        await world.env.settle()
+
+    grid = await world.alice.slash(
+        world.channel, "omost compose", prompt="a grid", count=4, seed=20, steps=2, size="256x256"
+    )
+    await finished()
+    message = grid.response
+    assert message is not None and "Pick an image" in message.content
+    assert {f.name: f.value for f in message.embeds[0].fields}["Seeds"] == "1: 20 · 2: 21 · 3: 22 · 4: 23"
+    files = {a.filename: a for a in message.attachments}
+    assert Image.open(io.BytesIO(await files["grid.png"].read())).size == (64, 64)
+    kept = [await world.bot.storage.result_image(1, n) for n in range(4)]
+    assert [k.seed for k in kept if k is not None] == [20, 21, 22, 23]
+
+    picked = await world.bob.click(message, label="2")  # from the kept image: no job reaches Redis
+    assert picked.response is not None and "Done" in picked.response.content
+    assert {f.name: f.value for f in picked.response.embeds[0].fields}["Seed"] == "21"
+    assert backend.ran_on.keys() == {1}
+
+    upscaled = await world.bob.click(picked.response, label="Upscale")
+    assert upscaled.response is not None
+    await finished()
+    result = upscaled.response
+    assert "Done" in result.content and 3 in backend.ran_on
+    image = {a.filename: a for a in result.attachments}["image.png"]
+    assert Image.open(io.BytesIO(await image.read())).size == (48, 48)  # 384x384 / 8
+    job = await world.bot.storage.job(3)
+    assert job is not None and job.state == "done" and job.base_job_id == 2

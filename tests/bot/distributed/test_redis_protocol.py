@@ -52,6 +52,34 @@ def test_job_message_round_trip(layout: Layout) -> None:
     assert back.job_id == "7"
 
 
+def test_a_grid_and_an_upscale_message_round_trip(layout: Layout) -> None:
+    """The count travels in the message; an upscale's base does not (its bytes go to the run's base key):
+    the message only says there is one."""
+    from PIL import Image
+
+    spec = JobSpec(
+        job_id=8,
+        prompt="",
+        history=(),
+        llm=None,
+        llm_params=LLMParams(),
+        render_params=RenderParams(hr_scale=1.5),
+        layout=layout,
+        count=4,
+        base=Image.new("RGB", (8, 8)),
+    )
+    data = JobMessage(spec=spec).to_json()
+    assert data["count"] == 4 and data["base"] is True and len(str(data)) < 20_000
+    back = JobMessage.from_json(data)
+    assert back.spec.count == 4 and back.has_base and back.spec.base is None
+    assert JobMessage.from_json(back.to_json()).has_base  # a record read back after a restart keeps it
+    plain = JobMessage.from_json({k: v for k, v in data.items() if k not in ("count", "base")})
+    assert plain.spec.count == 1 and not plain.has_base  # a message from an older bot
+    with pytest.raises(OmostError) as caught:
+        JobMessage.from_json({**data, "count": 5})
+    assert caught.value.parameter == "count"
+
+
 @pytest.mark.parametrize(
     ("change", "parameter"),
     [
@@ -95,7 +123,7 @@ def test_wire_event_round_trip_and_progress(layout: Layout) -> None:
     assert WireEvent(type=type_, job_id="3", data=data).progress() == RenderProgress(
         step=3, total=20, stage="hires"
     )
-    counted = RenderProgress(step=3, total=10, stage="hires", run_step=23, run_total=30)
+    counted = RenderProgress(step=3, total=10, stage="hires", run_step=23, run_total=30, images=4)
     type_, data = progress_data(counted)
     encoded = WireEvent(type=type_, job_id="3", data=data).encode()
     assert WireEvent.decode({k.encode(): v for k, v in encoded.items()}).progress() == counted
