@@ -33,6 +33,9 @@ class JobRequest:
     layout_json: str | None = None  # a render job's layout (Layout.dumps())
     layout_id: int | None = None
     requester: str = ""  # display name for the result embed
+    # The new turn's assistant reply when it is known up front: a render from the region editor records
+    # the regenerated program, so that a reply to its result continues from the edited program.
+    reply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class JobStore:
                 parent_id=request.parent_turn_id,
                 user_id=request.user_id,
                 prompt=request.prompt,
+                reply=request.reply,
                 layout_id=layout_id if request.kind == "render" else None,
             )
             created["turns"] = turn_id

@@ -38,6 +38,7 @@ KINDS: dict[object, Kind] = {kind: kind for kind in get_args(Kind)}
 GUILD_ONLY: JsonDict = {"scopes": ["guild"]}
 SettingText = Annotated[PromptText, Field(min_length=1)]
 Megapixels = Annotated[float, Field(ge=0.06, le=4.2)]
+EditorAccess = Literal["owner", "anyone"]
 
 
 class ServerSettings(Declared):
@@ -79,6 +80,9 @@ class ServerSettings(Declared):
     )
     max_queued_per_user: QueuedPerUser | None = Field(None, description="jobs one user may have waiting")
     rate_limit: RateLimit | None = Field(None, description="jobs one user may submit per window")
+    editor_access: EditorAccess | None = Field(
+        None, description="who may open a result's region editor: its owner, or anyone"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,6 +206,7 @@ class Policy:
     unfiltered: bool
     max_queued_per_user: int
     rate_limit: int
+    editor_access: EditorAccess = "owner"  # who may open a result's region editor
     # Whether an explicit LLM choice may name a local model: not when the server has an LLM endpoint
     # and no local LLM configured (OMOST_LLM_ENDPOINT without OMOST_LLM).
     local_llms: bool = True
@@ -226,6 +231,7 @@ async def resolve_policy(
         "unfiltered": False,
         "max_queued_per_user": config.max_queued_per_user,
         "rate_limit": config.rate_limit,
+        "editor_access": "owner",
     }
     stored: dict[str, Any] = {}
     if guild_id is not None:
@@ -258,6 +264,7 @@ async def resolve_policy(
         unfiltered=bool(values["unfiltered"]),
         max_queued_per_user=int(values["max_queued_per_user"]),
         rate_limit=int(values["rate_limit"]),
+        editor_access=values["editor_access"],
         local_llms=config.llm_endpoint is None or config.llm is not None,
     )
 

@@ -22,10 +22,11 @@ BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str]] = {
     "reroll": (discord.ButtonStyle.primary, "Reroll", "🎲"),
     "layout": (discord.ButtonStyle.secondary, "Layout & masks", "🧩"),
     "edit": (discord.ButtonStyle.secondary, "Edit", "✏️"),
+    "regions": (discord.ButtonStyle.secondary, "Edit regions", "🗺️"),
     "delete": (discord.ButtonStyle.danger, "Delete", "🗑️"),
     "cancel": (discord.ButtonStyle.danger, "Cancel", "✖️"),
 }
-RESULT_ACTIONS = ("reroll", "layout", "edit", "delete")
+RESULT_ACTIONS = ("reroll", "layout", "edit", "regions", "delete")
 
 
 class ButtonHandler(Protocol):
@@ -42,7 +43,7 @@ def custom_id(action: str, job_id: int) -> str:
 
 class JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"omost:(?P<action>reroll|layout|edit|delete|cancel):(?P<job_id>\d+)",
+    template=r"omost:(?P<action>reroll|layout|edit|regions|delete|cancel):(?P<job_id>\d+)",
 ):
     def __init__(self, action: str, job_id: int) -> None:
         style, label, emoji = BUTTONS[action]
