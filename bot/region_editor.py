@@ -188,11 +188,16 @@ class RegionEditor:
         return await self.apply(state, lambda spec, _: editing.set_color(spec, number, name.strip()))
 
     async def set_texts(self, state: EditorState, number: int, values: Mapping[str, str]) -> EditorState:
-        """A submitted form: ``values`` by field name (detailed descriptions one per line)."""
+        """A submitted form: ``values`` by field name (detailed descriptions one per line). Only the fields that
+        changed are checked and set: a form sends every field, and a text the LLM wrote stays as it was."""
         try:
             texts = form_texts(values)
+            current = state.spec.global_ if number == 0 else state.spec.region(number)
         except OmostError as exc:
             return replace(state, note=str(exc), refused=True)
+        texts = {k: v for k, v in texts.items() if _current(current, k) != v}
+        if not texts:
+            return replace(state, note="nothing changed")
         counter = None
         if self.tokens is not None:
             counter = await asyncio.to_thread(self.tokens.counter)  # loads the tokenizer once, off the loop
@@ -238,6 +243,11 @@ class RegionEditor:
             layout_json=edited.dumps(),
             reply=state.spec.reply(),
         )
+
+
+def _current(fields: object, name: str) -> object:
+    value = getattr(fields, name, None)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def form_texts(values: Mapping[str, str]) -> dict[str, object]:
