@@ -189,13 +189,14 @@ class RegionEditor:
 
     async def set_texts(self, state: EditorState, number: int, values: Mapping[str, str]) -> EditorState:
         """A submitted form: ``values`` by field name (detailed descriptions one per line). Only the fields that
-        changed are checked and set: a form sends every field, and a text the LLM wrote stays as it was."""
+        changed are checked and set: a form sends every field back, and a text the LLM wrote stays as it was
+        (also one longer than a form field holds, which the form showed cut)."""
         try:
-            texts = form_texts(values)
-            current = state.spec.global_ if number == 0 else state.spec.region(number)
+            fields = state.spec.global_ if number == 0 else state.spec.region(number)
+            changed = {k: v for k, v in values.items() if v != prefilled(fields, k)}
+            texts = form_texts(changed)
         except OmostError as exc:
             return replace(state, note=str(exc), refused=True)
-        texts = {k: v for k, v in texts.items() if _current(current, k) != v}
         if not texts:
             return replace(state, note="nothing changed")
         counter = None
@@ -245,9 +246,12 @@ class RegionEditor:
         )
 
 
-def _current(fields: object, name: str) -> object:
-    value = getattr(fields, name, None)
-    return list(value) if isinstance(value, tuple) else value
+def prefilled(fields: object, name: str) -> str:
+    """What a form field shows for ``name`` of a region (or the global description): its text, the detailed
+    descriptions one per line, cut to what a field holds."""
+    value = getattr(fields, name, "")
+    text = "\n".join(value) if isinstance(value, tuple) else str(value)
+    return text[:MAX_FIELD_CHARS]
 
 
 def form_texts(values: Mapping[str, str]) -> dict[str, object]:

@@ -28,8 +28,16 @@ from discord.ext import commands
 from bot import formatting
 from bot.access import require_channel_allowed
 from bot.config import BotConfig
-from bot.region_editor import COLOR_FIELD, STYLE_FORM, TEXT_FORM, EditorState, RegionEditor
-from bot.settings import resolve_policy
+from bot.region_editor import (
+    COLOR_FIELD,
+    MAX_FIELD_CHARS,
+    STYLE_FORM,
+    TEXT_FORM,
+    EditorState,
+    RegionEditor,
+    prefilled,
+)
+from bot.settings import EditorAccess, resolve_policy
 from bot.storage import JobRecord, Storage
 from bot.views import send_error
 from cogs.omost_actions import OmostActions, new_seed
@@ -168,10 +176,10 @@ class EditorForm(discord.ui.Modal):
                 discord.ui.TextInput(
                     label=label[:45],
                     custom_id=name,
-                    default=value[:4000] or None,
+                    default=value or None,
                     required=False,  # an empty description is refused by the canvas, with its reason
                     style=discord.TextStyle.paragraph if paragraph else discord.TextStyle.short,
-                    max_length=COLOR_CHARS if name == COLOR_FIELD else 4000,
+                    max_length=COLOR_CHARS if name == COLOR_FIELD else MAX_FIELD_CHARS,
                 )
             )
 
@@ -187,9 +195,14 @@ def _region_head(spec: CanvasSpec, number: int) -> str:
         return "**0 · global description** (the whole canvas)"
     r = spec.region(number)
     count = len(spec.regions)
-    depth = "farthest" if number == 1 else "nearest" if number == count else f"{number} of {count}"
+    if count == 1:
+        depth = "the only region"
+    elif number in (1, count):
+        depth = f"the {'farthest from' if number == 1 else 'nearest to'} the viewer"
+    else:
+        depth = f"drawn {number} of {count}, far to near"
     offset = "" if r.offset == "no offset" else f" {r.offset}"
-    return f"**{number} · {r.location}{offset}, {r.area}** (drawn {depth} from the viewer)"
+    return f"**{number} · {r.location}{offset}, {r.area}** ({depth})"
 
 
 def _texts(spec: CanvasSpec, number: int) -> list[tuple[str, str]]:
@@ -303,15 +316,13 @@ def form_for(state: EditorState, form: str) -> EditorForm:
         color = spec.global_.color if number == 0 else spec.region(number).color
         fields = {COLOR_FIELD: ("HTML colour name (e.g. skyblue)", color, False)}
         return EditorForm(f"Colour of the {where}", custom_id, fields)
-    current: Any = spec.global_ if number == 0 else spec.region(number)
+    current = spec.global_ if number == 0 else spec.region(number)
     names = TEXT_FORM if form == "text" else STYLE_FORM
-    fields = {}
-    for name, label in names.items():
-        if number == 0 and name not in GLOBAL_TEXT_FIELDS:
-            continue
-        value = getattr(current, name)
-        text = "\n".join(value) if name == "detailed_descriptions" else value
-        fields[name] = (label, text, name == "detailed_descriptions")
+    fields = {
+        name: (label, prefilled(current, name), name == "detailed_descriptions")
+        for name, label in names.items()
+        if number != 0 or name in GLOBAL_TEXT_FIELDS
+    }
     return EditorForm(f"{'Text' if form == 'text' else 'Style'} of the {where}", custom_id, fields)
 
 
@@ -360,7 +371,7 @@ class OmostEditor(commands.Cog, name=EDITOR_COG):
         self.bot.remove_dynamic_items(EditorButton, EditorSelect)
         self.actions.buttons.pop("regions", None)
 
-    async def _access(self, interaction: discord.Interaction[Any]) -> Any:
+    async def _access(self, interaction: discord.Interaction[Any]) -> EditorAccess:
         policy = await resolve_policy(
             self.storage, self.config, guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0
         )
@@ -394,6 +405,11 @@ class OmostEditor(commands.Cog, name=EDITOR_COG):
                 await interaction.response.edit_message(**editor_message(state))
         except OmostError as exc:
             await send_error(interaction, str(exc))
+        except Exception:  # a bug: logged with its traceback; the user still gets one line
+            log.exception("the %s control of region editor #%s failed", what, editor_id)
+            await send_error(
+                interaction, "something went wrong on my side; the error was logged. Please try again"
+            )
 
     async def _change(self, state: EditorState, what: str, values: list[str]) -> EditorState:
         if what in SELECT_FIELDS:

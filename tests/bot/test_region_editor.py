@@ -15,12 +15,12 @@ from bot.config import BotConfig
 from bot.db import Database
 from bot.job_store import JobStore
 from bot.jobs import InProcessJobBackend
-from bot.region_editor import EDIT_PROMPT, MAX_FIELD_CHARS, RegionEditor, form_texts
+from bot.region_editor import EDIT_PROMPT, MAX_FIELD_CHARS, RegionEditor, form_texts, prefilled
 from bot.settings import resolve_policy
 from bot.storage import Storage
 from bot.testing import ScriptedEngine
 from omost_engine.clip_tokens import ClipTokenCounter
-from omost_engine.editing import CanvasSpec
+from omost_engine.editing import CanvasSpec, set_text
 from omost_engine.errors import OmostError
 from omost_engine.params import LLMParams, RenderParams
 from omost_engine.reply import extract_code, parse_reply
@@ -164,3 +164,22 @@ async def test_the_render_request_branches_with_the_edited_program(storage: Stor
         await editor.render_request(
             state, limited, user_id=ALICE, requester="alice", guild_id=1, channel_id=2, new_seed=lambda: 77
         )
+
+
+async def test_a_form_sends_every_field_and_only_the_changed_ones_are_set(storage: Storage) -> None:
+    editor = RegionEditor(storage)
+    state = await editor.open(
+        await result_job(storage), user_id=ALICE, guild_id=1, channel_id=2, access="owner"
+    )
+    # Detailed descriptions longer in all than a form field holds: the form shows them cut.
+    long = tuple(f"{i} " + "word " * 300 for i in range(3))
+    state = await editor.apply(state, lambda spec, n: set_text(spec, n, detailed_descriptions=list(long)))
+    assert not state.refused
+    region = state.spec.region(1)
+    shown = {name: prefilled(region, name) for name in ("description", "detailed_descriptions", "tags")}
+    assert len(shown["detailed_descriptions"]) == MAX_FIELD_CHARS
+    state = await editor.set_texts(state, 1, {**shown, "tags": "storm, sky"})
+    assert not state.refused and state.spec.region(1).tags == "storm, sky"
+    assert state.spec.region(1).detailed_descriptions == long  # the cut field was left alone
+    same = await editor.set_texts(state, 1, {**shown, "tags": "storm, sky"})
+    assert same.note == "nothing changed" and same.spec == state.spec

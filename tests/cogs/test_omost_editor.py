@@ -12,7 +12,7 @@ import discord
 import pytest
 from PIL import Image
 from simcord.backend.errors import SetupError
-from simenv import DRAGON, World
+from simenv import DRAGON, World, assert_no_mass_mentions, message_bodies
 
 from bot.region_editor import EDIT_PROMPT
 from omost_engine.clip_tokens import ClipTokenCounter
@@ -178,8 +178,14 @@ async def test_text_style_and_colour_forms(world: World) -> None:
     # The global description: text and colour only.
     await world.alice.select(message, ["0"], custom_id=control(eid, "region"))
     assert selects(message)["location"].disabled
-    await form(world, world.alice, message, eid, "text", {"description": "A quiet forest."})
-    assert (await stored(world, eid)).global_.description == "A quiet forest."
+    await form(world, world.alice, message, eid, "text", {"description": "A quiet forest, @everyone."})
+    assert (await stored(world, eid)).global_.description == "A quiet forest, @everyone."
+    assert "@everyone" in text_of(message)
+    editor_bodies = [
+        b for _, b in message_bodies(world.env.http_requests) if "Region editor" in json.dumps(b)
+    ]
+    assert len(editor_bodies) >= 5
+    assert_no_mass_mentions(world, may_ping={world.alice.id})  # the editor's bodies too: nobody is pinged
 
 
 async def test_bad_form_input_is_one_line_and_changes_nothing(world: World) -> None:
