@@ -23,6 +23,7 @@ from bot.presenter import StatusPresenter
 from bot.service import JobService
 from bot.storage import Storage
 from bot.views import send_error
+from omost_engine.clip_tokens import ClipTokenCounter
 from omost_engine.engine import Engine
 from omost_engine.errors import OmostError
 
@@ -63,7 +64,8 @@ class OmostTree(app_commands.CommandTree["OmostBot"]):
 
 
 class OmostBot(commands.Bot):
-    """The bot. ``engine`` is any ``Engine``; ``backend`` replaces the in-process job queue."""
+    """The bot. ``engine`` is any ``Engine``; ``backend`` replaces the in-process job queue; ``clip_tokens``
+    counts CLIP tokens for the region editor's sub-prompt limit (None: that limit is not checked)."""
 
     def __init__(
         self,
@@ -73,6 +75,7 @@ class OmostBot(commands.Bot):
         backend: JobBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        clip_tokens: ClipTokenCounter | None = None,
         **options: Any,
     ) -> None:
         if engine is None and backend is None:
@@ -86,6 +89,7 @@ class OmostBot(commands.Bot):
         )
         self.config = config
         self.engine = engine
+        self.clip_tokens = clip_tokens
         if backend is None:
             assert engine is not None  # checked above: without a backend the bot has an engine
             backend = InProcessJobBackend(

@@ -15,6 +15,7 @@ from omost_engine.errors import OmostError
 
 if TYPE_CHECKING:
     from bot.bot import OmostBot
+    from omost_engine.clip_tokens import ClipTokenCounter
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -109,10 +110,24 @@ def build_bot(
 
     backend = backend_from_config(config, environ=environ, path=config_path)
     if backend is not None:
-        return OmostBot(config=config, backend=backend)
+        return OmostBot(config=config, backend=backend, clip_tokens=clip_tokens_for(config))
     from bot.engine_factory import create_engine
 
-    return OmostBot(config=config, engine=create_engine(config))
+    return OmostBot(config=config, engine=create_engine(config), clip_tokens=clip_tokens_for(config))
+
+
+def clip_tokens_for(config: BotConfig) -> ClipTokenCounter | None:
+    """The CLIP tokenizer the region editor counts with: the SDXL model's own (a hub id or diffusers folder),
+    or for a single checkpoint file its config folder's (``sdxl_config``). None for a single file without
+    one (the shipped SDXL configs carry no vocabulary): the editor then leaves sub-prompt lengths unchecked.
+    Nothing loads here; the tokenizer loads at the first text edit."""
+    from omost_engine.clip_tokens import ClipTokenCounter
+    from omost_engine.render.loading import DEFAULT_MODEL, SINGLE_FILE_SUFFIXES
+
+    model = config.sdxl or DEFAULT_MODEL
+    if model.lower().endswith(SINGLE_FILE_SUFFIXES):
+        return ClipTokenCounter(config.sdxl_config) if config.sdxl_config else None
+    return ClipTokenCounter(model)
 
 
 def start(config: BotConfig, *, config_path: Path | None = None) -> int:

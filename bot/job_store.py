@@ -39,6 +39,9 @@ class JobRequest:
     requester: str = ""  # display name for the result embed
     count: int = 1  # images: 1, or up to 4 variations (seeds render_params.seed, +1, ...) shown as a grid
     base_job_id: int | None = None  # an upscale: the job whose stored image the high-res pass starts from
+    # The new turn's assistant reply when it is known up front: a render from the region editor records
+    # the regenerated program, so that a reply to its result continues from the edited program.
+    reply: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class JobStore:
                 parent_id=request.parent_turn_id,
                 user_id=request.user_id,
                 prompt=request.prompt,
+                reply=request.reply,
                 layout_id=layout_id if request.kind == "render" else None,
             )
             created["turns"] = turn_id

@@ -40,6 +40,7 @@ GUILD_ONLY: JsonDict = {"scopes": ["guild"]}
 SettingText = Annotated[PromptText, Field(min_length=1)]
 Megapixels = Annotated[float, Field(ge=0.06, le=4.2)]
 Count = Annotated[int, Field(ge=1, le=MAX_COUNT)]  # images in one job: 1, or variations in a grid
+EditorAccess = Literal["owner", "anyone"]
 
 
 class ServerSettings(Declared):
@@ -89,6 +90,9 @@ class ServerSettings(Declared):
     )
     max_queued_per_user: QueuedPerUser | None = Field(None, description="jobs one user may have waiting")
     rate_limit: RateLimit | None = Field(None, description="jobs one user may submit per window")
+    editor_access: EditorAccess | None = Field(
+        None, description="who may open a result's region editor: its owner, or anyone"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,6 +218,7 @@ class Policy:
     rate_limit: int
     max_count: int = MAX_COUNT
     upscale_scale: float = DEFAULT_UPSCALE
+    editor_access: EditorAccess = "owner"  # who may open a result's region editor
     # Whether an explicit LLM choice may name a local model: not when the server has an LLM endpoint
     # and no local LLM configured (OMOST_LLM_ENDPOINT without OMOST_LLM).
     local_llms: bool = True
@@ -239,6 +244,7 @@ async def resolve_policy(
         "max_queued_per_user": config.max_queued_per_user,
         "rate_limit": config.rate_limit,
         "upscale_scale": config.upscale_scale,
+        "editor_access": "owner",
     }
     stored: dict[str, Any] = {}
     if guild_id is not None:
@@ -273,6 +279,7 @@ async def resolve_policy(
         rate_limit=int(values["rate_limit"]),
         max_count=int(values["max_count"]),
         upscale_scale=float(values["upscale_scale"]),
+        editor_access=values["editor_access"],
         local_llms=config.llm_endpoint is None or config.llm is not None,
     )
 

@@ -17,7 +17,7 @@ from omost_engine.params import LLMParams, RenderParams
 JobKind = Literal["compose", "render"]
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 FINISHED_STATES: tuple[JobState, ...] = ("done", "failed", "cancelled", "interrupted")
-Record = TypeVar("Record", "Turn", "JobRecord")
+Record = TypeVar("Record", "Turn", "JobRecord", "EditorRecord")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +65,20 @@ class StoredImage:
     index: int  # 0-based place in the job's grid
     seed: int
     png: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class EditorRecord:
+    """A region editor opened on a result (bot/region_editor.py); ``canvas`` is ``CanvasSpec.to_json()``."""
+
+    id: int
+    job_id: int
+    user_id: int
+    guild_id: int | None
+    channel_id: int
+    canvas: dict[str, Any]
+    selected: int
+    new_seed: bool
 
 
 def _record(cls: type[Record], row: aiosqlite.Row, **decoded: Any) -> Record:
@@ -324,6 +338,53 @@ class Storage:
 
     async def drop_images(self, job_id: int) -> None:
         await self.db.execute("DELETE FROM result_images WHERE job_id = ?", (job_id,))
+
+    # -- region editors -----------------------------------------------------------------------------
+
+    async def add_editor(
+        self,
+        *,
+        job_id: int,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int,
+        canvas: dict[str, Any],
+        selected: int = 0,
+    ) -> int:
+        now = self.clock()
+        editor_id = await self.db.execute(
+            "INSERT INTO editors (job_id, user_id, guild_id, channel_id, canvas, selected, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, user_id, guild_id, channel_id, json.dumps(canvas), selected, now, now),
+        )
+        assert editor_id is not None
+        return editor_id
+
+    async def editor(self, editor_id: int) -> EditorRecord | None:
+        row = await self.db.fetchone("SELECT * FROM editors WHERE id = ?", (editor_id,))
+        if row is None:
+            return None
+        return _record(EditorRecord, row, canvas=json.loads(row["canvas"]), new_seed=bool(row["new_seed"]))
+
+    async def update_editor(
+        self,
+        editor_id: int,
+        *,
+        canvas: dict[str, Any] | None = None,
+        selected: int | None = None,
+        new_seed: bool | None = None,
+    ) -> None:
+        changes: dict[str, Any] = {"updated_at": self.clock()}
+        if canvas is not None:
+            changes["canvas"] = json.dumps(canvas)
+        if selected is not None:
+            changes["selected"] = selected
+        if new_seed is not None:
+            changes["new_seed"] = int(new_seed)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        await self.db.execute(
+            f"UPDATE editors SET {assignments} WHERE id = ?", (*changes.values(), editor_id)
+        )
 
     # -- settings and meta ---------------------------------------------------------------------------
 

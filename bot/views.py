@@ -26,13 +26,14 @@ BUTTONS: dict[str, tuple[discord.ButtonStyle, str, str | None]] = {
     "upscale": (discord.ButtonStyle.primary, "Upscale", "🔍"),
     "layout": (discord.ButtonStyle.secondary, "Layout & masks", "🧩"),
     "edit": (discord.ButtonStyle.secondary, "Edit", "✏️"),
+    "regions": (discord.ButtonStyle.secondary, "Edit regions", "🗺️"),
     "delete": (discord.ButtonStyle.danger, "Delete", "🗑️"),
     "cancel": (discord.ButtonStyle.danger, "Cancel", "✖️"),
     # A grid of variations: post image N as a result of its own, or four new seeds.
     **{f"pick{n}": (discord.ButtonStyle.secondary, str(n), None) for n in range(1, MAX_COUNT + 1)},
     "again": (discord.ButtonStyle.primary, "Again", "🔁"),
 }
-RESULT_ACTIONS = ("reroll", "variations", "upscale", "layout", "edit", "delete")
+RESULT_ACTIONS = ("reroll", "variations", "upscale", "regions", "edit", "layout", "delete")
 GRID_ACTIONS = ("again", "layout", "delete")  # after the pick buttons, one per image
 PICK_PREFIX = "pick"
 

@@ -25,6 +25,7 @@ from bot.settings import (
 )
 from bot.views import JobButton
 from cogs.omost_actions import OmostActions
+from cogs.omost_editor import OmostEditor
 from omost_engine.declared import allowed_text, bounds, constraints, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS, LLMParams, Method, Overlap, RenderParams
@@ -415,4 +416,11 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
 
 
 async def setup(bot: OmostBot) -> None:
-    await bot.add_cog(Omost(bot))
+    omost = Omost(bot)
+    await bot.add_cog(omost)
+    # The region editor answers the results' Edit regions button through the same actions registry.
+    await bot.add_cog(
+        OmostEditor(
+            bot, storage=bot.storage, config=bot.config, actions=omost.actions, tokens=bot.clip_tokens
+        )
+    )

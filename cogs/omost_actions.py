@@ -263,6 +263,16 @@ class OmostActions:
             bot_permissions=interaction.app_permissions,
         )
 
+    async def admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
+        """The channel's policy once this user may start a job here now (for the region editor's Render)."""
+        return await self._admit_interaction(interaction)
+
+    async def start_job(
+        self, interaction: discord.Interaction[Any], request: JobRequest, policy: Policy
+    ) -> None:
+        """Queue ``request`` and post its status message as the answer to ``interaction``."""
+        await self._start_from_interaction(interaction, request, policy)
+
     async def _job(self, job_id: int) -> JobRecord:
         job = await self.storage.job(job_id)
         if job is None:

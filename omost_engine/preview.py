@@ -57,12 +57,15 @@ def _font(height: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=max(10, height // 40))
 
 
-def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Image:
+def masks_image(
+    layout: Layout, size: tuple[int, int] = MASKS_SIZE, *, selected: int | None = None
+) -> Image.Image:
     """The region boxes over a dimmed sketch, each outlined and labelled with its number.
 
     Region numbers follow the layout order (1 = farthest); the global condition is 0 and is
     labelled in the bottom-left corner. A partial layout (no global condition yet, or no
-    conditions at all) is drawn too.
+    conditions at all) is drawn too. ``selected`` (the region editor's selection) is outlined in
+    white, three times as thick, over every other box.
     """
     width, height = size
     base = sketch_image(layout, size).convert("RGBA")
@@ -84,8 +87,12 @@ def masks_image(layout: Layout, size: tuple[int, int] = MASKS_SIZE) -> Image.Ima
         boxes.append((number, cond, box, OUTLINES[(number - 1) % len(OUTLINES)]))
         draw.rectangle(box, fill=(*cond.color, 48))
     # Outlines, then labels, each over everything before them, so no label is hidden by a later box.
-    for _, _, box, outline in boxes:
-        draw.rectangle(box, outline=(*outline, 255), width=line)
+    for number, _, box, outline in boxes:
+        if number != selected:
+            draw.rectangle(box, outline=(*outline, 255), width=line)
+    for number, _, box, _ in boxes:
+        if number == selected:
+            draw.rectangle(box, outline=(255, 255, 255, 255), width=3 * line)
     step = draw.textbbox((0, 0), "0", font=font)[3] + 6
     for number, cond, box, outline in boxes:
         # Stagger labels so boxes that share a corner do not stack their labels on each other.

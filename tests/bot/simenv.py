@@ -171,6 +171,8 @@ def message_bodies(entries: list[HttpLogEntry]) -> Iterator[tuple[HttpLogEntry, 
         if not isinstance(body, dict):
             continue
         if entry.path.startswith("/interactions/"):  # {"type": 4, "data": {message}}
+            if body.get("type") == 9:  # a modal (a form shown to the user), not a message
+                continue
             body = body.get("data") or {}
         if any(key in body for key in ("content", "embeds", "components", "attachments")):
             yield entry, body

@@ -53,7 +53,7 @@ async def test_compose_over_the_wire(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert fields["Seed"] == "21" and message["embeds"][0]["image"]["url"] == "attachment://image.png"
         custom_ids = [c["custom_id"] for row in message["components"] for c in row["components"]]
         assert custom_ids == [
-            f"omost:{a}:1" for a in ("reroll", "variations", "upscale", "layout", "edit", "delete")
+            f"omost:{a}:1" for a in ("reroll", "variations", "upscale", "regions", "edit", "layout", "delete")
         ]
         edits = [p for m, p in fake.requests if m == "PATCH" and p.endswith(f"/messages/{message_id}")]
         assert len(edits) >= 2  # progress, then the result

@@ -47,7 +47,7 @@ async def test_compose_result_has_image_layout_embed_and_buttons(world: World) -
     assert fields["Seed"] == "7" and fields["Size"] == "896x1152" and fields["LLM"] == "scripted-llm"
     assert fields["Steps · CFG"] == "4 · 5" and embed.image.url == "attachment://image.png"
     labels = [c["label"] for row in message.components for c in row["components"]]
-    assert labels == ["Reroll", "Variations", "Upscale", "Layout & masks", "Edit", "Delete"]
+    assert labels == ["Reroll", "Variations", "Upscale", "Edit regions", "Edit", "Layout & masks", "Delete"]
     job = await world.bot.storage.job_by_message(message.id)
     assert job is not None and job.state == "done" and job.render_params.seed == 7
     assert job.llm_model == "scripted-llm" and job.render_model == "scripted-sdxl"

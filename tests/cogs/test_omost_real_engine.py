@@ -16,6 +16,7 @@ from simenv import DRAGON, simulate
 from bot.bot import OmostBot
 from bot.config import BotConfig
 from bot.engine_factory import CombinedEngine
+from omost_engine.clip_tokens import ClipTokenCounter
 from omost_engine.engine import RenderResult
 from omost_engine.layout import Layout
 from omost_engine.llm.scripted import ScriptedBackend
@@ -111,4 +112,55 @@ async def test_variations_pick_and_upscale_with_the_real_engine(
         assert renderer.calls[-1] == (1, True)  # the kept image was the base
         larger = Image.open(io.BytesIO(await upscaled.response.attachments[0].read()))
         assert larger.size == (384, 384)
+        await bot.storage.db.close()
+
+
+@pytest.mark.slow
+async def test_region_editor_with_the_real_engine(tmp_path: Path, tiny_sdxl_folder: Path) -> None:
+    """Issue 12: edit a composed result's regions (the tiny SDXL's own CLIP tokenizer counts the sub-prompts),
+    render the edited layout with the same seed, and reply: the LLM continues from the edited program."""
+    backend = ScriptedBackend([DRAGON], name="scripted-omost")
+    engine = CombinedEngine(
+        chat_service=ChatService(backend=backend),
+        renderer=Renderer(device="cpu", default_model=str(tiny_sdxl_folder)),
+    )
+    bot = OmostBot(
+        config=BotConfig(db=tmp_path / "bot.sqlite3"),
+        engine=engine,
+        clip_tokens=ClipTokenCounter(str(tiny_sdxl_folder)),  # the model's tokenizer/ subfolder, no weights
+    )
+    async with simulate(bot, settle_timeout=120) as env:
+        guild = env.create_guild()
+        channel = guild.create_text_channel("studio")
+        alice = guild.add_member(env.create_user("alice"))
+        result = await alice.slash(
+            channel, "omost compose", prompt="a dragon battle", size="256x256", steps=2, seed=3
+        )
+        first = Image.open(io.BytesIO(await result.response.attachments[0].read()))
+        opened = await alice.click(result.response.message, label="Edit regions")
+        editor = opened.response
+        assert opened.ephemeral
+        await alice.select(editor, ["on the bottom"], custom_id="omost:ed:1:location")
+        shown = await alice.click(editor, custom_id="omost:ed:1:text")
+        fields = {
+            c["custom_id"]: c.get("value", "") for row in shown.modal["components"] for c in row["components"]
+        }
+        await alice.submit_modal(shown, {**fields, "tags": " ".join(["dragon"] * 80)})
+        assert "CLIP tokens long" in editor.message.components[0].content  # refused, nothing changed
+        shown = await alice.click(editor, custom_id="omost:ed:1:text")
+        await alice.submit_modal(shown, {**fields, "description": "A calm lake."})
+        rendered = await alice.click(editor, custom_id="omost:ed:1:render")
+        message = rendered.response
+        assert message is not None and "Done" in message.content, message
+        fields_shown = {f.name: f.value for f in message.embeds[0].fields}
+        assert fields_shown["Seed"] == "3"
+        files = {a.filename: a for a in message.attachments}
+        image = Image.open(io.BytesIO(await files["image.png"].read()))
+        assert image.size == (256, 256) and image.tobytes() != first.tobytes()  # same seed, edited layout
+        layout = Layout.from_json(json.loads(await files["layout.json"].read()))
+        assert "A calm lake." in layout.meta["program"] and "on the bottom" in layout.meta["program"]
+        await alice.send(channel, "make it winter", reply_to=message.message)
+        history = backend.calls[-1]
+        assert history[-1]["content"] == "make it winter"
+        assert "A calm lake." in history[-2]["content"] and "on the bottom" in history[-2]["content"]
         await bot.storage.db.close()

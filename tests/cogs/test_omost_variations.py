@@ -16,7 +16,7 @@ from bot.storage import JobRecord
 from omost_engine.variations import variation_seeds
 
 GRID_LABELS = ["1", "2", "3", "4", "Again", "Layout & masks", "Delete"]
-SINGLE_LABELS = ["Reroll", "Variations", "Upscale", "Layout & masks", "Edit", "Delete"]
+SINGLE_LABELS = ["Reroll", "Variations", "Upscale", "Edit regions", "Edit", "Layout & masks", "Delete"]
 
 
 def labels(message: object) -> list[str]:

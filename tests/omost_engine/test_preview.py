@@ -82,3 +82,16 @@ def test_partial_layouts_while_a_reply_streams_are_drawn(layout) -> None:
     assert uncovered and all((sketch[y, x] == 0).all() for y, x in uncovered)  # black where no region is
     empty = Layout([])
     assert np.asarray(sketch_image(empty)).max() == 0 and masks_image(empty, (64, 64)).size == (64, 64)
+
+
+def test_the_selected_region_is_outlined_in_white_over_the_others(layout) -> None:
+    plain = np.asarray(masks_image(layout, (720, 720)))
+    marked = np.asarray(masks_image(layout, (720, 720), selected=2))
+    top, bottom, left, right = layout.conditions[2].rect
+    x0, x1 = left * 720 // 90, right * 720 // 90 - 1
+    column = slice(top * 720 // 90 + 40, bottom * 720 // 90 - 40)  # away from the labels at the top
+    for x in (x0, x1):
+        white = (marked[column, x] == 255).all(axis=1)
+        assert white.mean() > 0.9  # white along both sides over other boxes (labels stay on top)
+        assert not (plain[column, x] == 255).all(axis=1).any()
+    assert np.array_equal(marked[:, : max(0, x0 - 8)], plain[:, : max(0, x0 - 8)])  # nothing else moved
