@@ -92,7 +92,8 @@ async def sim_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     clock = FakeClock()
     engine = ScriptedEngine(replies=[DRAGON, DINOSAUR], clock=clock)
     bot = OmostBot(config=config, engine=engine, clock=clock)
-    env = simcord.Env(bot)
+    # settle_timeout: a settle returns as soon as the bot is idle; the margin only matters on a busy machine.
+    env = simcord.Env(bot, settle_timeout=30)
     env.extra_objects = (config, clock, engine)  # type: ignore[attr-defined]
     await env.start()
     try:
