@@ -26,6 +26,7 @@ from bot.settings import (
 from bot.views import JobButton
 from cogs.omost_actions import OmostActions
 from cogs.omost_editor import OmostEditor
+from cogs.omost_variations import VariationActions
 from omost_engine.declared import allowed_text, bounds, constraints, field_kind, fields_of
 from omost_engine.errors import OmostError
 from omost_engine.params import ASPECT_PRESETS, LLMParams, Method, Overlap, RenderParams
@@ -125,6 +126,7 @@ class Omost(commands.GroupCog, group_name="omost", group_description="Compose im
         self.backend = bot.backend
         self.config = bot.config
         self.actions = OmostActions(storage=self.storage, jobs=bot.jobs, config=bot.config)
+        self.actions.buttons.update(VariationActions(self.actions).buttons())
         super().__init__()
 
     async def cog_load(self) -> None:

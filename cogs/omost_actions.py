@@ -42,14 +42,12 @@ from bot.settings import (
     with_decoding,
 )
 from bot.storage import JobRecord, Storage
-from bot.views import PICK_PREFIX, send_error
-from omost_engine.engine import RenderResult
+from bot.views import send_error
 from omost_engine.errors import OmostError
 from omost_engine.layout import Layout
 from omost_engine.params import MAX_SEED, RenderParams, describe_overrides
-from omost_engine.png import png_bytes, png_image
+from omost_engine.png import png_bytes
 from omost_engine.preview import masks_image, sketch_image
-from omost_engine.variations import MAX_COUNT, upscale_params, variation_seeds
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +185,7 @@ class OmostActions:
             "edit": self.open_edit,
             "delete": self.delete_result,
             "cancel": self.cancel,
-            "variations": self.variations,
-            "again": self.variations,
-            "upscale": self.upscale,
-            **{f"{PICK_PREFIX}{n}": self._picker(n - 1) for n in range(1, MAX_COUNT + 1)},
-        }
+        }  # the variations' buttons (cogs/omost_variations.py) and Edit regions join it from the cog
         # Jobs an action follows until they end (the job service's updates reach the cog as events).
         self.followers: dict[int, list[JobFollower]] = {}
         self._follower_tasks: set[asyncio.Task[None]] = set()
@@ -497,14 +491,14 @@ class OmostActions:
     def _may_manage(self, interaction: discord.Interaction[Any], job: JobRecord) -> bool:
         return interaction.user.id == job.user_id or is_admin(interaction.permissions)
 
-    async def _require_layout(self, job: JobRecord, what: str) -> str:
+    async def require_layout(self, job: JobRecord, what: str) -> str:
         """The job's stored layout; one clear refusal when it has none (an LLM step that failed, a row gone)."""
         data = await self.storage.layout(job.layout_id) if job.layout_id is not None else None
         if data is None:
             raise OmostError(f"job #{job.id} has no layout to {what}", parameter="job", value=job.id)
         return data
 
-    async def _same_layout(
+    async def same_layout(
         self,
         interaction: discord.Interaction[Any],
         job: JobRecord,
@@ -533,85 +527,11 @@ class OmostActions:
         )
 
     async def reroll(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        await self._require_layout(job, "render again")
+        await self.require_layout(job, "render again")
         policy = await self._admit_interaction(interaction)
         params = enforce_limits(policy, job.render_params.replace(seed=new_seed()))
-        request = await self._same_layout(interaction, job, params)
+        request = await self.same_layout(interaction, job, params)
         await self._start_from_interaction(interaction, request, policy)
-
-    async def variations(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        """Variations of a result, or Again on a grid: the same layout, four new seeds, one job."""
-        await self._require_layout(job, "vary")
-        policy = await self._admit_interaction(interaction)
-        params = enforce_limits(policy, job.render_params.replace(seed=new_seed()), count=MAX_COUNT)
-        request = await self._same_layout(interaction, job, params, count=MAX_COUNT)
-        await self._start_from_interaction(interaction, request, policy)
-
-    async def upscale(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
-        """The high-res pass on a single result's layout and seed, at the channel's upscale factor; it starts
-        from the result's kept image (only the high-res pass runs), else renders it in full."""
-        if job.count > 1:
-            raise OmostError(
-                f"job #{job.id} is a grid of {job.count} images; pick one (1–{job.count}) and upscale that",
-                parameter="job",
-                value=job.id,
-            )
-        await self._require_layout(job, "upscale")
-        policy = await self._admit_interaction(interaction)
-        params = enforce_limits(policy, upscale_params(job.render_params, policy.upscale_scale))
-        request = await self._same_layout(interaction, job, params, base_job_id=job.id)
-        await self._start_from_interaction(interaction, request, policy)
-
-    def _picker(self, index: int) -> ButtonAction:
-        async def pick(interaction: discord.Interaction[Any], job: JobRecord) -> None:
-            await self.pick(interaction, job, index)
-
-        return pick
-
-    async def pick(self, interaction: discord.Interaction[Any], job: JobRecord, index: int) -> None:
-        """Image ``index`` (0-based) of a grid as a result of its own: posted from the kept image without
-        rendering; once the image is no longer kept, a render of its seed is queued instead."""
-        if job.count < 2 or not 0 <= index < job.count:
-            allowed = f"1 to {job.count}" if job.count > 1 else "none: it is a single image"
-            raise OmostError(
-                f"job #{job.id} has no image {index + 1} to pick (allowed: {allowed})",
-                parameter="index",
-                value=index + 1,
-                allowed=allowed,
-            )
-        data = await self._require_layout(job, "pick from")
-        policy = await self._admit_interaction(interaction)
-        kept = await self.storage.result_image(job.id, index)
-        seed = kept.seed if kept is not None else variation_seeds(job.render_params.seed, job.count)[index]
-        params = enforce_limits(policy, job.render_params.replace(seed=seed))
-        request = await self._same_layout(interaction, job, params)
-        if kept is None:
-            await self._start_from_interaction(interaction, request, policy)
-            await interaction.followup.send(
-                f"ℹ️ The images of job #{job.id} are no longer kept, so image {index + 1} (seed {seed}) "
-                "is rendered again.",
-                ephemeral=True,
-            )
-            return
-        layout = Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES)
-        render = RenderResult(
-            image=png_image(kept.png),
-            masks=masks_image(layout),
-            model=job.render_model or self.config.sdxl or "",
-            seconds=0.0,
-            params=params,
-        )
-
-        async def send(message: dict[str, Any]) -> discord.Message:
-            files = message.pop("attachments")
-            callback = await interaction.response.send_message(**message, files=files)
-            if isinstance(callback.resource, discord.InteractionMessage):
-                return callback.resource
-            return await interaction.original_response()
-
-        await self.jobs.post_result(
-            request, JobOutput(chat=None, render=render, layout=layout), send, interaction=interaction
-        )
 
     async def show_layout(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         data = await self.storage.layout(job.layout_id) if job.layout_id is not None else None
