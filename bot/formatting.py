@@ -200,5 +200,5 @@ result branches from there. **Reply with a layout .json** (ours or ComfyUI_omost
 `/omost queue` — what is waiting. `/omost cancel` — stop your job.
 `/omost settings` — defaults and limits (admins). `/omost status` — the GPU workers and the queue (admins).
 `count: 4` on compose or render — four variations (seeds) of one layout in a grid.
-Buttons: 🎲 reroll (same layout, new seed) · 🔀 variations (four new seeds in a grid) · 🔍 upscale (the high-res pass) · 🧩 layout & masks · ✏️ edit · 🗑️ delete. On a grid: **1–4** posts that image as a result of its own, 🔁 again renders four new seeds.
+Buttons: 🎲 reroll (same layout, new seed) · 🔀 variations (four new seeds in a grid) · 🔍 upscale (the high-res pass) · 🗺️ edit regions (move, resize, reorder, rewrite and recolour regions, then render; no LLM) · ✏️ edit · 🧩 layout & masks · 🗑️ delete. On a grid: **1–4** posts that image as a result of its own, 🔁 again renders four new seeds.
 """
