@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot.formatting import encode_image, format_seconds, llm_text, preview_image, progress_bar, render_text
+from bot.formatting import (
+    HELP_TEXT,
+    encode_image,
+    format_seconds,
+    llm_text,
+    preview_image,
+    progress_bar,
+    render_text,
+)
+from bot.views import BUTTONS, RESULT_ACTIONS
 from omost_engine.conditions import Condition
 from omost_engine.progress import LLMProgress, RenderProgress
 
@@ -89,3 +98,10 @@ def test_a_grids_status_counts_every_image() -> None:
     batched = RenderProgress(step=10, total=20, run_step=10, run_total=20, images=4)
     assert render_text(5, batched, eta=None).endswith(f"`{progress_bar(0.5)}`")
     assert "images" not in render_text(5, RenderProgress(step=10, total=20), eta=None)
+
+
+def test_the_help_names_every_button_a_result_has() -> None:
+    for action in RESULT_ACTIONS:
+        label = BUTTONS[action][1].lower()
+        assert label in HELP_TEXT.lower(), f"/omost help does not mention the {label} button"
+    assert len(HELP_TEXT) <= 2000  # one Discord message
