@@ -299,7 +299,11 @@ def real_sdxl_components(
         unet = UNet2DConditionModel.from_config(config)
     share_random_weights(unet, seed=seed, dtype=dtype)
     torch.manual_seed(seed)
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder, subfolder="vae")).to(dtype).eval()
+    vae_config = AutoencoderKL.load_config(folder, subfolder="vae")
+    # SDXL's VAE config says force_upcast: its decoder runs in float32 (and bfloat16 convolutions on a CPU
+    # without native bfloat16 take minutes at 256x256).
+    vae_dtype = torch.float32 if vae_config.get("force_upcast") else dtype
+    vae = AutoencoderKL.from_config(vae_config).to(vae_dtype).eval()
     encoders = []
     for name, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
         text_config = CLIPTextConfig.from_pretrained(folder, subfolder=name)
