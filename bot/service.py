@@ -19,7 +19,7 @@ import discord
 
 from bot import formatting
 from bot.events import JobUpdate, JobUpdates, Phase
-from bot.job_store import JobRequest, JobStore
+from bot.job_store import JobRequest, JobStore, StoredJob
 from bot.jobs import (
     Cancelled,
     ChatDone,
@@ -36,7 +36,7 @@ from bot.jobs import (
     internal_failure,
 )
 from bot.messenger import Messenger
-from bot.presenter import StatusPresenter, Tracker, end_text, plain_kwargs
+from bot.presenter import MessageKwargs, StatusPresenter, Tracker, end_text, plain_kwargs
 from bot.recovery import Recovery
 from bot.storage import JobRecord
 from bot.views import status_view
@@ -48,6 +48,19 @@ log = logging.getLogger(__name__)
 ATTACH_TIMEOUT_S = 60.0  # a status message still unknown by then is given up on: results go to the channel
 
 __all__ = ["ATTACH_TIMEOUT_S", "JobRequest", "JobService", "Tracker"]
+
+
+def _tracker(request: JobRequest, stored: StoredJob) -> Tracker:
+    """The tracker of a job just stored from ``request``."""
+    return Tracker(
+        job_id=stored.job_id,
+        user_id=request.user_id,
+        channel_id=request.channel_id,
+        guild_id=request.guild_id,
+        turn_id=stored.turn_id,
+        prompt=request.prompt,
+        requester=request.requester,
+    )
 
 
 @contextlib.contextmanager
@@ -92,15 +105,7 @@ class JobService:
         """Store and queue a request; returns (job id, queue position). On a full queue nothing stays stored."""
         stored = await self.store.create(request)
         # Tracked before it is queued: the backend may report on it at once.
-        self.trackers[stored.job_id] = Tracker(
-            job_id=stored.job_id,
-            user_id=request.user_id,
-            channel_id=request.channel_id,
-            guild_id=request.guild_id,
-            turn_id=stored.turn_id,
-            prompt=request.prompt,
-            requester=request.requester,
-        )
+        self.trackers[stored.job_id] = _tracker(request, stored)
         try:
             position = await self.store.submit(stored.job_id, request.user_id, user_cap=user_cap)
         except QueueFullError:
@@ -155,40 +160,17 @@ class JobService:
         """
         stored = await self.store.create(request)
         job_id = stored.job_id
-        tracker = Tracker(
-            job_id=job_id,
-            user_id=request.user_id,
-            channel_id=request.channel_id,
-            guild_id=request.guild_id,
-            turn_id=stored.turn_id,
-            prompt=request.prompt,
-            requester=request.requester,
-            interaction=interaction,
-        )
+        tracker = _tracker(request, stored)
+        tracker.interaction = interaction
         try:
-            result = await self.presenter.result_kwargs(
-                tracker,
-                output,
-                upload_limit=self.upload_limit(tracker),
-                requester=self.messenger.requester_name(tracker),
-            )
-            with _logged(f"job {job_id}: keeping its image"):
-                await self.store.keep_images(job_id, output.render)
+            result = await self._result_message(tracker, output)
             message = await send(result())
         except Exception:
             log.exception("job %s: the picked image could not be posted", job_id)
             what = "posting the picked image failed"
             await self.storage.update_job(job_id, state="failed", error=what)
             raise OmostError(internal_failure(job_id, what), parameter="job", value=job_id) from None
-        await self.storage.update_job(
-            job_id,
-            state="done",
-            status_message_id=message.id,
-            result_message_id=message.id,
-            render_model=output.render.model,
-            render_params=output.render.params,
-        )
-        self.delivered += 1
+        await self._record_delivered(tracker, message.id, output, status_message_id=message.id)
         self._publish(tracker, "done", message_id=message.id)
         return job_id
 
@@ -370,31 +352,41 @@ class JobService:
         await self.messenger.stop_progress(tracker)
         await self._attached(tracker)
         async with tracker.lock:
-            result = await self.presenter.result_kwargs(
-                tracker,
-                output,
-                upload_limit=self.upload_limit(tracker),
-                requester=self.messenger.requester_name(tracker),
-            )
-            # Kept before the result shows, so its pick and upscale buttons find them; a failure here costs
-            # only a render later (a pick or an upscale then renders the image again).
-            with _logged(f"job {tracker.job_id}: keeping its images"):
-                await self.store.keep_images(tracker.job_id, output.render)
+            result = await self._result_message(tracker, output)
             # The intent first: a crash after Discord accepted the result but before "done" is recorded leaves a
             # running job with this set, and recovery then looks at Discord before touching the job.
             await self.storage.update_job(tracker.job_id, delivery_started_at=self.storage.clock())
             message_id = await self.messenger.edit(tracker, result, final=True)
             tracker.result_message_id = message_id
-            await self.storage.update_job(
-                tracker.job_id,
-                state="done",
-                result_message_id=message_id,
-                render_model=output.render.model,
-                render_params=output.render.params,
-            )
+            await self._record_delivered(tracker, message_id, output)
             self.trackers.pop(tracker.job_id, None)
-            self.delivered += 1
         self._publish(tracker, "done", message_id=message_id)
+
+    async def _result_message(self, tracker: Tracker, output: JobOutput) -> MessageKwargs:
+        """The result message, with the images kept first: the result's pick and upscale buttons find them
+        (a failure to keep them costs only a render later, when a pick or an upscale renders again)."""
+        result = await self.presenter.result_kwargs(
+            tracker,
+            output,
+            upload_limit=self.upload_limit(tracker),
+            requester=self.messenger.requester_name(tracker),
+        )
+        with _logged(f"job {tracker.job_id}: keeping its images"):
+            await self.store.keep_images(tracker.job_id, output.render)
+        return result
+
+    async def _record_delivered(
+        self, tracker: Tracker, message_id: int | None, output: JobOutput, **more: Any
+    ) -> None:
+        await self.storage.update_job(
+            tracker.job_id,
+            state="done",
+            result_message_id=message_id,
+            render_model=output.render.model,
+            render_params=output.render.params,
+            **more,
+        )
+        self.delivered += 1
 
     async def _end(self, tracker: Tracker, event: Failed | Cancelled) -> None:
         await self.messenger.stop_progress(tracker)
