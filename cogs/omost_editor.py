@@ -16,6 +16,7 @@ those ids alone, so a form left open across a restart is applied when it is sent
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import re
@@ -240,13 +241,18 @@ def editor_text(state: EditorState) -> str:
     return "\n".join(lines)[:TEXT_CHARS]
 
 
-def map_file(state: EditorState) -> discord.File:
+def map_png(state: EditorState) -> bytes:
     """The labelled region map at the result's aspect ratio, the selected region outlined in white."""
     params = state.job.render_params
     scale = MAP_SIDE / max(params.width, params.height)
     size = (max(64, round(params.width * scale)), max(64, round(params.height * scale)))
-    image = masks_image(state.spec.layout(), size, selected=state.selected or None)
-    return discord.File(io.BytesIO(png_bytes(image)), filename=MAP_NAME)
+    return png_bytes(masks_image(state.spec.layout(), size, selected=state.selected or None))
+
+
+async def map_file(state: EditorState) -> discord.File:
+    # Drawing and encoding the map takes tens of milliseconds: off the event loop, as result images are.
+    png = await asyncio.to_thread(map_png, state)
+    return discord.File(io.BytesIO(png), filename=MAP_NAME)
 
 
 def _region_options(spec: CanvasSpec, selected: int) -> list[discord.SelectOption]:
@@ -303,8 +309,8 @@ def editor_view(state: EditorState) -> discord.ui.LayoutView:
     return view
 
 
-def editor_message(state: EditorState) -> dict[str, Any]:
-    return {"view": editor_view(state), "attachments": [map_file(state)]}
+async def editor_message(state: EditorState) -> dict[str, Any]:
+    return {"view": editor_view(state), "attachments": [await map_file(state)]}
 
 
 def form_for(state: EditorState, form: str) -> EditorForm:
@@ -387,7 +393,9 @@ class OmostEditor(commands.Cog, name=EDITOR_COG):
             channel_id=interaction.channel_id or job.channel_id,
             access=await self._access(interaction),
         )
-        await interaction.response.send_message(view=editor_view(state), file=map_file(state), ephemeral=True)
+        await interaction.response.send_message(
+            view=editor_view(state), file=await map_file(state), ephemeral=True
+        )
 
     async def on_control(
         self, interaction: discord.Interaction[Any], editor_id: int, what: str, values: list[str]
@@ -402,7 +410,7 @@ class OmostEditor(commands.Cog, name=EDITOR_COG):
                 await self._render(interaction, state)
             else:
                 state = await self._change(state, what, values)
-                await interaction.response.edit_message(**editor_message(state))
+                await interaction.response.edit_message(**await editor_message(state))
         except OmostError as exc:
             await send_error(interaction, str(exc))
         except Exception:  # a bug: logged with its traceback; the user still gets one line
@@ -470,4 +478,4 @@ class OmostEditor(commands.Cog, name=EDITOR_COG):
             state = await self.editor.set_color(state, number, values.get(COLOR_FIELD, ""))
         else:
             state = await self.editor.set_texts(state, number, values)
-        await interaction.response.edit_message(**editor_message(state))
+        await interaction.response.edit_message(**await editor_message(state))
