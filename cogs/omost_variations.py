@@ -5,6 +5,7 @@ a job makes (a grid of four seeds, one picked image, an upscale from the kept im
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import discord
@@ -93,9 +94,11 @@ class VariationActions:
             )
             return
         layout = Layout.loads(data, max_bytes=STORED_LAYOUT_BYTES)
+        # Decoding a full-size PNG and drawing the masks take tens of milliseconds: off the event loop.
+        image, masks = await asyncio.to_thread(lambda: (png_image(kept.png), masks_image(layout)))
         render = RenderResult(
-            image=png_image(kept.png),
-            masks=masks_image(layout),
+            image=image,
+            masks=masks,
             model=job.render_model or self.actions.config.sdxl or "",
             seconds=0.0,
             params=params,
