@@ -249,23 +249,14 @@ class OmostActions:
         await require_rate(self.storage, policy, user_id=user_id, window_s=self.config.rate_window_s)
         return policy
 
-    async def _admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
+    async def admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
+        """The channel's policy once the user of ``interaction`` may start a job here now."""
         return await self.admit(
             user_id=interaction.user.id,
             guild_id=interaction.guild_id,
             channel=interaction.channel,
             bot_permissions=interaction.app_permissions,
         )
-
-    async def admit_interaction(self, interaction: discord.Interaction[Any]) -> Policy:
-        """The channel's policy once this user may start a job here now (for the region editor's Render)."""
-        return await self._admit_interaction(interaction)
-
-    async def start_job(
-        self, interaction: discord.Interaction[Any], request: JobRequest, policy: Policy
-    ) -> None:
-        """Queue ``request`` and post its status message as the answer to ``interaction``."""
-        await self._start_from_interaction(interaction, request, policy)
 
     async def _job(self, job_id: int) -> JobRecord:
         job = await self.storage.job(job_id)
@@ -275,9 +266,10 @@ class OmostActions:
 
     # -- starting jobs ---------------------------------------------------------------------------------
 
-    async def _start_from_interaction(
+    async def start_job(
         self, interaction: discord.Interaction[Any], request: JobRequest, policy: Policy
     ) -> None:
+        """Queue ``request`` and post its status message as the answer to ``interaction``."""
         job_id, position = await self.jobs.enqueue(request, user_cap=policy.max_queued_per_user)
 
         async def send(content: str, *, view: discord.ui.View) -> discord.Message:
@@ -313,7 +305,7 @@ class OmostActions:
         self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, Any]
     ) -> None:
         prompt = self.check_prompt(prompt)
-        policy = await self._admit_interaction(interaction)
+        policy = await self.admit_interaction(interaction)
         llm, llm_params, render_params = build_params(policy, options, seed=new_seed())
         request = JobRequest(
             kind="compose",
@@ -327,7 +319,7 @@ class OmostActions:
             render_params=render_params,
             count=options.get("count") or 1,
         )
-        await self._start_from_interaction(interaction, request, policy)
+        await self.start_job(interaction, request, policy)
 
     async def render_upload(
         self, interaction: discord.Interaction[Any], attachment: discord.Attachment, options: dict[str, Any]
@@ -335,7 +327,7 @@ class OmostActions:
         limit = self.config.max_layout_bytes
         require_layout_file(attachment)
         check_layout_size(attachment.size, max_bytes=limit)
-        policy = await self._admit_interaction(interaction)
+        policy = await self.admit_interaction(interaction)
         # Acknowledge before downloading: the CDN may be slow, and Discord waits 3 seconds for an answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
         data = await download_layout(attachment, max_bytes=limit, timeout_s=self.config.download_timeout_s)
@@ -348,7 +340,7 @@ class OmostActions:
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id or 0,
         )
-        await self._start_from_interaction(interaction, request, policy)
+        await self.start_job(interaction, request, policy)
 
     def _render_request(
         self,
@@ -528,10 +520,10 @@ class OmostActions:
 
     async def reroll(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         await self.require_layout(job, "render again")
-        policy = await self._admit_interaction(interaction)
+        policy = await self.admit_interaction(interaction)
         params = enforce_limits(policy, job.render_params.replace(seed=new_seed()))
         request = await self.same_layout(interaction, job, params)
-        await self._start_from_interaction(interaction, request, policy)
+        await self.start_job(interaction, request, policy)
 
     async def show_layout(self, interaction: discord.Interaction[Any], job: JobRecord) -> None:
         data = await self.storage.layout(job.layout_id) if job.layout_id is not None else None
@@ -584,7 +576,7 @@ class OmostActions:
         try:
             job = await self._job(job_id)
             prompt = self.check_prompt(text)
-            policy = await self._admit_interaction(interaction)
+            policy = await self.admit_interaction(interaction)
             request = self._refine_request(
                 job,
                 prompt,
@@ -593,6 +585,6 @@ class OmostActions:
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id or job.channel_id,
             )
-            await self._start_from_interaction(interaction, request, policy)
+            await self.start_job(interaction, request, policy)
         except OmostError as exc:
             await send_error(interaction, str(exc))
